@@ -1,0 +1,110 @@
+"""build-index: ingest -> train (or adopt a checkpoint, or reuse the collection's model) -> embed -> index."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.artifacts import summary_artifact
+from vaepipe.config import BuildConfig, EmbedConfig, IndexConfig, IngestConfig, TrainConfig
+from vaepipe.embed import EmbedResult, embed
+from vaepipe.index import IndexResult, build_index as build_faiss_index
+from vaepipe.ingest import IngestResult, ingest
+from vaepipe.store import Workdir
+from vaepipe.train import TrainResult, adopt_checkpoint, train
+
+# The library is incremental by content hash, so Prefect's own result caching is not used.
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def ingest_task(images: str, workdir: str, cfg: IngestConfig) -> IngestResult:
+    return ingest(Path(images), Workdir(Path(workdir)).manifest, cfg)
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(images: str, manifest: Path, workdir: str, cfg: TrainConfig, workers: int) -> TrainResult:
+    return train(Path(images), manifest, Workdir(Path(workdir)), cfg, workers=workers)
+
+
+@task(name="adopt-model", cache_policy=NO_CACHE)
+def adopt_task(checkpoint: str, workdir: str) -> TrainResult:
+    return adopt_checkpoint(Path(checkpoint), Workdir(Path(workdir)))
+
+
+@task(name="embed", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def embed_task(images: str, manifest: Path, model_dir: Path, embeddings_dir: Path, cfg: EmbedConfig) -> EmbedResult:
+    return embed(Path(images), manifest, model_dir, embeddings_dir, cfg)
+
+
+@task(name="index", cache_policy=NO_CACHE)
+def index_task(embeddings_dir: Path, manifest: Path, index_dir: Path, model_id: str, cfg: IndexConfig) -> IndexResult:
+    return build_faiss_index(embeddings_dir, manifest, index_dir, model_id, cfg)
+
+
+@flow(name="build-index")
+def build_index(images: str, workdir: str, model: str | None = None, retrain: bool = False,
+                config: BuildConfig | None = None) -> dict:
+    """Index the image folder `images` into `workdir`.
+
+    model: a checkpoint to use instead of training. Without it the collection's current model is reused
+    (a nightly re-index does not retrain) unless retrain=True or there is none yet.
+    """
+    cfg = config or BuildConfig()
+    log = get_run_logger()
+    wd = Workdir(Path(workdir))
+    timings: dict[str, float] = {}
+
+    t = time.monotonic()
+    ingested = ingest_task(images, workdir, cfg.ingest)
+    timings["ingest"] = time.monotonic() - t
+
+    t = time.monotonic()
+    current = wd.read_collection()["model_id"] if wd.collection.exists() else None
+    if model:
+        trained = adopt_task(model, workdir)
+    elif current and not retrain and (wd.model_dir(current) / "model.pt").exists():
+        log.info("reusing the collection's model %s (pass retrain=True to train a new one)", current)
+        trained = TrainResult(wd.model_dir(current), current, [])
+    else:
+        trained = train_task(images, ingested.manifest, workdir, cfg.train, cfg.embed.workers)
+    timings["model"] = time.monotonic() - t
+
+    t = time.monotonic()
+    embedded = embed_task(images, ingested.manifest, trained.model_dir, wd.embeddings_dir(trained.model_id), cfg.embed)
+    timings["embed"] = time.monotonic() - t
+
+    t = time.monotonic()
+    indexed = index_task(embedded.embeddings_dir, ingested.manifest, wd.index_dir(trained.model_id),
+                         trained.model_id, cfg.index)
+    timings["index"] = time.monotonic() - t
+    wd.write_collection(Path(images), trained.model_id)
+
+    last = trained.metrics[-1] if trained.metrics else {}
+    summary = {
+        "images seen": ingested.n_files,
+        "images ok": ingested.n_ok,
+        "images failed": ingested.n_error + len(embedded.failed),
+        "unchanged since last ingest": ingested.n_reused,
+        "model id": trained.model_id,
+        "model": "adopted checkpoint" if model else ("trained" if trained.metrics else "reused"),
+        "epochs": len(trained.metrics),
+        "val ELBO (nats/image)": last.get("val_elbo", "n/a"),
+        "val KL (nats/image)": last.get("val_kl", "n/a"),
+        "active units": last.get("val_active_units", "n/a"),
+        "embedded now": embedded.n_embedded,
+        "embeddings reused": embedded.n_reused,
+        "index kind": indexed.kind,
+        "index params": indexed.params or "exact",
+        "indexed vectors": indexed.n,
+        "recall@10": indexed.recall_at_10,
+        **{f"{stage} seconds": round(s, 2) for stage, s in timings.items()},
+        "manifest": str(ingested.manifest),
+        "model dir": str(trained.model_dir),
+        "embeddings": str(embedded.embeddings_dir),
+        "index": str(indexed.index_dir),
+    }
+    summary_artifact("build-index-summary", "vaepipe build-index", summary)
+    return summary

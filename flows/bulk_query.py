@@ -1,0 +1,42 @@
+"""bulk-query: neighbours for a folder of query images, a list of collection paths, or all against all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.artifacts import summary_artifact
+from vaepipe.config import EmbedConfig
+from vaepipe.query import QueryResult, query_all, query_folder, query_list
+from vaepipe.store import VaepipeError, Workdir
+
+
+@task(name="query", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def query_task(workdir: str, queries: str | None, list_file: str | None, all_images: bool, k: int,
+               cfg: EmbedConfig) -> QueryResult:
+    wd = Workdir(Path(workdir))
+    if sum([queries is not None, list_file is not None, all_images]) != 1:
+        raise VaepipeError("say what to query with exactly one of: queries (a folder), list_file, all_images=True")
+    if queries is not None:
+        return query_folder(wd, Path(queries), k, cfg)
+    if list_file is not None:
+        return query_list(wd, Path(list_file), k)
+    return query_all(wd, k)
+
+
+@flow(name="bulk-query")
+def bulk_query(workdir: str, queries: str | None = None, list_file: str | None = None, all_images: bool = False,
+               k: int = 10, embed: EmbedConfig | None = None) -> dict:
+    result = query_task(workdir, queries, list_file, all_images, k, embed or EmbedConfig())
+    summary = {
+        "queries": result.n_queries,
+        "skipped": len(result.skipped),
+        "k": result.k,
+        "rows written": result.n_rows,
+        "seconds": round(result.seconds, 2),
+        "neighbours": str(result.neighbours),
+    }
+    summary_artifact("bulk-query-summary", "vaepipe bulk-query", summary)
+    return summary

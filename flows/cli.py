@@ -1,0 +1,142 @@
+"""The `vaepipe` command: each subcommand runs the Prefect flow of the same job.
+
+Without PREFECT_API_URL, Prefect runs the flow against a temporary local server; with it, the run
+shows up on that server like any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from vaepipe.config import BuildConfig, EmbedConfig, IndexConfig, IngestConfig, TrainConfig
+from vaepipe.store import VaepipeError
+
+DEMO_IMAGES = Path("demo-data/fashion-mnist-test")
+DEMO_WORKDIR = Path("work/demo")
+
+
+def _build_options(p: argparse.ArgumentParser) -> None:
+    t, i = TrainConfig(), IndexConfig()
+    g = p.add_argument_group("model and training (defaults: the recipe in BENCHMARKS.md)")
+    g.add_argument("--model", metavar="CHECKPOINT", help="use this checkpoint (model.pt) instead of training")
+    g.add_argument("--retrain", action="store_true", help="train a new model even if the collection has one")
+    g.add_argument("--epochs", type=int, default=t.epochs, help="training epochs (default %(default)s)")
+    g.add_argument("--max-minutes", type=float, default=t.max_minutes, help="stop training after this many minutes")
+    g.add_argument("--image-size", type=int, default=t.image_size, help="model input side in pixels (default: 28 for small images, else 64)")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=t.channels, help="1 = grey, 3 = colour (default: from the data)")
+    g.add_argument("--latent-dim", type=int, default=t.latent_dim, help="embedding dimension (default %(default)s)")
+    g.add_argument("--beta", type=float, default=t.beta, help="KL weight (default %(default)s)")
+    g.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=t.likelihood)
+    g.add_argument("--seed", type=int, default=t.seed)
+    g = p.add_argument_group("index")
+    g.add_argument("--index-kind", choices=("auto", "flat", "hnsw", "ivf"), default=i.kind)
+    g.add_argument("--metric", choices=("cosine", "l2"), default=i.metric)
+    p.add_argument("--workers", type=int, default=EmbedConfig().workers, help="image decoding processes (default %(default)s)")
+
+
+def _build_config(a: argparse.Namespace) -> BuildConfig:
+    return BuildConfig(
+        ingest=replace(IngestConfig(), workers=a.workers),
+        train=replace(TrainConfig(), epochs=a.epochs, max_minutes=a.max_minutes, image_size=a.image_size,
+                      channels=a.channels, latent_dim=a.latent_dim, beta=a.beta, likelihood=a.likelihood, seed=a.seed),
+        embed=replace(EmbedConfig(), workers=a.workers),
+        index=replace(IndexConfig(), kind=a.index_kind, metric=a.metric),
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vaepipe", description="Image search over a folder: VAE embeddings, FAISS index, bulk neighbour tables.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("index", help="ingest a folder, train or load a model, embed, build the index")
+    s.add_argument("images", type=Path, help="folder of images (searched recursively)")
+    s.add_argument("--workdir", type=Path, required=True, help="where the collection's files go")
+    _build_options(s)
+
+    s = sub.add_parser("query", help="bulk neighbour search against an indexed workdir")
+    s.add_argument("workdir", type=Path)
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--queries", type=Path, metavar="DIR", help="folder of query images (not added to the index)")
+    what.add_argument("--list", type=Path, metavar="FILE", help="text file of collection paths, one per line")
+    what.add_argument("--all", action="store_true", help="every indexed image against the rest")
+    s.add_argument("-k", type=int, default=10, help="neighbours per query (default %(default)s)")
+
+    s = sub.add_parser("sample", help="prior samples, reconstructions and an interpolation as PNG")
+    s.add_argument("workdir", type=Path)
+    s.add_argument("-n", type=int, default=64, help="number of prior samples (default %(default)s)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--between", nargs=2, metavar=("A", "B"), help="two collection paths to interpolate between")
+
+    s = sub.add_parser("pipeline", help="index, then all-against-all neighbours, then samples")
+    s.add_argument("images", type=Path)
+    s.add_argument("--workdir", type=Path, required=True)
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("-n", type=int, default=64, help="number of prior samples")
+    _build_options(s)
+
+    s = sub.add_parser("demo", help="the whole pipeline on the bundled Fashion-MNIST test split (10,000 images)")
+    s.add_argument("--workdir", type=Path, default=DEMO_WORKDIR, help="default %(default)s")
+    s.add_argument("--images", type=Path, default=DEMO_IMAGES, help="where the demo PNGs are written (default %(default)s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        summary = _dispatch(args)
+    except VaepipeError as e:
+        print(f"vaepipe: error: {e}", file=sys.stderr)
+        return 2
+    print()
+    for key, value in summary.items():
+        print(f"{key:>28}: {value}")
+    return 0
+
+
+def _dispatch(a: argparse.Namespace) -> dict:
+    import flows  # noqa: F401  (sets Prefect logging up before prefect is imported)
+
+    if a.command in ("index", "pipeline"):
+        _require_dir(a.images, "image folder")
+        if a.model and not Path(a.model).is_file():
+            raise VaepipeError(f"checkpoint {a.model} does not exist")
+    if a.command in ("query", "sample"):
+        _require_dir(a.workdir, "workdir")
+    if a.command == "query" and a.queries:
+        _require_dir(a.queries, "query folder")
+
+    if a.command == "index":
+        from flows.build_index import build_index
+        return build_index(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, retrain=a.retrain,
+                           config=_build_config(a))
+    if a.command == "query":
+        from flows.bulk_query import bulk_query
+        return bulk_query(str(a.workdir.resolve()), queries=str(a.queries.resolve()) if a.queries else None,
+                          list_file=str(a.list.resolve()) if a.list else None, all_images=a.all, k=a.k)
+    if a.command == "sample":
+        from flows.generate_samples import generate_samples
+        return generate_samples(str(a.workdir.resolve()), n=a.n, seed=a.seed, between=tuple(a.between) if a.between else None)
+    if a.command == "pipeline":
+        from flows.pipeline import pipeline
+        return pipeline(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, retrain=a.retrain, k=a.k,
+                        n_samples=a.n, config=_build_config(a))
+    if a.command == "demo":
+        from flows.pipeline import pipeline
+        from vaepipe.fashion_mnist import export_pngs, load_split
+
+        images = export_pngs(*load_split("t10k"), a.images)
+        return pipeline(str(images.resolve()), str(a.workdir.resolve()))
+    raise AssertionError(a.command)
+
+
+def _require_dir(path: Path, what: str) -> None:
+    if not Path(path).is_dir():
+        raise VaepipeError(f"{what} {path} does not exist or is not a directory")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""generate-samples: prior samples, reconstructions and an interpolation strip from the collection's model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.artifacts import summary_artifact
+from vaepipe.generate import GenerateResult, generate
+from vaepipe.store import Workdir, new_run_id
+
+
+@task(name="generate", cache_policy=NO_CACHE)
+def generate_task(workdir: str, n: int, seed: int, between: tuple[str, str] | None) -> GenerateResult:
+    wd = Workdir(Path(workdir))
+    collection = wd.read_collection()
+    return generate(wd.model_dir(collection["model_id"]) / "model.pt", Path(collection["image_root"]), wd.manifest,
+                    wd.samples_dir(new_run_id("samples")), n=n, seed=seed, between=between)
+
+
+@flow(name="generate-samples")
+def generate_samples(workdir: str, n: int = 64, seed: int = 0, between: tuple[str, str] | None = None) -> dict:
+    result = generate_task(workdir, n, seed, between)
+    summary = {"samples": n, "files": len(result.files), "samples dir": str(result.samples_dir)}
+    summary_artifact("generate-samples-summary", "vaepipe generate-samples", summary)
+    return summary

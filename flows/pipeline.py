@@ -1,0 +1,34 @@
+"""pipeline: build-index, then every image against the rest, then samples: the whole job in one run."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.artifacts import summary_artifact
+from flows.build_index import build_index
+from flows.bulk_query import bulk_query
+from flows.generate_samples import generate_samples
+from vaepipe.config import BuildConfig
+
+
+@flow(name="pipeline")
+def pipeline(images: str, workdir: str, model: str | None = None, retrain: bool = False, k: int = 10,
+             n_samples: int = 64, config: BuildConfig | None = None) -> dict:
+    built = build_index(images, workdir, model=model, retrain=retrain, config=config)
+    queried = bulk_query(workdir, all_images=True, k=k)
+    sampled = generate_samples(workdir, n=n_samples)
+    summary = {
+        "images ok": built["images ok"],
+        "images failed": built["images failed"],
+        "model id": built["model id"],
+        "val ELBO (nats/image)": built["val ELBO (nats/image)"],
+        "index kind": built["index kind"],
+        "recall@10": built["recall@10"],
+        "manifest": built["manifest"],
+        "embeddings": built["embeddings"],
+        "index": built["index"],
+        "neighbours": queried["neighbours"],
+        "samples": sampled["samples dir"],
+    }
+    summary_artifact("pipeline-summary", "vaepipe pipeline", summary)
+    return summary

@@ -1,0 +1,16 @@
+"""vaepipe: a folder of images -> VAE embeddings in Parquet -> FAISS index -> bulk neighbour tables.
+
+The library is plain Python (no Prefect). Stages, in data order:
+
+    ingest    folder -> manifest.parquet (every file seen, bad ones with the reason)
+    train     manifest -> models/<model_id>/ (VAE weights, config, per-epoch metrics)
+    embed     manifest + model -> embeddings/<model_id>/part-*.parquet (posterior means)
+    index     embeddings -> index/<model_id>/ (FAISS index, row ids, index.json)
+    query     index + queries -> runs/<run_id>/neighbours.parquet
+    generate  model -> samples/<run_id>/*.png
+
+Shared pieces: config (every knob, one place), images (file -> tensor),
+model (the VAE), store (workdir layout, atomic writes, schemas).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,64 @@
+"""Every knob of a run, in one typed place. The CLI and the Prefect flows both build these.
+
+Defaults are the recipe measured in BENCHMARKS.md; they work without any flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class IngestConfig:
+    include_hidden: bool = False  # dot-files and dot-directories are skipped unless asked for
+    max_pixels: int = 64_000_000  # larger declared sizes are rejected before decoding (decompression bombs)
+    workers: int = 2  # processes that hash and decode files
+
+
+@dataclass
+class TrainConfig:
+    # Model shape. image_size / channels of None are chosen from the data (see train.model_config_for).
+    image_size: int | None = None
+    channels: int | None = None
+    latent_dim: int = 32
+    width: int = 32
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    background: int = 0  # grey level for transparent pixels and letterbox padding
+    # Optimisation.
+    epochs: int = 10
+    max_minutes: float | None = None  # stop after the epoch that crosses this wall-clock budget
+    batch_size: int = 128
+    lr: float = 2e-3
+    beta: float = 0.5  # KL weight; < 1 trades sample quality for sharper search (see BENCHMARKS.md)
+    warmup_epochs: float = 1.0  # KL weight ramps 0 -> beta linearly over this many epochs
+    val_fraction: float = 0.1
+    max_images: int = 60_000  # train on a seeded sample of at most this many images (held in RAM)
+    seed: int = 0
+
+
+@dataclass
+class EmbedConfig:
+    batch_size: int = 256
+    workers: int = 2  # DataLoader worker processes decoding images
+    part_rows: int = 50_000  # rows per Parquet part; bounds memory whatever the folder size
+
+
+@dataclass
+class IndexConfig:
+    kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
+    metric: Literal["cosine", "l2"] = "cosine"  # cosine = inner product of centred, normalised means
+    exact_below: int = 50_000  # "auto" uses exact search below this many vectors, HNSW above
+    target_recall: float = 0.95  # the search-time knob (efSearch / nprobe) is raised until recall@10 reaches this
+    recall_sample: int = 1_000  # queries used to measure recall against exact search
+
+
+@dataclass
+class BuildConfig:
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

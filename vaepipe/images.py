@@ -1,0 +1,150 @@
+"""How an image file becomes the model's input: decode, orient, flatten modes, letterbox.
+
+Every stage that reads pixels (ingest's check, training, embedding, queries) goes
+through `load_array` so an image means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """The model's input: a square of `size` pixels with 1 (grey) or 3 (RGB) channels."""
+
+    size: int
+    channels: int
+    background: int = 0  # grey level behind transparent pixels and in the letterbox bars
+
+
+class ImageError(Exception):
+    """A file that is not a usable image; the message is meant for a person."""
+
+
+def open_image(path: Path, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+    """Open and fully decode the first frame, upright (EXIF orientation applied)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            w, h = img.size
+            if w * h > max_pixels:
+                # Checked on the declared size, before any pixel is decoded.
+                raise ImageError(f"declared size {w}x{h} exceeds the pixel limit of {max_pixels:,}")
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            if draft_size and img.format == "JPEG":
+                # JPEG can decode at 1/2, 1/4, 1/8 scale: far cheaper when the model wants 28 or 64 px.
+                img.draft(img.mode, (draft_size, draft_size))
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not a recognised image format") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"corrupt or truncated image data ({type(e).__name__}: {e})") from None
+
+
+def _flatten(img: Image.Image, background: int) -> Image.Image:
+    """Any PIL mode -> 'L' or 'RGB', alpha composited onto the background grey."""
+    if img.mode.startswith("I") or img.mode == "F":
+        # 16/32-bit grey: scale to 8 bits by the type's range, not the image's own max.
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if img.mode == "F" and arr.max(initial=0) <= 1.0 else (1 / 257 if arr.max(initial=0) > 255 else 1.0)
+        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("1", "L", "RGB"):
+        return img.convert("L") if img.mode == "1" else img
+    if img.mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (background, background, background, 255))
+        flat = Image.alpha_composite(canvas, rgba).convert("RGB")
+        return flat.convert("L") if img.mode in ("LA", "La") else flat
+    return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+
+
+def to_array(img: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """Letterbox: scale the longer side to spec.size keeping the aspect ratio, centre on background bars.
+
+    Returns uint8 of shape (channels, size, size).
+    """
+    img = _flatten(img, spec.background)
+    img = img.convert("L" if spec.channels == 1 else "RGB")
+    w, h = img.size
+    if (w, h) != (spec.size, spec.size):
+        scale = spec.size / max(w, h)
+        new = (max(1, round(w * scale)), max(1, round(h * scale)))
+        img = img.resize(new, Image.Resampling.BILINEAR, reducing_gap=3.0)
+        fill = spec.background if spec.channels == 1 else (spec.background,) * 3
+        canvas = Image.new(img.mode, (spec.size, spec.size), fill)
+        canvas.paste(img, ((spec.size - new[0]) // 2, (spec.size - new[1]) // 2))
+        img = canvas
+    arr = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy refuses read-only buffers
+    return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def load_array(path: Path, spec: ImageSpec, max_pixels: int = 64_000_000) -> np.ndarray:
+    return to_array(open_image(path, max_pixels, draft_size=spec.size), spec)
+
+
+def to_float(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float in [0, 1], the model's input scale."""
+    return batch.float().div_(255.0)
+
+
+class ImageFiles(Dataset):
+    """Decodes files in DataLoader workers; a failure is returned, not raised, so one file can't stop a run."""
+
+    def __init__(self, paths: Sequence[Path], spec: ImageSpec, max_pixels: int = 64_000_000):
+        self.paths = list(paths)
+        self.spec = spec
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        try:
+            arr = load_array(self.paths[i], self.spec, self.max_pixels)
+            return torch.from_numpy(arr), i, ""
+        except (ImageError, OSError) as e:
+            empty = torch.zeros((self.spec.channels, self.spec.size, self.spec.size), dtype=torch.uint8)
+            return empty, i, str(e) or type(e).__name__
+
+
+def iter_image_batches(
+    paths: Sequence[Path], spec: ImageSpec, batch_size: int, workers: int, max_pixels: int = 64_000_000
+) -> Iterator[tuple[torch.Tensor, list[int], list[str]]]:
+    """Yield (uint8 images, positions in `paths`, error per image or '') in order, decoded by `workers` processes."""
+    loader = DataLoader(
+        ImageFiles(paths, spec, max_pixels),
+        batch_size=batch_size,
+        num_workers=workers if len(paths) > batch_size else 0,
+        shuffle=False,
+        collate_fn=_collate,
+    )
+    yield from loader
+
+
+def _collate(items: list[tuple[torch.Tensor, int, str]]) -> tuple[torch.Tensor, list[int], list[str]]:
+    return torch.stack([t for t, _, _ in items]), [i for _, i, _ in items], [e for _, _, e in items]
+
+
+def is_colour(mode: str) -> bool:
+    return mode not in GREY_MODES

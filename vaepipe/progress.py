@@ -1,0 +1,39 @@
+"""Progress of long work as log lines: readable in a terminal, in cron mail and in Prefect's run logs."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger("vaepipe")
+
+
+class Progress:
+    """Logs `stage: done/total (pct) rate/s, eta` at most every `every_s` seconds, and once at the end."""
+
+    def __init__(self, stage: str, total: int, unit: str = "images", every_s: float = 5.0):
+        self.stage, self.total, self.unit, self.every_s = stage, total, unit, every_s
+        self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self._log(now)
+
+    def close(self) -> float:
+        now = time.monotonic()
+        self._log(now)
+        return now - self.start
+
+    def _log(self, now: float) -> None:
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        log.info(
+            "%s: %s/%s %s (%.0f%%), %.0f/s, %.1fs elapsed, eta %.0fs",
+            self.stage, f"{self.done:,}", f"{self.total:,}", self.unit, pct, rate, elapsed, eta,
+        )

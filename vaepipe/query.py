@@ -1,0 +1,172 @@
+"""Stage 5: bulk query jobs -> runs/<run_id>/neighbours.parquet.
+
+Three ways to say what to look for:
+  query_folder  images outside the collection, embedded with the collection's model (not added to the index);
+  query_list    a text file naming collection images (paths relative to the collection root), self excluded;
+  query_all     every indexed image against the rest, self excluded (near-duplicate hunting).
+Searches run in batches, and rows stream to Parquet, so 1M queries need neither 1M calls nor 1M rows in RAM.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vaepipe.config import EmbedConfig
+from vaepipe.embed import encode_files
+from vaepipe.index import SearchIndex
+from vaepipe.ingest import scan
+from vaepipe.model import default_device, load_checkpoint
+from vaepipe.progress import Progress
+from vaepipe.store import NEIGHBOURS_SCHEMA, VaepipeError, Workdir, atomic_path, new_run_id, sha256_file, write_json
+
+log = logging.getLogger("vaepipe")
+
+SEARCH_BATCH = 4096
+
+
+@dataclass
+class QueryResult:
+    run_dir: Path
+    neighbours: Path
+    n_queries: int
+    n_rows: int
+    k: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (query, reason)
+    seconds: float = 0.0
+
+
+def open_index(workdir: Workdir) -> tuple[dict, SearchIndex]:
+    collection = workdir.read_collection()
+    index = SearchIndex.open(workdir.index_dir(collection["model_id"]))
+    if index.meta["model_id"] != collection["model_id"]:
+        raise VaepipeError(f"index was built for model {index.meta['model_id']} but the collection uses model "
+                           f"{collection['model_id']}: rebuild with `vaepipe index`")
+    return collection, index
+
+
+def _check_k(k: int, available: int) -> None:
+    if k <= 0:
+        raise VaepipeError(f"k must be at least 1, got {k}")
+    if k > available:
+        raise VaepipeError(f"k={k} is more than the {available} images that can be returned; use -k {available} or less")
+
+
+def query_folder(workdir: Workdir, query_dir: Path, k: int = 10, cfg: EmbedConfig = EmbedConfig()) -> QueryResult:
+    t0 = time.monotonic()
+    collection, index = open_index(workdir)
+    _check_k(k, index.meta["n"])
+    query_dir = Path(query_dir).resolve()
+    files = scan(query_dir)
+    if not files:
+        raise VaepipeError(f"no files in query folder {query_dir}")
+    model = load_checkpoint(workdir.model_dir(collection["model_id"]) / "model.pt", default_device())
+    vectors = np.zeros((len(files), index.dim), np.float32)
+    good = np.zeros(len(files), bool)
+    skipped: list[tuple[str, str]] = []
+    for idx, mu, errors in encode_files(model, files, cfg.batch_size, cfg.workers):
+        vectors[idx], good[idx] = mu, True
+        skipped += [(files[i].relative_to(query_dir).as_posix(), reason) for i, reason in errors]
+    names = [f.relative_to(query_dir).as_posix() for f, g in zip(files, good) if g]
+    shas = [sha256_file(f) for f, g in zip(files, good) if g]
+    vectors = vectors[good]
+    return _run(workdir, "folder", index, names, shas, lambda s: (vectors[s], False), None, k, skipped, t0,
+                {"queries": str(query_dir)})
+
+
+def query_list(workdir: Workdir, list_file: Path, k: int = 10) -> QueryResult:
+    t0 = time.monotonic()
+    _, index = open_index(workdir)
+    _check_k(k, index.meta["n"] - 1)
+    row_of = {p: i for i, p in enumerate(index.ids["path"].to_pylist())}
+    rows: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    for line in Path(list_file).read_text().splitlines():
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts:
+            skipped.append((name, "refused: paths must be relative to the collection root, without '..'"))
+        elif rel.as_posix() not in row_of:
+            skipped.append((name, "not in the index (not in the collection, or not a usable image)"))
+        else:
+            rows.append(row_of[rel.as_posix()])
+    if not rows:
+        raise VaepipeError(f"none of the paths in {list_file} is an indexed image of the collection")
+    return _query_rows(workdir, "list", index, np.asarray(rows), k, skipped, t0, {"list": str(list_file)})
+
+
+def query_all(workdir: Workdir, k: int = 10) -> QueryResult:
+    t0 = time.monotonic()
+    _, index = open_index(workdir)
+    _check_k(k, index.meta["n"] - 1)
+    return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, {})
+
+
+def _query_rows(workdir: Workdir, kind: str, index: SearchIndex, rows: np.ndarray, k: int,
+                skipped: list[tuple[str, str]], t0: float, params: dict) -> QueryResult:
+    paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
+    return _run(workdir, kind, index, [paths[r] for r in rows], [shas[r] for r in rows],
+                lambda s: (index.stored_vectors(rows[s]), True), rows, k, skipped, t0, params)
+
+
+def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas: list[str],
+         vectors_of: Callable[[slice], tuple[np.ndarray, bool]], self_rows: np.ndarray | None, k: int,
+         skipped: list[tuple[str, str]], t0: float, params: dict) -> QueryResult:
+    run_id = new_run_id(kind)
+    run_dir = workdir.run_dir(run_id)
+    out = run_dir / "neighbours.parquet"
+    n_rows = _search_and_write(index, out, names, shas, vectors_of, self_rows, k)
+    result = QueryResult(run_dir, out, len(names), n_rows, k, skipped, time.monotonic() - t0)
+    write_json({"run_id": run_id, "kind": kind, "k": k, **params, "model_id": index.meta["model_id"],
+                "index": {x: index.meta[x] for x in ("kind", "params", "n", "metric", "recall_at_10", "source_fingerprint")},
+                **{x: v for x, v in asdict(result).items() if x not in ("run_dir", "neighbours")}}, run_dir / "run.json")
+    for name, reason in skipped:
+        log.warning("query: skipped %s: %s", name, reason)
+    log.info("query: %d queries, %d neighbour rows -> %s (%.1fs)", len(names), n_rows, out, result.seconds)
+    return result
+
+
+def _search_and_write(index: SearchIndex, out: Path, names: list[str], shas: list[str],
+                      vectors_of: Callable[[slice], tuple[np.ndarray, bool]], self_rows: np.ndarray | None,
+                      k: int) -> int:
+    ids_path = np.asarray(index.ids["path"].to_pylist(), dtype=object)
+    ids_sha = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
+    names_a, shas_a = np.asarray(names, dtype=object), np.asarray(shas, dtype=object)
+    extra = 1 if self_rows is not None else 0
+    progress = Progress("query", len(names), unit="queries")
+    n_rows = 0
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, NEIGHBOURS_SCHEMA) as writer:
+        for start in range(0, len(names), SEARCH_BATCH):
+            s = slice(start, min(start + SEARCH_BATCH, len(names)))
+            vectors, prepared = vectors_of(s)
+            rows, dist, sim = index.search(vectors, k + extra, prepared=prepared)
+            keep = rows >= 0
+            if self_rows is not None:
+                keep &= rows != self_rows[s][:, None]
+            keep &= np.cumsum(keep, axis=1) <= k  # the first k that are not the query itself
+            q, col = np.nonzero(keep)
+            rank = (np.cumsum(keep, axis=1) * keep)[q, col]
+            nb = rows[q, col]
+            q += start
+            writer.write_table(pa.table({
+                "query_path": pa.array(names_a[q], pa.string()),
+                "query_sha256": pa.array(shas_a[q], pa.string()),
+                "rank": pa.array(rank, pa.int32()),
+                "neighbour_path": pa.array(ids_path[nb], pa.string()),
+                "neighbour_sha256": pa.array(ids_sha[nb], pa.string()),
+                "distance": pa.array(dist[keep], pa.float32()),
+                "similarity": pa.array(sim[keep], pa.float32()),
+            }, schema=NEIGHBOURS_SCHEMA))
+            n_rows += len(q)
+            progress.update(s.stop - s.start)
+    progress.close()
+    return n_rows

@@ -1,0 +1,166 @@
+"""The on-disk layout of a collection (one workdir), atomic writes and Parquet schemas.
+
+Every file is written to a temporary name in the same directory and renamed into
+place, so a killed run never leaves a half file that a later run reads as whole.
+Schemas are plain Arrow types: pandas, pyarrow and DuckDB read them without vaepipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class VaepipeError(Exception):
+    """An expected failure (bad input, missing workdir, mismatched artefacts): shown without a traceback."""
+
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),  # relative to the collection root, '/'-separated
+        ("bytes", pa.int64()),
+        ("mtime", pa.float64()),
+        ("sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("mode", pa.string()),
+        ("status", pa.string()),  # "ok" | "error"
+        ("error", pa.string()),
+    ]
+)
+
+NEIGHBOURS_SCHEMA = pa.schema(
+    [
+        ("query_path", pa.string()),
+        ("query_sha256", pa.string()),
+        ("rank", pa.int32()),  # 1 = nearest
+        ("neighbour_path", pa.string()),
+        ("neighbour_sha256", pa.string()),
+        ("distance", pa.float32()),
+        ("similarity", pa.float32()),
+    ]
+)
+
+
+def embedding_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("sha256", pa.string()),
+            ("model_id", pa.string()),
+            ("embedding", pa.list_(pa.float32(), dim)),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """Where each artefact of a collection lives. Nothing else in vaepipe builds these paths."""
+
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.parquet"
+
+    @property
+    def collection(self) -> Path:
+        """Which model and index the collection currently answers with (written last by a build)."""
+        return self.root / "collection.json"
+
+    def model_dir(self, model_id: str) -> Path:
+        return self.root / "models" / model_id
+
+    @property
+    def training_dir(self) -> Path:
+        return self.root / "models" / "_training"
+
+    def embeddings_dir(self, model_id: str) -> Path:
+        return self.root / "embeddings" / model_id
+
+    def index_dir(self, model_id: str) -> Path:
+        return self.root / "index" / model_id
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def samples_dir(self, run_id: str) -> Path:
+        return self.root / "samples" / run_id
+
+    def write_collection(self, image_root: Path, model_id: str) -> Path:
+        """Point the collection at a model and its index; written last by a build, so queries never see half a build."""
+        return write_json({"image_root": str(Path(image_root).resolve()), "model_id": model_id,
+                           "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, self.collection)
+
+    def read_collection(self) -> dict[str, Any]:
+        if not self.collection.exists():
+            raise VaepipeError(
+                f"{self.root} holds no built collection (no collection.json). "
+                f"Run `vaepipe index IMAGES --workdir {self.root}` first."
+            )
+        return read_json(self.collection)
+
+
+def new_run_id(kind: str) -> str:
+    """Sortable, unique enough for one workdir: 20261125-163502-all-3f2a."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{os.urandom(2).hex()}"
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, on failure delete it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_parquet(table: pa.Table, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def write_json(obj: Any, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(*parts: str) -> str:
+    """Short stable hash of strings: the identity of an artefact's inputs."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]

@@ -1,0 +1,153 @@
+"""Stage 2: train the VAE on the collection's usable images (or adopt a given checkpoint).
+
+Writes models/<model_id>/{model.pt, config.json, metrics.json}; the model id is a hash of the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+
+from vaepipe.config import TrainConfig
+from vaepipe.images import ImageSpec, is_colour, iter_image_batches, to_float
+from vaepipe.ingest import read_ok
+from vaepipe.model import VAE, VAEConfig, default_device, load_checkpoint, model_id, save_checkpoint
+from vaepipe.progress import Progress
+from vaepipe.store import VaepipeError, Workdir, write_json
+
+log = logging.getLogger("vaepipe")
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    model_id: str
+    metrics: list[dict]  # one dict per epoch; empty for an adopted checkpoint
+
+
+def model_config_for(ok: pa.Table, cfg: TrainConfig) -> VAEConfig:
+    """Fill in what the user left to the data: colour if any image has colour, 28 px for small images, else 64."""
+    channels = cfg.channels or (3 if any(is_colour(m) for m in ok["mode"].to_pylist()) else 1)
+    if cfg.image_size:
+        size = cfg.image_size
+    else:
+        sides = [max(w, h) for w, h in zip(ok["width"].to_pylist(), ok["height"].to_pylist())]
+        size = 28 if statistics.median(sides) <= 32 else 64
+    return VAEConfig(image_size=size, channels=channels, latent_dim=cfg.latent_dim, width=cfg.width,
+                     likelihood=cfg.likelihood, background=cfg.background)
+
+
+def load_images(root: Path, rel_paths: list[str], spec: ImageSpec, workers: int) -> torch.Tensor:
+    """Decode into one uint8 tensor (N, C, H, W); files that fail now (changed since ingest) are dropped."""
+    paths = [Path(root) / p for p in rel_paths]
+    out = torch.empty((len(paths), spec.channels, spec.size, spec.size), dtype=torch.uint8)
+    keep = torch.zeros(len(paths), dtype=torch.bool)
+    progress = Progress("load training images", len(paths))
+    for batch, idx, errors in iter_image_batches(paths, spec, batch_size=512, workers=workers):
+        ok = [j for j, e in enumerate(errors) if not e]
+        out[[idx[j] for j in ok]] = batch[ok]
+        keep[[idx[j] for j in ok]] = True
+        progress.update(len(idx))
+    progress.close()
+    return out[keep]
+
+
+@torch.no_grad()
+def evaluate(model: VAE, images: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
+    """ELBO, NLL and KL in nats per image (one z sample), and active units (Burda et al.: Var_x E[z_u] > 0.01)."""
+    model.eval()
+    device = next(model.parameters()).device
+    sums = {"elbo": 0.0, "nll": 0.0, "kl": 0.0}
+    mus = []
+    for i in range(0, len(images), batch_size):
+        x = to_float(images[i : i + batch_size]).to(device)
+        out = model.loss(x, beta=1.0)
+        for k in sums:
+            sums[k] += out[k].item() * len(x)
+        mus.append(model.encode(x)[0].cpu())
+    n = max(len(images), 1)
+    mu = torch.cat(mus) if mus else torch.zeros(1, model.config.latent_dim)
+    active = int((mu.var(0) > 0.01).sum()) if len(mu) > 1 else 0
+    return {**{k: v / n for k, v in sums.items()}, "active_units": active}
+
+
+def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = TrainConfig(),
+          workers: int = 2, device: torch.device | None = None) -> TrainResult:
+    device = device or default_device()
+    ok = read_ok(manifest_path)
+    vcfg = model_config_for(ok, cfg)
+    # One copy per distinct content: a duplicate on both sides of the split would flatter validation.
+    seen: dict[str, str] = {}
+    for path, sha in zip(ok["path"].to_pylist(), ok["sha256"].to_pylist()):
+        seen.setdefault(sha, path)
+    rel_paths = list(seen.values())
+    if len(rel_paths) < 2:
+        raise VaepipeError(f"need at least 2 distinct usable images to train a model, found {len(rel_paths)}; "
+                           "add images or pass --model CHECKPOINT")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if len(rel_paths) > cfg.max_images:
+        pick = torch.randperm(len(rel_paths), generator=gen)[: cfg.max_images].tolist()
+        rel_paths = [rel_paths[i] for i in sorted(pick)]
+    images = load_images(root, rel_paths, vcfg.spec, workers)
+
+    order = torch.randperm(len(images), generator=gen)
+    n_val = max(1, int(len(images) * cfg.val_fraction))
+    val, tr = images[order[:n_val]], images[order[n_val:]]
+    log.info("train: %d images (%d train, %d held out), %s, device %s", len(images), len(tr), len(val), vcfg, device)
+
+    torch.manual_seed(cfg.seed)
+    model = VAE(vcfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    steps_per_epoch = max(1, (len(tr) + cfg.batch_size - 1) // cfg.batch_size)
+    warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+                                                pct_start=0.1)
+    metrics: list[dict] = []
+    start, step = time.monotonic(), 0
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        t0, total = time.monotonic(), 0.0
+        for batch_idx in torch.randperm(len(tr), generator=gen).split(cfg.batch_size):
+            beta = cfg.beta * min(1.0, (step + 1) / warmup_steps)  # KL warm-up against early collapse
+            out = model.loss(to_float(tr[batch_idx]).to(device), beta=beta)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+            sched.step()
+            total += out["loss"].item() * len(batch_idx)
+            step += 1
+        seconds = time.monotonic() - t0
+        row = {"epoch": epoch, "train_loss": total / max(len(tr), 1), "beta": beta, "seconds": seconds,
+               "images_per_second": len(tr) / seconds, **{f"val_{k}": v for k, v in evaluate(model, val).items()}}
+        metrics.append(row)
+        log.info("train: epoch %d/%d  loss %.2f  val ELBO %.2f nats/image (%s)  KL %.2f  active units %d/%d  %.1fs",
+                 epoch, cfg.epochs, row["train_loss"], row["val_elbo"], vcfg.likelihood, row["val_kl"],
+                 row["val_active_units"], vcfg.latent_dim, seconds)
+        if cfg.max_minutes is not None and time.monotonic() - start > cfg.max_minutes * 60:
+            log.info("train: time budget of %.1f min reached after epoch %d", cfg.max_minutes, epoch)
+            break
+    model.eval()
+    return _publish(model.cpu(), workdir, metrics, {"trained_on": str(root), "train_config": asdict(cfg),
+                                                      "images": len(images), "held_out": n_val})
+
+
+def adopt_checkpoint(checkpoint: Path, workdir: Workdir) -> TrainResult:
+    """Use a given checkpoint instead of training: loaded weights-only, copied under its own model id."""
+    model = load_checkpoint(checkpoint)
+    return _publish(model, workdir, [], {"adopted_from": str(Path(checkpoint).resolve())})
+
+
+def _publish(model: VAE, workdir: Workdir, metrics: list[dict], provenance: dict) -> TrainResult:
+    mid = model_id(model)
+    d = workdir.model_dir(mid)
+    save_checkpoint(model, d / "model.pt")
+    write_json({"model_id": mid, "vae": asdict(model.config), **provenance}, d / "config.json")
+    write_json({"likelihood": model.config.likelihood, "units": "nats per image", "epochs": metrics}, d / "metrics.json")
+    log.info("train: model %s saved to %s", mid, d)
+    return TrainResult(d, mid, metrics)
