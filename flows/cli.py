@@ -108,6 +108,12 @@ def _dispatch(a: argparse.Namespace) -> dict:
         _require_dir(a.workdir, "workdir")
     if a.command == "query" and a.queries:
         _require_dir(a.queries, "query folder")
+    if a.command == "query" and a.list and not a.list.is_file():
+        raise VaepipeError(f"list file {a.list} does not exist")
+    if getattr(a, "k", 1) <= 0:
+        raise VaepipeError(f"-k must be at least 1, got {a.k}")
+    if getattr(a, "n", 1) <= 0:
+        raise VaepipeError(f"-n must be at least 1, got {a.n}")
 
     if a.command == "index":
         from flows.build_index import build_index

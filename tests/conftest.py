@@ -1,0 +1,116 @@
+"""Real image files, a real trained model and one Prefect test server for the whole session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaepipe.config import EmbedConfig, IngestConfig, TrainConfig
+from vaepipe.embed import embed
+from vaepipe.fashion_mnist import CLASSES, load_split
+from vaepipe.index import build_index
+from vaepipe.ingest import ingest
+from vaepipe.store import Workdir
+from vaepipe.train import train
+
+N_FMNIST = 600  # enough for neighbours to mean something, small enough to train in seconds
+FAST_TRAIN = TrainConfig(epochs=3, batch_size=64, seed=0)
+SERIAL = EmbedConfig(workers=0)
+
+
+def write_fmnist(folder: Path, start: int = 0, n: int = N_FMNIST) -> list[Path]:
+    """Real Fashion-MNIST test images as PNGs in class sub-folders (from the bundled split)."""
+    images, labels = load_split("t10k")
+    paths = []
+    for i in range(start, start + n):
+        p = folder / CLASSES[labels[i]] / f"{i:05d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i], "L").save(p)
+        paths.append(p)
+    return paths
+
+
+def write_mixed(folder: Path) -> dict[str, Path]:
+    """One real file per format and mode the ingest stage must handle, plus three bad files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8), "RGB")
+    files = {
+        "png_rgb": folder / "colour" / "rgb.png",
+        "jpeg": folder / "colour" / "photo.jpg",
+        "webp": folder / "colour" / "deep" / "pic.webp",
+        "bmp": folder / "colour" / "pic.bmp",
+        "tiff": folder / "colour" / "pic.tiff",
+        "gif": folder / "anim.gif",
+        "rgba": folder / "alpha.png",
+        "grey": folder / "grey.png",
+        "palette": folder / "palette.png",
+        "grey16": folder / "grey16.png",
+        "cmyk": folder / "cmyk.jpg",
+        "corrupt": folder / "bad" / "truncated.png",
+        "text": folder / "bad" / "notes.jpg",
+        "empty": folder / "bad" / "empty.png",
+    }
+    for p in files.values():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    rgb.save(files["png_rgb"])
+    rgb.save(files["jpeg"], quality=90)
+    rgb.save(files["webp"])
+    rgb.save(files["bmp"])
+    rgb.save(files["tiff"])
+    frames = [Image.new("P", (20, 20), i) for i in (10, 200)]
+    frames[0].save(files["gif"], save_all=True, append_images=frames[1:], duration=100, loop=0)
+    rgba = Image.new("RGBA", (30, 30), (255, 0, 0, 0))  # fully transparent
+    rgba.paste((0, 255, 0, 255), (10, 10, 20, 20))
+    rgba.save(files["rgba"])
+    Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8), "L").save(files["grey"])
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(files["palette"], transparency=0)
+    Image.fromarray(np.full((16, 16), 65535, dtype=np.uint16)).save(files["grey16"])
+    rgb.convert("CMYK").save(files["cmyk"])
+    full = (folder / "colour" / "rgb.png").read_bytes()
+    files["corrupt"].write_bytes(full[: len(full) // 2])
+    files["text"].write_text("this is not a picture\n")
+    files["empty"].write_bytes(b"")
+    return files
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fmnist")
+    write_fmnist(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def built(fmnist_dir, tmp_path_factory) -> Workdir:
+    """A workdir with every stage run by the library on real Fashion-MNIST PNGs (read-only for tests)."""
+    wd = Workdir(tmp_path_factory.mktemp("built"))
+    ingest(fmnist_dir, wd.manifest, IngestConfig(workers=1))
+    trained = train(fmnist_dir, wd.manifest, wd, FAST_TRAIN, workers=0)
+    embed(fmnist_dir, wd.manifest, trained.model_dir, wd.embeddings_dir(trained.model_id), SERIAL)
+    build_index(wd.embeddings_dir(trained.model_id), wd.manifest, wd.index_dir(trained.model_id), trained.model_id)
+    wd.write_collection(fmnist_dir, trained.model_id)
+    return wd
+
+
+@pytest.fixture
+def built_copy(built, tmp_path) -> Workdir:
+    """A private copy of `built` for tests that write into the workdir."""
+    shutil.copytree(built.root, tmp_path / "wd")
+    return Workdir(tmp_path / "wd")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One temporary Prefect server (SQLite, own PREFECT_HOME) for every flow test."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    import flows  # noqa: F401  (logging and analytics settings before prefect is imported)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

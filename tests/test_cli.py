@@ -1,0 +1,70 @@
+"""The `vaepipe` command as a user runs it: real subprocesses, real Prefect runs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import write_fmnist, write_mixed
+
+
+def vaepipe(*args, env=None, check=True):
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vaepipe {args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_reads_well():
+    out = vaepipe("--help").stdout
+    for command in ("index", "query", "sample", "pipeline", "demo"):
+        assert command in out
+    assert "--model CHECKPOINT" in vaepipe("index", "--help").stdout
+    assert "--all" in vaepipe("query", "--help").stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["index", "/no/such/folder", "--workdir", "/tmp/x"], "does not exist"),
+    (["query", "/no/such/workdir", "--all"], "workdir /no/such/workdir does not exist"),
+    (["query", ".", "--all", "-k", "0"], "-k must be at least 1"),
+    (["sample", ".", "-n", "0"], "-n must be at least 1"),
+])
+def test_expected_errors_exit_2_without_traceback(args, message):
+    proc = vaepipe(*args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_index_query_sample_from_the_command_line(tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    env = {"PREFECT_API_URL": PREFECT_API_URL.value()}  # the runs land on the test server
+    photos = tmp_path / "photos"
+    write_fmnist(photos / "nested" / "deeper", n=300)
+    write_mixed(photos / "misc")
+    wd = tmp_path / "wd"
+    out = vaepipe("index", photos, "--workdir", wd, "--epochs", "2", "--workers", "1", env=env).stdout
+    assert "images failed: 3" in out and "index kind: flat" in out
+
+    all_out = vaepipe("query", wd, "--all", "-k", "3", env=env).stdout
+    path = next(line.split(": ", 1)[1] for line in all_out.splitlines() if line.strip().startswith("neighbours:"))
+    assert pq.read_table(path).num_rows == 3 * (300 + 11)
+
+    queries = tmp_path / "q"
+    queries.mkdir()
+    src = sorted((photos / "nested").rglob("*.png"))[5]
+    Image.open(src).save(queries / "same.jpg", quality=95)
+    q_out = vaepipe("query", wd, "--queries", queries, "-k", "2", env=env).stdout
+    path = next(line.split(": ", 1)[1] for line in q_out.splitlines() if line.strip().startswith("neighbours:"))
+    table = pq.read_table(path).to_pandas()
+    assert table.loc[table["rank"] == 1, "neighbour_path"].item() == src.relative_to(photos).as_posix()
+
+    s_out = vaepipe("sample", wd, "-n", "4", env=env).stdout
+    samples = next(line.split(": ", 1)[1] for line in s_out.splitlines() if line.strip().startswith("samples dir:"))
+    assert len(list(Path(samples).glob("sample-*.png"))) == 4

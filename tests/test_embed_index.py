@@ -1,0 +1,122 @@
+"""Embeddings are the model's posterior means in Parquet; the FAISS index maps back to the manifest."""
+
+import json
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import SERIAL
+from vaepipe.config import IndexConfig
+from vaepipe.embed import embed
+from vaepipe.images import load_array, to_float
+from vaepipe.index import SearchIndex, build_index, load_vectors, prepare
+from vaepipe.ingest import read_ok
+from vaepipe.model import load_checkpoint
+from vaepipe.store import VaepipeError, embedding_schema
+
+
+def _mid(wd):
+    return json.loads(wd.collection.read_text())["model_id"]
+
+
+def test_embeddings_are_posterior_means_with_the_documented_schema(built, fmnist_dir):
+    mid = _mid(built)
+    parts = sorted(built.embeddings_dir(mid).glob("part-*.parquet"))
+    table = pa.concat_tables([pq.read_table(p) for p in parts])
+    assert table.schema.equals(embedding_schema(32))
+    assert table.num_rows == len(set(read_ok(built.manifest)["sha256"].to_pylist()))
+    assert set(table["model_id"].to_pylist()) == {mid}
+    model = load_checkpoint(built.model_dir(mid) / "model.pt")
+    row = table.slice(7, 1).to_pylist()[0]
+    x = to_float(torch.from_numpy(load_array(fmnist_dir / row["path"], model.config.spec))[None])
+    with torch.no_grad():
+        mu = model.encode(x)[0][0].numpy()
+    assert np.allclose(row["embedding"], mu, atol=1e-4)
+    # plain pandas reads it, with one vector per row
+    df = pq.read_table(parts[0]).to_pandas()
+    assert len(df.iloc[0]["embedding"]) == 32
+
+
+def test_embedding_again_only_embeds_what_is_new(built_copy, fmnist_dir):
+    mid = _mid(built_copy)
+    result = embed(fmnist_dir, built_copy.manifest, built_copy.model_dir(mid), built_copy.embeddings_dir(mid), SERIAL)
+    assert result.n_embedded == 0 and result.n_reused > 0
+
+
+def test_index_maps_rows_to_manifest_and_records_what_it_is(built):
+    mid = _mid(built)
+    d = built.index_dir(mid)
+    meta = json.loads((d / "index.json").read_text())
+    assert meta["kind"] == "flat" and meta["metric"] == "cosine" and meta["recall_at_10"] == 1.0
+    assert meta["model_id"] == mid and meta["dim"] == 32
+    ids = pq.read_table(d / "ids.parquet")
+    manifest_ok = read_ok(built.manifest)
+    assert ids.num_rows == meta["n"] == manifest_ok.num_rows
+    assert set(zip(ids["path"].to_pylist(), ids["sha256"].to_pylist())) == set(
+        zip(manifest_ok["path"].to_pylist(), manifest_ok["sha256"].to_pylist()))
+    index = faiss.read_index(str(d / "index.faiss"))  # plain FAISS opens it
+    assert index.ntotal == meta["n"]
+
+
+def test_cosine_search_matches_brute_force(built):
+    mid = _mid(built)
+    ids, vectors = load_vectors(built.embeddings_dir(mid), built.manifest)
+    index = SearchIndex.open(built.index_dir(mid))
+    rows, dist, sim = index.search(vectors[:20], 5)
+    centred = vectors - vectors.mean(0)
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    cos = unit[:20] @ unit.T
+    assert np.array_equal(rows[:, 0], np.arange(20))  # each vector's nearest is itself
+    assert np.allclose(sim, np.sort(cos, axis=1)[:, ::-1][:, :5], atol=1e-4)
+    assert np.allclose(dist, 1 - sim)
+
+
+def _clusters(n=6000, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(30, d))
+    return (centres[rng.integers(0, 30, n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_index_reaches_target_recall(tmp_path, kind):
+    vectors = _clusters()
+    parts = tmp_path / "emb"
+    parts.mkdir()
+    shas = [f"{i:064x}" for i in range(len(vectors))]
+    pq.write_table(pa.table({"path": [f"{i}.png" for i in range(len(vectors))], "sha256": shas,
+                             "model_id": ["m"] * len(vectors),
+                             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 16)},
+                            schema=embedding_schema(16)), parts / "part-00000.parquet")
+    manifest = tmp_path / "manifest.parquet"
+    from vaepipe.store import MANIFEST_SCHEMA
+    pq.write_table(pa.Table.from_pylist([{"path": f"{i}.png", "sha256": s, "status": "ok"} for i, s in enumerate(shas)],
+                                        schema=MANIFEST_SCHEMA), manifest)
+    result = build_index(parts, manifest, tmp_path / "index", "m", IndexConfig(kind=kind, target_recall=0.95))
+    assert result.kind == kind and result.recall_at_10 >= 0.95 and result.n == len(vectors)
+    # re-measure independently through the opened index
+    index = SearchIndex.open(tmp_path / "index")
+    q = vectors[:300]
+    rows, _, _ = index.search(q, 10)
+    rows = np.array([int(p[:-4]) for p in index.ids["path"].to_pylist()])[rows]  # index rows -> our numbering
+    x = prepare(vectors, "cosine", vectors.mean(0))
+    exact = np.argsort(-(x[:300] @ x.T), axis=1)[:, :10]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows.tolist(), exact.tolist())])
+    assert recall >= 0.9
+    # auto picks exact below the threshold and HNSW above
+    assert build_index(parts, manifest, tmp_path / "i2", "m", IndexConfig(exact_below=10_000)).kind == "flat"
+    assert build_index(parts, manifest, tmp_path / "i3", "m", IndexConfig(exact_below=1_000)).kind == "hnsw"
+
+
+def test_damaged_index_is_refused(built_copy):
+    d = built_copy.index_dir(_mid(built_copy))
+    data = (d / "index.faiss").read_bytes()
+    (d / "index.faiss").write_bytes(data[: len(data) // 3])
+    with pytest.raises(VaepipeError, match="rebuild"):
+        SearchIndex.open(d)
+    (d / "index.json").unlink()
+    with pytest.raises(VaepipeError, match="index.json missing"):
+        SearchIndex.open(d)

@@ -1,0 +1,31 @@
+"""Samples, reconstructions and interpolations are real PNGs of the right size."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from vaepipe.generate import VIEW_SIDE, generate
+
+
+def test_generate_writes_valid_pngs(built, fmnist_dir, tmp_path):
+    mid = json.loads(built.collection.read_text())["model_id"]
+    result = generate(built.model_dir(mid) / "model.pt", fmnist_dir, built.manifest, tmp_path / "s", n=9,
+                      n_reconstructions=4)
+    names = {p.name for p in result.files}
+    assert {f"sample-{i:04d}.png" for i in range(9)} <= names
+    assert {"grid.png", "reconstructions.png", "interpolation.png"} <= names
+    scale = VIEW_SIDE // 28
+    for p in result.files:
+        with Image.open(p) as img:
+            img.verify()
+    sample = np.asarray(Image.open(tmp_path / "s" / "sample-0000.png"))
+    assert sample.shape == (28 * scale, 28 * scale) and sample.std() > 5  # enlarged, and not a flat grey
+    with Image.open(tmp_path / "s" / "grid.png") as grid:
+        assert grid.size == ((3 * 30 + 2) * scale,) * 2  # 3x3 tiles of 28 px with 2 px padding
+    with Image.open(tmp_path / "s" / "reconstructions.png") as rec:
+        assert rec.size == ((4 * 30 + 2) * scale, (2 * 30 + 2) * scale)  # inputs above reconstructions
+    with Image.open(tmp_path / "s" / "interpolation.png") as strip:
+        assert strip.size == ((12 * 30 + 2) * scale, 32 * scale)  # two ends plus 10 steps
+    meta = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert len(meta["reconstructed"]) == 4 and len(meta["interpolated"]) == 2

@@ -1,0 +1,54 @@
+"""The manifest records every file seen, bad ones with the reason, and skips unchanged files on re-runs."""
+
+import os
+
+import pyarrow.parquet as pq
+
+from conftest import write_mixed
+from vaepipe.config import IngestConfig
+from vaepipe.ingest import ingest, read_ok, scan
+from vaepipe.store import MANIFEST_SCHEMA, sha256_file
+
+
+def test_manifest_has_a_row_per_file_and_reasons_for_bad_ones(tmp_path):
+    files = write_mixed(tmp_path / "imgs")
+    (tmp_path / "imgs" / ".hidden").mkdir()
+    (tmp_path / "imgs" / ".hidden" / "x.png").write_bytes((tmp_path / "imgs" / "grey.png").read_bytes())
+    result = ingest(tmp_path / "imgs", tmp_path / "manifest.parquet", IngestConfig(workers=1))
+
+    table = pq.read_table(tmp_path / "manifest.parquet")
+    assert table.schema.equals(MANIFEST_SCHEMA)
+    rows = {r["path"]: r for r in table.to_pylist()}
+    assert set(rows) == {p.relative_to(tmp_path / "imgs").as_posix() for p in files.values()}  # hidden skipped
+    assert result.n_files == len(files) and result.n_error == 3 and result.n_ok == len(files) - 3
+    assert rows["bad/notes.jpg"]["status"] == "error" and "not a recognised image" in rows["bad/notes.jpg"]["error"]
+    assert "0 bytes" in rows["bad/empty.png"]["error"]
+    assert "truncated" in rows["bad/truncated.png"]["error"]
+    ok = rows["colour/photo.jpg"]
+    assert ok["status"] == "ok" and ok["error"] is None
+    assert (ok["width"], ok["height"], ok["mode"]) == (60, 40, "RGB")
+    assert ok["sha256"] == sha256_file(files["jpeg"])
+    assert ok["bytes"] == files["jpeg"].stat().st_size
+    assert read_ok(tmp_path / "manifest.parquet").num_rows == result.n_ok
+
+
+def test_rerun_reads_only_changed_files(tmp_path):
+    files = write_mixed(tmp_path / "imgs")
+    m = tmp_path / "manifest.parquet"
+    first = ingest(tmp_path / "imgs", m, IngestConfig(workers=1))
+    files["grey"].write_bytes(files["png_rgb"].read_bytes())  # content changes
+    os.utime(files["grey"], (1, 1))
+    files["bmp"].unlink()
+    second = ingest(tmp_path / "imgs", m, IngestConfig(workers=1))
+    assert second.n_files == first.n_files - 1
+    assert second.n_reused == first.n_ok - 2  # all ok files but the changed and the deleted one
+    rows = {r["path"]: r for r in pq.read_table(m).to_pylist()}
+    assert rows["grey.png"]["sha256"] == sha256_file(files["png_rgb"]) and rows["grey.png"]["mode"] == "RGB"
+
+
+def test_parallel_ingest_matches_serial(tmp_path, fmnist_dir):
+    serial = ingest(fmnist_dir, tmp_path / "a.parquet", IngestConfig(workers=1))
+    parallel = ingest(fmnist_dir, tmp_path / "b.parquet", IngestConfig(workers=2))
+    assert serial.n_ok == parallel.n_ok == len(scan(fmnist_dir))
+    a, b = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "b.parquet")
+    assert a.select(["path", "sha256"]).equals(b.select(["path", "sha256"]))

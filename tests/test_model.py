@@ -1,0 +1,99 @@
+"""The VAE is the standard one, and its checkpoints load safely."""
+
+import pickle
+
+import pytest
+import torch
+
+from vaepipe.model import VAE, VAEConfig, load_checkpoint, model_id, save_checkpoint
+from vaepipe.store import VaepipeError
+
+
+@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 3)])
+def test_shapes(size, channels):
+    model = VAE(VAEConfig(image_size=size, channels=channels, latent_dim=8, width=8))
+    x = torch.rand(4, channels, size, size)
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (4, 8)
+    assert model.decode(mu).shape == x.shape
+    assert model.sample(3).shape == (3, channels, size, size)
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        VAE(VAEConfig(image_size=30))
+    with pytest.raises(ValueError, match="likelihood"):
+        VAE(VAEConfig(likelihood="poisson"))
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_loss_is_nll_plus_beta_kl_and_elbo_is_its_negative_at_beta_1(likelihood):
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(latent_dim=8, width=8, likelihood=likelihood))
+    x = torch.rand(16, 1, 28, 28)
+    torch.manual_seed(1)
+    out = model.loss(x, beta=0.3)
+    assert torch.allclose(out["loss"], out["nll"] + 0.3 * out["kl"], atol=1e-4)
+    assert torch.allclose(out["elbo"], -(out["nll"] + out["kl"]), atol=1e-4)
+    assert out["kl"] >= 0
+    assert torch.allclose(out["kl_per_dim"].sum(), out["kl"], atol=1e-4)
+
+
+def test_kl_is_zero_exactly_at_the_prior():
+    model = VAE(VAEConfig(latent_dim=4, width=8))
+    mu, logvar = torch.zeros(2, 4), torch.zeros(2, 4)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+    assert torch.all(kl == 0)
+    with torch.no_grad():  # and the model's own KL grows as the posterior leaves the prior
+        model.mu.bias.fill_(3.0)
+        assert model.loss(torch.rand(2, 1, 28, 28))["kl"] > 4 * 0.5 * 9 * 0.9
+
+
+def test_reparameterisation_samples_in_training_and_uses_the_mean_in_eval():
+    model = VAE(VAEConfig(latent_dim=8, width=8))
+    x = torch.rand(2, 1, 28, 28)
+    model.train()
+    assert not torch.equal(model(x)[0], model(x)[0])
+    model.eval()
+    assert torch.equal(model(x)[0], model(x)[0])
+    # gradients reach the encoder through the sample
+    model.train()
+    model.loss(x)["loss"].backward()
+    assert model.logvar.weight.grad is not None and model.logvar.weight.grad.abs().sum() > 0
+
+
+def test_checkpoint_round_trip_keeps_the_weights_and_id(tmp_path):
+    model = VAE(VAEConfig(latent_dim=8, width=8))
+    save_checkpoint(model, tmp_path / "m.pt")
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    assert model_id(loaded) == model_id(model)
+    assert loaded.config == model.config
+
+
+class Boom:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('x')",))
+
+
+def test_checkpoint_with_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"config": {}, "state_dict": {}, "payload": Boom()}, tmp_path / "evil.pt")
+    with pytest.raises(VaepipeError, match="weights-only"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "PWNED").exists()
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(VaepipeError):
+        load_checkpoint(tmp_path / "plain.pkl")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_truncated_or_mismatched_checkpoint_is_refused(tmp_path):
+    model = VAE(VAEConfig(latent_dim=8, width=8))
+    save_checkpoint(model, tmp_path / "m.pt")
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(VaepipeError, match="corrupt"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"config": {"latent_dim": 16, "width": 8}, "state_dict": model.state_dict()}, tmp_path / "lie.pt")
+    with pytest.raises(VaepipeError, match="does not match"):
+        load_checkpoint(tmp_path / "lie.pt")

@@ -1,0 +1,68 @@
+"""Training on real images: held-out metrics per epoch, reproducible by seed, artefacts saved."""
+
+import json
+
+import pytest
+
+from conftest import FAST_TRAIN, write_mixed
+from vaepipe.config import IngestConfig, TrainConfig
+from vaepipe.ingest import ingest, read_ok
+from vaepipe.model import load_checkpoint, model_id
+from vaepipe.store import VaepipeError, Workdir
+from vaepipe.train import adopt_checkpoint, model_config_for, train
+
+
+def test_training_writes_weights_config_and_metrics(built):
+    collection = json.loads(built.collection.read_text())
+    d = built.model_dir(collection["model_id"])
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert metrics["likelihood"] == "bernoulli" and metrics["units"] == "nats per image"
+    epochs = metrics["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert all(e["val_elbo"] < 0 and e["val_kl"] > 0 for e in epochs)
+    assert epochs[-1]["val_elbo"] > epochs[0]["val_elbo"]  # it learned something
+    assert epochs[-1]["val_active_units"] >= 8
+    model = load_checkpoint(d / "model.pt")
+    assert model_id(model) == collection["model_id"] == d.name
+    config = json.loads((d / "config.json").read_text())
+    assert config["vae"]["image_size"] == 28 and config["vae"]["channels"] == 1
+    assert config["held_out"] == 60 and config["images"] == 600
+
+
+def test_same_seed_same_model(fmnist_dir, built, tmp_path):
+    wd = Workdir(tmp_path)
+    ingest(fmnist_dir, wd.manifest, IngestConfig(workers=1))
+    again = train(fmnist_dir, wd.manifest, wd, FAST_TRAIN, workers=0)
+    assert again.model_id == json.loads(built.collection.read_text())["model_id"]
+
+
+def test_time_budget_stops_training(fmnist_dir, built, tmp_path):
+    wd = Workdir(tmp_path)
+    result = train(fmnist_dir, built.manifest, wd, TrainConfig(epochs=50, max_minutes=0.0001), workers=0)
+    assert len(result.metrics) == 1
+
+
+def test_model_shape_follows_the_data(tmp_path):
+    write_mixed(tmp_path / "imgs")
+    ingest(tmp_path / "imgs", tmp_path / "m.parquet", IngestConfig(workers=1))
+    ok = read_ok(tmp_path / "m.parquet")
+    cfg = model_config_for(ok, TrainConfig())
+    assert cfg.channels == 3 and cfg.image_size == 64  # colour files, median side 60
+    assert model_config_for(ok, TrainConfig(channels=1, image_size=32)).channels == 1
+
+
+def test_too_few_images_is_a_clear_error(tmp_path):
+    write_mixed(tmp_path / "imgs")
+    for p in (tmp_path / "imgs").rglob("*"):
+        if p.is_file() and p.name != "grey.png":
+            p.unlink()
+    wd = Workdir(tmp_path / "wd")
+    ingest(tmp_path / "imgs", wd.manifest, IngestConfig(workers=1))
+    with pytest.raises(VaepipeError, match="at least 2"):
+        train(tmp_path / "imgs", wd.manifest, wd, FAST_TRAIN, workers=0)
+
+
+def test_adopting_a_checkpoint_keeps_its_id(built, tmp_path):
+    mid = json.loads(built.collection.read_text())["model_id"]
+    adopted = adopt_checkpoint(built.model_dir(mid) / "model.pt", Workdir(tmp_path))
+    assert adopted.model_id == mid and (adopted.model_dir / "model.pt").exists()
