@@ -8,4 +8,6 @@ import os
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "vaepipe")
 # The temporary local server's telemetry heartbeat only adds noise (and SQLite lock warnings) to every run.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Library stages also run outside flows (tests, benchmarks): their logs then stay local, without a warning.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 logging.getLogger("vaepipe").setLevel(logging.INFO)
