@@ -8,18 +8,18 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.artifacts import summary_artifact
+from flows.common import retry_unless_expected, summary_artifact
 from vaepipe.config import BuildConfig, EmbedConfig, IndexConfig, IngestConfig, TrainConfig
 from vaepipe.embed import EmbedResult, embed
 from vaepipe.index import IndexResult, build_index as build_faiss_index
 from vaepipe.ingest import IngestResult, ingest
 from vaepipe.store import Workdir
-from vaepipe.train import TrainResult, adopt_checkpoint, train
+from vaepipe.train import TrainResult, adopt_checkpoint, reusable_model, train
 
 # The library is incremental by content hash, so Prefect's own result caching is not used.
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_expected, cache_policy=NO_CACHE)
 def ingest_task(images: str, workdir: str, cfg: IngestConfig) -> IngestResult:
     return ingest(Path(images), Workdir(Path(workdir)).manifest, cfg)
 
@@ -30,11 +30,11 @@ def train_task(images: str, manifest: Path, workdir: str, cfg: TrainConfig, work
 
 
 @task(name="adopt-model", cache_policy=NO_CACHE)
-def adopt_task(checkpoint: str, workdir: str) -> TrainResult:
-    return adopt_checkpoint(Path(checkpoint), Workdir(Path(workdir)))
+def adopt_task(checkpoint: str, manifest: Path, workdir: str, cfg: TrainConfig) -> TrainResult:
+    return adopt_checkpoint(Path(checkpoint), manifest, Workdir(Path(workdir)), cfg)
 
 
-@task(name="embed", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="embed", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_expected, cache_policy=NO_CACHE)
 def embed_task(images: str, manifest: Path, model_dir: Path, embeddings_dir: Path, cfg: EmbedConfig) -> EmbedResult:
     return embed(Path(images), manifest, model_dir, embeddings_dir, cfg)
 
@@ -62,12 +62,12 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
     timings["ingest"] = time.monotonic() - t
 
     t = time.monotonic()
-    current = wd.read_collection()["model_id"] if wd.collection.exists() else None
+    current = None if model or retrain else reusable_model(wd)
     if model:
-        trained = adopt_task(model, workdir)
-    elif current and not retrain and (wd.model_dir(current) / "model.pt").exists():
-        log.info("reusing the collection's model %s (pass retrain=True to train a new one)", current)
-        trained = TrainResult(wd.model_dir(current), current, [])
+        trained = adopt_task(model, ingested.manifest, workdir, cfg.train)
+    elif current:
+        log.info("reusing the collection's model %s (pass retrain=True to train a new one)", current.model_id)
+        trained = current
     else:
         trained = train_task(images, ingested.manifest, workdir, cfg.train, cfg.embed.workers)
     timings["model"] = time.monotonic() - t
@@ -87,6 +87,7 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
         "images seen": ingested.n_files,
         "images ok": ingested.n_ok,
         "images failed": ingested.n_error + len(embedded.failed),
+        "failed by reason": ingested.errors_by_kind,
         "unchanged since last ingest": ingested.n_reused,
         "model id": trained.model_id,
         "model": "adopted checkpoint" if model else ("trained" if trained.metrics else "reused"),
@@ -96,6 +97,7 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
         "active units": last.get("val_active_units", "n/a"),
         "embedded now": embedded.n_embedded,
         "embeddings reused": embedded.n_reused,
+        "damaged parts set aside": len(embedded.quarantined),
         "index kind": indexed.kind,
         "index params": indexed.params or "exact",
         "indexed vectors": indexed.n,

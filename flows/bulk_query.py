@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.artifacts import summary_artifact
+from flows.common import summary_artifact
 from vaepipe.config import EmbedConfig
 from vaepipe.query import QueryResult, query_all, query_folder, query_list
 from vaepipe.store import VaepipeError, Workdir

@@ -7,13 +7,12 @@ shows up on that server like any other.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from vaepipe.config import BuildConfig, EmbedConfig, IndexConfig, IngestConfig, TrainConfig
-from vaepipe.store import VaepipeError
+from vaepipe.store import VaepipeError, Workdir
 
 DEMO_IMAGES = Path("demo-data/fashion-mnist-test")
 DEMO_WORKDIR = Path("work/demo")
@@ -35,12 +34,18 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("index")
     g.add_argument("--index-kind", choices=("auto", "flat", "hnsw", "ivf"), default=i.kind)
     g.add_argument("--metric", choices=("cosine", "l2"), default=i.metric)
+    g = p.add_argument_group("input files")
+    g.add_argument("--max-pixels", type=int, default=IngestConfig().max_pixels,
+                   help="images declaring more pixels are rejected unread (default %(default)s)")
+    g.add_argument("--include-hidden", action="store_true", help="also read dot-files and dot-folders")
+    g.add_argument("--follow-symlinks-outside", action="store_true", help="read symlinked files whose target is outside the folder")
     p.add_argument("--workers", type=int, default=EmbedConfig().workers, help="image decoding processes (default %(default)s)")
 
 
 def _build_config(a: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
-        ingest=replace(IngestConfig(), workers=a.workers),
+        ingest=replace(IngestConfig(), workers=a.workers, max_pixels=a.max_pixels, include_hidden=a.include_hidden,
+                       follow_symlinks_outside=a.follow_symlinks_outside),
         train=replace(TrainConfig(), epochs=a.epochs, max_minutes=a.max_minutes, image_size=a.image_size,
                       channels=a.channels, latent_dim=a.latent_dim, beta=a.beta, likelihood=a.likelihood, seed=a.seed),
         embed=replace(EmbedConfig(), workers=a.workers),
@@ -91,19 +96,24 @@ def main(argv: list[str] | None = None) -> int:
     except VaepipeError as e:
         print(f"vaepipe: error: {e}", file=sys.stderr)
         return 2
+    from flows.common import format_value
+
     print()
     for key, value in summary.items():
-        print(f"{key:>28}: {value}")
+        print(f"{key:>28}: {format_value(value)}")
     return 0
 
 
 def _dispatch(a: argparse.Namespace) -> dict:
     import flows  # noqa: F401  (sets Prefect logging up before prefect is imported)
+    from vaepipe.query import preflight
 
     if a.command in ("index", "pipeline"):
         _require_dir(a.images, "image folder")
-        if a.model and not Path(a.model).is_file():
-            raise VaepipeError(f"checkpoint {a.model} does not exist")
+        if a.model:
+            from vaepipe.model import load_checkpoint
+
+            load_checkpoint(Path(a.model))  # a damaged or unsafe file is refused before any work starts
     if a.command in ("query", "sample"):
         _require_dir(a.workdir, "workdir")
     if a.command == "query" and a.queries:
@@ -114,6 +124,14 @@ def _dispatch(a: argparse.Namespace) -> dict:
         raise VaepipeError(f"-k must be at least 1, got {a.k}")
     if getattr(a, "n", 1) <= 0:
         raise VaepipeError(f"-n must be at least 1, got {a.n}")
+    if a.command == "query":
+        preflight(Workdir(a.workdir), a.k, exclude_self=not a.queries)
+    if a.command == "sample":
+        Workdir(a.workdir).read_collection()
+
+    from flows.common import hide_expected_tracebacks
+
+    hide_expected_tracebacks()
 
     if a.command == "index":
         from flows.build_index import build_index

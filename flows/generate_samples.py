@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.artifacts import summary_artifact
+from flows.common import summary_artifact
 from vaepipe.generate import GenerateResult, generate
 from vaepipe.store import Workdir, new_run_id
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.artifacts import summary_artifact
+from flows.common import summary_artifact
 from flows.build_index import build_index
 from flows.bulk_query import bulk_query
 from flows.generate_samples import generate_samples

@@ -2,16 +2,16 @@
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from conftest import FAST_TRAIN, write_fmnist, write_mixed
 from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig
-from vaepipe.store import MANIFEST_SCHEMA, NEIGHBOURS_SCHEMA, embedding_schema
+from vaepipe.store import MANIFEST_SCHEMA, NEIGHBOURS_SCHEMA, VaepipeError, embedding_schema
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -95,6 +95,11 @@ def test_reindex_reuses_the_model_and_an_adopted_checkpoint_skips_training(pipel
     checkpoint = workdir / "models" / first["model id"] / "model.pt"
     other = tmp_path / "other"
     shutil.copytree(collection / "fashion", other)
-    adopted = build_index(str(other), str(tmp_path / "wd2"), model=str(checkpoint), config=CONFIG)
+    # The collection has colour files, so its model is RGB; a grey-only folder calls for a grey model.
+    with pytest.raises(VaepipeError, match="--channels 3 --image-size 28 to use it anyway"):
+        build_index(str(other), str(tmp_path / "wd2"), model=str(checkpoint), config=CONFIG)
+    assert not (tmp_path / "wd2" / "collection.json").exists()
+    rgb = BuildConfig(ingest=CONFIG.ingest, train=replace(FAST_TRAIN, channels=3), embed=CONFIG.embed)
+    adopted = build_index(str(other), str(tmp_path / "wd2"), model=str(checkpoint), config=rgb)
     assert adopted["model"] == "adopted checkpoint" and adopted["model id"] == first["model id"]
     assert adopted["epochs"] == 0 and adopted["indexed vectors"] == 400

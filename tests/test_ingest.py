@@ -21,7 +21,7 @@ def test_manifest_has_a_row_per_file_and_reasons_for_bad_ones(tmp_path):
     rows = {r["path"]: r for r in table.to_pylist()}
     assert set(rows) == {p.relative_to(tmp_path / "imgs").as_posix() for p in files.values()}  # hidden skipped
     assert result.n_files == len(files) and result.n_error == 3 and result.n_ok == len(files) - 3
-    assert rows["bad/notes.jpg"]["status"] == "error" and "not a recognised image" in rows["bad/notes.jpg"]["error"]
+    assert rows["bad/notes.jpg"]["status"] == "error" and rows["bad/notes.jpg"]["error"] == "not an image: format not recognised"
     assert "0 bytes" in rows["bad/empty.png"]["error"]
     assert "truncated" in rows["bad/truncated.png"]["error"]
     ok = rows["colour/photo.jpg"]

@@ -13,6 +13,7 @@ from typing import Any, Literal
 class IngestConfig:
     include_hidden: bool = False  # dot-files and dot-directories are skipped unless asked for
     max_pixels: int = 64_000_000  # larger declared sizes are rejected before decoding (decompression bombs)
+    follow_symlinks_outside: bool = False  # symlinked files whose target is outside the root are errors
     workers: int = 2  # processes that hash and decode files
 
 

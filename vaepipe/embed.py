@@ -34,6 +34,7 @@ class EmbedResult:
     model_id: str
     n_embedded: int  # newly embedded now
     n_reused: int  # already embedded by an earlier run
+    quarantined: list[Path] = field(default_factory=list)  # damaged parts found and set aside
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): changed or vanished since ingest
 
 
@@ -50,11 +51,25 @@ def encode_files(model: VAE, paths: Sequence[Path], batch_size: int, workers: in
         yield [idx[j] for j in good], mu, failed
 
 
-def embedded_shas(embeddings_dir: Path) -> set[str]:
-    if not embeddings_dir.exists():
-        return set()
-    parts = sorted(embeddings_dir.glob("part-*.parquet"))
-    return {s for p in parts for s in pq.read_table(p, columns=["sha256"])["sha256"].to_pylist()}
+def embedded_shas(embeddings_dir: Path, dim: int) -> tuple[set[str], list[Path]]:
+    """The sha256s already embedded, and the parts set aside because they were damaged (renamed *.corrupt).
+
+    A part left damaged by a crash or a full disk is never read as whole: its images are embedded again.
+    """
+    done: set[str] = set()
+    quarantined: list[Path] = []
+    for part in sorted(Path(embeddings_dir).glob("part-*.parquet")):
+        try:
+            table = pq.read_table(part)
+            if not table.schema.equals(embedding_schema(dim)):
+                raise ValueError(f"schema {table.schema} is not the embedding schema for dimension {dim}")
+            done.update(table["sha256"].to_pylist())
+        except (OSError, ValueError, pa.ArrowException) as e:
+            bad = part.with_name(part.name + ".corrupt")
+            part.rename(bad)
+            quarantined.append(bad)
+            log.warning("embed: %s is damaged (%s); set aside as %s, its images will be embedded again", part, e, bad.name)
+    return done, quarantined
 
 
 def embed(root: Path, manifest_path: Path, model_dir: Path, embeddings_dir: Path,
@@ -62,7 +77,7 @@ def embed(root: Path, manifest_path: Path, model_dir: Path, embeddings_dir: Path
     model = load_checkpoint(model_dir / "model.pt", device or default_device())
     mid = Path(model_dir).name
     ok = read_ok(manifest_path)
-    done = embedded_shas(embeddings_dir)
+    done, quarantined = embedded_shas(embeddings_dir, model.config.latent_dim)
     todo: dict[str, str] = {}  # sha256 -> first path with that content
     for path, sha in zip(ok["path"].to_pylist(), ok["sha256"].to_pylist()):
         if sha not in done:
@@ -107,7 +122,7 @@ def embed(root: Path, manifest_path: Path, model_dir: Path, embeddings_dir: Path
     progress.close()
     for path, reason in failed:
         log.warning("embed: skipped %s: %s", path, reason)
-    return EmbedResult(Path(embeddings_dir), mid, n_written, len(done), failed)
+    return EmbedResult(Path(embeddings_dir), mid, n_written, len(done), quarantined, failed)
 
 
 def _next_part_number(embeddings_dir: Path) -> int:

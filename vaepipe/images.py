@@ -30,7 +30,10 @@ class ImageSpec:
 
 
 class ImageError(Exception):
-    """A file that is not a usable image; the message is meant for a person."""
+    """A file that is not a usable image; the message is meant for a person.
+
+    Messages read "<kind>: <detail>": the kind is stable, so errors can be counted by reason.
+    """
 
 
 def open_image(path: Path, max_pixels: int, draft_size: int | None = None) -> Image.Image:
@@ -42,7 +45,7 @@ def open_image(path: Path, max_pixels: int, draft_size: int | None = None) -> Im
             w, h = img.size
             if w * h > max_pixels:
                 # Checked on the declared size, before any pixel is decoded.
-                raise ImageError(f"declared size {w}x{h} exceeds the pixel limit of {max_pixels:,}")
+                raise ImageError(f"decompression bomb: declared size {w}x{h} exceeds the pixel limit of {max_pixels:,}")
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             if draft_size and img.format == "JPEG":
@@ -53,11 +56,13 @@ def open_image(path: Path, max_pixels: int, draft_size: int | None = None) -> Im
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError("not a recognised image format") from None
+        raise ImageError("not an image: format not recognised") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"decompression bomb: {e}") from None
+    except (PermissionError, FileNotFoundError):
+        raise  # reported by the caller, which knows whether the file vanished
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"corrupt or truncated image data ({type(e).__name__}: {e})") from None
+        raise ImageError(f"corrupt or truncated image: {type(e).__name__}: {e}") from None
 
 
 def _flatten(img: Image.Image, background: int) -> Image.Image:

@@ -25,7 +25,8 @@ from vaepipe.index import SearchIndex
 from vaepipe.ingest import scan
 from vaepipe.model import default_device, load_checkpoint
 from vaepipe.progress import Progress
-from vaepipe.store import NEIGHBOURS_SCHEMA, VaepipeError, Workdir, atomic_path, new_run_id, sha256_file, write_json
+from vaepipe.store import (NEIGHBOURS_SCHEMA, VaepipeError, Workdir, atomic_path, new_run_id, read_json,
+                           sha256_file, write_json)
 
 log = logging.getLogger("vaepipe")
 
@@ -52,6 +53,15 @@ def open_index(workdir: Workdir) -> tuple[dict, SearchIndex]:
     return collection, index
 
 
+def preflight(workdir: Workdir, k: int, exclude_self: bool) -> None:
+    """The checks a query can make from the small JSON files alone, before any work starts."""
+    collection = workdir.read_collection()
+    meta_path = workdir.index_dir(collection["model_id"]) / "index.json"
+    if not meta_path.exists():
+        raise VaepipeError(f"no complete index for model {collection['model_id']} in {workdir.root}: run `vaepipe index` again")
+    _check_k(k, read_json(meta_path)["n"] - (1 if exclude_self else 0))
+
+
 def _check_k(k: int, available: int) -> None:
     if k <= 0:
         raise VaepipeError(f"k must be at least 1, got {k}")
@@ -68,6 +78,9 @@ def query_folder(workdir: Workdir, query_dir: Path, k: int = 10, cfg: EmbedConfi
     if not files:
         raise VaepipeError(f"no files in query folder {query_dir}")
     model = load_checkpoint(workdir.model_dir(collection["model_id"]) / "model.pt", default_device())
+    if model.config.latent_dim != index.dim:
+        raise VaepipeError(f"the model embeds in dimension {model.config.latent_dim} but the index has {index.dim}: "
+                           "the index was built with another model; rebuild with `vaepipe index`")
     vectors = np.zeros((len(files), index.dim), np.float32)
     good = np.zeros(len(files), bool)
     skipped: list[tuple[str, str]] = []

@@ -109,7 +109,10 @@ class Workdir:
                 f"{self.root} holds no built collection (no collection.json). "
                 f"Run `vaepipe index IMAGES --workdir {self.root}` first."
             )
-        return read_json(self.collection)
+        try:
+            return read_json(self.collection)
+        except (ValueError, OSError) as e:
+            raise VaepipeError(f"{self.collection} is unreadable ({e}); run `vaepipe index` again to rebuild it") from None
 
 
 def new_run_id(kind: str) -> str:

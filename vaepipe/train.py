@@ -137,10 +137,35 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
                                                       "images": len(images), "held_out": n_val})
 
 
-def adopt_checkpoint(checkpoint: Path, workdir: Workdir) -> TrainResult:
-    """Use a given checkpoint instead of training: loaded weights-only, copied under its own model id."""
+def adopt_checkpoint(checkpoint: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = TrainConfig()) -> TrainResult:
+    """Use a given checkpoint instead of training: loaded weights-only, copied under its own model id.
+
+    Refused when its input (channels, size) is not what this collection calls for, unless the user
+    asked for that input explicitly (cfg.channels / cfg.image_size).
+    """
     model = load_checkpoint(checkpoint)
+    wanted = model_config_for(read_ok(manifest_path), cfg)
+    have = model.config
+    if (have.channels, have.image_size) != (wanted.channels, wanted.image_size):
+        raise VaepipeError(
+            f"checkpoint {checkpoint} takes {have.channels}-channel {have.image_size}x{have.image_size} input, but this "
+            f"collection calls for {wanted.channels}-channel {wanted.image_size}x{wanted.image_size}; pass --channels "
+            f"{have.channels} --image-size {have.image_size} to use it anyway, or train a model for these images")
     return _publish(model, workdir, [], {"adopted_from": str(Path(checkpoint).resolve())})
+
+
+def reusable_model(workdir: Workdir) -> TrainResult | None:
+    """The collection's current model if it still loads; a damaged one is reported and not reused."""
+    if not workdir.collection.exists():
+        return None
+    try:
+        mid = workdir.read_collection()["model_id"]
+        d = workdir.model_dir(mid)
+        load_checkpoint(d / "model.pt")
+    except (VaepipeError, KeyError) as e:
+        log.warning("train: the collection's model cannot be reused (%s); training a new one", e)
+        return None
+    return TrainResult(d, mid, [])
 
 
 def _publish(model: VAE, workdir: Workdir, metrics: list[dict], provenance: dict) -> TrainResult:

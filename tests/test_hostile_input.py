@@ -1,0 +1,184 @@
+"""Hostile and broken input: every bad file recorded with a reason, nothing lost, nothing let in."""
+
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import SERIAL, write_fmnist
+from hostile import write_hostile
+from vaepipe.config import IngestConfig
+from vaepipe.embed import embed
+from vaepipe.index import build_index, load_vectors
+from vaepipe.ingest import ingest, inspect_file, scan
+from vaepipe.model import VAE, VAEConfig, save_checkpoint
+from vaepipe.query import query_folder
+from vaepipe.store import VaepipeError
+
+
+def vaepipe(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_every_bad_file_is_a_manifest_row_with_its_reason(tmp_path):
+    expect = write_hostile(tmp_path / "root", tmp_path / "outside")
+    write_fmnist(tmp_path / "root" / "good", n=50)
+    result = ingest(tmp_path / "root", tmp_path / "manifest.parquet", IngestConfig(workers=1))
+    rows = {r["path"]: r for r in pq.read_table(tmp_path / "manifest.parquet").to_pylist()}
+    for name, kind in expect.items():
+        assert name in rows, name
+        if kind is None:
+            assert rows[name]["status"] == "ok", (name, rows[name]["error"])
+        else:
+            assert rows[name]["status"] == "error" and rows[name]["error"].startswith(kind), (name, rows[name]["error"])
+    assert sum(1 for n in rows if n.startswith("good/")) == 50
+    # hidden files and the symlinked directory loop are not read at all
+    assert not any(".hidden" in n or n.startswith("links/loop") for n in rows)
+    assert result.n_error == sum(k is not None for k in expect.values())
+    assert result.errors_by_kind["not an image"] == 3 and result.errors_by_kind["corrupt or truncated image"] == 2
+
+
+def test_the_pixel_limit_is_configurable(tmp_path):
+    from PIL import Image
+    (tmp_path / "imgs").mkdir()
+    Image.new("L", (300, 300)).save(tmp_path / "imgs" / "a.png")
+    Image.new("L", (30, 30)).save(tmp_path / "imgs" / "b.png")
+    result = ingest(tmp_path / "imgs", tmp_path / "m.parquet", IngestConfig(workers=1, max_pixels=10_000))
+    assert result.errors_by_kind == {"decompression bomb": 1}
+
+
+def test_a_file_that_vanishes_after_the_scan_is_recorded(tmp_path):
+    write_fmnist(tmp_path / "imgs", n=3)
+    files = scan(tmp_path / "imgs")
+    files[0].unlink()
+    row = inspect_file(tmp_path / "imgs", files[0], IngestConfig())
+    assert row["status"] == "error" and row["error"].startswith("file vanished")
+
+
+def _ingest_as_nobody(root: str, manifest: str, queue) -> None:
+    os.setgid(65534)
+    os.setuid(65534)
+    result = ingest(Path(root), Path(manifest), IngestConfig(workers=1))
+    queue.put(result.errors_by_kind)
+
+
+def test_unreadable_file_is_recorded_not_fatal():
+    # Root reads everything, so the read is made by a forked child that has dropped to 'nobody'.
+    root = Path(tempfile.mkdtemp(prefix="vaepipe-perm-"))
+    try:
+        root.chmod(0o777)
+        write_fmnist(root / "imgs", n=3)
+        for p in [root / "imgs", *(root / "imgs").rglob("*")]:
+            p.chmod(0o777 if p.is_dir() else 0o644)
+        locked = next((root / "imgs").rglob("*.png"))
+        locked.chmod(0)
+        if os.geteuid() == 0:
+            ctx = multiprocessing.get_context("fork")
+            queue = ctx.Queue()
+            child = ctx.Process(target=_ingest_as_nobody, args=(str(root / "imgs"), str(root / "m.parquet"), queue))
+            child.start()
+            child.join(60)
+            assert child.exitcode == 0
+            by_kind = queue.get(timeout=5)
+        else:
+            by_kind = ingest(root / "imgs", root / "m.parquet", IngestConfig(workers=1)).errors_by_kind
+        assert by_kind == {"permission denied": 1}
+        rows = {r["path"]: r for r in pq.read_table(root / "m.parquet").to_pylist()}
+        assert rows[locked.relative_to(root / "imgs").as_posix()]["error"].startswith("permission denied")
+        assert sum(r["status"] == "ok" for r in rows.values()) == 2
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_hostile_folder_end_to_end_nothing_lost(tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    expect = write_hostile(tmp_path / "root", tmp_path / "outside")
+    write_fmnist(tmp_path / "root" / "good", n=200)
+    n_bad = sum(k is not None for k in expect.values())
+    wd = tmp_path / "wd"
+    proc = vaepipe("index", tmp_path / "root", "--workdir", wd, "--epochs", "1", "--workers", "1",
+                   env={"PREFECT_API_URL": PREFECT_API_URL.value()})
+    assert proc.returncode == 0, proc.stderr
+    assert f"images failed: {n_bad}" in proc.stdout
+    assert "decompression bomb: 1" in proc.stdout  # failures by reason, in the CLI output
+    manifest = pq.read_table(wd / "manifest.parquet").to_pylist()
+    ok = {r["path"] for r in manifest if r["status"] == "ok"}
+    collection = json.loads((wd / "collection.json").read_text())
+    ids = set(pq.read_table(wd / "index" / collection["model_id"] / "ids.parquet")["path"].to_pylist())
+    assert ids == ok  # every good image is searchable
+    assert len(ok) == 200 + sum(k is None for k in expect.values())
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize("case", ["empty folder", "only bad files", "k too large", "corrupt checkpoint"])
+def test_bad_requests_fail_cleanly_and_change_nothing(built_copy, tmp_path, case):
+    from prefect.settings import PREFECT_API_URL
+
+    env = {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    before = snapshot(built_copy.root)
+    if case == "empty folder":
+        (tmp_path / "empty").mkdir()
+        proc, message = vaepipe("index", tmp_path / "empty", "--workdir", built_copy.root, env=env), "no files in"
+    elif case == "only bad files":
+        write_hostile(tmp_path / "bad", tmp_path / "outside")
+        for p in (tmp_path / "bad" / "odd").rglob("*"):
+            p.unlink()
+        shutil.rmtree(tmp_path / "bad" / "names")
+        (tmp_path / "bad" / "links" / "inside.png").unlink()
+        (tmp_path / "bad" / "bad" / "no-permission.png").unlink()  # root could read it
+        proc, message = vaepipe("index", tmp_path / "bad", "--workdir", built_copy.root, env=env), "no usable images"
+    elif case == "k too large":
+        proc, message = vaepipe("query", built_copy.root, "--all", "-k", "100000", env=env), "use -k"
+    else:
+        (tmp_path / "model.pt").write_bytes(b"PK\x03\x04 not really a zip")
+        write_fmnist(tmp_path / "imgs", n=5)
+        proc, message = vaepipe("index", tmp_path / "imgs", "--workdir", built_copy.root, "--model", tmp_path / "model.pt", env=env), "corrupt"
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    assert snapshot(built_copy.root) == before
+
+
+def test_query_with_a_model_of_another_dimension_is_refused(built_copy, fmnist_dir):
+    collection = json.loads(built_copy.collection.read_text())
+    save_checkpoint(VAE(VAEConfig(latent_dim=16)), built_copy.model_dir(collection["model_id"]) / "model.pt")
+    queries = sorted(fmnist_dir.rglob("*.png"))[0].parent
+    with pytest.raises(VaepipeError, match="dimension 16 but the index has 32.*rebuild"):
+        query_folder(built_copy, queries, k=3, cfg=SERIAL)
+
+
+def test_damaged_embedding_part_is_set_aside_and_rebuilt(built_copy, fmnist_dir):
+    mid = json.loads(built_copy.collection.read_text())["model_id"]
+    emb_dir = built_copy.embeddings_dir(mid)
+    ids_before, vectors_before = load_vectors(emb_dir, built_copy.manifest)
+    part = sorted(emb_dir.glob("part-*.parquet"))[0]
+    n_rows = pq.read_metadata(part).num_rows
+    part.write_bytes(part.read_bytes()[:100])  # as after a full disk
+    result = embed(fmnist_dir, built_copy.manifest, built_copy.model_dir(mid), emb_dir, SERIAL)
+    assert [p.name for p in result.quarantined] == [part.name + ".corrupt"]
+    assert result.n_embedded == n_rows
+    ids_after, vectors_after = load_vectors(emb_dir, built_copy.manifest)
+    assert ids_after.equals(ids_before) and abs(vectors_after - vectors_before).max() < 1e-4
+    build_index(emb_dir, built_copy.manifest, built_copy.index_dir(mid), mid)
+
+
+def test_damaged_manifest_and_collection_file_are_reported(built_copy, fmnist_dir, caplog):
+    built_copy.manifest.write_bytes(b"PAR1 garbage")
+    result = ingest(fmnist_dir, built_copy.manifest, IngestConfig(workers=1))
+    assert result.n_reused == 0 and result.n_ok == 600 and "unreadable" in caplog.text
+    built_copy.collection.write_text("{not json")
+    with pytest.raises(VaepipeError, match="run `vaepipe index` again"):
+        built_copy.read_collection()
