@@ -57,30 +57,31 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
     wd = Workdir(Path(workdir))
     timings: dict[str, float] = {}
 
-    t = time.monotonic()
-    ingested = ingest_task(images, workdir, cfg.ingest)
-    timings["ingest"] = time.monotonic() - t
+    with wd.lock():  # one build per workdir at a time
+        t = time.monotonic()
+        ingested = ingest_task(images, workdir, cfg.ingest)
+        timings["ingest"] = time.monotonic() - t
 
-    t = time.monotonic()
-    current = None if model or retrain else reusable_model(wd)
-    if model:
-        trained = adopt_task(model, ingested.manifest, workdir, cfg.train)
-    elif current:
-        log.info("reusing the collection's model %s (pass retrain=True to train a new one)", current.model_id)
-        trained = current
-    else:
-        trained = train_task(images, ingested.manifest, workdir, cfg.train, cfg.embed.workers)
-    timings["model"] = time.monotonic() - t
+        t = time.monotonic()
+        current = None if model or retrain else reusable_model(wd, ingested.n_ok, cfg.train)
+        if model:
+            trained = adopt_task(model, ingested.manifest, workdir, cfg.train)
+        elif current:
+            log.info("reusing the collection's model %s (pass retrain=True to train a new one)", current.model_id)
+            trained = current
+        else:
+            trained = train_task(images, ingested.manifest, workdir, cfg.train, cfg.embed.workers)
+        timings["model"] = time.monotonic() - t
 
-    t = time.monotonic()
-    embedded = embed_task(images, ingested.manifest, trained.model_dir, wd.embeddings_dir(trained.model_id), cfg.embed)
-    timings["embed"] = time.monotonic() - t
+        t = time.monotonic()
+        embedded = embed_task(images, ingested.manifest, trained.model_dir, wd.embeddings_dir(trained.model_id), cfg.embed)
+        timings["embed"] = time.monotonic() - t
 
-    t = time.monotonic()
-    indexed = index_task(embedded.embeddings_dir, ingested.manifest, wd.index_dir(trained.model_id),
-                         trained.model_id, cfg.index)
-    timings["index"] = time.monotonic() - t
-    wd.write_collection(Path(images), trained.model_id)
+        t = time.monotonic()
+        indexed = index_task(embedded.embeddings_dir, ingested.manifest, wd.index_dir(trained.model_id),
+                             trained.model_id, cfg.index)
+        timings["index"] = time.monotonic() - t
+        wd.write_collection(Path(images), trained.model_id)
 
     last = trained.metrics[-1] if trained.metrics else {}
     summary = {
@@ -89,6 +90,10 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
         "images failed": ingested.n_error + len(embedded.failed),
         "failed by reason": ingested.errors_by_kind,
         "unchanged since last ingest": ingested.n_reused,
+        "added": ingested.added,
+        "changed": ingested.changed,
+        "removed": ingested.removed,
+        "kept": ingested.kept,
         "model id": trained.model_id,
         "model": "adopted checkpoint" if model else ("trained" if trained.metrics else "reused"),
         "epochs": len(trained.metrics),

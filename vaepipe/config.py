@@ -15,6 +15,7 @@ class IngestConfig:
     max_pixels: int = 64_000_000  # larger declared sizes are rejected before decoding (decompression bombs)
     follow_symlinks_outside: bool = False  # symlinked files whose target is outside the root are errors
     workers: int = 2  # processes that hash and decode files
+    checkpoint_every: int = 5_000  # files; a killed ingest resumes from its last checkpoint
 
 
 @dataclass
@@ -36,6 +37,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     max_images: int = 60_000  # train on a seeded sample of at most this many images (held in RAM)
     seed: int = 0
+    retrain_when_grown: float | None = None  # re-index retrains once the collection grew by this fraction (0.5 = +50%)
 
 
 @dataclass

@@ -104,6 +104,7 @@ def embed(root: Path, manifest_path: Path, model_dir: Path, embeddings_dir: Path
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), model.config.latent_dim),
         }, schema=schema)
         write_parquet(table, embeddings_dir / f"part-{part_no:05d}.parquet")
+        log.info("embed: wrote part-%05d.parquet (%d rows)", part_no, len(rows))
         part_no += 1
         n_written += len(rows)
         buffer = []

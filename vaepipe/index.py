@@ -153,6 +153,7 @@ def build_index(embeddings_dir: Path, manifest_path: Path, index_dir: Path, mode
     params.update(knob)
 
     index_dir = Path(index_dir)
+    log.info("index: writing %s", index_dir)
     with atomic_path(index_dir / "index.faiss") as tmp:
         faiss.write_index(index, str(tmp))
     write_parquet(ids, index_dir / "ids.parquet")

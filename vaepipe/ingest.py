@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,12 @@ class IngestResult:
     n_files: int
     n_ok: int
     n_error: int
-    n_reused: int
+    n_reused: int  # files not read again: same size and mtime as in the last manifest
     errors_by_kind: dict[str, int]  # e.g. {"corrupt or truncated image": 2, "empty file": 1}
+    added: int = 0  # usable images, compared with the previous manifest
+    changed: int = 0
+    removed: int = 0
+    kept: int = 0
 
 
 def scan(root: Path, include_hidden: bool = False) -> list[Path]:
@@ -97,32 +102,34 @@ def error_kind(error: str) -> str:
 
 def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig()) -> IngestResult:
     root = Path(root).resolve()
+    manifest_path = Path(manifest_path)
+    partial_path = manifest_path.with_suffix(".partial.parquet")  # progress of a run that was killed
     files = scan(root, config.include_hidden)
-    previous = _previous_rows(manifest_path)
-    rows: dict[str, dict] = {}
-    todo: list[Path] = []
     if not files:
         raise VaepipeError(f"no files in {root} (hidden files are skipped unless include_hidden is set)")
+    previous = _read_rows(manifest_path)
+    known = {**previous, **_read_rows(partial_path)}
+    rows: dict[str, dict] = {}
+    todo: list[Path] = []
     for path in files:
         rel = relative_name(root, path)
-        old = previous.get(rel)
+        old = known.get(rel)
         if old is not None and old["status"] == "ok" and _unchanged(path, old):
             rows[rel] = old
         else:
             todo.append(path)
+    n_reused = len(rows)
 
     progress = Progress("ingest", len(todo), unit="files")
-    if config.workers > 1 and len(todo) > 256:
-        with ProcessPoolExecutor(config.workers) as pool:
-            results = pool.map(inspect_file, [root] * len(todo), todo, [config] * len(todo), chunksize=64)
-            for row in results:
-                rows[row["path"]] = row
-                progress.update()
-    else:
-        for path in todo:
-            row = inspect_file(root, path, config)
-            rows[row["path"]] = row
-            progress.update()
+    since_checkpoint = 0
+    for row in _inspect_all(root, todo, config):
+        rows[row["path"]] = row
+        progress.update()
+        since_checkpoint += 1
+        if since_checkpoint >= config.checkpoint_every:
+            write_parquet(pa.Table.from_pylist(list(rows.values()), schema=MANIFEST_SCHEMA), partial_path)
+            log.info("ingest: checkpoint after %d of %d files", progress.done, len(todo))
+            since_checkpoint = 0
     progress.close()
 
     ordered = [rows[relative_name(root, p)] for p in files]
@@ -130,13 +137,35 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
     by_kind = dict(Counter(error_kind(r["error"]) for r in ordered if r["status"] != "ok").most_common())
     if n_ok == 0:
         # Nothing to index: leave the workdir as it was rather than replace a good manifest with this one.
+        partial_path.unlink(missing_ok=True)
         reasons = "; ".join(f"{kind}: {n}" for kind, n in by_kind.items())
         raise VaepipeError(f"no usable images in {root}: all {len(ordered)} files failed ({reasons})")
     write_parquet(pa.Table.from_pylist(ordered, schema=MANIFEST_SCHEMA), manifest_path)
-    result = IngestResult(manifest_path, len(ordered), n_ok, len(ordered) - n_ok, len(files) - len(todo), by_kind)
-    log.info("ingest: %d files, %d ok, %d error, %d unchanged since last run",
-             result.n_files, result.n_ok, result.n_error, result.n_reused)
+    partial_path.unlink(missing_ok=True)
+    result = IngestResult(manifest_path, len(ordered), n_ok, len(ordered) - n_ok, n_reused, by_kind,
+                          **_changes(previous, ordered))
+    log.info("ingest: %d files, %d ok, %d error; since the last run %d added, %d changed, %d removed, %d kept",
+             result.n_files, result.n_ok, result.n_error, result.added, result.changed, result.removed, result.kept)
     return result
+
+
+def _inspect_all(root: Path, paths: list[Path], config: IngestConfig) -> Iterator[dict]:
+    if config.workers > 1 and len(paths) > 256:
+        with ProcessPoolExecutor(config.workers) as pool:
+            yield from pool.map(inspect_file, [root] * len(paths), paths, [config] * len(paths), chunksize=64)
+    else:
+        for path in paths:
+            yield inspect_file(root, path, config)
+
+
+def _changes(previous: dict[str, dict], now: list[dict]) -> dict[str, int]:
+    """Usable images added, changed (same path, new content), removed and kept since the previous manifest."""
+    before = {p: r["sha256"] for p, r in previous.items() if r["status"] == "ok"}
+    after = {r["path"]: r["sha256"] for r in now if r["status"] == "ok"}
+    both = before.keys() & after.keys()
+    changed = sum(before[p] != after[p] for p in both)
+    return {"added": len(after.keys() - before.keys()), "changed": changed,
+            "removed": len(before.keys() - after.keys()), "kept": len(both) - changed}
 
 
 def read_ok(manifest_path: Path) -> pa.Table:
@@ -145,13 +174,14 @@ def read_ok(manifest_path: Path) -> pa.Table:
     return table.filter(pc.equal(table["status"], "ok"))
 
 
-def _previous_rows(manifest_path: Path) -> dict[str, dict]:
+def _read_rows(manifest_path: Path) -> dict[str, dict]:
+    """Rows of an earlier manifest by path; a damaged one is reported and ignored (its files are read again)."""
     if not Path(manifest_path).exists():
         return {}
     try:
         return {r["path"]: r for r in pq.read_table(manifest_path, schema=MANIFEST_SCHEMA).to_pylist()}
-    except (OSError, pa.ArrowInvalid) as e:
-        log.warning("ingest: previous manifest unreadable (%s); re-reading every file", e)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        log.warning("ingest: %s is unreadable (%s); re-reading the files it listed", manifest_path, e)
         return {}
 
 

@@ -8,6 +8,7 @@ Schemas are plain Arrow types: pandas, pyarrow and DuckDB read them without vaep
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -97,6 +98,40 @@ class Workdir:
 
     def samples_dir(self, run_id: str) -> Path:
         return self.root / "samples" / run_id
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One build at a time per workdir; a second one is refused with a clear message.
+
+        flock is released by the kernel when the holder dies, even by SIGKILL, so a killed run never
+        leaves a stale lock. The file is removed afterwards so a workdir looks the same before and after.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        while True:
+            f = open(path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                raise VaepipeError(f"workdir {self.root} is in use by another vaepipe build ({holder}); "
+                                   "wait for it to finish, or use another --workdir") from None
+            try:
+                if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+                    break  # still the file at the path, not one an earlier holder unlinked
+            except FileNotFoundError:
+                pass
+            f.close()
+        try:
+            f.truncate(0)
+            f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            f.flush()
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            f.close()
 
     def write_collection(self, image_root: Path, model_id: str) -> Path:
         """Point the collection at a model and its index; written last by a build, so queries never see half a build."""

@@ -5,7 +5,9 @@ Writes models/<model_id>/{model.pt, config.json, metrics.json}; the model id is 
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +21,7 @@ from vaepipe.images import ImageSpec, is_colour, iter_image_batches, to_float
 from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, VAEConfig, default_device, load_checkpoint, model_id, save_checkpoint
 from vaepipe.progress import Progress
-from vaepipe.store import VaepipeError, Workdir, write_json
+from vaepipe.store import VaepipeError, Workdir, atomic_path, fingerprint, read_json, write_json
 
 log = logging.getLogger("vaepipe")
 
@@ -108,9 +110,31 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
     warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
                                                 pct_start=0.1)
+    # Training state is saved after every epoch under a key of (data, recipe): a killed run resumes there.
+    state_path = workdir.training_dir / fingerprint(*rel_paths, json.dumps(asdict(cfg), sort_keys=True)) / "state.pt"
     metrics: list[dict] = []
-    start, step = time.monotonic(), 0
-    for epoch in range(1, cfg.epochs + 1):
+    step, elapsed = 0, 0.0
+    if state_path.exists():
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            metrics, step, elapsed = state["metrics"], state["step"], state["elapsed"]
+            log.info("train: resuming after epoch %d from %s", len(metrics), state_path)
+        except Exception as e:  # a damaged state file costs the epochs it held, nothing else
+            log.warning("train: cannot resume from %s (%s); starting again", state_path, e)
+            torch.manual_seed(cfg.seed)
+            model, metrics, step, elapsed = VAE(vcfg).to(device), [], 0, 0.0
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+                                                        pct_start=0.1)
+    start = time.monotonic() - elapsed
+    for epoch in range(len(metrics) + 1, cfg.epochs + 1):
+        if cfg.max_minutes is not None and metrics and time.monotonic() - start > cfg.max_minutes * 60:
+            break  # a resumed run whose budget was already spent
         model.train()
         t0, total = time.monotonic(), 0.0
         for batch_idx in torch.randperm(len(tr), generator=gen).split(cfg.batch_size):
@@ -129,12 +153,19 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
         log.info("train: epoch %d/%d  loss %.2f  val ELBO %.2f nats/image (%s)  KL %.2f  active units %d/%d  %.1fs",
                  epoch, cfg.epochs, row["train_loss"], row["val_elbo"], vcfg.likelihood, row["val_kl"],
                  row["val_active_units"], vcfg.latent_dim, seconds)
+        with atomic_path(state_path) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "metrics": metrics,
+                        "step": step, "elapsed": time.monotonic() - start}, tmp)
+        log.info("train: saved training state after epoch %d", epoch)
         if cfg.max_minutes is not None and time.monotonic() - start > cfg.max_minutes * 60:
             log.info("train: time budget of %.1f min reached after epoch %d", cfg.max_minutes, epoch)
             break
     model.eval()
-    return _publish(model.cpu(), workdir, metrics, {"trained_on": str(root), "train_config": asdict(cfg),
-                                                      "images": len(images), "held_out": n_val})
+    result = _publish(model.cpu(), workdir, metrics, {"trained_on": str(root), "train_config": asdict(cfg),
+                                                        "images": len(images), "held_out": n_val})
+    shutil.rmtree(state_path.parent, ignore_errors=True)
+    return result
 
 
 def adopt_checkpoint(checkpoint: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = TrainConfig()) -> TrainResult:
@@ -154,8 +185,8 @@ def adopt_checkpoint(checkpoint: Path, manifest_path: Path, workdir: Workdir, cf
     return _publish(model, workdir, [], {"adopted_from": str(Path(checkpoint).resolve())})
 
 
-def reusable_model(workdir: Workdir) -> TrainResult | None:
-    """The collection's current model if it still loads; a damaged one is reported and not reused."""
+def reusable_model(workdir: Workdir, n_images: int, cfg: TrainConfig = TrainConfig()) -> TrainResult | None:
+    """The collection's current model, unless it no longer loads or the collection outgrew it (cfg.retrain_when_grown)."""
     if not workdir.collection.exists():
         return None
     try:
@@ -164,6 +195,11 @@ def reusable_model(workdir: Workdir) -> TrainResult | None:
         load_checkpoint(d / "model.pt")
     except (VaepipeError, KeyError) as e:
         log.warning("train: the collection's model cannot be reused (%s); training a new one", e)
+        return None
+    trained_on = read_json(d / "config.json").get("images")
+    if cfg.retrain_when_grown is not None and trained_on and n_images > trained_on * (1 + cfg.retrain_when_grown):
+        log.info("train: the collection grew from %d to %d images since model %s was trained; training a new one",
+                 trained_on, n_images, mid)
         return None
     return TrainResult(d, mid, [])
 
