@@ -1,0 +1,152 @@
+"""Scheduled re-indexing: only what changed is redone, the answer equals a rebuild, and killed runs resume."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import FAST_TRAIN, write_fmnist
+from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig
+from vaepipe.query import query_all
+from vaepipe.store import VaepipeError, Workdir
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+CONFIG = BuildConfig(ingest=IngestConfig(workers=1), train=FAST_TRAIN, embed=EmbedConfig(workers=0))
+DRIVER = Path(__file__).parent / "build_driver.py"
+
+
+def neighbours(workdir: Path, k: int = 5) -> list[tuple]:
+    table = pq.read_table(query_all(Workdir(workdir), k=k).neighbours).to_pandas()
+    return sorted(zip(table["query_path"], table["rank"], table["neighbour_path"]))
+
+
+def test_incremental_reindex_equals_a_rebuild_from_scratch(tmp_path):
+    from flows.build_index import build_index
+
+    images = tmp_path / "images"
+    paths = write_fmnist(images, n=300)
+    first = build_index(str(images), str(tmp_path / "wd"), config=CONFIG)
+
+    # The folder changes: 30 new images, 20 deleted, 10 moved, 5 rewritten, 3 duplicated.
+    new = write_fmnist(tmp_path / "incoming", start=300, n=30)
+    for p in new:
+        dest = images / "new" / p.name
+        dest.parent.mkdir(exist_ok=True)
+        shutil.move(p, dest)
+    for p in paths[:20]:
+        p.unlink()
+    (images / "moved").mkdir()
+    for p in paths[20:30]:
+        p.rename(images / "moved" / p.name)
+    donors = write_fmnist(tmp_path / "donors", start=400, n=5)
+    for p, donor in zip(paths[30:35], donors):
+        Image.open(donor).save(p)
+    for p in paths[40:43]:
+        shutil.copy(p, p.with_name("copy-" + p.name))
+
+    again = build_index(str(images), str(tmp_path / "wd"), config=CONFIG)
+    assert again["model"] == "reused" and again["model id"] == first["model id"]
+    assert (again["added"], again["changed"], again["removed"], again["kept"]) == (30 + 10 + 3, 5, 20 + 10, 300 - 35)
+    assert again["embedded now"] == 30 + 5  # moved and duplicated files were embedded before, by content
+    assert again["indexed vectors"] == 300 + 30 - 20 + 3
+    assert {"ingest seconds", "model seconds", "embed seconds", "index seconds"} <= again.keys()
+
+    checkpoint = tmp_path / "wd" / "models" / first["model id"] / "model.pt"
+    scratch = build_index(str(images), str(tmp_path / "scratch"), model=str(checkpoint), config=CONFIG)
+    assert scratch["embedded now"] == 300 + 30 - 20 + 3 - 3  # every distinct content, from nothing
+    assert neighbours(tmp_path / "wd") == neighbours(tmp_path / "scratch")
+
+
+def test_collection_growth_past_the_ratio_retrains_and_keeps_old_artefacts_apart(tmp_path):
+    from flows.build_index import build_index
+
+    images = tmp_path / "images"
+    write_fmnist(images, n=200)
+    grow = replace(CONFIG, train=replace(FAST_TRAIN, retrain_when_grown=0.5))
+    first = build_index(str(images), str(tmp_path / "wd"), config=grow)
+    write_fmnist(images, start=200, n=50)  # +25%: below the ratio
+    assert build_index(str(images), str(tmp_path / "wd"), config=grow)["model"] == "reused"
+    write_fmnist(images, start=250, n=100)  # 350 images against 200 trained on: +75%
+    grown = build_index(str(images), str(tmp_path / "wd"), config=grow)
+    assert grown["model"] == "trained" and grown["model id"] != first["model id"]
+    assert grown["embedded now"] == 350  # everything again, with the new model
+    wd = Workdir(tmp_path / "wd")
+    assert json.loads(wd.collection.read_text())["model_id"] == grown["model id"]
+    old = pq.read_table(wd.embeddings_dir(first["model id"]))
+    assert set(old["model_id"].to_pylist()) == {first["model id"]}  # old artefacts untouched, not mixed
+    assert set(pq.read_table(wd.embeddings_dir(grown["model id"]))["model_id"].to_pylist()) == {grown["model id"]}
+
+
+def test_a_second_build_on_the_same_workdir_is_refused(tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    write_fmnist(tmp_path / "images", n=20)
+    wd = Workdir(tmp_path / "wd")
+    with wd.lock():
+        proc = subprocess.run([sys.executable, "-m", "flows.cli", "index", tmp_path / "images", "--workdir", wd.root],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
+        assert proc.returncode == 2 and "in use by another vaepipe build" in proc.stderr
+        assert f"pid {os.getpid()}" in proc.stderr
+        assert not wd.manifest.exists()
+    assert not (wd.root / ".lock").exists()
+    with wd.lock():  # free again once released
+        pass
+
+
+def _run_driver(images: Path, workdir: Path, kill_on: str | None = None) -> tuple[str, str]:
+    """Run a build in a subprocess; with kill_on, SIGKILL it as soon as a log line contains that text."""
+    from prefect.settings import PREFECT_API_URL
+
+    proc = subprocess.Popen([sys.executable, str(DRIVER), str(images), str(workdir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONUNBUFFERED": "1"})
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if kill_on and kill_on in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=300)
+    proc.stdout.close()
+    log = "".join(out)
+    if kill_on:
+        assert proc.returncode == -signal.SIGKILL, f"never reached {kill_on!r}:\n{log}"
+        return "", log
+    assert proc.returncode == 0, log
+    return next(line.split()[1] for line in out if line.startswith("MODEL_ID")), log
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("killed")
+    write_fmnist(root / "images", n=300)
+    model_id, _ = _run_driver(root / "images", root / "reference")
+    return root, model_id
+
+
+@pytest.mark.parametrize("stage,marker,resumed", [
+    ("ingest", "ingest: checkpoint after 100", r"unchanged since last ingest: [1-9]\d\d\b"),
+    ("train", "train: saved training state after epoch 2", "resuming after epoch 2"),
+    ("embed", "embed: wrote part-00001", "already embedded"),
+    ("index", "index: writing", "embeddings reused: 300"),
+])
+def test_a_killed_build_resumes_to_the_same_result(reference, stage, marker, resumed):
+    root, model_id = reference
+    workdir = root / f"killed-in-{stage}"
+    _run_driver(root / "images", workdir, kill_on=marker)
+    assert not (workdir / "collection.json").exists()  # never half-published
+    resumed_id, log = _run_driver(root / "images", workdir)
+    assert re.search(resumed, log), log
+    assert resumed_id == model_id
+    assert neighbours(workdir) == neighbours(root / "reference")
