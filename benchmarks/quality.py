@@ -151,7 +151,8 @@ def run(args) -> dict:
     db_x, db_y, q_x, q_y = data["db_x"], data["db_y"], data["q_x"], data["q_y"]
     cfg = train_config(args)
     name = args.name or f"{args.split}-" + time.strftime("%Y%m%d-%H%M%S")
-    out_dir = RESULTS / name
+    results = Path(args.results_dir) if args.results_dir else RESULTS
+    out_dir = results / name
 
     # 1. The database as a folder of PNGs, ingested with the product's ingest (incremental on reruns).
     folder = Path(args.export_root) / f"{args.split}-db{len(db_x)}"
@@ -236,16 +237,21 @@ def run(args) -> dict:
                      "images_per_second": images_seen / max(epoch_seconds, 1e-9), "per_epoch": tr.metrics},
         "timings": {"export_ingest_s": t_ingest, "embed_s": t_embed, "search_s": t_search,
                     "total_s": time.monotonic() - t_all},
-        "pictures": {p: str((out_dir / p).relative_to(REPO)) for p in ("samples.png", "reconstructions.png", "interpolation.png")},
+        "pictures": {p: _rel(out_dir / p) for p in ("samples.png", "reconstructions.png", "interpolation.png")},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     md = markdown(result)
-    (RESULTS / f"{name}.md").write_text(md)
+    (results / f"{name}.md").write_text(md)
     if args.update_benchmarks_md:
         update_benchmarks_md(md)
     print(md)
     return result
+
+
+def _rel(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def markdown(r: dict) -> str:
@@ -315,6 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, one per core)")
     p.add_argument("--data-dir", type=Path, help="folder with the Fashion-MNIST IDX files (default: bundled, then Debian's)")
     p.add_argument("--export-root", default="/tmp/vaepipe-fmnist", help="where the PNG folders and work dirs go (not the repo)")
+    p.add_argument("--results-dir", help="where results go (default: benchmarks/results in the repository)")
     p.add_argument("--name", help="results name (default: <split>-<timestamp>)")
     p.add_argument("--update-benchmarks-md", action="store_true", help="put the table into BENCHMARKS.md")
     args = p.parse_args(argv)
