@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import retry_unless_expected, summary_artifact
+from flows.common import progress_artifact, retry_unless_expected, summary_artifact
 from vaepipe.config import BuildConfig, EmbedConfig, IndexConfig, IngestConfig, TrainConfig
 from vaepipe.embed import EmbedResult, embed
 from vaepipe.index import IndexResult, build_index as build_faiss_index
@@ -57,7 +57,7 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
     wd = Workdir(Path(workdir))
     timings: dict[str, float] = {}
 
-    with wd.lock():  # one build per workdir at a time
+    with wd.lock(), progress_artifact("build-index-progress", "build-index"):  # one build per workdir at a time
         t = time.monotonic()
         ingested = ingest_task(images, workdir, cfg.ingest)
         timings["ingest"] = time.monotonic() - t

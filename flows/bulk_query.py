@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from prefect import flow, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import summary_artifact
+from flows.common import progress_artifact, retry_unless_expected, summary_artifact
 from vaepipe.config import EmbedConfig
 from vaepipe.query import QueryResult, query_all, query_folder, query_list
 from vaepipe.store import VaepipeError, Workdir
 
 
-@task(name="query", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="query", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_expected, cache_policy=NO_CACHE)
 def query_task(workdir: str, queries: str | None, list_file: str | None, all_images: bool, k: int,
-               cfg: EmbedConfig) -> QueryResult:
+               duplicates: bool, threshold: float | None, cfg: EmbedConfig) -> QueryResult:
     wd = Workdir(Path(workdir))
     if sum([queries is not None, list_file is not None, all_images]) != 1:
         raise VaepipeError("say what to query with exactly one of: queries (a folder), list_file, all_images=True")
@@ -23,13 +25,18 @@ def query_task(workdir: str, queries: str | None, list_file: str | None, all_ima
         return query_folder(wd, Path(queries), k, cfg)
     if list_file is not None:
         return query_list(wd, Path(list_file), k)
-    return query_all(wd, k)
+    return query_all(wd, k, duplicates=duplicates, threshold=threshold)
 
 
 @flow(name="bulk-query")
 def bulk_query(workdir: str, queries: str | None = None, list_file: str | None = None, all_images: bool = False,
-               k: int = 10, embed: EmbedConfig | None = None) -> dict:
-    result = query_task(workdir, queries, list_file, all_images, k, embed or EmbedConfig())
+               k: int = 10, duplicates: bool = True, threshold: float | None = None,
+               embed: EmbedConfig | None = None) -> dict:
+    """Neighbour table, report.html and (for all_images) duplicate groups in workdir/runs/<run_id>/."""
+    with progress_artifact("bulk-query-progress", "bulk-query"):
+        result = query_task(workdir, queries, list_file, all_images, k, duplicates, threshold, embed or EmbedConfig())
+    top = pq.read_table(result.neighbours).slice(0, 50).to_pylist()
+    create_table_artifact(key="bulk-query-top-rows", table=top, description="first 50 rows of neighbours.parquet")
     summary = {
         "queries": result.n_queries,
         "skipped": len(result.skipped),
@@ -37,6 +44,10 @@ def bulk_query(workdir: str, queries: str | None = None, list_file: str | None =
         "rows written": result.n_rows,
         "seconds": round(result.seconds, 2),
         "neighbours": str(result.neighbours),
+        "report": str(result.report),
     }
-    summary_artifact("bulk-query-summary", "vaepipe bulk-query", summary)
+    if result.duplicates:
+        summary["duplicate groups"] = result.n_duplicate_groups
+        summary["duplicates"] = str(result.duplicates)
+    summary_artifact("bulk-query-summary", "vaepipe bulk-query", summary, link=result.report)
     return summary

@@ -7,6 +7,8 @@ shows up on that server like any other.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -55,6 +57,7 @@ def _build_config(a: argparse.Namespace) -> BuildConfig:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vaepipe", description="Image search over a folder: VAE embeddings, FAISS index, bulk neighbour tables.")
+    p.add_argument("--quiet", action="store_true", help="print only warnings and errors (for cron)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("index", help="ingest a folder, train or load a model, embed, build the index")
@@ -69,6 +72,9 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument("--list", type=Path, metavar="FILE", help="text file of collection paths, one per line")
     what.add_argument("--all", action="store_true", help="every indexed image against the rest")
     s.add_argument("-k", type=int, default=10, help="neighbours per query (default %(default)s)")
+    s.add_argument("--threshold", type=float, help="with --all: similarity for near-duplicate pairs "
+                   "(default: calibrated so 95%% of re-saved copies of an image group with it)")
+    s.add_argument("--no-duplicates", action="store_true", help="with --all: skip duplicate groups")
 
     s = sub.add_parser("sample", help="prior samples, reconstructions and an interpolation as PNG")
     s.add_argument("workdir", type=Path)
@@ -90,12 +96,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 1 unexpected failure (with a traceback), 2 bad input or request (one line, nothing changed)."""
     args = parser().parse_args(argv)
+    if args.quiet:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"  # read when prefect is first imported
+        logging.getLogger("vaepipe").setLevel(logging.WARNING)
     try:
         summary = _dispatch(args)
     except VaepipeError as e:
         print(f"vaepipe: error: {e}", file=sys.stderr)
         return 2
+    if args.quiet:
+        return 0
     from flows.common import format_value
 
     print()
@@ -140,7 +152,8 @@ def _dispatch(a: argparse.Namespace) -> dict:
     if a.command == "query":
         from flows.bulk_query import bulk_query
         return bulk_query(str(a.workdir.resolve()), queries=str(a.queries.resolve()) if a.queries else None,
-                          list_file=str(a.list.resolve()) if a.list else None, all_images=a.all, k=a.k)
+                          list_file=str(a.list.resolve()) if a.list else None, all_images=a.all, k=a.k,
+                          duplicates=not a.no_duplicates, threshold=a.threshold)
     if a.command == "sample":
         from flows.generate_samples import generate_samples
         return generate_samples(str(a.workdir.resolve()), n=a.n, seed=a.seed, between=tuple(a.between) if a.between else None)

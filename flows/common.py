@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 
 from prefect import get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
+from vaepipe import progress
 from vaepipe.store import VaepipeError
 
 
-def summary_artifact(key: str, title: str, rows: dict[str, object]) -> str:
-    """The flow's figures as a Prefect markdown artifact (and in the run log)."""
-    lines = [f"# {title}", "", "| | |", "|---|---|"]
+@contextlib.contextmanager
+def progress_artifact(key: str, description: str) -> Iterator[None]:
+    """A Prefect progress artifact that follows the library's progress (per stage, 0-100%) while the block runs."""
+    artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
+
+    def listener(stage: str, fraction: float) -> None:
+        update_progress_artifact(artifact_id, progress=round(100 * fraction, 1), description=f"{description}: {stage}")
+
+    progress.add_listener(listener)
+    try:
+        yield
+    finally:
+        progress.remove_listener(listener)
+        update_progress_artifact(artifact_id, progress=100.0, description=f"{description}: done")
+
+
+def summary_artifact(key: str, title: str, rows: dict[str, object], link: Path | None = None) -> str:
+    """The flow's figures as a Prefect markdown artifact (and in the run log), with a link to the page to open."""
+    lines = [f"# {title}", ""]
+    if link:
+        lines += [f"Open the report: [{link.name}]({Path(link).resolve().as_uri()})", ""]
+    lines += ["| | |", "|---|---|"]
     lines += [f"| {name} | {format_value(value)} |" for name, value in rows.items()]
     markdown = "\n".join(lines)
     create_markdown_artifact(key=key, markdown=markdown, description=title)

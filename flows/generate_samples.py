@@ -23,6 +23,7 @@ def generate_task(workdir: str, n: int, seed: int, between: tuple[str, str] | No
 @flow(name="generate-samples")
 def generate_samples(workdir: str, n: int = 64, seed: int = 0, between: tuple[str, str] | None = None) -> dict:
     result = generate_task(workdir, n, seed, between)
-    summary = {"samples": n, "files": len(result.files), "samples dir": str(result.samples_dir)}
-    summary_artifact("generate-samples-summary", "vaepipe generate-samples", summary)
+    summary = {"samples": n, "files": len(result.files), "samples dir": str(result.samples_dir),
+               "page": str(result.page)}
+    summary_artifact("generate-samples-summary", "vaepipe generate-samples", summary, link=result.page)
     return summary

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow
 
 from flows.common import summary_artifact
@@ -28,7 +30,10 @@ def pipeline(images: str, workdir: str, model: str | None = None, retrain: bool 
         "embeddings": built["embeddings"],
         "index": built["index"],
         "neighbours": queried["neighbours"],
+        "report": queried["report"],
+        "duplicate groups": queried.get("duplicate groups", 0),
         "samples": sampled["samples dir"],
+        "samples page": sampled["page"],
     }
-    summary_artifact("pipeline-summary", "vaepipe pipeline", summary)
+    summary_artifact("pipeline-summary", "vaepipe pipeline", summary, link=Path(queried["report"]))
     return summary

@@ -40,7 +40,10 @@ def _artifact_keys() -> set[str]:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        return {a.key for a in client.read_artifacts()}
+        artifacts = client.read_artifacts()
+    progress = [a for a in artifacts if a.type == "progress"]
+    assert progress and all(a.data == 100.0 for a in progress)  # finished stages end at 100%
+    return {a.key for a in artifacts}
 
 
 def test_pipeline_writes_every_artefact(pipeline_run, collection):
@@ -68,7 +71,9 @@ def test_pipeline_writes_every_artefact(pipeline_run, collection):
     for p in pngs:
         with Image.open(p) as img:
             img.verify()
-    assert {"build-index-summary", "bulk-query-summary", "generate-samples-summary", "pipeline-summary"} <= _artifact_keys()
+    assert {"build-index-summary", "bulk-query-summary", "generate-samples-summary", "pipeline-summary",
+            "bulk-query-top-rows", "build-index-progress", "bulk-query-progress"} <= _artifact_keys()
+    assert Path(summary["report"]).exists() and Path(summary["samples page"]).exists()
 
 
 def test_bulk_query_flow_finds_the_original_of_a_copy(pipeline_run, collection, tmp_path):

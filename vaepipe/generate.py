@@ -21,6 +21,7 @@ from torchvision.utils import make_grid
 from vaepipe.images import load_array, to_float
 from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, load_checkpoint
+from vaepipe.report import write_samples_page
 from vaepipe.store import VaepipeError, atomic_path, write_json
 
 log = logging.getLogger("vaepipe")
@@ -32,6 +33,7 @@ VIEW_SIDE = 64  # small images are enlarged (nearest neighbour) to at least this
 class GenerateResult:
     samples_dir: Path
     files: list[Path]
+    page: Path  # index.html showing them all
 
 
 def save_png(images: torch.Tensor, path: Path, nrow: int) -> Path:
@@ -87,8 +89,10 @@ def generate(model_path: Path, image_root: Path, manifest_path: Path, out_dir: P
         files.append(save_png(strip, out_dir / "interpolation.png", nrow=len(strip)))
     write_json({"model": str(model_path), "n": n, "seed": seed, "reconstructed": picks, "interpolated": ends,
                 "files": [f.name for f in files]}, out_dir / "samples.json")
-    log.info("generate: %d files in %s", len(files), out_dir)
-    return GenerateResult(out_dir, files)
+    page = write_samples_page(out_dir, files, {"model": Path(model_path).parent.name, "samples": n, "seed": seed,
+                                                "likelihood": model.config.likelihood})
+    log.info("generate: %d files in %s, page %s", len(files), out_dir, page)
+    return GenerateResult(out_dir, files, page)
 
 
 def _load(root: Path, rel_paths: list[str], spec) -> torch.Tensor:

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("vaepipe")
+
+# Whoever runs the library (a Prefect flow, say) can watch progress: listener(stage, fraction_done).
+_listeners: list[Callable[[str, float], None]] = []
+
+
+def add_listener(listener: Callable[[str, float], None]) -> None:
+    _listeners.append(listener)
+
+
+def remove_listener(listener: Callable[[str, float], None]) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
 
 
 class Progress:
@@ -33,7 +46,10 @@ class Progress:
         rate = self.done / elapsed
         pct = 100.0 * self.done / self.total if self.total else 100.0
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        bar = "#" * int(pct / 5) + "-" * (20 - int(pct / 5))
         log.info(
-            "%s: %s/%s %s (%.0f%%), %.0f/s, %.1fs elapsed, eta %.0fs",
-            self.stage, f"{self.done:,}", f"{self.total:,}", self.unit, pct, rate, elapsed, eta,
+            "%s [%s] %.0f%% %s/%s %s, %.0f/s, %.1fs elapsed, eta %.0fs",
+            self.stage, bar, pct, f"{self.done:,}", f"{self.total:,}", self.unit, rate, elapsed, eta,
         )
+        for listener in list(_listeners):
+            listener(self.stage, pct / 100.0)

@@ -20,13 +20,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaepipe.config import EmbedConfig
+from vaepipe.duplicates import calibrate_threshold, duplicate_groups
 from vaepipe.embed import encode_files
 from vaepipe.index import SearchIndex
 from vaepipe.ingest import scan
 from vaepipe.model import default_device, load_checkpoint
 from vaepipe.progress import Progress
+from vaepipe.report import write_query_report
 from vaepipe.store import (NEIGHBOURS_SCHEMA, VaepipeError, Workdir, atomic_path, new_run_id, read_json,
-                           sha256_file, write_json)
+                           sha256_file, write_json, write_parquet)
 
 log = logging.getLogger("vaepipe")
 
@@ -42,6 +44,9 @@ class QueryResult:
     k: int
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (query, reason)
     seconds: float = 0.0
+    report: Path | None = None
+    duplicates: Path | None = None  # duplicates.parquet, for --all runs
+    n_duplicate_groups: int = 0
 
 
 def open_index(workdir: Workdir) -> tuple[dict, SearchIndex]:
@@ -91,7 +96,7 @@ def query_folder(workdir: Workdir, query_dir: Path, k: int = 10, cfg: EmbedConfi
     shas = [sha256_file(f) for f, g in zip(files, good) if g]
     vectors = vectors[good]
     return _run(workdir, "folder", index, names, shas, lambda s: (vectors[s], False), None, k, skipped, t0,
-                {"queries": str(query_dir)})
+                {"queries": str(query_dir)}, query_root=query_dir)
 
 
 def query_list(workdir: Workdir, list_file: Path, k: int = 10) -> QueryResult:
@@ -117,11 +122,18 @@ def query_list(workdir: Workdir, list_file: Path, k: int = 10) -> QueryResult:
     return _query_rows(workdir, "list", index, np.asarray(rows), k, skipped, t0, {"list": str(list_file)})
 
 
-def query_all(workdir: Workdir, k: int = 10) -> QueryResult:
+def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold: float | None = None) -> QueryResult:
+    """Every image against the rest; with `duplicates`, also duplicates.parquet (see vaepipe.duplicates)."""
     t0 = time.monotonic()
-    _, index = open_index(workdir)
+    collection, index = open_index(workdir)
     _check_k(k, index.meta["n"] - 1)
-    return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, {})
+    params: dict = {}
+    if duplicates and threshold is None:
+        model = load_checkpoint(workdir.model_dir(collection["model_id"]) / "model.pt", default_device())
+        threshold = calibrate_threshold(model, index, Path(collection["image_root"]))
+    if duplicates:
+        params["duplicate_threshold"] = threshold
+    return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params)
 
 
 def _query_rows(workdir: Workdir, kind: str, index: SearchIndex, rows: np.ndarray, k: int,
@@ -133,15 +145,30 @@ def _query_rows(workdir: Workdir, kind: str, index: SearchIndex, rows: np.ndarra
 
 def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas: list[str],
          vectors_of: Callable[[slice], tuple[np.ndarray, bool]], self_rows: np.ndarray | None, k: int,
-         skipped: list[tuple[str, str]], t0: float, params: dict) -> QueryResult:
+         skipped: list[tuple[str, str]], t0: float, params: dict, query_root: Path | None = None) -> QueryResult:
     run_id = new_run_id(kind)
     run_dir = workdir.run_dir(run_id)
     out = run_dir / "neighbours.parquet"
     n_rows = _search_and_write(index, out, names, shas, vectors_of, self_rows, k)
     result = QueryResult(run_dir, out, len(names), n_rows, k, skipped, time.monotonic() - t0)
+    groups = None
+    if "duplicate_threshold" in params:
+        groups = duplicate_groups(out, index.ids, params["duplicate_threshold"])
+        result.duplicates = write_parquet(groups, run_dir / "duplicates.parquet")
+        result.n_duplicate_groups = len(set(groups["group"].to_pylist()))
+    image_root = Path(workdir.read_collection()["image_root"])
+    summary = {"run": run_id, "queries": f"{len(names):,} ({kind})", "k": k, "collection size": f"{index.meta['n']:,}",
+               "model id": index.meta["model_id"], "index": f"{index.meta['kind']} {index.meta['params'] or ''}".strip(),
+               "measured recall@10": index.meta["recall_at_10"], "metric": index.meta["metric"],
+               "run time": f"{result.seconds:.1f} s", "skipped queries": len(skipped)}
+    if groups is not None:
+        summary["duplicate groups"] = f"{result.n_duplicate_groups:,} (similarity >= {params['duplicate_threshold']:.4f})"
+    result.report = write_query_report(run_dir, out, image_root, query_root or image_root, summary, groups)
+    result.seconds = time.monotonic() - t0
     write_json({"run_id": run_id, "kind": kind, "k": k, **params, "model_id": index.meta["model_id"],
                 "index": {x: index.meta[x] for x in ("kind", "params", "n", "metric", "recall_at_10", "source_fingerprint")},
-                **{x: v for x, v in asdict(result).items() if x not in ("run_dir", "neighbours")}}, run_dir / "run.json")
+                **{x: v for x, v in asdict(result).items() if x not in ("run_dir", "neighbours", "report", "duplicates")}},
+               run_dir / "run.json")
     for name, reason in skipped:
         log.warning("query: skipped %s: %s", name, reason)
     log.info("query: %d queries, %d neighbour rows -> %s (%.1fs)", len(names), n_rows, out, result.seconds)

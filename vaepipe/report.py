@@ -1,0 +1,165 @@
+"""Pages a person looks at: report.html for a query run (thumbnails, pages, duplicate groups), and the samples page.
+
+Self-contained: thumbnails go to a sibling `thumbs/` folder (one per distinct content, relative links),
+so a report opens from disk with no server and no network. Large runs are split into pages of
+`per_page` queries; only the first `max_queries` queries get pages (the Parquet table has them all).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vaepipe.images import ImageError, open_image
+from vaepipe.store import atomic_path
+
+log = logging.getLogger("vaepipe")
+
+THUMB_SIDE = 96
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
+h1{font-size:1.4em} table.summary td{padding:2px 12px 2px 0} .nav a{margin-right:.6em}
+.query{display:flex;gap:12px;align-items:flex-start;background:#fff;border:1px solid #ddd;border-radius:6px;
+padding:8px;margin:10px 0}
+.q{border-right:2px solid #888;padding-right:12px} figure{margin:0;width:104px;text-align:center}
+figure img{width:96px;height:96px;object-fit:contain;background:#000;image-rendering:pixelated;border-radius:3px}
+figcaption{font-size:11px;word-break:break-all} .sim{font-weight:bold;font-size:12px} .missing{width:96px;height:96px;
+background:repeating-linear-gradient(45deg,#eee,#eee 6px,#ccc 6px,#ccc 12px)}
+.group{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;margin:10px 0}
+.group .imgs{display:flex;flex-wrap:wrap;gap:8px} .kind{font-size:12px;color:#555}
+"""
+
+
+@dataclass
+class Thumbs:
+    """Writes each distinct image once as a small PNG under `folder`; returns its link relative to the page."""
+
+    folder: Path
+    link_prefix: str = "thumbs"
+
+    def __post_init__(self) -> None:
+        self.done: dict[str, str | None] = {}
+
+    def link(self, sha256: str, source: Path) -> str | None:
+        if sha256 not in self.done:
+            name = f"{sha256[:20]}.png"
+            try:
+                img = open_image(source, max_pixels=64_000_000, draft_size=THUMB_SIDE)
+                img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+                img.thumbnail((THUMB_SIDE, THUMB_SIDE))
+                self.folder.mkdir(parents=True, exist_ok=True)
+                img.save(self.folder / name, format="PNG")
+                self.done[sha256] = f"{self.link_prefix}/{name}"
+            except (ImageError, OSError) as e:
+                log.warning("report: no thumbnail for %s (%s)", source, e)
+                self.done[sha256] = None
+        return self.done[sha256]
+
+
+def _figure(link: str | None, caption: str, extra: str = "") -> str:
+    img = f'<img src="{html.escape(link)}" alt="{html.escape(caption)}">' if link else '<div class="missing"></div>'
+    return f"<figure>{img}{extra}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>{body}</body></html>\n")
+
+
+def _summary_table(summary: dict[str, object]) -> str:
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td><b>{html.escape(str(v))}</b></td></tr>" for k, v in summary.items())
+    return f'<table class="summary">{rows}</table>'
+
+
+def iter_queries(neighbours: Path, limit: int) -> Iterator[tuple[str, str, list[dict]]]:
+    """(query path, query sha256, its neighbour rows) for the first `limit` queries, reading the table in batches."""
+    current: tuple[str, str] | None = None
+    rows: list[dict] = []
+    seen = 0
+    for batch in pq.ParquetFile(neighbours).iter_batches(batch_size=65_536):
+        for row in batch.to_pylist():
+            key = (row["query_path"], row["query_sha256"])
+            if key != current:
+                if current is not None:
+                    yield current[0], current[1], rows
+                    seen += 1
+                    if seen >= limit:
+                        return
+                current, rows = key, []
+            rows.append(row)
+    if current is not None and seen < limit:
+        yield current[0], current[1], rows
+
+
+def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, query_root: Path,
+                       summary: dict[str, object], groups: pa.Table | None = None,
+                       per_page: int = 100, max_queries: int = 5_000) -> Path:
+    """report.html (summary, duplicate groups, first page) and report-NNNN.html for further pages."""
+    thumbs = Thumbs(run_dir / "thumbs")
+    blocks: list[str] = []
+    n_queries = 0
+    for qpath, qsha, rows in iter_queries(neighbours, max_queries):
+        n_queries += 1
+        figs = [_figure(thumbs.link(qsha, query_root / qpath), qpath)]
+        for r in rows:
+            figs.append(_figure(thumbs.link(r["neighbour_sha256"], collection_root / r["neighbour_path"]),
+                                r["neighbour_path"], f'<div class="sim">#{r["rank"]} sim {r["similarity"]:.3f}</div>'))
+        blocks.append(f'<div class="query"><div class="q">{figs[0]}</div>{"".join(figs[1:])}</div>')
+
+    pages = [blocks[i : i + per_page] for i in range(0, len(blocks), per_page)] or [[]]
+    names = ["report.html"] + [f"report-{i + 1:04d}.html" for i in range(1, len(pages))]
+    nav = '<p class="nav">Pages: ' + "".join(f'<a href="{n}">{i + 1}</a>' for i, n in enumerate(names)) + "</p>"
+    shown = f"<p>Showing {n_queries:,} queries" + (f" (the first {max_queries:,}; all are in neighbours.parquet)" if n_queries >= max_queries else "") + ".</p>"
+    head = f"<h1>vaepipe similarity report</h1>{_summary_table(summary)}{shown}"
+    group_html = _groups_html(groups, thumbs, collection_root) if groups is not None else ""
+    for i, (name, page_blocks) in enumerate(zip(names, pages)):
+        body = (head + group_html if i == 0 else f"<h1>vaepipe similarity report, page {i + 1}</h1>") + nav
+        body += f"<h2>Neighbours</h2>{''.join(page_blocks)}{nav}"
+        with atomic_path(run_dir / name) as tmp:
+            tmp.write_text(_page("vaepipe report", body))
+    log.info("report: %s (%d pages, %d thumbnails)", run_dir / "report.html", len(pages), len(thumbs.done))
+    return run_dir / "report.html"
+
+
+def _groups_html(groups: pa.Table, thumbs: Thumbs, root: Path, max_groups: int = 200) -> str:
+    if groups.num_rows == 0:
+        return "<h2>Duplicate groups</h2><p>None found.</p>"
+    by_group: dict[int, list[dict]] = {}
+    for row in groups.to_pylist():
+        by_group.setdefault(row["group"], []).append(row)
+    parts = [f"<h2>Duplicate groups ({len(by_group):,})</h2>"]
+    for gid, members in list(by_group.items())[:max_groups]:
+        figs = "".join(_figure(thumbs.link(m["sha256"], root / m["path"]), m["path"]) for m in members[:40])
+        if len(members) > 40:
+            figs += f"<p>... and {len(members) - 40:,} more (see duplicates.parquet)</p>"
+        kind = members[0]["kind"]
+        parts.append(f'<div class="group"><div class="kind">group {gid}: {kind}, {len(members)} files</div>'
+                     f'<div class="imgs">{figs}</div></div>')
+    return "".join(parts)
+
+
+def write_samples_page(samples_dir: Path, files: list[Path], summary: dict[str, object]) -> Path:
+    """index.html beside the sample PNGs: grid, reconstructions, interpolation, then every sample."""
+    def img(name: str, caption: str) -> str:
+        return f'<figure style="width:auto"><img style="width:auto;height:auto" src="{name}" alt="{caption}"><figcaption>{caption}</figcaption></figure>'
+
+    names = {f.name for f in files}
+    body = f"<h1>vaepipe samples</h1>{_summary_table(summary)}"
+    for name, caption in [("grid.png", "samples from the prior N(0, I)"),
+                          ("reconstructions.png", "top: collection images; bottom: their reconstructions"),
+                          ("interpolation.png", "interpolation between two images in latent space")]:
+        if name in names:
+            body += f"<h2>{caption}</h2>{img(name, caption)}"
+    singles = sorted(n for n in names if n.startswith("sample-"))
+    body += "<h2>Each sample</h2><div style='display:flex;flex-wrap:wrap;gap:6px'>" + "".join(
+        f'<img src="{n}" alt="{n}" style="width:64px;height:64px;image-rendering:pixelated">' for n in singles) + "</div>"
+    with atomic_path(samples_dir / "index.html") as tmp:
+        tmp.write_text(_page("vaepipe samples", body))
+    return samples_dir / "index.html"
