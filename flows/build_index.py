@@ -5,15 +5,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from dataclasses import replace
+
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import progress_artifact, retry_unless_expected, summary_artifact
 from vaepipe.config import BuildConfig, EmbedConfig, IndexConfig, IngestConfig, TrainConfig
-from vaepipe.embed import EmbedResult, embed
+from vaepipe.embed import EmbedResult, Shard, embed_shard, plan_shards
 from vaepipe.index import IndexResult, build_index as build_faiss_index
 from vaepipe.ingest import IngestResult, ingest
-from vaepipe.store import Workdir
+from vaepipe.store import Workdir, read_json
 from vaepipe.train import TrainResult, adopt_checkpoint, reusable_model, train
 
 # The library is incremental by content hash, so Prefect's own result caching is not used.
@@ -34,9 +37,35 @@ def adopt_task(checkpoint: str, manifest: Path, workdir: str, cfg: TrainConfig) 
     return adopt_checkpoint(Path(checkpoint), manifest, Workdir(Path(workdir)), cfg)
 
 
-@task(name="embed", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_expected, cache_policy=NO_CACHE)
-def embed_task(images: str, manifest: Path, model_dir: Path, embeddings_dir: Path, cfg: EmbedConfig) -> EmbedResult:
-    return embed(Path(images), manifest, model_dir, embeddings_dir, cfg)
+@task(name="plan-embedding", cache_policy=NO_CACHE)
+def plan_task(manifest: Path, model_dir: Path, embeddings_dir: Path, cfg: EmbedConfig) -> tuple[list[Shard], int, list[Path]]:
+    dim = read_json(Path(model_dir) / "config.json")["vae"]["latent_dim"]
+    return plan_shards(manifest, embeddings_dir, dim, cfg.part_rows)
+
+
+@task(name="embed-shard", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_expected, cache_policy=NO_CACHE)
+def embed_shard_task(images: str, model_dir: Path, embeddings_dir: Path, shard: Shard, cfg: EmbedConfig
+                     ) -> tuple[int, list[tuple[str, str]]]:
+    return embed_shard(Path(images), model_dir, embeddings_dir, shard, cfg)
+
+
+@flow(name="embed-shards")
+def embed_shards(images: str, model_dir: Path, embeddings_dir: Path, shards: list[Shard], cfg: EmbedConfig
+                 ) -> list[tuple[int, list[tuple[str, str]]]]:
+    """One task per shard; its task runner (one at a time, or Dask) is chosen by build_index."""
+    futures = embed_shard_task.map(images, model_dir, embeddings_dir, shards, unmapped(cfg))
+    return [f.result() for f in futures]
+
+
+def task_runner(dask_address: str | None, dask_workers: int):
+    """Shards run one at a time here, or on a Dask cluster: an existing one by address, or a local one."""
+    if not dask_address and not dask_workers:
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True})
 
 
 @task(name="index", cache_policy=NO_CACHE)
@@ -46,11 +75,13 @@ def index_task(embeddings_dir: Path, manifest: Path, index_dir: Path, model_id: 
 
 @flow(name="build-index")
 def build_index(images: str, workdir: str, model: str | None = None, retrain: bool = False,
-                config: BuildConfig | None = None) -> dict:
+                config: BuildConfig | None = None, dask_address: str | None = None, dask_workers: int = 0) -> dict:
     """Index the image folder `images` into `workdir`.
 
     model: a checkpoint to use instead of training. Without it the collection's current model is reused
     (a nightly re-index does not retrain) unless retrain=True or there is none yet.
+    dask_address / dask_workers: embed the shards on an existing Dask cluster (tcp://host:8786) or on a
+    local one with this many worker processes.
     """
     cfg = config or BuildConfig()
     log = get_run_logger()
@@ -74,7 +105,15 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
         timings["model"] = time.monotonic() - t
 
         t = time.monotonic()
-        embedded = embed_task(images, ingested.manifest, trained.model_dir, wd.embeddings_dir(trained.model_id), cfg.embed)
+        emb_dir = wd.embeddings_dir(trained.model_id)
+        shards, n_done, quarantined = plan_task(ingested.manifest, trained.model_dir, emb_dir, cfg.embed)
+        shard_cfg = cfg.embed
+        if dask_address or dask_workers:  # Dask workers are daemons (no DataLoader children) and share cores
+            shard_cfg = replace(cfg.embed, workers=0, threads=cfg.embed.threads or 1)
+        results = embed_shards.with_options(task_runner=task_runner(dask_address, dask_workers))(
+            images, trained.model_dir, emb_dir, shards, shard_cfg) if shards else []
+        embedded = EmbedResult(emb_dir, trained.model_id, sum(n for n, _ in results), n_done, quarantined,
+                               [f for _, failed in results for f in failed])
         timings["embed"] = time.monotonic() - t
 
         t = time.monotonic()

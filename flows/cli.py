@@ -42,6 +42,10 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--include-hidden", action="store_true", help="also read dot-files and dot-folders")
     g.add_argument("--follow-symlinks-outside", action="store_true", help="read symlinked files whose target is outside the folder")
     p.add_argument("--workers", type=int, default=EmbedConfig().workers, help="image decoding processes (default %(default)s)")
+    g = p.add_argument_group("past one machine")
+    g.add_argument("--dask-address", metavar="tcp://HOST:8786", help="embed shards on this Dask cluster")
+    g.add_argument("--dask-workers", type=int, default=0, metavar="N", help="embed shards on a local Dask cluster of N processes")
+    g.add_argument("--shard-size", type=int, default=EmbedConfig().part_rows, help="images per shard task and Parquet part (default %(default)s)")
 
 
 def _build_config(a: argparse.Namespace) -> BuildConfig:
@@ -50,7 +54,7 @@ def _build_config(a: argparse.Namespace) -> BuildConfig:
                        follow_symlinks_outside=a.follow_symlinks_outside),
         train=replace(TrainConfig(), epochs=a.epochs, max_minutes=a.max_minutes, image_size=a.image_size,
                       channels=a.channels, latent_dim=a.latent_dim, beta=a.beta, likelihood=a.likelihood, seed=a.seed),
-        embed=replace(EmbedConfig(), workers=a.workers),
+        embed=replace(EmbedConfig(), workers=a.workers, part_rows=a.shard_size),
         index=replace(IndexConfig(), kind=a.index_kind, metric=a.metric),
     )
 
@@ -148,7 +152,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
     if a.command == "index":
         from flows.build_index import build_index
         return build_index(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, retrain=a.retrain,
-                           config=_build_config(a))
+                           config=_build_config(a), dask_address=a.dask_address, dask_workers=a.dask_workers)
     if a.command == "query":
         from flows.bulk_query import bulk_query
         return bulk_query(str(a.workdir.resolve()), queries=str(a.queries.resolve()) if a.queries else None,
@@ -160,7 +164,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
     if a.command == "pipeline":
         from flows.pipeline import pipeline
         return pipeline(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, retrain=a.retrain, k=a.k,
-                        n_samples=a.n, config=_build_config(a))
+                        n_samples=a.n, config=_build_config(a), dask_address=a.dask_address, dask_workers=a.dask_workers)
     if a.command == "demo":
         from flows.pipeline import pipeline
         from vaepipe.fashion_mnist import export_pngs, load_split

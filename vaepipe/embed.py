@@ -72,58 +72,74 @@ def embedded_shas(embeddings_dir: Path, dim: int) -> tuple[set[str], list[Path]]
     return done, quarantined
 
 
-def embed(root: Path, manifest_path: Path, model_dir: Path, embeddings_dir: Path,
-          cfg: EmbedConfig = EmbedConfig(), device: torch.device | None = None) -> EmbedResult:
-    model = load_checkpoint(model_dir / "model.pt", device or default_device())
-    mid = Path(model_dir).name
+@dataclass
+class Shard:
+    """One unit of embedding work: these images become one Parquet part (part-<number>.parquet)."""
+
+    number: int
+    paths: list[str]  # relative to the collection root
+    shas: list[str]
+
+
+def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows: int) -> tuple[list[Shard], int, list[Path]]:
+    """Split what is not embedded yet (one image per distinct sha256) into shards of at most `shard_rows`.
+
+    Returns (shards, number already embedded, damaged parts set aside).
+    """
     ok = read_ok(manifest_path)
-    done, quarantined = embedded_shas(embeddings_dir, model.config.latent_dim)
+    done, quarantined = embedded_shas(embeddings_dir, dim)
     todo: dict[str, str] = {}  # sha256 -> first path with that content
     for path, sha in zip(ok["path"].to_pylist(), ok["sha256"].to_pylist()):
         if sha not in done:
             todo.setdefault(sha, path)
-    paths, shas = list(todo.values()), list(todo.keys())
-    log.info("embed: %d distinct images to embed with model %s, %d already embedded", len(paths), mid, len(done))
+    shas, paths = list(todo.keys()), list(todo.values())
+    first = _next_part_number(embeddings_dir)
+    shards = [Shard(first + i, paths[j : j + shard_rows], shas[j : j + shard_rows])
+              for i, j in enumerate(range(0, len(paths), shard_rows))]
+    log.info("embed: %d images to embed in %d parts, %d already embedded", len(paths), len(shards), len(done))
+    return shards, len(done), quarantined
 
-    schema = embedding_schema(model.config.latent_dim)
-    part_no = _next_part_number(embeddings_dir)
-    buffer: list[tuple[list[int], np.ndarray]] = []  # (positions, means) per batch, until a part is full
+
+def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, shard: Shard, cfg: EmbedConfig = EmbedConfig(),
+                device: torch.device | None = None) -> tuple[int, list[tuple[str, str]]]:
+    """Embed one shard into its part file; returns (rows written, [(path, reason)] for files that failed now)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = load_checkpoint(Path(model_dir) / "model.pt", device or default_device())
+    dim = model.config.latent_dim
+    rows: list[int] = []
+    vectors: list[np.ndarray] = []
     failed: list[tuple[str, str]] = []
-    n_written = 0
-
-    def flush() -> None:
-        nonlocal part_no, n_written, buffer
-        if not buffer:
-            return
-        rows = [i for idx, _ in buffer for i in idx]
-        vectors = np.concatenate([v for _, v in buffer]).astype(np.float32)
-        table = pa.table({
-            "path": pa.array([paths[i] for i in rows], pa.string()),
-            "sha256": pa.array([shas[i] for i in rows], pa.string()),
-            "model_id": pa.array([mid] * len(rows), pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), model.config.latent_dim),
-        }, schema=schema)
-        write_parquet(table, embeddings_dir / f"part-{part_no:05d}.parquet")
-        log.info("embed: wrote part-%05d.parquet (%d rows)", part_no, len(rows))
-        part_no += 1
-        n_written += len(rows)
-        buffer = []
-
-    progress = Progress("embed", len(paths))
-    pending = 0
-    for idx, mu, errors in encode_files(model, [Path(root) / p for p in paths], cfg.batch_size, cfg.workers):
-        failed += [(paths[i], reason) for i, reason in errors]
-        buffer.append((idx, mu))
-        pending += len(idx)
+    progress = Progress(f"embed part {shard.number}", len(shard.paths))
+    for idx, mu, errors in encode_files(model, [Path(root) / p for p in shard.paths], cfg.batch_size, cfg.workers):
+        rows += idx
+        vectors.append(mu)
+        failed += [(shard.paths[i], reason) for i, reason in errors]
         progress.update(len(idx) + len(errors))
-        if pending >= cfg.part_rows:
-            flush()
-            pending = 0
-    flush()
     progress.close()
+    if rows:
+        flat = np.concatenate(vectors).astype(np.float32).ravel()
+        table = pa.table({
+            "path": pa.array([shard.paths[i] for i in rows], pa.string()),
+            "sha256": pa.array([shard.shas[i] for i in rows], pa.string()),
+            "model_id": pa.array([Path(model_dir).name] * len(rows), pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
+        }, schema=embedding_schema(dim))
+        write_parquet(table, Path(embeddings_dir) / f"part-{shard.number:05d}.parquet")
+        log.info("embed: wrote part-%05d.parquet (%d rows)", shard.number, len(rows))
     for path, reason in failed:
         log.warning("embed: skipped %s: %s", path, reason)
-    return EmbedResult(Path(embeddings_dir), mid, n_written, len(done), quarantined, failed)
+    return len(rows), failed
+
+
+def embed(root: Path, manifest_path: Path, model_dir: Path, embeddings_dir: Path,
+          cfg: EmbedConfig = EmbedConfig(), device: torch.device | None = None) -> EmbedResult:
+    """Embed everything not embedded yet, one shard after another in this process."""
+    dim = load_checkpoint(Path(model_dir) / "model.pt").config.latent_dim
+    shards, n_done, quarantined = plan_shards(manifest_path, embeddings_dir, dim, cfg.part_rows)
+    results = [embed_shard(root, model_dir, embeddings_dir, shard, cfg, device) for shard in shards]
+    return EmbedResult(Path(embeddings_dir), Path(model_dir).name, sum(n for n, _ in results), n_done, quarantined,
+                       [f for _, failed in results for f in failed])
 
 
 def _next_part_number(embeddings_dir: Path) -> int:
