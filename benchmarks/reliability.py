@@ -1,0 +1,84 @@
+"""Reliability on hostile input: a folder with every kind of bad file from tests/hostile.py plus a few
+hundred good Fashion-MNIST images, through the real build-index flow. Prints and saves:
+files tried, good embedded, bad recorded, bad by reason, and "lost", computed by comparing the
+manifest and the index with the folder itself.
+
+    .venv/bin/python benchmarks/reliability.py [--good 500]
+
+Results: benchmarks/results/reliability.json and .md (copied into BENCHMARKS.md by hand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+import flows  # noqa: E402,F401  (Prefect settings before prefect is imported)
+import pyarrow.parquet as pq  # noqa: E402
+from conftest import write_fmnist  # noqa: E402
+from hostile import write_hostile  # noqa: E402
+
+from flows.build_index import build_index  # noqa: E402
+from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig, TrainConfig  # noqa: E402
+
+
+def files_in(root: Path) -> set[str]:
+    """What a person sees in the folder: every file, not hidden, not through a symlinked directory."""
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for f in filenames:
+            if not f.startswith("."):
+                rel = (Path(dirpath) / f).relative_to(root).as_posix()
+                seen.add(os.fsencode(rel).decode("utf-8", "backslashreplace"))
+    return seen
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--good", type=int, default=500)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="vaepipe-reliability-"))
+    expect = write_hostile(tmp / "folder", tmp / "outside")
+    write_fmnist(tmp / "folder" / "good", n=args.good)
+    t0 = time.monotonic()
+    summary = build_index(str(tmp / "folder"), str(tmp / "wd"),
+                          config=BuildConfig(ingest=IngestConfig(workers=1), train=TrainConfig(epochs=2),
+                                             embed=EmbedConfig(workers=0)))
+    seconds = time.monotonic() - t0
+    manifest = pq.read_table(tmp / "wd" / "manifest.parquet").to_pylist()
+    ids = set(pq.read_table(Path(summary["index"]) / "ids.parquet")["path"].to_pylist())
+    in_folder = files_in(tmp / "folder")
+    rows = {r["path"]: r for r in manifest}
+    ok = {p for p, r in rows.items() if r["status"] == "ok"}
+    lost = len(in_folder - rows.keys()) + len(ok - ids)  # not in the manifest, or usable but not searchable
+    wrong = [n for n, kind in expect.items()
+             if (kind is None) != (rows.get(n, {}).get("status") == "ok")
+             or (kind and not (rows.get(n, {}).get("error") or "").startswith(kind))]
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "files tried": len(manifest), "good embedded": len(ids), "bad recorded": len(manifest) - len(ok),
+        "bad by reason": summary["failed by reason"], "lost": lost, "recorded with the wrong outcome": wrong,
+        "seconds": round(seconds, 1), "command": "python benchmarks/reliability.py --good %d" % args.good,
+    }
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reliability.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = ["| figure | value |", "|---|---|"] + [f"| {k} | {v if not isinstance(v, dict) else ', '.join(f'{a}: {b}' for a, b in v.items())} |"
+                                             for k, v in result.items()]
+    (out / "reliability.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    print(f"lost: {lost}")
+
+
+if __name__ == "__main__":
+    main()
