@@ -1,0 +1,160 @@
+"""Folder -> embeddings throughput, side by side with its floors and a naive peer, in one run.
+
+    .venv/bin/python benchmarks/throughput.py --sizes 10000 100000 --kinds png jpeg
+
+For each kind of folder (a: 28x28 grey PNGs from Fashion-MNIST; b: 640x480 colour JPEG photos made by
+upscaling Fashion-MNIST images and tinting them) and each size, every measurement runs in its own
+process (clean peak memory) on the same files:
+
+  pipeline     vaepipe.embed.embed (DataLoader with 2 decoding workers, batches of 256) -> Parquet parts
+  decode floor the same DataLoader (same files, same processes) without the model
+  model floor  the encoder alone on uint8 tensors already in memory
+  naive peer   a notebook loop: PIL open -> convert -> resize -> stack 256 -> encoder, one process
+
+The model is the product's default VAE for that input (28 px grey, 64 px colour), untrained: throughput
+does not depend on the weights. Results go to benchmarks/results/throughput.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("VAEPIPE_BENCH_DATA", "/tmp/vaepipe-bench"))
+
+
+def make_folder(kind: str, n: int) -> Path:
+    """n real images (Fashion-MNIST test split, repeated with a per-copy tint and offset so every file differs)."""
+    import numpy as np
+    from PIL import Image
+
+    from vaepipe.fashion_mnist import load_split
+
+    folder = DATA / f"{kind}-{n}"
+    if (folder / ".done").exists():
+        return folder
+    images, _ = load_split("t10k")
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = folder / f"{i // 1000:04d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        img = images[i % len(images)]
+        if kind == "png":
+            noisy = np.clip(img.astype(int) + rng.integers(-3, 4, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(noisy, "L").save(sub / f"{i:06d}.png")
+        else:
+            tint = rng.uniform(0.6, 1.0, 3)
+            rgb = (img[:, :, None] * tint[None, None, :]).astype(np.uint8)
+            Image.fromarray(rgb, "RGB").resize((480, 480), Image.Resampling.BILINEAR).crop((-80, 0, 560, 480)).save(
+                sub / f"{i:06d}.jpg", quality=90)
+    (folder / ".done").write_text("ok")
+    return folder
+
+
+def measure(what: str, kind: str, n: int) -> dict:
+    """Run one measurement in this process (called in a child): returns images/s and peak RSS."""
+    import numpy as np
+    import torch
+
+    from vaepipe.config import EmbedConfig, IngestConfig
+    from vaepipe.embed import embed
+    from vaepipe.images import ImageSpec, iter_image_batches, to_float
+    from vaepipe.ingest import ingest
+    from vaepipe.model import VAE, VAEConfig, save_checkpoint
+
+    folder = make_folder(kind, n)
+    cfg = VAEConfig(image_size=28, channels=1) if kind == "png" else VAEConfig(image_size=64, channels=3)
+    spec: ImageSpec = cfg.spec
+    model = VAE(cfg).eval()
+    paths = sorted(folder.rglob("*.png" if kind == "png" else "*.jpg"))
+    work = Path(tempfile.mkdtemp(prefix="vaepipe-tp-"))
+    t0 = time.monotonic()
+    if what == "pipeline":
+        manifest = work / "manifest.parquet"
+        ingest(folder, manifest, IngestConfig(workers=2))
+        t_ingest = time.monotonic() - t0
+        save_checkpoint(model, work / "model" / "model.pt")
+        t0 = time.monotonic()
+        embed(folder, manifest, work / "model", work / "emb", EmbedConfig(batch_size=256, workers=2))
+    elif what == "decode floor":
+        for _ in iter_image_batches(paths, spec, batch_size=256, workers=2):
+            pass
+    elif what == "model floor":
+        x = torch.randint(0, 256, (min(n, 20_000), spec.channels, spec.size, spec.size), dtype=torch.uint8)
+        with torch.no_grad():
+            for _ in range(max(1, n // len(x))):
+                for b in x.split(256):
+                    model.encode(to_float(b))
+        n = max(1, n // len(x)) * len(x)
+    elif what == "naive peer":
+        from PIL import Image
+        batch = []
+        with torch.no_grad():
+            for p in paths:
+                img = Image.open(p).convert("L" if spec.channels == 1 else "RGB").resize((spec.size, spec.size))
+                arr = np.asarray(img, dtype=np.float32) / 255.0
+                batch.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+                if len(batch) == 256:
+                    model.encode(torch.from_numpy(np.stack(batch)))
+                    batch = []
+            if batch:
+                model.encode(torch.from_numpy(np.stack(batch)))
+    seconds = time.monotonic() - t0
+    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    out = {"what": what, "kind": kind, "n": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1),
+           "peak_rss_mb": round(peak_mb)}
+    if what == "pipeline":
+        out["ingest_seconds"] = round(t_ingest, 2)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000])
+    ap.add_argument("--kinds", nargs="+", default=["png", "jpeg"], choices=["png", "jpeg"])
+    ap.add_argument("--measure", nargs=3, metavar=("WHAT", "KIND", "N"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure:
+        what, kind, n = args.measure
+        print("RESULT " + json.dumps(measure(what, kind, int(n))))
+        return
+    rows = []
+    for kind in args.kinds:
+        for n in args.sizes:
+            make_folder(kind, n)
+            for what in ("pipeline", "decode floor", "model floor", "naive peer"):
+                proc = subprocess.run([sys.executable, __file__, "--measure", what, kind, str(n)],
+                                      capture_output=True, text=True, check=True)
+                row = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+                rows.append(row)
+                print(row, flush=True)
+    lines = ["| folder | images | pipeline img/s | decode floor | model floor | naive peer | pipeline / naive | pipeline / slower floor | pipeline peak RSS MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind in args.kinds:
+        for n in args.sizes:
+            r = {x["what"]: x for x in rows if x["kind"] == kind and (x["n"] == n or x["what"] == "model floor" and abs(x["n"] - n) < 20_000)}
+            floor = min(r["decode floor"]["images_per_s"], r["model floor"]["images_per_s"])
+            lines.append(f"| {'28x28 PNG' if kind == 'png' else '640x480 JPEG'} | {n:,} | {r['pipeline']['images_per_s']:,.0f} | "
+                         f"{r['decode floor']['images_per_s']:,.0f} | {r['model floor']['images_per_s']:,.0f} | "
+                         f"{r['naive peer']['images_per_s']:,.0f} | {r['pipeline']['images_per_s'] / r['naive peer']['images_per_s']:.2f}x | "
+                         f"{r['pipeline']['images_per_s'] / floor:.0%} | {r['pipeline']['peak_rss_mb']:,} |")
+    header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores; "
+              f"command: `python benchmarks/throughput.py --sizes {' '.join(map(str, args.sizes))} --kinds {' '.join(args.kinds)}`")
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+    (out / "throughput.md").write_text(header + "\n\n" + "\n".join(lines) + "\n")
+    print(header + "\n\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
