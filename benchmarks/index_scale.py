@@ -104,10 +104,10 @@ def main() -> None:
         (tmp / "emb").mkdir()
         np.save(tmp / "emb" / "x.npy", x)
         t0 = time.monotonic()
-        subprocess.run([args.autofaiss_python, "-m", "autofaiss", "build_index", "--embeddings", str(tmp / "emb"),
-                        "--index_path", str(tmp / "af.index"), "--index_infos_path", str(tmp / "infos.json"),
-                        "--metric_type", "ip", "--max_index_memory_usage", "2G", "--current_memory_available", "8G",
-                        "--max_index_query_time_ms", "10"], check=True, capture_output=True)
+        call = ("from autofaiss import build_index; build_index(embeddings=%r, index_path=%r, index_infos_path=%r, "
+                "metric_type='ip', max_index_memory_usage='2G', current_memory_available='8G', "
+                "max_index_query_time_ms=10)" % (str(tmp / "emb"), str(tmp / "af.index"), str(tmp / "infos.json")))
+        subprocess.run([args.autofaiss_python, "-c", call], check=True, capture_output=True)
         build = time.monotonic() - t0
         af = faiss.read_index(str(tmp / "af.index"))
         infos = json.loads((tmp / "infos.json").read_text())

@@ -24,15 +24,15 @@ class TrainConfig:
     image_size: int | None = None
     channels: int | None = None
     latent_dim: int = 32
-    width: int = 32
+    width: int = 16  # 16 matches 32 on search quality at ~2.7x the speed on CPU (BENCHMARKS.md)
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     background: int = 0  # grey level for transparent pixels and letterbox padding
     # Optimisation.
-    epochs: int = 10
+    epochs: int = 14  # ~6 min on 54k Fashion-MNIST images on 2 CPU cores (BENCHMARKS.md)
     max_minutes: float | None = None  # stop after the epoch that crosses this wall-clock budget
     batch_size: int = 128
-    lr: float = 2e-3
-    beta: float = 0.5  # KL weight; < 1 trades sample quality for sharper search (see BENCHMARKS.md)
+    lr: float = 4e-3  # peak of the one-cycle schedule
+    beta: float = 0.05  # KL weight; < 1 trades sample quality for sharper search (see BENCHMARKS.md)
     warmup_epochs: float = 1.0  # KL weight ramps 0 -> beta linearly over this many epochs
     val_fraction: float = 0.1
     max_images: int = 60_000  # train on a seeded sample of at most this many images (held in RAM)
