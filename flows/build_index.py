@@ -13,7 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import progress_artifact, retry_unless_expected, summary_artifact
 from vaepipe.config import BuildConfig, EmbedConfig, IndexConfig, IngestConfig, TrainConfig
-from vaepipe.embed import EmbedResult, Shard, embed_shard, plan_shards
+from vaepipe.embed import EmbedResult, embed_shard, plan_shards
 from vaepipe.index import IndexResult, build_index as build_faiss_index
 from vaepipe.ingest import IngestResult, ingest
 from vaepipe.store import Workdir, read_json
@@ -38,22 +38,22 @@ def adopt_task(checkpoint: str, manifest: Path, workdir: str, cfg: TrainConfig) 
 
 
 @task(name="plan-embedding", cache_policy=NO_CACHE)
-def plan_task(manifest: Path, model_dir: Path, embeddings_dir: Path, cfg: EmbedConfig) -> tuple[list[Shard], int, list[Path]]:
+def plan_task(manifest: Path, model_dir: Path, embeddings_dir: Path, cfg: EmbedConfig) -> tuple[Path, list[int], int, list[Path]]:
     dim = read_json(Path(model_dir) / "config.json")["vae"]["latent_dim"]
     return plan_shards(manifest, embeddings_dir, dim, cfg.part_rows)
 
 
 @task(name="embed-shard", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_expected, cache_policy=NO_CACHE)
-def embed_shard_task(images: str, model_dir: Path, embeddings_dir: Path, shard: Shard, cfg: EmbedConfig
+def embed_shard_task(images: str, model_dir: Path, embeddings_dir: Path, plan: Path, number: int, cfg: EmbedConfig
                      ) -> tuple[int, list[tuple[str, str]]]:
-    return embed_shard(Path(images), model_dir, embeddings_dir, shard, cfg)
+    return embed_shard(Path(images), model_dir, embeddings_dir, plan, number, cfg)
 
 
 @flow(name="embed-shards")
-def embed_shards(images: str, model_dir: Path, embeddings_dir: Path, shards: list[Shard], cfg: EmbedConfig
+def embed_shards(images: str, model_dir: Path, embeddings_dir: Path, plan: Path, numbers: list[int], cfg: EmbedConfig
                  ) -> list[tuple[int, list[tuple[str, str]]]]:
-    """One task per shard; its task runner (one at a time, or Dask) is chosen by build_index."""
-    futures = embed_shard_task.map(images, model_dir, embeddings_dir, shards, unmapped(cfg))
+    """One task per shard of the plan file; its task runner (one at a time, or Dask) is chosen by build_index."""
+    futures = embed_shard_task.map(images, model_dir, embeddings_dir, plan, numbers, unmapped(cfg))
     return [f.result() for f in futures]
 
 
@@ -106,12 +106,12 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
 
         t = time.monotonic()
         emb_dir = wd.embeddings_dir(trained.model_id)
-        shards, n_done, quarantined = plan_task(ingested.manifest, trained.model_dir, emb_dir, cfg.embed)
+        plan, numbers, n_done, quarantined = plan_task(ingested.manifest, trained.model_dir, emb_dir, cfg.embed)
         shard_cfg = cfg.embed
         if dask_address or dask_workers:  # Dask workers are daemons (no DataLoader children) and share cores
             shard_cfg = replace(cfg.embed, workers=0, threads=cfg.embed.threads or 1)
         results = embed_shards.with_options(task_runner=task_runner(dask_address, dask_workers))(
-            images, trained.model_dir, emb_dir, shards, shard_cfg) if shards else []
+            images, trained.model_dir, emb_dir, plan, numbers, shard_cfg) if numbers else []
         embedded = EmbedResult(emb_dir, trained.model_id, sum(n for n, _ in results), n_done, quarantined,
                                [f for _, failed in results for f in failed])
         timings["embed"] = time.monotonic() - t

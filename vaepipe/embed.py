@@ -81,10 +81,15 @@ class Shard:
     shas: list[str]
 
 
-def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows: int) -> tuple[list[Shard], int, list[Path]]:
+PLAN_SCHEMA = pa.schema([("shard", pa.int32()), ("path", pa.string()), ("sha256", pa.string())])
+
+
+def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows: int) -> tuple[Path, list[int], int, list[Path]]:
     """Split what is not embedded yet (one image per distinct sha256) into shards of at most `shard_rows`.
 
-    Returns (shards, number already embedded, damaged parts set aside).
+    The plan is a file (embeddings_dir/plan.parquet), so shard tasks are handed a path and a number, not
+    lists of files: a million files stay out of task and flow-run parameters.
+    Returns (plan path, shard numbers, number already embedded, damaged parts set aside).
     """
     ok = read_ok(manifest_path)
     done, quarantined = embedded_shas(embeddings_dir, dim)
@@ -92,17 +97,25 @@ def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows:
     for path, sha in zip(ok["path"].to_pylist(), ok["sha256"].to_pylist()):
         if sha not in done:
             todo.setdefault(sha, path)
-    shas, paths = list(todo.keys()), list(todo.values())
     first = _next_part_number(embeddings_dir)
-    shards = [Shard(first + i, paths[j : j + shard_rows], shas[j : j + shard_rows])
-              for i, j in enumerate(range(0, len(paths), shard_rows))]
-    log.info("embed: %d images to embed in %d parts, %d already embedded", len(paths), len(shards), len(done))
-    return shards, len(done), quarantined
+    shard = [first + i // shard_rows for i in range(len(todo))]
+    plan = Path(embeddings_dir) / "plan.parquet"
+    write_parquet(pa.table({"shard": pa.array(shard, pa.int32()), "path": list(todo.values()), "sha256": list(todo.keys())},
+                           schema=PLAN_SCHEMA), plan)
+    numbers = sorted(set(shard))
+    log.info("embed: %d images to embed in %d parts, %d already embedded", len(todo), len(numbers), len(done))
+    return plan, numbers, len(done), quarantined
 
 
-def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, shard: Shard, cfg: EmbedConfig = EmbedConfig(),
-                device: torch.device | None = None) -> tuple[int, list[tuple[str, str]]]:
-    """Embed one shard into its part file; returns (rows written, [(path, reason)] for files that failed now)."""
+def load_shard(plan: Path, number: int) -> Shard:
+    table = pq.read_table(plan, filters=[("shard", "=", number)])
+    return Shard(number, table["path"].to_pylist(), table["sha256"].to_pylist())
+
+
+def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, number: int,
+                cfg: EmbedConfig = EmbedConfig(), device: torch.device | None = None) -> tuple[int, list[tuple[str, str]]]:
+    """Embed shard `number` of the plan into its part file; returns (rows written, [(path, reason)] that failed now)."""
+    shard = load_shard(plan, number)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = load_checkpoint(Path(model_dir) / "model.pt", device or default_device())
@@ -136,8 +149,8 @@ def embed(root: Path, manifest_path: Path, model_dir: Path, embeddings_dir: Path
           cfg: EmbedConfig = EmbedConfig(), device: torch.device | None = None) -> EmbedResult:
     """Embed everything not embedded yet, one shard after another in this process."""
     dim = load_checkpoint(Path(model_dir) / "model.pt").config.latent_dim
-    shards, n_done, quarantined = plan_shards(manifest_path, embeddings_dir, dim, cfg.part_rows)
-    results = [embed_shard(root, model_dir, embeddings_dir, shard, cfg, device) for shard in shards]
+    plan, numbers, n_done, quarantined = plan_shards(manifest_path, embeddings_dir, dim, cfg.part_rows)
+    results = [embed_shard(root, model_dir, embeddings_dir, plan, number, cfg, device) for number in numbers]
     return EmbedResult(Path(embeddings_dir), Path(model_dir).name, sum(n for n, _ in results), n_done, quarantined,
                        [f for _, failed in results for f in failed])
 
