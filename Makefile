@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup browser demo test clean
+.PHONY: setup test-deps demo test clean
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -18,12 +18,15 @@ setup: $(STAMP)
 demo: setup  ## whole pipeline on the bundled Fashion-MNIST test split (10,000 images) -> work/demo
 	$(VENV)/bin/vaepipe demo
 
-# The report tests render pages in headless Chromium (Debian's package; nothing is downloaded at run time).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium for the report tests"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+# Debian packages the tests use: chromium renders the reports; dataset-fashion-mnist is the training
+# split for the quality guard (benchmarks/quality.py). Nothing is downloaded at run time.
+TEST_DEBS := chromium dataset-fashion-mnist
+test-deps:
+	@missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing $$missing (Debian packages for the tests)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
-test: setup browser
+test: setup test-deps
 	$(VENV)/bin/python -m pytest
 
 clean:

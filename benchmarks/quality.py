@@ -1,9 +1,10 @@
 """Retrieval and generation quality of the VAE on Fashion-MNIST, through the product's own code path.
 
-    python benchmarks/quality.py                      # the full benchmark: 60k train images, 10k test queries
+    python benchmarks/quality.py --threads 1          # the full benchmark: 60k train images, 10k test queries
     python benchmarks/quality.py --split val ...      # tuning: 10k held-out *training* images as queries
                                                       # against the other 50k (the test set is not touched)
-    python benchmarks/quality.py --train-images 5000 --epochs 1 --db-images 5000 --query-images 500  # quick
+    python benchmarks/quality.py --train-images 3000 --epochs 1 --db-images 3000 --query-images 500 \
+        --results-dir /tmp/q --export-root /tmp/q-data                             # quick (seconds), for tests
 
 What runs, in order (the same functions the Prefect flows call):
   1. vaepipe.fashion_mnist.load_split + export_pngs: the database images become a folder of class

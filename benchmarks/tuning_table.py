@@ -1,0 +1,32 @@
+"""Print a Markdown table of benchmark runs saved in benchmarks/results/*.json (default: the tuning runs).
+
+    python benchmarks/tuning_table.py            # runs named tune-*
+    python benchmarks/tuning_table.py 'test-*'   # any glob over result names
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(pattern: str = "tune-*") -> None:
+    print("| run | split | train imgs x epochs | recipe | VAE p@1 | VAE p@10 | VAE mAP@10 | raw p@10 | PCA p@10 "
+          "| ELBO (lik.) | KL | active | train s | img/s |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{pattern}.json"))]
+    for r in sorted(runs, key=lambda r: r["date"]):
+        c, e, t = r["train_config"], r["elbo"], r["training"]
+        vae, raw, pca = list(r["retrieval"].values())[:3]
+        recipe = f"w{c['width']} {c['likelihood']} β{c['beta']} lr{c['lr']} bs{c['batch_size']}"
+        print(f"| {r['name']} | {r['split']} | {t['images']} x {t['epochs_run']} | {recipe} "
+              f"| {vae['precision@1']:.4f} | {vae['precision@10']:.4f} | {vae['mAP@10']:.4f} "
+              f"| {raw['precision@10']:.4f} | {pca['precision@10']:.4f} | {e['elbo']:.1f} ({e['likelihood']}) "
+              f"| {e['kl']:.1f} | {e['active_units']}/{e['latent_dim']} | {t['epoch_seconds']:.0f} | {t['images_per_second']:.0f} |")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
