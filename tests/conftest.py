@@ -19,7 +19,7 @@ from vaepipe.store import Workdir
 from vaepipe.train import train
 
 N_FMNIST = 600  # enough for neighbours to mean something, small enough to train in seconds
-FAST_TRAIN = TrainConfig(epochs=3, batch_size=64, seed=0)
+FAST_TRAIN = TrainConfig(epochs=3, batch_size=32, seed=0)  # the default recipe, short: 3 epochs of small batches
 SERIAL = EmbedConfig(workers=0)
 
 

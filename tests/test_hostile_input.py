@@ -168,7 +168,8 @@ def test_damaged_embedding_part_is_set_aside_and_rebuilt(built_copy, fmnist_dir)
     n_rows = pq.read_metadata(part).num_rows
     part.write_bytes(part.read_bytes()[:100])  # as after a full disk
     result = embed(fmnist_dir, built_copy.manifest, built_copy.model_dir(mid), emb_dir, SERIAL)
-    assert [p.name for p in result.quarantined] == [part.name + ".corrupt"]
+    assert result.quarantined == [emb_dir / "_damaged" / part.name]
+    assert pq.read_table(emb_dir).num_rows == len(ids_before)  # the folder reads whole as a dataset again
     assert result.n_embedded == n_rows
     ids_after, vectors_after = load_vectors(emb_dir, built_copy.manifest)
     assert ids_after.equals(ids_before) and abs(vectors_after - vectors_before).max() < 1e-4

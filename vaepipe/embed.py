@@ -52,7 +52,7 @@ def encode_files(model: VAE, paths: Sequence[Path], batch_size: int, workers: in
 
 
 def embedded_shas(embeddings_dir: Path, dim: int) -> tuple[set[str], list[Path]]:
-    """The sha256s already embedded, and the parts set aside because they were damaged (renamed *.corrupt).
+    """The sha256s already embedded, and the parts set aside because they were damaged (moved to _damaged/).
 
     A part left damaged by a crash or a full disk is never read as whole: its images are embedded again.
     """
@@ -65,7 +65,8 @@ def embedded_shas(embeddings_dir: Path, dim: int) -> tuple[set[str], list[Path]]
                 raise ValueError(f"schema {table.schema} is not the embedding schema for dimension {dim}")
             done.update(table["sha256"].to_pylist())
         except (OSError, ValueError, pa.ArrowException) as e:
-            bad = part.with_name(part.name + ".corrupt")
+            bad = part.parent / "_damaged" / part.name  # out of the way of dataset readers and of the index
+            bad.parent.mkdir(exist_ok=True)
             part.rename(bad)
             quarantined.append(bad)
             log.warning("embed: %s is damaged (%s); set aside as %s, its images will be embedded again", part, e, bad.name)
@@ -87,7 +88,7 @@ PLAN_SCHEMA = pa.schema([("shard", pa.int32()), ("path", pa.string()), ("sha256"
 def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows: int) -> tuple[Path, list[int], int, list[Path]]:
     """Split what is not embedded yet (one image per distinct sha256) into shards of at most `shard_rows`.
 
-    The plan is a file (embeddings_dir/plan.parquet), so shard tasks are handed a path and a number, not
+    The plan is a file (embeddings_dir/_plan.parquet), so shard tasks are handed a path and a number, not
     lists of files: a million files stay out of task and flow-run parameters.
     Returns (plan path, shard numbers, number already embedded, damaged parts set aside).
     """
@@ -99,7 +100,7 @@ def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows:
             todo.setdefault(sha, path)
     first = _next_part_number(embeddings_dir)
     shard = [first + i // shard_rows for i in range(len(todo))]
-    plan = Path(embeddings_dir) / "plan.parquet"
+    plan = Path(embeddings_dir) / "_plan.parquet"  # a leading "_": readers of the folder as a dataset skip it
     write_parquet(pa.table({"shard": pa.array(shard, pa.int32()), "path": list(todo.values()), "sha256": list(todo.keys())},
                            schema=PLAN_SCHEMA), plan)
     numbers = sorted(set(shard))

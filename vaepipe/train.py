@@ -103,13 +103,9 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
     val, tr = images[order[:n_val]], images[order[n_val:]]
     log.info("train: %d images (%d train, %d held out), %s, device %s", len(images), len(tr), len(val), vcfg, device)
 
-    torch.manual_seed(cfg.seed)
-    model = VAE(vcfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps_per_epoch = max(1, (len(tr) + cfg.batch_size - 1) // cfg.batch_size)
     warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                pct_start=0.1)
+    model, opt, sched = _fresh(vcfg, cfg, steps_per_epoch, device)
     # Training state is saved after every epoch under a key of (data, recipe): a killed run resumes there.
     state_path = workdir.training_dir / fingerprint(*rel_paths, json.dumps(asdict(cfg), sort_keys=True)) / "state.pt"
     metrics: list[dict] = []
@@ -126,11 +122,8 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
             log.info("train: resuming after epoch %d from %s", len(metrics), state_path)
         except Exception as e:  # a damaged state file costs the epochs it held, nothing else
             log.warning("train: cannot resume from %s (%s); starting again", state_path, e)
-            torch.manual_seed(cfg.seed)
-            model, metrics, step, elapsed = VAE(vcfg).to(device), [], 0, 0.0
-            opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                        pct_start=0.1)
+            model, opt, sched = _fresh(vcfg, cfg, steps_per_epoch, device)
+            metrics, step, elapsed = [], 0, 0.0
     start = time.monotonic() - elapsed
     for epoch in range(len(metrics) + 1, cfg.epochs + 1):
         if cfg.max_minutes is not None and metrics and time.monotonic() - start > cfg.max_minutes * 60:
@@ -166,6 +159,15 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
                                                         "images": len(images), "held_out": n_val})
     shutil.rmtree(state_path.parent, ignore_errors=True)
     return result
+
+
+def _fresh(vcfg: VAEConfig, cfg: TrainConfig, steps_per_epoch: int, device: torch.device):
+    """A seeded new model, its Adam optimiser and one-cycle schedule."""
+    torch.manual_seed(cfg.seed)
+    model = VAE(vcfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
+    return model, opt, sched
 
 
 def adopt_checkpoint(checkpoint: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = TrainConfig()) -> TrainResult:
