@@ -12,7 +12,7 @@ process (clean peak memory) on the same files:
   naive peer   a notebook loop: PIL open -> convert -> resize -> stack 256 -> encoder, one process
 
 The model is the product's default VAE for that input (28 px grey, 64 px colour), untrained: throughput
-does not depend on the weights. Results go to benchmarks/results/throughput.json and .md.
+does not depend on the weights. Results go to benchmarks/results/throughput-<kinds>.json and .md.
 """
 
 from __future__ import annotations
@@ -151,8 +151,9 @@ def main() -> None:
               f"command: `python benchmarks/throughput.py --sizes {' '.join(map(str, args.sizes))} --kinds {' '.join(args.kinds)}`")
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
-    (out / "throughput.md").write_text(header + "\n\n" + "\n".join(lines) + "\n")
+    name = "throughput-" + "-".join(args.kinds)
+    (out / f"{name}.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+    (out / f"{name}.md").write_text(header + "\n\n" + "\n".join(lines) + "\n")
     print(header + "\n\n" + "\n".join(lines))
 
 
