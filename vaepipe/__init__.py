@@ -2,15 +2,18 @@
 
 The library is plain Python (no Prefect). Stages, in data order:
 
-    ingest    folder -> manifest.parquet (every file seen, bad ones with the reason)
-    train     manifest -> models/<model_id>/ (VAE weights, config, per-epoch metrics)
-    embed     manifest + model -> embeddings/<model_id>/part-*.parquet (posterior means)
-    index     embeddings -> index/<model_id>/ (FAISS index, row ids, index.json)
-    query     index + queries -> runs/<run_id>/neighbours.parquet
-    generate  model -> samples/<run_id>/*.png
+    ingest      folder -> manifest.parquet (every file seen, bad ones with the reason)
+    train       manifest -> models/<model_id>/ (VAE weights, config, per-epoch metrics)
+    embed       manifest + model -> embeddings/<model_id>/part-*.parquet (posterior means)
+    index       embeddings -> index/<model_id>/ (FAISS index, row ids, index.json)
+    query       index + queries -> runs/<run_id>/neighbours.parquet
+    duplicates  an all-against-all table -> exact and near-duplicate groups
+    report      neighbour table -> runs/<run_id>/report.html; samples -> samples/<run_id>/index.html
+    generate    model -> samples/<run_id>/*.png
 
-Shared pieces: config (every knob, one place), images (file -> tensor),
-model (the VAE), store (workdir layout, atomic writes, schemas).
+Shared pieces: config (every knob, one place), images (file -> tensor), model (the VAE),
+store (workdir layout, atomic writes, schemas, the build lock), progress (log lines, listeners),
+fashion_mnist (the demo and benchmark data).
 """
 
 __version__ = "0.1.0"
