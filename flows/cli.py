@@ -32,6 +32,7 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--latent-dim", type=int, default=t.latent_dim, help="embedding dimension (default %(default)s)")
     g.add_argument("--beta", type=float, default=t.beta, help="KL weight (default %(default)s)")
     g.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=t.likelihood)
+    g.add_argument("--lr", type=float, default=t.lr, help="peak learning rate (default: 4e-3 for inputs up to 32 px, else 1e-3)")
     g.add_argument("--seed", type=int, default=t.seed)
     g = p.add_argument_group("index")
     g.add_argument("--index-kind", choices=("auto", "flat", "hnsw", "ivf"), default=i.kind)
@@ -53,7 +54,8 @@ def _build_config(a: argparse.Namespace) -> BuildConfig:
         ingest=replace(IngestConfig(), workers=a.workers, max_pixels=a.max_pixels, include_hidden=a.include_hidden,
                        follow_symlinks_outside=a.follow_symlinks_outside),
         train=replace(TrainConfig(), epochs=a.epochs, max_minutes=a.max_minutes, image_size=a.image_size,
-                      channels=a.channels, latent_dim=a.latent_dim, beta=a.beta, likelihood=a.likelihood, seed=a.seed),
+                      channels=a.channels, latent_dim=a.latent_dim, beta=a.beta, likelihood=a.likelihood, lr=a.lr,
+                      seed=a.seed),
         embed=replace(EmbedConfig(), workers=a.workers, part_rows=a.shard_size),
         index=replace(IndexConfig(), kind=a.index_kind, metric=a.metric),
     )

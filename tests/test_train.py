@@ -75,3 +75,14 @@ def test_checkpoint_for_other_input_is_refused(built, tmp_path):
     with pytest.raises(VaepipeError, match="1-channel 28x28 input, but this collection calls for 3-channel 64x64"):
         adopt_checkpoint(built.model_dir(mid) / "model.pt", tmp_path / "m.parquet", Workdir(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()
+
+
+def test_a_collapsing_epoch_is_redone_at_a_lower_learning_rate(fmnist_dir, built, tmp_path):
+    # lr 1.0 throws the encoder off (NaN or no active unit) in the first epoch; the guard goes back and halves it.
+    wd = Workdir(tmp_path)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=1.0, max_restarts=10)
+    result = train(fmnist_dir, built.manifest, wd, cfg, workers=0)
+    assert [m["epoch"] for m in result.metrics] == [1, 2]
+    first, last = result.metrics[0], result.metrics[-1]
+    assert first["restarts"] >= 1 and first["peak_lr"] == 1.0 / 2 ** first["restarts"]
+    assert last["val_active_units"] > 0 and last["val_elbo"] > -1e4

@@ -31,13 +31,21 @@ class TrainConfig:
     epochs: int = 14  # ~6 min on 54k Fashion-MNIST images on 2 CPU cores (BENCHMARKS.md)
     max_minutes: float | None = None  # stop after the epoch that crosses this wall-clock budget
     batch_size: int = 128
-    lr: float = 4e-3  # peak of the one-cycle schedule
+    lr: float | None = None  # peak of the one-cycle schedule; None: see peak_lr()
     beta: float = 0.05  # KL weight; < 1 trades sample quality for sharper search (see BENCHMARKS.md)
     warmup_epochs: float = 1.0  # KL weight ramps 0 -> beta linearly over this many epochs
     val_fraction: float = 0.1
     max_images: int = 60_000  # train on a seeded sample of at most this many images (held in RAM)
     seed: int = 0
+    max_restarts: int = 3  # an epoch that collapses the model is redone from the state before it, at half the lr
     retrain_when_grown: float | None = None  # re-index retrains once the collection grew by this fraction (0.5 = +50%)
+
+    def peak_lr(self, image_size: int) -> float:
+        """4e-3 won on 28 px Fashion-MNIST; 64 px colour inputs were unstable there (collapse at 4e-3, spikes at
+        2e-3, smooth at 1e-3 on a folder of icons), see BENCHMARKS.md."""
+        if self.lr is not None:
+            return self.lr
+        return 4e-3 if image_size <= 32 else 1e-3
 
 
 @dataclass

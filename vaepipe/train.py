@@ -5,8 +5,10 @@ Writes models/<model_id>/{model.pt, config.json, metrics.json}; the model id is 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import math
 import shutil
 import statistics
 import time
@@ -106,6 +108,7 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
     steps_per_epoch = max(1, (len(tr) + cfg.batch_size - 1) // cfg.batch_size)
     warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     model, opt, sched = _fresh(vcfg, cfg, steps_per_epoch, device)
+    untrained_elbo = evaluate(model, val)["elbo"]  # an epoch that ends below this has diverged
     # Training state is saved after every epoch under a key of (data, recipe): a killed run resumes there.
     state_path = workdir.training_dir / fingerprint(*rel_paths, json.dumps(asdict(cfg), sort_keys=True)) / "state.pt"
     metrics: list[dict] = []
@@ -125,7 +128,11 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
             model, opt, sched = _fresh(vcfg, cfg, steps_per_epoch, device)
             metrics, step, elapsed = [], 0, 0.0
     start = time.monotonic() - elapsed
-    for epoch in range(len(metrics) + 1, cfg.epochs + 1):
+    good = _snapshot(model, opt, sched, gen)  # the state to go back to if an epoch collapses the model
+    restarts = metrics[-1].get("restarts", 0) if metrics else 0
+    was_active = bool(metrics) and metrics[-1]["val_active_units"] > 0
+    epoch = len(metrics) + 1
+    while epoch <= cfg.epochs:
         if cfg.max_minutes is not None and metrics and time.monotonic() - start > cfg.max_minutes * 60:
             break  # a resumed run whose budget was already spent
         model.train()
@@ -140,12 +147,31 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
             total += out["loss"].item() * len(batch_idx)
             step += 1
         seconds = time.monotonic() - t0
+        ev = evaluate(model, val)
+        if _broke(ev, untrained_elbo, was_active) and restarts < cfg.max_restarts:
+            # A learning-rate spike can throw the encoder into a state where it ignores its input (its active
+            # units fall to none; seen on 64 px colour icons at lr 4e-3) and it never comes back, or blow the
+            # loss up. Go back to the state before this epoch and continue at half the learning rate.
+            restarts += 1
+            log.warning("train: epoch %d broke the model (val ELBO %.2f, %d active units): diverged or collapsed; going back to the "
+                        "state before it and continuing at half the learning rate (restart %d of %d)",
+                        epoch, ev["elbo"], ev["active_units"], restarts, cfg.max_restarts)
+            step = _restore(good, model, opt, sched, gen)
+            for group in opt.param_groups:
+                for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+                    if key in group:
+                        group[key] *= 0.5
+            good = _snapshot(model, opt, sched, gen)
+            continue
         row = {"epoch": epoch, "train_loss": total / max(len(tr), 1), "beta": beta, "seconds": seconds,
-               "images_per_second": len(tr) / seconds, **{f"val_{k}": v for k, v in evaluate(model, val).items()}}
+               "images_per_second": len(tr) / seconds, "restarts": restarts, "peak_lr": opt.param_groups[0]["max_lr"],
+               **{f"val_{k}": v for k, v in ev.items()}}
         metrics.append(row)
         log.info("train: epoch %d/%d  loss %.2f  val ELBO %.2f nats/image (%s)  KL %.2f  active units %d/%d  %.1fs",
                  epoch, cfg.epochs, row["train_loss"], row["val_elbo"], vcfg.likelihood, row["val_kl"],
                  row["val_active_units"], vcfg.latent_dim, seconds)
+        was_active = was_active or ev["active_units"] > 0
+        good = _snapshot(model, opt, sched, gen)
         with atomic_path(state_path) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "metrics": metrics,
@@ -154,6 +180,10 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
         if cfg.max_minutes is not None and time.monotonic() - start > cfg.max_minutes * 60:
             log.info("train: time budget of %.1f min reached after epoch %d", cfg.max_minutes, epoch)
             break
+        epoch += 1
+    if metrics and metrics[-1]["val_active_units"] == 0:
+        log.warning("train: the model ignores its input (no active latent units): its embeddings will not tell images "
+                    "apart. Are the images all alike? Try a lower --lr or --beta, or more --epochs.")
     model.eval()
     result = _publish(model.cpu(), workdir, metrics, {"trained_on": str(root), "train_config": asdict(cfg),
                                                         "images": len(images), "held_out": n_val})
@@ -161,12 +191,35 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
     return result
 
 
+def _broke(ev: dict[str, float], untrained_elbo: float, was_active: bool) -> bool:
+    """The epoch diverged (ELBO not finite or below the untrained model's), or collapsed the posterior: the encoder
+    used some latent units before and none now. (Units that are not active *yet* early on are normal.)"""
+    diverged = not math.isfinite(ev["elbo"]) or ev["elbo"] < untrained_elbo
+    return diverged or (was_active and ev["active_units"] == 0)
+
+
+def _snapshot(model: VAE, opt: torch.optim.Optimizer, sched, gen: torch.Generator) -> dict:
+    return copy.deepcopy({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                          "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": sched.last_epoch})
+
+
+def _restore(snapshot: dict, model: VAE, opt: torch.optim.Optimizer, sched, gen: torch.Generator) -> int:
+    """Put training back to a snapshot; returns its step count."""
+    model.load_state_dict(snapshot["model"])
+    opt.load_state_dict(snapshot["optimizer"])
+    sched.load_state_dict(snapshot["scheduler"])
+    gen.set_state(snapshot["generator"])
+    torch.set_rng_state(snapshot["torch_rng"])
+    return snapshot["step"]
+
+
 def _fresh(vcfg: VAEConfig, cfg: TrainConfig, steps_per_epoch: int, device: torch.device):
     """A seeded new model, its Adam optimiser and one-cycle schedule."""
     torch.manual_seed(cfg.seed)
     model = VAE(vcfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
+    lr = cfg.peak_lr(vcfg.image_size)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
     return model, opt, sched
 
 
