@@ -16,8 +16,10 @@ from vaepipe.store import Workdir, new_run_id
 def generate_task(workdir: str, n: int, seed: int, between: tuple[str, str] | None) -> GenerateResult:
     wd = Workdir(Path(workdir))
     collection = wd.read_collection()
-    return generate(wd.model_dir(collection["model_id"]) / "model.pt", Path(collection["image_root"]), wd.manifest,
-                    wd.samples_dir(new_run_id("samples")), n=n, seed=seed, between=between)
+    mid = collection["model_id"]
+    return generate(wd.model_dir(mid) / "model.pt", Path(collection["image_root"]), wd.manifest,
+                    wd.samples_dir(new_run_id("samples")), n=n, seed=seed, between=between,
+                    embeddings_dir=wd.embeddings_dir(mid))
 
 
 @flow(name="generate-samples")

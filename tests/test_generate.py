@@ -29,3 +29,26 @@ def test_generate_writes_valid_pngs(built, fmnist_dir, tmp_path):
         assert strip.size == ((12 * 30 + 2) * scale, 32 * scale)  # two ends plus 10 steps
     meta = json.loads((tmp_path / "s" / "samples.json").read_text())
     assert len(meta["reconstructed"]) == 4 and len(meta["interpolated"]) == 2
+
+
+
+def test_fitted_latent_matches_the_collections_codes(built, fmnist_dir, tmp_path):
+    """Samples are drawn with the mean and covariance of the collection's posterior means, which for the search
+    recipe (small KL weight) are far from the N(0, I) prior; the page shows the fitted grid."""
+    import torch
+
+    from vaepipe.generate import fit_latent, fitted_latents
+    from vaepipe.index import load_vectors
+
+    mid = json.loads(built.collection.read_text())["model_id"]
+    codes = torch.from_numpy(load_vectors(built.embeddings_dir(mid), built.manifest)[1]).double()
+    mean, chol = fit_latent(built.embeddings_dir(mid), built.manifest)
+    z = fitted_latents(mean, chol, 200_000, torch.Generator().manual_seed(0)).double()
+    assert torch.allclose(z.mean(0), codes.mean(0), atol=0.02)
+    assert torch.allclose(torch.cov(z.T), torch.cov(codes.T), atol=0.02)
+    assert not torch.allclose(torch.cov(codes.T), torch.eye(len(mean), dtype=torch.float64), atol=0.1)
+
+    result = generate(built.model_dir(mid) / "model.pt", fmnist_dir, built.manifest, tmp_path / "s", n=4,
+                      embeddings_dir=built.embeddings_dir(mid))
+    assert "grid-fitted.png" in {p.name for p in result.files}
+    assert "grid-fitted.png" in result.page.read_text()

@@ -2,6 +2,7 @@
 
   sample-0000.png ...   images decoded from the prior N(0, I)
   grid.png              all prior samples in one grid
+  grid-fitted.png       as many samples from a Gaussian fitted to the collection's latent means (when embedded)
   reconstructions.png   row 1: collection images, row 2: their reconstructions (decoded posterior means)
   interpolation.png     first image, decoded points on the line between the two latent means, second image
 """
@@ -62,8 +63,30 @@ def interpolate(model: VAE, a: torch.Tensor, b: torch.Tensor, steps: int = 10) -
     return torch.sigmoid(model.decode((1 - t) * mu[0] + t * mu[1]))
 
 
+def fit_latent(embeddings_dir: Path, manifest_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and Cholesky factor of a full-covariance Gaussian over the collection's posterior means.
+
+    Trained with a small KL weight (the search recipe), the means fill only part of N(0, I), so many prior
+    samples decode to blobs; sampling where the data's codes actually are gives recognisable images
+    ("ex-post density estimation", Ghosh et al. 2020).
+    """
+    from vaepipe.index import load_vectors  # the index stage owns reading the embeddings in manifest order
+
+    mu = torch.from_numpy(load_vectors(embeddings_dir, manifest_path)[1]).double()
+    mean = mu.mean(0)
+    cov = torch.cov(mu.T) if len(mu) > 1 else torch.eye(mu.shape[1], dtype=torch.float64)
+    cov = cov + 1e-6 * torch.eye(len(mean), dtype=torch.float64)  # a dimension with no spread must not break Cholesky
+    return mean.float(), torch.linalg.cholesky(cov).float()
+
+
+def fitted_latents(mean: torch.Tensor, chol: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n codes from N(mean, chol @ chol.T)."""
+    return mean + torch.randn(n, len(mean), generator=generator) @ chol.T
+
+
 def generate(model_path: Path, image_root: Path, manifest_path: Path, out_dir: Path, n: int = 64,
-             seed: int = 0, n_reconstructions: int = 16, between: tuple[str, str] | None = None) -> GenerateResult:
+             seed: int = 0, n_reconstructions: int = 16, between: tuple[str, str] | None = None,
+             embeddings_dir: Path | None = None) -> GenerateResult:
     if n <= 0:
         raise VaepipeError(f"the number of samples must be at least 1, got {n}")
     model = load_checkpoint(model_path)  # CPU: a few hundred decodes, not worth a device transfer
@@ -76,6 +99,10 @@ def generate(model_path: Path, image_root: Path, manifest_path: Path, out_dir: P
     for i, img in enumerate(samples):
         files.append(save_png(img[None], out_dir / f"sample-{i:04d}.png", nrow=1))
     files.append(save_png(samples, out_dir / "grid.png", nrow=math.ceil(math.sqrt(n))))
+    if embeddings_dir is not None:
+        with torch.no_grad():
+            fitted = torch.sigmoid(model.decode(fitted_latents(*fit_latent(embeddings_dir, manifest_path), n, gen)))
+        files.append(save_png(fitted, out_dir / "grid-fitted.png", nrow=math.ceil(math.sqrt(n))))
 
     ok = read_ok(manifest_path)["path"].to_pylist()
     picks = [ok[i] for i in sorted(np.random.default_rng(seed).choice(len(ok), min(n_reconstructions, len(ok)), replace=False))] if ok else []

@@ -153,6 +153,7 @@ def write_samples_page(samples_dir: Path, files: list[Path], summary: dict[str, 
     names = {f.name for f in files}
     body = f"<h1>vaepipe samples</h1>{_summary_table(summary)}"
     for name, caption in [("grid.png", "samples from the prior N(0, I)"),
+                          ("grid-fitted.png", "samples from a Gaussian fitted to the collection's latent means"),
                           ("reconstructions.png", "top: collection images; bottom: their reconstructions"),
                           ("interpolation.png", "interpolation between two images in latent space")]:
         if name in names:
