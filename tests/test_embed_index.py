@@ -106,6 +106,10 @@ def test_approximate_index_reaches_target_recall(tmp_path, kind):
     exact = np.argsort(-(x[:300] @ x.T), axis=1)[:, :10]
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows.tolist(), exact.tolist())])
     assert recall >= 0.9
+    # memory-mapped (the default) and read into RAM answer the same
+    in_ram = SearchIndex.open(tmp_path / "index", mmap=False)
+    assert np.array_equal(in_ram.search(q, 10)[0], index.search(q, 10)[0])
+    assert np.array_equal(in_ram.stored_vectors(np.arange(50)), index.stored_vectors(np.arange(50)))
     # auto picks exact below the threshold and HNSW above
     assert build_index(parts, manifest, tmp_path / "i2", "m", IndexConfig(exact_below=10_000)).kind == "flat"
     assert build_index(parts, manifest, tmp_path / "i3", "m", IndexConfig(exact_below=1_000)).kind == "hnsw"

@@ -183,13 +183,18 @@ class SearchIndex:
     meta: dict
 
     @classmethod
-    def open(cls, index_dir: Path) -> SearchIndex:
+    def open(cls, index_dir: Path, mmap: bool = True) -> SearchIndex:
+        """Memory-mapped by default: the vectors (flat, HNSW) or inverted lists (IVF) stay in the file and are
+        paged in as searches touch them, so opening costs no RAM up front and an IVF search reads only the lists
+        it probes. The HNSW graph itself is always read into RAM (BENCHMARKS.md has the figures)."""
         index_dir = Path(index_dir)
         if not (index_dir / "index.json").exists():
             raise VaepipeError(f"no complete index in {index_dir} (index.json missing): rebuild with `vaepipe index`")
         meta = read_json(index_dir / "index.json")
         try:
-            index = faiss.read_index(str(index_dir / "index.faiss"))
+            # IVF takes IO_FLAG_MMAP (on-disk inverted lists); flat and HNSW storage take IO_FLAG_MMAP_IFC.
+            flags = (faiss.IO_FLAG_MMAP if meta["kind"] == "ivf" else faiss.IO_FLAG_MMAP_IFC) if mmap else 0
+            index = faiss.read_index(str(index_dir / "index.faiss"), flags)
             ids = pq.read_table(index_dir / "ids.parquet")
         except Exception as e:  # FAISS raises RuntimeError, Arrow its own: both mean the files are damaged
             raise VaepipeError(f"index in {index_dir} is unreadable ({e}): rebuild with `vaepipe index`") from None
