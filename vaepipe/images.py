@@ -26,7 +26,7 @@ class ImageSpec:
 
     size: int
     channels: int
-    background: int = 0  # grey level behind transparent pixels and in the letterbox bars
+    background: int = 128  # grey level behind transparent pixels and in the letterbox bars
 
 
 class ImageError(Exception):
@@ -40,7 +40,9 @@ def open_image(path: Path, max_pixels: int, draft_size: int | None = None) -> Im
     """Open and fully decode the first frame, upright (EXIF orientation applied)."""
     try:
         with warnings.catch_warnings():
+            # Size is checked below; PIL's other warnings (odd EXIF, palette transparency) say nothing a user can act on.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)
             img = Image.open(path)
             w, h = img.size
             if w * h > max_pixels:
@@ -89,8 +91,10 @@ def to_array(img: Image.Image, spec: ImageSpec) -> np.ndarray:
 
     Returns uint8 of shape (channels, size, size).
     """
-    img = _flatten(img, spec.background)
-    img = img.convert("L" if spec.channels == 1 else "RGB")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Palette images with Transparency expressed in bytes ..."
+        img = _flatten(img, spec.background)
+        img = img.convert("L" if spec.channels == 1 else "RGB")
     w, h = img.size
     if (w, h) != (spec.size, spec.size):
         scale = spec.size / max(w, h)

@@ -29,7 +29,7 @@ h1{font-size:1.4em} table.summary td{padding:2px 12px 2px 0} .nav a{margin-right
 .query{display:flex;gap:12px;align-items:flex-start;background:#fff;border:1px solid #ddd;border-radius:6px;
 padding:8px;margin:10px 0}
 .q{border-right:2px solid #888;padding-right:12px} figure{margin:0;width:104px;text-align:center}
-figure img{width:96px;height:96px;object-fit:contain;background:#000;image-rendering:pixelated;border-radius:3px}
+figure img{width:96px;height:96px;object-fit:contain;background:repeating-conic-gradient(#ddd 0 25%,#fff 0 50%) 50%/12px 12px;image-rendering:pixelated;border-radius:3px}
 figcaption{font-size:11px;word-break:break-all} .sim{font-weight:bold;font-size:12px} .missing{width:96px;height:96px;
 background:repeating-linear-gradient(45deg,#eee,#eee 6px,#ccc 6px,#ccc 12px)}
 .group{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;margin:10px 0}
