@@ -26,9 +26,10 @@ class TrainConfig:
     latent_dim: int = 32
     width: int = 16  # 16 matches 32 on search quality at ~2.7x the speed on CPU (BENCHMARKS.md)
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
-    # Grey level behind transparent pixels and in the letterbox bars. Mid-grey, so black glyphs on a transparent
-    # background (most icons) stay visible; with 0 they became all-black inputs, alike for the model.
-    background: int = 128
+    # Grey level behind transparent pixels and in the letterbox bars. Black glyphs on transparent pixels (symbolic
+    # icons) vanish on 0, but on a folder of icons 128 and 255 made the Bernoulli VAE ignore its latent from the
+    # first epoch while 0 trained well (BENCHMARKS.md, "Training on a folder of icons").
+    background: int = 0
     # Optimisation.
     epochs: int = 14  # ~6 min on 54k Fashion-MNIST images on 2 CPU cores (BENCHMARKS.md)
     max_minutes: float | None = None  # stop after the epoch that crosses this wall-clock budget
@@ -36,7 +37,6 @@ class TrainConfig:
     lr: float | None = None  # peak of the one-cycle schedule; None: see peak_lr()
     beta: float = 0.05  # KL weight; < 1 trades sample quality for sharper search (see BENCHMARKS.md)
     warmup_epochs: float = 1.0  # KL weight ramps 0 -> beta linearly over this many epochs
-    flip: bool = False  # random horizontal flips of training batches (mirror images are the same garment)
     val_fraction: float = 0.1
     max_images: int = 60_000  # train on a seeded sample of at most this many images (held in RAM)
     seed: int = 0

@@ -26,7 +26,7 @@ class ImageSpec:
 
     size: int
     channels: int
-    background: int = 128  # grey level behind transparent pixels and in the letterbox bars
+    background: int = 0  # grey level behind transparent pixels and in the letterbox bars
 
 
 class ImageError(Exception):
@@ -54,7 +54,8 @@ def open_image(path: Path, max_pixels: int, draft_size: int | None = None) -> Im
                 # JPEG can decode at 1/2, 1/4, 1/8 scale: far cheaper when the model wants 28 or 64 px.
                 img.draft(img.mode, (draft_size, draft_size))
             img.load()
-            return ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of the (usual) unrotated image
+            return img
     except ImageError:
         raise
     except UnidentifiedImageError:

@@ -34,7 +34,7 @@ class VAEConfig:
     latent_dim: int = 32
     width: int = 32  # channels after the first convolution; doubles at each downsampling
     likelihood: str = "bernoulli"  # "bernoulli" | "gaussian"
-    background: int = 128  # part of the model: inputs must be preprocessed the same way at query time
+    background: int = 0  # part of the model: inputs must be preprocessed the same way at query time
 
     @property
     def spec(self) -> ImageSpec:
