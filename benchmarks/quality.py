@@ -49,7 +49,7 @@ import torch
 from vaepipe.config import EmbedConfig, IndexConfig, IngestConfig, TrainConfig
 from vaepipe.embed import embed
 from vaepipe.fashion_mnist import CLASSES, DEBIAN_DIR, export_pngs, load_split
-from vaepipe.generate import interpolate, reconstruct, save_png
+from vaepipe.generate import fit_latent, fitted_latents, interpolate, reconstruct, save_png
 from vaepipe.index import SearchIndex, build_index, prepare
 from vaepipe.ingest import ingest
 from vaepipe.model import load_checkpoint
@@ -216,6 +216,9 @@ def run(args) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(0)
     save_png(model.sample(64, generator=gen), out_dir / "samples.png", nrow=8)
+    with torch.no_grad():  # the product's second sampler: a Gaussian fitted to the database's latent means
+        z = fitted_latents(*fit_latent(workdir.embeddings_dir(tr.model_id), workdir.manifest), 64, gen)
+        save_png(torch.sigmoid(model.decode(z)), out_dir / "samples-fitted.png", nrow=8)
     picks = np.concatenate([np.flatnonzero(q_y == c)[:2] for c in range(len(CLASSES))])  # 2 per class, in class order
     x = q_t[picks].float() / 255.0
     save_png(torch.cat([x, reconstruct(model, x)]), out_dir / "reconstructions.png", nrow=len(picks))
@@ -242,7 +245,7 @@ def run(args) -> dict:
                      "images_per_second": images_seen / max(epoch_seconds, 1e-9), "per_epoch": tr.metrics},
         "timings": {"export_ingest_s": t_ingest, "embed_s": t_embed, "search_s": t_search,
                     "total_s": time.monotonic() - t_all},
-        "pictures": {p: _rel(out_dir / p) for p in ("samples.png", "reconstructions.png", "interpolation.png")},
+        "pictures": {p: _rel(out_dir / p) for p in ("samples.png", "samples-fitted.png", "reconstructions.png", "interpolation.png")},
     }
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
