@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
+from vaepipe.config import TrainConfig
+
+KNOWN = {f.name for f in fields(TrainConfig)}  # older runs may carry settings that were tried and dropped
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -21,7 +25,8 @@ def main(pattern: str = "tune-*") -> None:
     for r in sorted(runs, key=lambda r: r["date"]):
         c, e, t = r["train_config"], r["elbo"], r["training"]
         vae, raw, pca = list(r["retrieval"].values())[:3]
-        recipe = f"w{c['width']} {c['likelihood']} β{c['beta']} lr{c['lr']} bs{c['batch_size']}"
+        lr = TrainConfig(**{k: v for k, v in c.items() if k in KNOWN}).peak_lr(r["vae"]["image_size"])
+        recipe = f"w{c['width']} {c['likelihood']} β{c['beta']} lr{lr} bs{c['batch_size']}" + (" flip" if c.get("flip") else "")
         print(f"| {r['name']} | {r['split']} | {t['images']} x {t['epochs_run']} | {recipe} "
               f"| {vae['precision@1']:.4f} | {vae['precision@10']:.4f} | {vae['mAP@10']:.4f} "
               f"| {raw['precision@10']:.4f} | {pca['precision@10']:.4f} | {e['elbo']:.1f} ({e['likelihood']}) "
