@@ -67,7 +67,7 @@ def test_pipeline_writes_every_artefact(pipeline_run, collection):
 
     samples = Path(summary["samples"])
     pngs = sorted(samples.glob("*.png"))
-    assert len(pngs) == 16 + 3
+    assert len(pngs) == 16 + 4  # samples, their grid, the fitted-latent grid, reconstructions, interpolation
     for p in pngs:
         with Image.open(p) as img:
             img.verify()

