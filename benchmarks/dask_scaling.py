@@ -10,13 +10,14 @@ benchmarks/results/dask_scaling.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results_io import save_results  # benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -53,10 +54,7 @@ def main() -> None:
     lines = ["| Dask workers | embed s (incl. cluster start) | images/s | whole build s |", "|---:|---:|---:|---:|"]
     lines += [f"| {r['dask workers']} | {r['embed seconds']} | {r['images per second']:,} | {r['whole build seconds']} |" for r in rows]
     lines.append(f"\nScaling 1 -> 2 workers: {rows[0]['embed seconds'] / rows[1]['embed seconds']:.2f}x.")
-    out = REPO / "benchmarks" / "results"
-    (out / "dask_scaling.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
-    (out / "dask_scaling.md").write_text(header + "\n\n" + "\n".join(lines) + "\n")
-    print(header + "\n\n" + "\n".join(lines))
+    save_results("dask_scaling", header, lines, {"rows": rows})
 
 
 if __name__ == "__main__":

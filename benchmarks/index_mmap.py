@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from results_io import save_results  # benchmarks/ is on sys.path when a script runs
+
 
 
 def status_mb(field: str) -> float:
@@ -104,10 +105,7 @@ def main() -> None:
         same = r["rows_hash"] == next(x["rows_hash"] for x in rows if x["kind"] == r["kind"] and not x["mmap"])
         lines.append(f"| {r['kind']} | {'memory-mapped' if r['mmap'] else 'read into RAM'} | {r['index_mb']:,} | "
                      f"{r['open_s']} | {r['anon_mb_open']:,} | {r['anon_mb_after_search']:,} | {'yes' if same else 'NO'} |")
-    out = REPO / "benchmarks" / "results"
-    (out / "index_mmap.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
-    (out / "index_mmap.md").write_text(header + "\n\n" + "\n".join(lines) + "\n")
-    print(header + "\n\n" + "\n".join(lines))
+    save_results("index_mmap", header, lines, {"rows": rows})
 
 
 if __name__ == "__main__":

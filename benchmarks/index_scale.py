@@ -32,6 +32,8 @@ from vaepipe.config import IndexConfig
 from vaepipe.index import _make_index, load_vectors, prepare, tune
 from vaepipe.store import Workdir
 
+from results_io import save_results  # benchmarks/ is on sys.path when a script runs
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -126,10 +128,7 @@ def main() -> None:
                      f"{r['recall@10']} | {r['qps'] / exact_qps:.1f}x |")
     lines.append(f"\nAll against all ({len(x):,} queries, k=10) with the product's choice ({chosen}): {all_seconds:.0f} s. "
                  f"Peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB.")
-    out = REPO / "benchmarks" / "results"
-    (out / "index_scale.json").write_text(json.dumps({"header": header, "rows": rows, "all_against_all_s": all_seconds}, indent=2, default=str) + "\n")
-    (out / "index_scale.md").write_text(header + "\n\n" + "\n".join(lines) + "\n")
-    print(header + "\n\n" + "\n".join(lines))
+    save_results("index_scale", header, lines, {"rows": rows, "all_against_all_s": all_seconds})
 
 
 if __name__ == "__main__":

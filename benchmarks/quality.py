@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import platform
 import subprocess
 import sys
@@ -174,7 +173,7 @@ def run(args) -> dict:
 
     # 3. Embed the database with embed(), index it with build_index (exact, cosine), search with SearchIndex.
     t0 = time.monotonic()
-    emb = embed(folder, workdir.manifest, tr.model_dir, workdir.embeddings_dir(tr.model_id), EmbedConfig())
+    embed(folder, workdir.manifest, tr.model_dir, workdir.embeddings_dir(tr.model_id), EmbedConfig())
     t_embed = time.monotonic() - t0
     idx = build_index(workdir.embeddings_dir(tr.model_id), workdir.manifest, workdir.index_dir(tr.model_id),
                       tr.model_id, IndexConfig(kind="flat", metric="cosine"))
@@ -286,7 +285,7 @@ def markdown(r: dict) -> str:
         lines.append(f"| {name} | {m['dim']} | {m['precision@1']:.4f} | {pk:.4f} | {ap:.4f} |")
     lines += [
         "",
-        f"| model | value |",
+        "| model | value |",
         "|---|---|",
         f"| recipe | width {c['width']}, latent {c['latent_dim']}, {c['likelihood']}, beta {c['beta']}, lr {TrainConfig(**c).peak_lr(r['vae']['image_size'])}, "
         f"batch {c['batch_size']}, {c['epochs']} epochs (max_minutes {c['max_minutes']}), warm-up {c['warmup_epochs']} |",

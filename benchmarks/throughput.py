@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from results_io import save_results  # benchmarks/ is on sys.path when a script runs
+
 DATA = Path(os.environ.get("VAEPIPE_BENCH_DATA", "/tmp/vaepipe-bench"))
 
 
@@ -149,12 +150,7 @@ def main() -> None:
                          f"{r['pipeline']['images_per_s'] / floor:.0%} | {r['pipeline']['peak_rss_mb']:,} |")
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores; "
               f"command: `python benchmarks/throughput.py --sizes {' '.join(map(str, args.sizes))} --kinds {' '.join(args.kinds)}`")
-    out = REPO / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    name = "throughput-" + "-".join(args.kinds)
-    (out / f"{name}.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
-    (out / f"{name}.md").write_text(header + "\n\n" + "\n".join(lines) + "\n")
-    print(header + "\n\n" + "\n".join(lines))
+    save_results("throughput-" + "-".join(args.kinds), header, lines, {"rows": rows})
 
 
 if __name__ == "__main__":
