@@ -20,6 +20,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from vaepipe.images import load_array, to_float
+from vaepipe.index import load_vectors
 from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, load_checkpoint
 from vaepipe.report import write_samples_page
@@ -70,8 +71,6 @@ def fit_latent(embeddings_dir: Path, manifest_path: Path) -> tuple[torch.Tensor,
     samples decode to blobs; sampling where the data's codes actually are gives recognisable images
     ("ex-post density estimation", Ghosh et al. 2020).
     """
-    from vaepipe.index import load_vectors  # the index stage owns reading the embeddings in manifest order
-
     mu = torch.from_numpy(load_vectors(embeddings_dir, manifest_path)[1]).double()
     mean = mu.mean(0)
     cov = torch.cov(mu.T) if len(mu) > 1 else torch.eye(mu.shape[1], dtype=torch.float64)
