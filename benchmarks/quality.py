@@ -51,7 +51,7 @@ from vaepipe.fashion_mnist import CLASSES, DEBIAN_DIR, export_pngs, load_split
 from vaepipe.generate import fit_latent, fitted_latents, interpolate, reconstruct, save_png
 from vaepipe.index import SearchIndex, build_index, prepare
 from vaepipe.ingest import ingest
-from vaepipe.model import load_checkpoint
+from vaepipe.model import folded, load_checkpoint
 from vaepipe.store import VaepipeError, Workdir
 from vaepipe.train import evaluate, train
 
@@ -180,7 +180,7 @@ def run(args) -> dict:
     search = SearchIndex.open(idx.index_dir)
     db_labels = np.asarray([CLASSES.index(p.split("/", 1)[0]) for p in search.ids["path"].to_pylist()])
 
-    model = load_checkpoint(tr.model_dir / "model.pt")
+    model = folded(load_checkpoint(tr.model_dir / "model.pt"))  # as embed() encodes the database
     q_t = torch.from_numpy(q_x[:, None].copy())
     with torch.no_grad():
         q_mu = torch.cat([model.encode(q_t[i:i + 1000].float() / 255.0)[0] for i in range(0, len(q_t), 1000)]).numpy()
@@ -287,7 +287,7 @@ def markdown(r: dict) -> str:
         "",
         "| model | value |",
         "|---|---|",
-        f"| recipe | width {c['width']}, latent {c['latent_dim']}, {c['likelihood']}, beta {c['beta']}, lr {TrainConfig(**c).peak_lr(r['vae']['image_size'])}, "
+        f"| recipe | width {c['width']}, latent {c['latent_dim']}{', batch norm' if c.get('batch_norm') else ''}, {c['likelihood']}, beta {c['beta']}, lr {TrainConfig(**c).peak_lr(r['vae']['image_size'])}, "
         f"batch {c['batch_size']}, {c['epochs']} epochs (max_minutes {c['max_minutes']}), warm-up {c['warmup_epochs']} |",
         f"| ELBO on {e['set']} ({e['likelihood']} likelihood) | {e['elbo']:.2f} nats/image |",
         f"| of which reconstruction NLL / KL | {e['nll']:.2f} / {e['kl']:.2f} nats/image |",
@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--latent-dim", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-norm", type=lambda s: s.lower() in ("1", "true", "yes"), metavar="BOOL", help="batch norm after each convolution (default true)")
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--likelihood", choices=["bernoulli", "gaussian"])
     p.add_argument("--seed", type=int)

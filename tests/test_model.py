@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from vaepipe.model import VAE, VAEConfig, load_checkpoint, model_id, save_checkpoint
+from vaepipe.model import VAE, VAEConfig, folded, load_checkpoint, model_id, save_checkpoint
 from vaepipe.store import VaepipeError
 
 
@@ -17,6 +17,32 @@ def test_shapes(size, channels):
     assert mu.shape == logvar.shape == (4, 8)
     assert model.decode(mu).shape == x.shape
     assert model.sample(3).shape == (3, channels, size, size)
+
+
+@pytest.mark.parametrize("size,channels", [(28, 1), (64, 3)])
+def test_folding_batch_norm_keeps_the_function_and_leaves_the_original_alone(size, channels):
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(image_size=size, channels=channels, latent_dim=8, width=8))
+    model.train()
+    for _ in range(3):  # give the batch norms running statistics that are not the identity
+        model.loss(torch.rand(16, channels, size, size) * 0.5 + 0.3)
+    model.eval()
+    fast = folded(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    x = torch.rand(5, channels, size, size)
+    with torch.no_grad():
+        assert torch.allclose(fast.encode(x)[0], model.encode(x)[0], atol=1e-4)
+        z = torch.randn(5, 8)
+        assert torch.allclose(fast.decode(z), model.decode(z), atol=1e-4)
+
+
+def test_checkpoints_from_before_batch_norm_still_load(tmp_path):
+    old = VAE(VAEConfig(latent_dim=8, width=8, batch_norm=False))
+    obj = {"config": {k: v for k, v in vars(old.config).items() if k != "batch_norm"}, "state_dict": old.state_dict()}
+    torch.save(obj, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded.config.batch_norm is False and model_id(loaded) == model_id(old)
 
 
 def test_bad_config_is_refused():
