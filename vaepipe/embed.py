@@ -21,7 +21,7 @@ import torch
 from vaepipe.config import EmbedConfig
 from vaepipe.images import ImageSpec, iter_image_batches, to_float
 from vaepipe.ingest import read_ok
-from vaepipe.model import VAE, default_device, load_checkpoint
+from vaepipe.model import VAE, default_device, folded, load_checkpoint
 from vaepipe.progress import Progress
 from vaepipe.store import embedding_schema, write_parquet
 
@@ -42,6 +42,7 @@ class EmbedResult:
 def encode_files(model: VAE, paths: Sequence[Path], batch_size: int, workers: int
                  ) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
     """Yield (positions in `paths`, their posterior means float32 (B, d), failures (position, reason))."""
+    model = folded(model)
     device = next(model.parameters()).device
     spec: ImageSpec = model.config.spec
     for batch, idx, errors in iter_image_batches(paths, spec, batch_size, workers):
