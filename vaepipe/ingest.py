@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 from vaepipe.config import IngestConfig
 from vaepipe.images import IMAGE_SUFFIXES, ImageError, open_image
 from vaepipe.progress import Progress
-from vaepipe.store import MANIFEST_SCHEMA, VaepipeError, sha256_file, write_parquet
+from vaepipe.store import MANIFEST_SCHEMA, VaepipeError, atomic_path, sha256_file, write_parquet
 
 log = logging.getLogger("vaepipe")
 
@@ -101,71 +102,110 @@ def error_kind(error: str) -> str:
 
 
 def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig()) -> IngestResult:
+    """Write manifest.parquet for every file under root, in path order.
+
+    Rows go to disk in chunks of `checkpoint_every` files (manifest.partial/chunk-*.parquet) as they are made, so a
+    killed run resumes from its last chunk and memory holds one chunk of rows, not one per file of the folder.
+    """
     root = Path(root).resolve()
     manifest_path = Path(manifest_path)
-    partial_path = manifest_path.with_suffix(".partial.parquet")  # progress of a run that was killed
+    chunks_dir = manifest_path.with_name(manifest_path.stem + ".partial")
     files = scan(root, config.include_hidden)
     if not files:
         raise VaepipeError(f"no files in {root} (hidden files are skipped unless include_hidden is set)")
-    previous = _read_rows(manifest_path)
-    known = {**previous, **_read_rows(partial_path)}
-    rows: dict[str, dict] = {}
-    todo: list[Path] = []
-    for path in files:
-        rel = relative_name(root, path)
-        old = known.get(rel)
-        if old is not None and old["status"] == "ok" and _unchanged(path, old):
-            rows[rel] = old
-        else:
-            todo.append(path)
-    n_reused = len(rows)
+    previous = _read_manifest(manifest_path)
+    known = _Known(pa.concat_tables([previous, *_read_chunks(chunks_dir)]))  # later rows (the killed run's) win
 
-    progress = Progress("ingest", len(todo), unit="files")
-    since_checkpoint = 0
-    for row in _inspect_all(root, todo, config):
-        rows[row["path"]] = row
-        progress.update()
-        since_checkpoint += 1
-        if since_checkpoint >= config.checkpoint_every:
-            write_parquet(pa.Table.from_pylist(list(rows.values()), schema=MANIFEST_SCHEMA), partial_path)
-            log.info("ingest: checkpoint after %d of %d files", progress.done, len(todo))
-            since_checkpoint = 0
+    progress = Progress("ingest", len(files), unit="files")
+    n_ok, n_reused, by_kind, written = 0, 0, Counter(), []
+    pool = ProcessPoolExecutor(config.workers) if config.workers > 1 and len(files) > 256 else None
+    try:
+        for start in range(0, len(files), config.checkpoint_every):
+            chunk = files[start : start + config.checkpoint_every]
+            names = [relative_name(root, p) for p in chunk]
+            reuse = [known.unchanged_row(name, path) for name, path in zip(names, chunk)]
+            todo = [path for path, row in zip(chunk, reuse) if row is None]
+            new_rows = list(_inspect_all(root, todo, config, pool))
+            table = _in_order(known.table.take(pa.array([r for r in reuse if r is not None], pa.int64())), new_rows, names)
+            n_reused += len(chunk) - len(todo)
+            status = table["status"].to_pylist()
+            n_ok += status.count("ok")
+            by_kind.update(error_kind(e) for e, st in zip(table["error"].to_pylist(), status) if st != "ok")
+            written.append(write_parquet(table, chunks_dir / f"chunk-{len(written):05d}.parquet"))
+            progress.update(len(chunk))
+            if start + len(chunk) < len(files):
+                log.info("ingest: checkpoint after %d of %d files", start + len(chunk), len(files))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     progress.close()
 
-    ordered = [rows[relative_name(root, p)] for p in files]
-    n_ok = sum(r["status"] == "ok" for r in ordered)
-    by_kind = dict(Counter(error_kind(r["error"]) for r in ordered if r["status"] != "ok").most_common())
+    by_kind = dict(by_kind.most_common())
     if n_ok == 0:
         # Nothing to index: leave the workdir as it was rather than replace a good manifest with this one.
-        partial_path.unlink(missing_ok=True)
+        shutil.rmtree(chunks_dir, ignore_errors=True)
         reasons = "; ".join(f"{kind}: {n}" for kind, n in by_kind.items())
-        raise VaepipeError(f"no usable images in {root}: all {len(ordered)} files failed ({reasons})")
-    write_parquet(pa.Table.from_pylist(ordered, schema=MANIFEST_SCHEMA), manifest_path)
-    partial_path.unlink(missing_ok=True)
-    result = IngestResult(manifest_path, len(ordered), n_ok, len(ordered) - n_ok, n_reused, by_kind,
-                          **_changes(previous, ordered))
+        raise VaepipeError(f"no usable images in {root}: all {len(files)} files failed ({reasons})")
+    with atomic_path(manifest_path) as tmp, pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as writer:
+        for part in written:  # only this run's chunks: a longer killed run may have left more
+            writer.write_table(pq.read_table(part, schema=MANIFEST_SCHEMA))
+    shutil.rmtree(chunks_dir, ignore_errors=True)
+    result = IngestResult(manifest_path, len(files), n_ok, len(files) - n_ok, n_reused, by_kind,
+                          **_changes(previous, pq.read_table(manifest_path, columns=["path", "sha256", "status"])))
     log.info("ingest: %d files, %d ok, %d error; since the last run %d added, %d changed, %d removed, %d kept",
              result.n_files, result.n_ok, result.n_error, result.added, result.changed, result.removed, result.kept)
     return result
 
 
-def _inspect_all(root: Path, paths: list[Path], config: IngestConfig) -> Iterator[dict]:
-    if config.workers > 1 and len(paths) > 256:
-        with ProcessPoolExecutor(config.workers) as pool:
-            yield from pool.map(inspect_file, [root] * len(paths), paths, [config] * len(paths), chunksize=64)
+class _Known:
+    """Rows of the previous manifest and of a killed run's chunks, looked up by path (the last row of a path wins)."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+        self.row = {path: i for i, path in enumerate(table["path"].to_pylist())}
+        # numpy arrays, not a Python object per row: at a million files those objects would be the memory peak.
+        self.ok = pc.equal(table["status"], "ok").to_numpy(zero_copy_only=False)
+        self.bytes = table["bytes"].to_numpy(zero_copy_only=False)
+        self.mtime = table["mtime"].to_numpy(zero_copy_only=False)
+
+    def unchanged_row(self, name: str, path: Path) -> int | None:
+        """The row to reuse for this file: it was usable and has the same size and mtime now."""
+        i = self.row.get(name)
+        if i is None or not self.ok[i]:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return i if st.st_size == self.bytes[i] and st.st_mtime == self.mtime[i] else None
+
+
+def _in_order(reused: pa.Table, new_rows: list[dict], names: list[str]) -> pa.Table:
+    """Reused and new rows of one chunk, in the chunk's path order."""
+    table = pa.concat_tables([reused, pa.Table.from_pylist(new_rows, schema=MANIFEST_SCHEMA)])
+    position = {name: i for i, name in enumerate(names)}
+    order = sorted(range(table.num_rows), key=lambda i, paths=table["path"].to_pylist(): position[paths[i]])
+    return table.take(pa.array(order, pa.int64()))
+
+
+def _inspect_all(root: Path, paths: list[Path], config: IngestConfig, pool: ProcessPoolExecutor | None) -> Iterator[dict]:
+    if pool is not None and len(paths) > 256:
+        yield from pool.map(inspect_file, [root] * len(paths), paths, [config] * len(paths), chunksize=64)
     else:
         for path in paths:
             yield inspect_file(root, path, config)
 
 
-def _changes(previous: dict[str, dict], now: list[dict]) -> dict[str, int]:
+def _changes(previous: pa.Table, now: pa.Table) -> dict[str, int]:
     """Usable images added, changed (same path, new content), removed and kept since the previous manifest."""
-    before = {p: r["sha256"] for p, r in previous.items() if r["status"] == "ok"}
-    after = {r["path"]: r["sha256"] for r in now if r["status"] == "ok"}
-    both = before.keys() & after.keys()
-    changed = sum(before[p] != after[p] for p in both)
-    return {"added": len(after.keys() - before.keys()), "changed": changed,
-            "removed": len(before.keys() - after.keys()), "kept": len(both) - changed}
+    def usable(t: pa.Table, sha: str) -> pa.Table:
+        return t.filter(pc.equal(t["status"], "ok")).select(["path", "sha256"]).rename_columns(["path", sha])
+
+    both = usable(previous, "before").join(usable(now, "after"), "path", join_type="full outer")
+    added = pc.sum(pc.is_null(both["before"])).as_py() or 0
+    removed = pc.sum(pc.is_null(both["after"])).as_py() or 0
+    changed = pc.sum(pc.not_equal(both["before"], both["after"])).as_py() or 0  # null where one side is missing
+    return {"added": added, "changed": changed, "removed": removed, "kept": both.num_rows - added - removed - changed}
 
 
 def read_ok(manifest_path: Path) -> pa.Table:
@@ -174,20 +214,17 @@ def read_ok(manifest_path: Path) -> pa.Table:
     return table.filter(pc.equal(table["status"], "ok"))
 
 
-def _read_rows(manifest_path: Path) -> dict[str, dict]:
-    """Rows of an earlier manifest by path; a damaged one is reported and ignored (its files are read again)."""
+def _read_manifest(manifest_path: Path) -> pa.Table:
+    """An earlier manifest; a damaged one is reported and treated as empty (its files are read again)."""
     if not Path(manifest_path).exists():
-        return {}
+        return MANIFEST_SCHEMA.empty_table()
     try:
-        return {r["path"]: r for r in pq.read_table(manifest_path, schema=MANIFEST_SCHEMA).to_pylist()}
+        return pq.read_table(manifest_path, schema=MANIFEST_SCHEMA)
     except (OSError, ValueError, pa.ArrowException) as e:
         log.warning("ingest: %s is unreadable (%s); re-reading the files it listed", manifest_path, e)
-        return {}
+        return MANIFEST_SCHEMA.empty_table()
 
 
-def _unchanged(path: Path, old: dict) -> bool:
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    return st.st_size == old["bytes"] and st.st_mtime == old["mtime"]
+def _read_chunks(chunks_dir: Path) -> list[pa.Table]:
+    """The chunks a killed run left; a damaged one costs the files it held, nothing else."""
+    return [t for t in (_read_manifest(p) for p in sorted(Path(chunks_dir).glob("chunk-*.parquet"))) if t.num_rows]
