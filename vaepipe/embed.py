@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -52,26 +53,26 @@ def encode_files(model: VAE, paths: Sequence[Path], batch_size: int, workers: in
         yield [idx[j] for j in good], mu, failed
 
 
-def embedded_shas(embeddings_dir: Path, dim: int) -> tuple[set[str], list[Path]]:
+def embedded_shas(embeddings_dir: Path, dim: int) -> tuple[pa.Array, list[Path]]:
     """The sha256s already embedded, and the parts set aside because they were damaged (moved to _damaged/).
 
     A part left damaged by a crash or a full disk is never read as whole: its images are embedded again.
     """
-    done: set[str] = set()
+    done: list[pa.ChunkedArray] = []
     quarantined: list[Path] = []
     for part in sorted(Path(embeddings_dir).glob("part-*.parquet")):
         try:
             table = pq.read_table(part)
             if not table.schema.equals(embedding_schema(dim)):
                 raise ValueError(f"schema {table.schema} is not the embedding schema for dimension {dim}")
-            done.update(table["sha256"].to_pylist())
+            done.append(table["sha256"])
         except (OSError, ValueError, pa.ArrowException) as e:
             bad = part.parent / "_damaged" / part.name  # out of the way of dataset readers and of the index
             bad.parent.mkdir(exist_ok=True)
             part.rename(bad)
             quarantined.append(bad)
             log.warning("embed: %s is damaged (%s); set aside as %s, its images will be embedded again", part, e, bad.name)
-    return done, quarantined
+    return pa.concat_arrays([c for chunked in done for c in chunked.chunks]) if done else pa.array([], pa.string()), quarantined
 
 
 @dataclass
@@ -93,20 +94,21 @@ def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows:
     lists of files: a million files stay out of task and flow-run parameters.
     Returns (plan path, shard numbers, number already embedded, damaged parts set aside).
     """
-    ok = read_ok(manifest_path)
+    # In Arrow, not Python sets and dicts: the plan of a million files should not cost a gigabyte of objects.
+    ok = read_ok(manifest_path).select(["path", "sha256"])
     done, quarantined = embedded_shas(embeddings_dir, dim)
-    todo: dict[str, str] = {}  # sha256 -> first path with that content
-    for path, sha in zip(ok["path"].to_pylist(), ok["sha256"].to_pylist()):
-        if sha not in done:
-            todo.setdefault(sha, path)
-    first = _next_part_number(embeddings_dir)
-    shard = [first + i // shard_rows for i in range(len(todo))]
+    fresh = ok.filter(pc.invert(pc.is_in(ok["sha256"], value_set=done)))
+    first = (fresh.append_column("row", pa.array(np.arange(fresh.num_rows, dtype=np.int64)))
+             .group_by("sha256", use_threads=False).aggregate([("row", "min")]))  # one path per distinct content
+    todo = fresh.take(pa.array(np.sort(first["row_min"].to_numpy()), pa.int64()))
+    first_number = _next_part_number(embeddings_dir)
+    shard = first_number + np.arange(todo.num_rows, dtype=np.int32) // shard_rows
     plan = Path(embeddings_dir) / "_plan.parquet"  # a leading "_": readers of the folder as a dataset skip it
-    write_parquet(pa.table({"shard": pa.array(shard, pa.int32()), "path": list(todo.values()), "sha256": list(todo.keys())},
+    write_parquet(pa.table({"shard": pa.array(shard, pa.int32()), "path": todo["path"], "sha256": todo["sha256"]},
                            schema=PLAN_SCHEMA), plan)
-    numbers = sorted(set(shard))
-    log.info("embed: %d images to embed in %d parts, %d already embedded", len(todo), len(numbers), len(done))
-    return plan, numbers, len(done), quarantined
+    numbers = sorted(set(shard.tolist()))
+    log.info("embed: %d images to embed in %d parts, %d already embedded", todo.num_rows, len(numbers), pc.count_distinct(done).as_py())
+    return plan, numbers, pc.count_distinct(done).as_py(), quarantined
 
 
 def load_shard(plan: Path, number: int) -> Shard:
