@@ -26,7 +26,7 @@ def main(pattern: str = "tune-*") -> None:
         c, e, t = r["train_config"], r["elbo"], r["training"]
         vae, raw, pca = list(r["retrieval"].values())[:3]
         lr = TrainConfig(**{k: v for k, v in c.items() if k in KNOWN}).peak_lr(r["vae"]["image_size"])
-        recipe = f"w{c['width']} {c['likelihood']} β{c['beta']} lr{lr} bs{c['batch_size']}" + (" flip" if c.get("flip") else "") + (" BN" if c.get("batch_norm") else "")
+        recipe = f"w{c['width']} {c['likelihood']} β{c['beta']} lr{lr} bs{c['batch_size']}" + (" flip" if c.get("flip") else "") + ({True: " BN", False: ""}.get(c.get("batch_norm", False), f" BN {c.get('batch_norm')}"))
         print(f"| {r['name']} | {r['split']} | {t['images']} x {t['epochs_run']} | {recipe} "
               f"| {vae['precision@1']:.4f} | {vae['precision@10']:.4f} | {vae['mAP@10']:.4f} "
               f"| {raw['precision@10']:.4f} | {pca['precision@10']:.4f} | {e['elbo']:.1f} ({e['likelihood']}) "

@@ -44,8 +44,9 @@ def test_fitted_latent_matches_the_collections_codes(built, fmnist_dir, tmp_path
     codes = torch.from_numpy(load_vectors(built.embeddings_dir(mid), built.manifest)[1]).double()
     mean, chol = fit_latent(built.embeddings_dir(mid), built.manifest)
     z = fitted_latents(mean, chol, 200_000, torch.Generator().manual_seed(0)).double()
-    assert torch.allclose(z.mean(0), codes.mean(0), atol=0.02)
-    assert torch.allclose(torch.cov(z.T), torch.cov(codes.T), atol=0.02)
+    scale = torch.cov(codes.T).diagonal().max().item()  # sampling error grows with the codes' spread
+    assert torch.allclose(z.mean(0), codes.mean(0), atol=0.02 * scale**0.5)
+    assert torch.allclose(torch.cov(z.T), torch.cov(codes.T), atol=0.02 * scale)
     assert not torch.allclose(torch.cov(codes.T), torch.eye(len(mean), dtype=torch.float64), atol=0.1)
 
     result = generate(built.model_dir(mid) / "model.pt", fmnist_dir, built.manifest, tmp_path / "s", n=4,

@@ -32,7 +32,7 @@ class TrainConfig:
     # first epoch while 0 trained well (BENCHMARKS.md, "Training on a folder of icons").
     background: int = 0
     # Optimisation.
-    epochs: int = 14  # ~6 min on 54k Fashion-MNIST images on 2 CPU cores (BENCHMARKS.md)
+    epochs: int = 11  # ~8 min on 54k Fashion-MNIST images on one CPU core (BENCHMARKS.md)
     max_minutes: float | None = None  # stop after the epoch that crosses this wall-clock budget
     batch_size: int = 128
     lr: float | None = None  # peak of the one-cycle schedule; None: see peak_lr()
