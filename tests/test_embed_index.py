@@ -1,6 +1,7 @@
 """Embeddings are the model's posterior means in Parquet; the FAISS index maps back to the manifest."""
 
 import json
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -124,3 +125,19 @@ def test_damaged_index_is_refused(built_copy):
     (d / "index.json").unlink()
     with pytest.raises(VaepipeError, match="index.json missing"):
         SearchIndex.open(d)
+
+
+def test_encoding_leaves_the_decoders_their_cores_and_restores_torch_threads(built, fmnist_dir):
+    import torch
+
+    from vaepipe.embed import encode_files, encoder_threads
+
+    before = torch.get_num_threads()
+    with encoder_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    mid = json.loads(built.collection.read_text())["model_id"]
+    model = load_checkpoint(built.model_dir(mid) / "model.pt")
+    paths = sorted(Path(fmnist_dir).rglob("*.png"))[:300]
+    seen = sum(len(idx) for idx, _, _ in encode_files(model, paths, batch_size=128, workers=2))
+    assert seen == len(paths) and torch.get_num_threads() == before

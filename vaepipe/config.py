@@ -57,7 +57,7 @@ class EmbedConfig:
     batch_size: int = 256
     workers: int = 2  # DataLoader worker processes decoding images
     part_rows: int = 50_000  # rows per Parquet part (= per shard task); bounds memory whatever the folder size
-    threads: int | None = None  # torch threads per embedding process (1 when several share a machine, e.g. Dask)
+    threads: int | None = None  # torch threads while encoding; None: the cores the decoding workers leave (at least 1)
 
 
 @dataclass
