@@ -92,10 +92,13 @@ def to_array(img: Image.Image, spec: ImageSpec) -> np.ndarray:
 
     Returns uint8 of shape (channels, size, size).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "Palette images with Transparency expressed in bytes ..."
-        img = _flatten(img, spec.background)
-        img = img.convert("L" if spec.channels == 1 else "RGB")
+    if img.mode not in ("L", "RGB"):  # the common modes skip this: per image, it costs more than a 28 px decode
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Palette images with Transparency expressed in bytes ..."
+            img = _flatten(img, spec.background)
+    mode = "L" if spec.channels == 1 else "RGB"
+    if img.mode != mode:
+        img = img.convert(mode)
     w, h = img.size
     if (w, h) != (spec.size, spec.size):
         scale = spec.size / max(w, h)
