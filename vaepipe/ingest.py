@@ -198,6 +198,9 @@ def _inspect_all(root: Path, paths: list[Path], config: IngestConfig, pool: Proc
 
 def _changes(previous: pa.Table, now: pa.Table) -> dict[str, int]:
     """Usable images added, changed (same path, new content), removed and kept since the previous manifest."""
+    if previous.num_rows == 0:  # a first run: everything usable is new, no join (and its memory) needed
+        return {"added": pc.sum(pc.equal(now["status"], "ok")).as_py() or 0, "changed": 0, "removed": 0, "kept": 0}
+
     def usable(t: pa.Table, sha: str) -> pa.Table:
         return t.filter(pc.equal(t["status"], "ok")).select(["path", "sha256"]).rename_columns(["path", sha])
 
