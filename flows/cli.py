@@ -123,15 +123,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(a: argparse.Namespace) -> dict:
-    import flows  # noqa: F401  (sets Prefect logging up before prefect is imported)
-    from vaepipe.query import preflight
-
+    # Cheap checks first: a typo should not cost a server start.
     if a.command in ("index", "pipeline"):
         _require_dir(a.images, "image folder")
-        if a.model:
-            from vaepipe.model import load_checkpoint
-
-            load_checkpoint(Path(a.model))  # a damaged or unsafe file is refused before any work starts
     if a.command in ("query", "sample"):
         _require_dir(a.workdir, "workdir")
     if a.command == "query" and a.queries:
@@ -142,14 +136,23 @@ def _dispatch(a: argparse.Namespace) -> dict:
         raise VaepipeError(f"-k must be at least 1, got {a.k}")
     if getattr(a, "n", 1) <= 0:
         raise VaepipeError(f"-n must be at least 1, got {a.n}")
+
+    import flows  # noqa: F401  (sets Prefect logging up before prefect is imported)
+    from flows.common import hide_expected_tracebacks, start_api_early
+
+    api_ready = start_api_early()  # boots on the other core while the checks below import torch and FAISS
+    from vaepipe.query import preflight
+
+    if getattr(a, "model", None):
+        from vaepipe.model import load_checkpoint
+
+        load_checkpoint(Path(a.model))  # a damaged or unsafe file is refused before any work starts
     if a.command == "query":
         preflight(Workdir(a.workdir), a.k, exclude_self=not a.queries)
     if a.command == "sample":
         Workdir(a.workdir).read_collection()
-
-    from flows.common import hide_expected_tracebacks
-
     hide_expected_tracebacks()
+    api_ready()
 
     if a.command == "index":
         from flows.build_index import build_index

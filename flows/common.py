@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -41,6 +42,26 @@ def summary_artifact(key: str, title: str, rows: dict[str, object], link: Path |
     create_markdown_artifact(key=key, markdown=markdown, description=title)
     get_run_logger().info("%s\n%s", title, "\n".join(f"  {k}: {format_value(v)}" for k, v in rows.items()))
     return markdown
+
+
+def start_api_early() -> Callable[[], None]:
+    """Start Prefect's temporary server now, in the background; returns the wait to call before the first flow.
+
+    Without PREFECT_API_URL, Prefect boots a temporary server (a subprocess, ~3 s) at the first API call, after
+    this process has spent its own seconds importing torch and FAISS. Started first, it boots on the other core
+    while those imports run (benchmarks/cli_startup.py). With PREFECT_API_URL set there is nothing to start.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return lambda: None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    # The same object Prefect's client will ask for (one per port); if this start fails, the flow's own start
+    # tries again and reports the error.
+    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-api-start", daemon=True)
+    thread.start()
+    return thread.join
 
 
 def retry_unless_expected(task, task_run, state) -> bool:
