@@ -151,7 +151,7 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
             writer.write_table(pq.read_table(part, schema=MANIFEST_SCHEMA))
     shutil.rmtree(chunks_dir, ignore_errors=True)
     result = IngestResult(manifest_path, len(files), n_ok, len(files) - n_ok, n_reused, by_kind,
-                          **_changes(previous, pq.read_table(manifest_path, columns=["path", "sha256", "status"])))
+                          **_changes(previous, manifest_path, n_ok))
     log.info("ingest: %d files, %d ok, %d error; since the last run %d added, %d changed, %d removed, %d kept",
              result.n_files, result.n_ok, result.n_error, result.added, result.changed, result.removed, result.kept)
     return result
@@ -196,10 +196,11 @@ def _inspect_all(root: Path, paths: list[Path], config: IngestConfig, pool: Proc
             yield inspect_file(root, path, config)
 
 
-def _changes(previous: pa.Table, now: pa.Table) -> dict[str, int]:
+def _changes(previous: pa.Table, manifest_path: Path, n_ok: int) -> dict[str, int]:
     """Usable images added, changed (same path, new content), removed and kept since the previous manifest."""
-    if previous.num_rows == 0:  # a first run: everything usable is new, no join (and its memory) needed
-        return {"added": pc.sum(pc.equal(now["status"], "ok")).as_py() or 0, "changed": 0, "removed": 0, "kept": 0}
+    if previous.num_rows == 0:  # a first run: everything usable is new; no need to read the manifest back
+        return {"added": n_ok, "changed": 0, "removed": 0, "kept": 0}
+    now = pq.read_table(manifest_path, columns=["path", "sha256", "status"])
 
     def usable(t: pa.Table, sha: str) -> pa.Table:
         return t.filter(pc.equal(t["status"], "ok")).select(["path", "sha256"]).rename_columns(["path", sha])
