@@ -287,7 +287,7 @@ def markdown(r: dict) -> str:
         "",
         "| model | value |",
         "|---|---|",
-        f"| recipe | width {c['width']}, latent {c['latent_dim']}{', batch norm' if c.get('batch_norm') else ''}, {c['likelihood']}, beta {c['beta']}, lr {TrainConfig(**c).peak_lr(r['vae']['image_size'])}, "
+        f"| recipe | width {c['width']}, latent {c['latent_dim']}{', batch norm' if r['vae'].get('batch_norm', c.get('batch_norm')) else ''}, {c['likelihood']}, beta {c['beta']}, lr {TrainConfig(**c).peak_lr(r['vae']['image_size'])}, "
         f"batch {c['batch_size']}, {c['epochs']} epochs (max_minutes {c['max_minutes']}), warm-up {c['warmup_epochs']} |",
         f"| ELBO on {e['set']} ({e['likelihood']} likelihood) | {e['elbo']:.2f} nats/image |",
         f"| of which reconstruction NLL / KL | {e['nll']:.2f} / {e['kl']:.2f} nats/image |",

@@ -74,8 +74,9 @@ def measure(what: str, kind: str, n: int) -> dict:
 
     folder = make_folder(kind, n)
     t = TrainConfig()  # the product's default network for this input
-    cfg = VAEConfig(image_size=28 if kind == "png" else 64, channels=1 if kind == "png" else 3, latent_dim=t.latent_dim,
-                    width=t.width, batch_norm=t.batch_norm)
+    size = 28 if kind == "png" else 64
+    cfg = VAEConfig(image_size=size, channels=1 if kind == "png" else 3, latent_dim=t.latent_dim, width=t.width,
+                    batch_norm=t.use_batch_norm(size))
     spec: ImageSpec = cfg.spec
     model = VAE(cfg).eval()  # untrained: throughput does not depend on the weights
     fast = folded(model)  # the floors and the naive peer get the encoder the pipeline uses, batch norm folded

@@ -17,6 +17,11 @@ KNOWN = {f.name for f in fields(TrainConfig)}  # older runs may carry settings t
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _batch_norm(run: dict) -> str:
+    used = run["vae"].get("batch_norm", run["train_config"].get("batch_norm"))  # what the model had; older runs: none
+    return " BN" if used is True else f" BN {used}" if isinstance(used, str) else ""
+
+
 def main(pattern: str = "tune-*") -> None:
     print("| run | split | train imgs x epochs | recipe | VAE p@1 | VAE p@10 | VAE mAP@10 | raw p@10 | PCA p@10 "
           "| ELBO (lik.) | KL | active | train s | img/s |")
@@ -26,7 +31,7 @@ def main(pattern: str = "tune-*") -> None:
         c, e, t = r["train_config"], r["elbo"], r["training"]
         vae, raw, pca = list(r["retrieval"].values())[:3]
         lr = TrainConfig(**{k: v for k, v in c.items() if k in KNOWN}).peak_lr(r["vae"]["image_size"])
-        recipe = f"w{c['width']} {c['likelihood']} β{c['beta']} lr{lr} bs{c['batch_size']}" + (" flip" if c.get("flip") else "") + ({True: " BN", False: ""}.get(c.get("batch_norm", False), f" BN {c.get('batch_norm')}"))
+        recipe = f"w{c['width']} {c['likelihood']} β{c['beta']} lr{lr} bs{c['batch_size']}" + (" flip" if c.get("flip") else "") + _batch_norm(r)
         print(f"| {r['name']} | {r['split']} | {t['images']} x {t['epochs_run']} | {recipe} "
               f"| {vae['precision@1']:.4f} | {vae['precision@10']:.4f} | {vae['mAP@10']:.4f} "
               f"| {raw['precision@10']:.4f} | {pca['precision@10']:.4f} | {e['elbo']:.1f} ({e['likelihood']}) "

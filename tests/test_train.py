@@ -48,7 +48,10 @@ def test_model_shape_follows_the_data(tmp_path):
     ok = read_ok(tmp_path / "m.parquet")
     cfg = model_config_for(ok, TrainConfig())
     assert cfg.channels == 3 and cfg.image_size == 64  # colour files, median side 60
-    assert model_config_for(ok, TrainConfig(channels=1, image_size=32)).channels == 1
+    assert not cfg.batch_norm  # it slowed 64 px colour training down (BENCHMARKS.md)
+    small = model_config_for(ok, TrainConfig(channels=1, image_size=32))
+    assert small.channels == 1 and small.batch_norm
+    assert not model_config_for(ok, TrainConfig(image_size=28, batch_norm=False)).batch_norm
 
 
 def test_too_few_images_is_a_clear_error(tmp_path):

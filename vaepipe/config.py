@@ -26,7 +26,7 @@ class TrainConfig:
     latent_dim: int = 32
     width: int = 16  # 16 matches 32 on search quality at ~2.7x the speed on CPU (BENCHMARKS.md)
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
-    batch_norm: bool = True  # after every convolution; +0.007 precision@10 on Fashion-MNIST (BENCHMARKS.md)
+    batch_norm: bool | None = None  # after every convolution; None: see use_batch_norm()
     # Grey level behind transparent pixels and in the letterbox bars. Black glyphs on transparent pixels (symbolic
     # icons) vanish on 0, but on a folder of icons 128 and 255 made the Bernoulli VAE ignore its latent from the
     # first epoch while 0 trained well (BENCHMARKS.md, "Training on a folder of icons").
@@ -43,6 +43,11 @@ class TrainConfig:
     seed: int = 0
     max_restarts: int = 3  # an epoch that collapses the model is redone from the state before it, at half the lr
     retrain_when_grown: float | None = None  # re-index retrains once the collection grew by this fraction (0.5 = +50%)
+
+    def use_batch_norm(self, image_size: int) -> bool:
+        """Batch norm gave +0.007 precision@10 on 28 px Fashion-MNIST, but on 64 px colour icons it trained far slower
+        (val ELBO -4,722 vs -1,736 nats after 4 epochs), so it is on up to 32 px only (BENCHMARKS.md)."""
+        return self.batch_norm if self.batch_norm is not None else image_size <= 32
 
     def peak_lr(self, image_size: int) -> float:
         """4e-3 won on 28 px Fashion-MNIST; 64 px colour inputs were unstable there (collapse at 4e-3, spikes at

@@ -44,7 +44,7 @@ def model_config_for(ok: pa.Table, cfg: TrainConfig) -> VAEConfig:
         sides = [max(w, h) for w, h in zip(ok["width"].to_pylist(), ok["height"].to_pylist())]
         size = 28 if statistics.median(sides) <= 32 else 64
     return VAEConfig(image_size=size, channels=channels, latent_dim=cfg.latent_dim, width=cfg.width,
-                     likelihood=cfg.likelihood, background=cfg.background, batch_norm=cfg.batch_norm)
+                     likelihood=cfg.likelihood, background=cfg.background, batch_norm=cfg.use_batch_norm(size))
 
 
 def load_images(root: Path, rel_paths: list[str], spec: ImageSpec, workers: int) -> torch.Tensor:
