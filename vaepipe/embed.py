@@ -129,8 +129,9 @@ def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows:
     write_parquet(pa.table({"shard": pa.array(shard, pa.int32()), "path": todo["path"], "sha256": todo["sha256"]},
                            schema=PLAN_SCHEMA), plan)
     numbers = sorted(set(shard.tolist()))
-    log.info("embed: %d images to embed in %d parts, %d already embedded", todo.num_rows, len(numbers), pc.count_distinct(done).as_py())
-    return plan, numbers, pc.count_distinct(done).as_py(), quarantined
+    n_done = pc.count_distinct(done).as_py()
+    log.info("embed: %d images to embed in %d parts, %d already embedded", todo.num_rows, len(numbers), n_done)
+    return plan, numbers, n_done, quarantined
 
 
 def load_shard(plan: Path, number: int) -> Shard:
