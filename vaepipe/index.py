@@ -17,6 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vaepipe.config import IndexConfig
@@ -51,13 +52,12 @@ def load_vectors(embeddings_dir: Path, manifest_path: Path) -> tuple[pa.Table, n
         raise VaepipeError(f"no embeddings in {embeddings_dir}: run the embed stage first")
     emb = pa.concat_tables([pq.read_table(p, columns=["sha256", "embedding"]) for p in parts])
     dim = emb.schema.field("embedding").type.list_size
-    row_of = {sha: i for i, sha in enumerate(emb["sha256"].to_pylist())}  # a sha embedded twice: either copy
     ok = read_ok(manifest_path).select(["path", "sha256"]).sort_by("path")
-    found = [row_of.get(sha, -1) for sha in ok["sha256"].to_pylist()]
-    keep = np.asarray([r >= 0 for r in found], dtype=bool)
+    # Matched in Arrow, not through a dict of Python strings: at a million images that dict was the stage's peak.
+    found = pc.index_in(ok["sha256"], value_set=emb["sha256"].combine_chunks())  # a sha embedded twice: the first
+    ids = ok.filter(pc.is_valid(found))
     all_vectors = emb["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-    vectors = all_vectors[np.asarray(found, dtype=np.int64)[keep]]
-    ids = ok.filter(pa.array(keep))
+    vectors = all_vectors[pc.drop_null(found).to_numpy().astype(np.int64)]
     return ids, np.ascontiguousarray(vectors, dtype=np.float32)
 
 
