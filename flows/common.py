@@ -47,7 +47,7 @@ def summary_artifact(key: str, title: str, rows: dict[str, object], link: Path |
 def start_api_early() -> Callable[[], None]:
     """Start Prefect's temporary server now, in the background; returns the wait to call before the first flow.
 
-    Without PREFECT_API_URL, Prefect boots a temporary server (a subprocess, ~3 s) at the first API call, after
+    Without PREFECT_API_URL, Prefect boots a temporary server (a subprocess, ~5 s here) at the first API call, after
     this process has spent its own seconds importing torch and FAISS. Started first, it boots on the other core
     while those imports run (benchmarks/cli_startup.py). With PREFECT_API_URL set there is nothing to start.
     """

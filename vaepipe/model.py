@@ -36,7 +36,7 @@ class VAEConfig:
     width: int = 32  # channels after the first convolution; doubles at each downsampling
     likelihood: str = "bernoulli"  # "bernoulli" | "gaussian"
     background: int = 0  # part of the model: inputs must be preprocessed the same way at query time
-    # Batch norm after every convolution: +0.007 precision@10 on Fashion-MNIST validation (BENCHMARKS.md). In eval
+    # Batch norm after every convolution (training picks it by input size: TrainConfig.use_batch_norm). In eval
     # mode it uses running statistics, so an image's embedding never depends on the rest of its batch.
     batch_norm: bool = True
 

@@ -116,12 +116,8 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
     if state_path.exists():
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            gen.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            metrics, step, elapsed = state["metrics"], state["step"], state["elapsed"]
+            step = _restore(state, model, opt, sched, gen)
+            metrics, elapsed = state["metrics"], state["elapsed"]
             log.info("train: resuming after epoch %d from %s", len(metrics), state_path)
         except Exception as e:  # a damaged state file costs the epochs it held, nothing else
             log.warning("train: cannot resume from %s (%s); starting again", state_path, e)
@@ -173,9 +169,7 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
         was_active = was_active or ev["active_units"] > 0
         good = _snapshot(model, opt, sched, gen)
         with atomic_path(state_path) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "metrics": metrics,
-                        "step": step, "elapsed": time.monotonic() - start}, tmp)
+            torch.save({**good, "metrics": metrics, "elapsed": time.monotonic() - start}, tmp)  # good: this epoch's end
         log.info("train: saved training state after epoch %d", epoch)
         if cfg.max_minutes is not None and time.monotonic() - start > cfg.max_minutes * 60:
             log.info("train: time budget of %.1f min reached after epoch %d", cfg.max_minutes, epoch)
@@ -199,6 +193,7 @@ def _broke(ev: dict[str, float], untrained_elbo: float, was_active: bool) -> boo
 
 
 def _snapshot(model: VAE, opt: torch.optim.Optimizer, sched, gen: torch.Generator) -> dict:
+    """Everything training needs to go on from here: kept in memory for restarts, saved to disk for resumes."""
     return copy.deepcopy({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                           "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": sched.last_epoch})
 
