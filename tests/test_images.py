@@ -76,3 +76,66 @@ def test_pixel_limit_rejects_before_decoding(tmp_path):
     Image.new("L", (2000, 2000)).save(p)
     with pytest.raises(ImageError, match="pixel limit"):
         open_image(p, max_pixels=1_000_000)
+
+
+def _png_variants(folder) -> dict[str, tuple[object, bool]]:
+    """28 px PNGs of real-looking content, saved in the ways that matter to the exact-PNG path: name -> (path, takes it)."""
+    from PIL import PngImagePlugin
+
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    grey = Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), "L")
+    rgb = Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8), "RGB")
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Software", "a scanner")
+    rotate = Image.Exif()
+    rotate[0x0112] = 6
+    xmp = PngImagePlugin.PngInfo()
+    xmp.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+                 '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    cases = {
+        "grey": (lambda p: grey.save(p), True),
+        "grey_text_chunk": (lambda p: grey.save(p, pnginfo=text), True),
+        "grey_transparent": (lambda p: grey.save(p, transparency=7), False),
+        "grey_exif_rotated": (lambda p: grey.save(p, exif=rotate), False),
+        "grey_xmp_rotated": (lambda p: grey.save(p, pnginfo=xmp), False),
+        "grey_palette": (lambda p: grey.convert("P").save(p), False),
+        "grey_16bit": (lambda p: grey.convert("I;16").save(p), False),
+        "grey_wrong_size": (lambda p: grey.resize((27, 28)).save(p), False),
+        "rgb_for_a_grey_model": (lambda p: rgb.save(p), False),
+    }
+    out = {}
+    for name, (save, takes) in cases.items():
+        save(folder / f"{name}.png")
+        out[name] = (folder / f"{name}.png", takes)
+    truncated = folder / "grey_truncated.png"
+    truncated.write_bytes(out["grey"][0].read_bytes()[:-40])
+    out["grey_truncated"] = (truncated, False)
+    return out
+
+
+def test_pngs_already_at_the_input_decode_to_the_same_array_as_any_image(tmp_path):
+    from vaepipe.images import _load_exact_png, to_array
+
+    for name, (path, takes) in _png_variants(tmp_path / "png").items():
+        assert (_load_exact_png(path, GREY28) is not None) == takes, name
+        try:
+            general = to_array(open_image(path, 64_000_000, draft_size=28), GREY28)
+        except ImageError as e:
+            with pytest.raises(ImageError, match="truncated") as err:
+                load_array(path, GREY28)
+            assert str(err.value) == str(e), name
+            continue
+        assert np.array_equal(load_array(path, GREY28), general), name
+    assert not np.array_equal(load_array(tmp_path / "png" / "grey_exif_rotated.png", GREY28),
+                              load_array(tmp_path / "png" / "grey.png", GREY28))  # the rotation was applied
+
+
+def test_rgb_pngs_at_the_input_take_the_exact_path_for_a_colour_model(tmp_path):
+    from vaepipe.images import _load_exact_png, to_array
+
+    p = tmp_path / "rgb.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8), "RGB").save(p)
+    exact = _load_exact_png(p, RGB32)
+    assert exact is not None and exact.flags.writeable
+    assert np.array_equal(exact, to_array(open_image(p, 64_000_000), RGB32))
