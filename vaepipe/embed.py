@@ -1,8 +1,8 @@
 """Stage 3: the VAE's posterior mean of every usable image, streamed into Parquet parts.
 
 Keyed by content: an image whose sha256 already has an embedding for this model is not
-embedded again, so a re-index only touches what changed. Memory is bounded by
-`part_rows` whatever the folder size.
+embedded again, so a re-index only touches what changed. A shard streams its rows into its
+part a row group at a time: memory holds the shard's file names, not its vectors.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ from vaepipe.images import ImageSpec, iter_image_batches, to_float
 from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, default_device, folded, load_checkpoint
 from vaepipe.progress import Progress
-from vaepipe.store import embedding_schema, write_parquet
+from vaepipe.store import atomic_path, embedding_schema, write_parquet
 
 log = logging.getLogger("vaepipe")
+
+ROW_GROUP_ROWS = 16_384  # rows a part holds in memory before writing them: ~2 MB at 32 dimensions
 
 
 @dataclass
@@ -141,33 +143,44 @@ def load_shard(plan: Path, number: int) -> Shard:
 
 def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, number: int,
                 cfg: EmbedConfig = EmbedConfig(), device: torch.device | None = None) -> tuple[int, list[tuple[str, str]]]:
-    """Embed shard `number` of the plan into its part file; returns (rows written, [(path, reason)] that failed now)."""
+    """Embed shard `number` of the plan into its part file; returns (rows written, [(path, reason)] that failed now).
+
+    Rows go into the part a row group at a time and the part is renamed into place when the shard is done, so
+    a shard holds one row group of vectors, not one per image of the part.
+    """
     shard = load_shard(plan, number)
     model = load_checkpoint(Path(model_dir) / "model.pt", device or default_device())
-    dim = model.config.latent_dim
-    rows: list[int] = []
-    vectors: list[np.ndarray] = []
+    schema = embedding_schema(model.config.latent_dim)
+    part = Path(embeddings_dir) / f"part-{shard.number:05d}.parquet"
+    n_rows = 0
     failed: list[tuple[str, str]] = []
+    pending: list[pa.Table] = []
     progress = Progress(f"embed part {shard.number}", len(shard.paths))
-    for idx, mu, errors in encode_files(model, [Path(root) / p for p in shard.paths], cfg.batch_size, cfg.workers, cfg.threads):
-        rows += idx
-        vectors.append(mu)
-        failed += [(shard.paths[i], reason) for i, reason in errors]
-        progress.update(len(idx) + len(errors))
+    with atomic_path(part) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for idx, mu, errors in encode_files(model, [Path(root) / p for p in shard.paths], cfg.batch_size, cfg.workers, cfg.threads):
+            pending.append(pa.table({
+                "path": pa.array([shard.paths[i] for i in idx], pa.string()),
+                "sha256": pa.array([shard.shas[i] for i in idx], pa.string()),
+                "model_id": pa.array([Path(model_dir).name] * len(idx), pa.string()),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(mu.astype(np.float32).ravel(), pa.float32()),
+                                                               model.config.latent_dim),
+            }, schema=schema))
+            n_rows += len(idx)
+            if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+                writer.write_table(pa.concat_tables(pending))
+                pending = []
+            failed += [(shard.paths[i], reason) for i, reason in errors]
+            progress.update(len(idx) + len(errors))
+        if pending:
+            writer.write_table(pa.concat_tables(pending))
     progress.close()
-    if rows:
-        flat = np.concatenate(vectors).astype(np.float32).ravel()
-        table = pa.table({
-            "path": pa.array([shard.paths[i] for i in rows], pa.string()),
-            "sha256": pa.array([shard.shas[i] for i in rows], pa.string()),
-            "model_id": pa.array([Path(model_dir).name] * len(rows), pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
-        }, schema=embedding_schema(dim))
-        write_parquet(table, Path(embeddings_dir) / f"part-{shard.number:05d}.parquet")
-        log.info("embed: wrote part-%05d.parquet (%d rows)", shard.number, len(rows))
+    if n_rows:
+        log.info("embed: wrote %s (%d rows)", part.name, n_rows)
+    else:
+        part.unlink()  # every image failed: no empty part for readers to list
     for path, reason in failed:
         log.warning("embed: skipped %s: %s", path, reason)
-    return len(rows), failed
+    return n_rows, failed
 
 
 def embed(root: Path, manifest_path: Path, model_dir: Path, embeddings_dir: Path,
