@@ -35,7 +35,7 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=t.lr, help="peak learning rate (default: 4e-3 for inputs up to 32 px, else 1e-3)")
     g.add_argument("--seed", type=int, default=t.seed)
     g = p.add_argument_group("index")
-    g.add_argument("--index-kind", choices=("auto", "flat", "hnsw", "ivf"), default=i.kind)
+    g.add_argument("--index-kind", choices=("auto", "flat", "hnsw", "ivf", "ivf-disk"), default=i.kind)
     g.add_argument("--metric", choices=("cosine", "l2"), default=i.metric)
     g = p.add_argument_group("input files")
     g.add_argument("--max-pixels", type=int, default=IngestConfig().max_pixels,

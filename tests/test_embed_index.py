@@ -82,20 +82,27 @@ def _clusters(n=6000, d=16, seed=0):
     return (centres[rng.integers(0, 30, n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
-def test_approximate_index_reaches_target_recall(tmp_path, kind):
-    vectors = _clusters()
+def _write_collection(tmp_path, vectors, n_parts=1):
+    """Embedding parts and a manifest for `vectors`, as the embed stage writes them; row i is i.png."""
     parts = tmp_path / "emb"
     parts.mkdir()
     shas = [f"{i:064x}" for i in range(len(vectors))]
-    pq.write_table(pa.table({"path": [f"{i}.png" for i in range(len(vectors))], "sha256": shas,
-                             "model_id": ["m"] * len(vectors),
-                             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 16)},
-                            schema=embedding_schema(16)), parts / "part-00000.parquet")
+    for j, rows in enumerate(np.array_split(np.random.default_rng(3).permutation(len(vectors)), n_parts)):
+        pq.write_table(pa.table({"path": [f"{i}.png" for i in rows], "sha256": [shas[i] for i in rows],
+                                 "model_id": ["m"] * len(rows),
+                                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel()), vectors.shape[1])},
+                                schema=embedding_schema(vectors.shape[1])), parts / f"part-{j:05d}.parquet")
     manifest = tmp_path / "manifest.parquet"
     from vaepipe.store import MANIFEST_SCHEMA
     pq.write_table(pa.Table.from_pylist([{"path": f"{i}.png", "sha256": s, "status": "ok"} for i, s in enumerate(shas)],
                                         schema=MANIFEST_SCHEMA), manifest)
+    return parts, manifest
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivf-disk"])
+def test_approximate_index_reaches_target_recall(tmp_path, kind):
+    vectors = _clusters()
+    parts, manifest = _write_collection(tmp_path, vectors, n_parts=4 if kind == "ivf-disk" else 1)
     result = build_index(parts, manifest, tmp_path / "index", "m", IndexConfig(kind=kind, target_recall=0.95))
     assert result.kind == kind and result.recall_at_10 >= 0.95 and result.n == len(vectors)
     # re-measure independently through the opened index
@@ -111,9 +118,33 @@ def test_approximate_index_reaches_target_recall(tmp_path, kind):
     in_ram = SearchIndex.open(tmp_path / "index", mmap=False)
     assert np.array_equal(in_ram.search(q, 10)[0], index.search(q, 10)[0])
     assert np.array_equal(in_ram.stored_vectors(np.arange(50)), index.stored_vectors(np.arange(50)))
-    # auto picks exact below the threshold and HNSW above
+    # auto picks exact below the threshold, HNSW above, IVF on disk above that
     assert build_index(parts, manifest, tmp_path / "i2", "m", IndexConfig(exact_below=10_000)).kind == "flat"
     assert build_index(parts, manifest, tmp_path / "i3", "m", IndexConfig(exact_below=1_000)).kind == "hnsw"
+    assert build_index(parts, manifest, tmp_path / "i4", "m", IndexConfig(exact_below=1_000, in_ram_below=5_000)).kind == "ivf-disk"
+
+
+def test_index_built_part_by_part_on_disk_holds_every_row_and_survives_a_rebuild(tmp_path):
+    vectors = _clusters(n=5000)
+    parts, manifest = _write_collection(tmp_path, vectors, n_parts=5)
+    cfg = IndexConfig(kind="ivf-disk")
+    build_index(parts, manifest, tmp_path / "index", "m", cfg)
+    first_lists = sorted((tmp_path / "index").glob("lists-*.ivfdata"))
+    assert len(first_lists) == 1 and not list((tmp_path / "index").glob(".blocks-*"))  # block files cleaned up
+    index = SearchIndex.open(tmp_path / "index")
+    # every row is stored once, as the in-RAM path stores it
+    _, in_ram = load_vectors(parts, manifest)
+    assert index.index.ntotal == len(vectors)
+    assert np.allclose(index.stored_vectors(np.arange(len(vectors))), prepare(in_ram, "cosine", in_ram.mean(0)), atol=1e-5)
+    # an open search keeps working while a rebuild replaces the lists file, and the rebuild cleans up the old one
+    before = index.search(vectors[:50], 10)[0]
+    build_index(parts, manifest, tmp_path / "index", "m", cfg)
+    assert sorted((tmp_path / "index").glob("lists-*.ivfdata")) != first_lists
+    assert len(list((tmp_path / "index").glob("lists-*.ivfdata"))) == 1
+    assert np.array_equal(index.search(vectors[:50], 10)[0], before)
+    # the index can be moved: its lists file is found beside it
+    (tmp_path / "index").rename(tmp_path / "moved")
+    assert np.array_equal(SearchIndex.open(tmp_path / "moved").search(vectors[:50], 10)[0], before)
 
 
 def test_damaged_index_is_refused(built_copy):

@@ -67,9 +67,12 @@ class EmbedConfig:
 
 @dataclass
 class IndexConfig:
-    kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
+    kind: Literal["auto", "flat", "hnsw", "ivf", "ivf-disk"] = "auto"
     metric: Literal["cosine", "l2"] = "cosine"  # cosine = inner product of centred, normalised means
     exact_below: int = 50_000  # "auto" uses exact search below this many vectors, HNSW above
+    # ... and above this many, IVF built part by part with its lists on disk ("ivf-disk"): building HNSW holds every
+    # vector and the graph in RAM (~1 GB per million at 32-d, BENCHMARKS.md), ivf-disk one part and a sample.
+    in_ram_below: int = 10_000_000
     target_recall: float = 0.95  # the search-time knob (efSearch / nprobe) is raised until recall@10 reaches this
     recall_sample: int = 1_000  # queries used to measure recall against exact search
 

@@ -2,15 +2,21 @@
 
 Row i of the index is row i of ids.parquet (path, sha256): index rows map back to manifest rows.
 The default metric is cosine on centred, L2-normalised posterior means (chosen by measurement, see
-BENCHMARKS.md). "auto" picks exact search below `exact_below` vectors and HNSW above, and the
-search-time knob is raised until recall@10 against exact search reaches the target on a sample.
+BENCHMARKS.md). "auto" picks exact search below `exact_below` vectors, HNSW up to `in_ram_below`, and
+above that an IVF index built one embedding part at a time with its lists on disk ("ivf-disk"), so
+building never holds every vector. The search-time knob is raised until recall@10 against exact search
+reaches the target on a sample of queries.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from faiss.contrib.ondisk import merge_ondisk
 
 from vaepipe.config import IndexConfig
 from vaepipe.ingest import read_ok
@@ -30,6 +37,7 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 EF_SEARCH_STEPS = (16, 32, 64, 128, 256, 512)
 NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+IVF_TRAIN_MAX = 1_000_000  # vectors an IVF quantizer is trained on, at most
 
 
 @dataclass
@@ -42,23 +50,67 @@ class IndexResult:
     params: dict
 
 
-def load_vectors(embeddings_dir: Path, manifest_path: Path) -> tuple[pa.Table, np.ndarray]:
-    """(ids: path, sha256 sorted by path; vectors float32 (N, d)) for every usable manifest row with an embedding.
+@dataclass
+class Source:
+    """Which embedding row each index row takes: the ids (path, sha256, sorted by path) and, per Parquet part,
+    the index rows it fills and the rows of the part that fill them. Vectors stay on disk until asked for."""
 
-    Two paths with the same content are two rows with the same vector: both can be found.
-    """
+    ids: pa.Table
+    dim: int
+    parts: list[tuple[Path, np.ndarray, np.ndarray]]  # (part file, index rows, rows within the part)
+
+    @property
+    def n(self) -> int:
+        return self.ids.num_rows
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(index rows, their vectors float32) one part at a time."""
+        for part, rows, within in self.parts:
+            if len(rows):
+                table = pq.read_table(part, columns=["embedding"])
+                flat = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                yield rows, np.ascontiguousarray(flat.reshape(-1, self.dim)[within], dtype=np.float32)
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of some index rows (in the order given), reading one part at a time."""
+        out = np.empty((len(rows), self.dim), np.float32)
+        where = np.full(self.n, -1, np.int64)
+        where[rows] = np.arange(len(rows))
+        for block_rows, vectors in self.blocks():
+            at = where[block_rows]
+            out[at[at >= 0]] = vectors[at >= 0]
+        return out
+
+
+def match_embeddings(embeddings_dir: Path, manifest_path: Path) -> Source:
+    """Every usable manifest row with an embedding, sorted by path; two paths with the same content are two
+    rows with the same vector, so both can be found."""
     parts = sorted(Path(embeddings_dir).glob("part-*.parquet"))
     if not parts:
         raise VaepipeError(f"no embeddings in {embeddings_dir}: run the embed stage first")
-    emb = pa.concat_tables([pq.read_table(p, columns=["sha256", "embedding"]) for p in parts])
-    dim = emb.schema.field("embedding").type.list_size
+    shas = [pq.read_table(p, columns=["sha256"])["sha256"].combine_chunks() for p in parts]
+    dim = pq.read_schema(parts[0]).field("embedding").type.list_size
     ok = read_ok(manifest_path).select(["path", "sha256"]).sort_by("path")
     # Matched in Arrow, not through a dict of Python strings (~150 bytes per image, held while the index is built).
-    found = pc.index_in(ok["sha256"], value_set=emb["sha256"].combine_chunks())  # a sha embedded twice: the first
+    found = pc.index_in(ok["sha256"], value_set=pa.chunked_array(shas, pa.string()).combine_chunks())  # a sha embedded twice: the first
     ids = ok.filter(pc.is_valid(found))
-    all_vectors = emb["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-    vectors = all_vectors[pc.drop_null(found).to_numpy().astype(np.int64)]
-    return ids, np.ascontiguousarray(vectors, dtype=np.float32)
+    at = pc.drop_null(found).to_numpy().astype(np.int64)  # row in all parts, concatenated
+    starts = np.cumsum([0] + [len(s) for s in shas])
+    part_of = np.searchsorted(starts, at, side="right") - 1
+    by_part = np.argsort(part_of, kind="stable")  # index rows grouped by part, in index order within each
+    bounds = np.searchsorted(part_of[by_part], np.arange(len(parts) + 1))
+    matched = [(part, by_part[bounds[j]:bounds[j + 1]], at[by_part[bounds[j]:bounds[j + 1]]] - starts[j])
+               for j, part in enumerate(parts)]
+    return Source(ids, dim, matched)
+
+
+def load_vectors(embeddings_dir: Path, manifest_path: Path) -> tuple[pa.Table, np.ndarray]:
+    """(ids: path, sha256 sorted by path; vectors float32 (N, d)) for every usable manifest row with an embedding."""
+    source = match_embeddings(embeddings_dir, manifest_path)
+    vectors = np.empty((source.n, source.dim), np.float32)
+    for rows, block in source.blocks():
+        vectors[rows] = block
+    return source.ids, vectors
 
 
 def prepare(vectors: np.ndarray, metric: str, centre: np.ndarray) -> np.ndarray:
@@ -84,90 +136,166 @@ def _make_index(kind: str, x: np.ndarray, metric: str, seed: int = 0) -> tuple[f
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
     elif kind == "ivf":
-        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per list
-        quantizer = faiss.IndexFlat(d, _faiss_metric(metric))
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, _faiss_metric(metric))
-        rng = np.random.default_rng(seed)
-        train = x[rng.choice(n, size=min(n, 256 * nlist), replace=False)]
-        index.train(train)
-        params = {"nlist": nlist}
+        index = _trained_ivf(x[_ivf_training_rows(n, seed)], _ivf_nlist(n), metric)
+        params = {"nlist": index.nlist}
     else:
         raise VaepipeError(f"unknown index kind {kind!r}: use auto, flat, hnsw or ivf")
     index.add(x)
     return index, params
 
 
+def _ivf_training_rows(n: int, seed: int = 0) -> np.ndarray:
+    """Rows to train an IVF quantizer on: up to 256 per list, at most IVF_TRAIN_MAX (128 MB at 32-d) however large n."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(n, 256 * _ivf_nlist(n), IVF_TRAIN_MAX), replace=False))
+
+
+def _ivf_nlist(n: int) -> int:
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per list
+
+
+def _trained_ivf(train: np.ndarray, nlist: int, metric: str) -> faiss.IndexIVFFlat:
+    """An empty IVF index with `nlist` lists trained on `train` (prepared vectors)."""
+    quantizer = faiss.IndexFlat(train.shape[1], _faiss_metric(metric))
+    index = faiss.IndexIVFFlat(quantizer, train.shape[1], nlist, _faiss_metric(metric))  # keeps a reference to quantizer
+    index.train(train)
+    return index
+
+
 def _set_knob(index: faiss.Index, kind: str, value: int) -> dict:
     if kind == "hnsw":
         index.hnsw.efSearch = value
         return {"efSearch": value}
-    if kind == "ivf":
+    if kind in ("ivf", "ivf-disk"):
         index.nprobe = value
         return {"nprobe": value}
     return {}
 
 
-def recall_at_10(index: faiss.Index, x: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    _, found = index.search(x[queries], k)
+def exact_neighbours(queries: np.ndarray, blocks: Iterable[tuple[np.ndarray, np.ndarray]], k: int, metric: str) -> np.ndarray:
+    """Index rows of each prepared query's k nearest stored vectors, by brute force over (rows, prepared vectors)
+    blocks: the truth recall is measured against, one block in RAM at a time."""
+    best_scores = np.zeros((len(queries), 0), np.float32)
+    best_rows = np.zeros((len(queries), 0), np.int64)
+    for rows, xb in blocks:
+        scores, found = faiss.knn(queries, xb, min(k, len(xb)), metric=_faiss_metric(metric))
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_rows = np.concatenate([best_rows, rows[found]], axis=1)
+        order = np.argsort(-best_scores if metric == "cosine" else best_scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(best_scores, order, axis=1)
+        best_rows = np.take_along_axis(best_rows, order, axis=1)
+    return best_rows
+
+
+def recall_at_10(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> float:
+    _, found = index.search(queries, truth.shape[1])
     hits = sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth.tolist()))
     return hits / truth.size
 
 
-def tune(index: faiss.Index, kind: str, x: np.ndarray, cfg: IndexConfig, seed: int = 0) -> tuple[float, dict]:
-    """Measure recall@10 against exact search on a sample; for approximate kinds, raise the knob until the target."""
+def tune(index: faiss.Index, kind: str, queries: np.ndarray, truth: np.ndarray, cfg: IndexConfig) -> tuple[float, dict]:
+    """Measure recall@10 of prepared sample queries against their exact neighbours (`truth`); for approximate
+    kinds, raise the search knob until the target."""
     if kind == "flat":
         return 1.0, {}
-    n = len(x)
-    k = min(10, n)
-    rng = np.random.default_rng(seed)
-    queries = rng.choice(n, size=min(cfg.recall_sample, n), replace=False)
-    exact = faiss.IndexFlat(x.shape[1], index.metric_type)
-    exact.add(x)
-    _, truth = exact.search(x[queries], k)
     steps = EF_SEARCH_STEPS if kind == "hnsw" else [s for s in NPROBE_STEPS if s <= index.nlist] or [index.nlist]
     recall, knob = 0.0, {}
     for value in steps:
         knob = _set_knob(index, kind, value)
-        recall = recall_at_10(index, x, queries, truth)
+        recall = recall_at_10(index, queries, truth)
         log.info("index: %s %s -> recall@10 %.4f", kind, knob, recall)
         if recall >= cfg.target_recall:
             break
     return recall, knob
 
 
+def choose_kind(n: int, cfg: IndexConfig) -> str:
+    if cfg.kind != "auto":
+        return cfg.kind
+    return "flat" if n < cfg.exact_below else "hnsw" if n < cfg.in_ram_below else "ivf-disk"
+
+
 def build_index(embeddings_dir: Path, manifest_path: Path, index_dir: Path, model_id: str,
                 cfg: IndexConfig = IndexConfig()) -> IndexResult:
     t0 = time.monotonic()
-    ids, vectors = load_vectors(embeddings_dir, manifest_path)
-    n, dim = vectors.shape
-    if n == 0:
-        raise VaepipeError("no usable images to index: every file in the manifest failed (see manifest.parquet)")
     if cfg.metric not in ("cosine", "l2"):
         raise VaepipeError(f"unknown metric {cfg.metric!r}: use cosine or l2")
-    kind = cfg.kind if cfg.kind != "auto" else ("flat" if n < cfg.exact_below else "hnsw")
-    centre = vectors.mean(0) if cfg.metric == "cosine" else np.zeros(dim, np.float32)
-    x = prepare(vectors, cfg.metric, centre)
-    index, params = _make_index(kind, x, cfg.metric)
-    recall, knob = tune(index, kind, x, cfg)
+    if cfg.kind not in ("auto", "flat", "hnsw", "ivf", "ivf-disk"):
+        raise VaepipeError(f"unknown index kind {cfg.kind!r}: use auto, flat, hnsw, ivf or ivf-disk")
+    source = match_embeddings(embeddings_dir, manifest_path)
+    n, dim = source.n, source.dim
+    if n == 0:
+        raise VaepipeError("no usable images to index: every file in the manifest failed (see manifest.parquet)")
+    kind = choose_kind(n, cfg)
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    sample = np.sort(np.random.default_rng(0).choice(n, size=min(cfg.recall_sample, n), replace=False))
+    if kind == "ivf-disk":
+        centre = _mean(source) if cfg.metric == "cosine" else np.zeros(dim, np.float32)
+        index, params = _build_ivf_on_disk(source, centre, cfg.metric, index_dir)
+        queries = prepare(source.gather(sample), cfg.metric, centre)
+        blocks: Iterable[tuple[np.ndarray, np.ndarray]] = (
+            (rows, prepare(vectors, cfg.metric, centre)) for rows, vectors in source.blocks())
+    else:
+        _, vectors = load_vectors(embeddings_dir, manifest_path)
+        centre = vectors.mean(0) if cfg.metric == "cosine" else np.zeros(dim, np.float32)
+        x = prepare(vectors, cfg.metric, centre)
+        del vectors
+        index, params = _make_index(kind, x, cfg.metric)
+        queries, blocks = x[sample], [(np.arange(n), x)]
+    truth = exact_neighbours(queries, blocks, min(10, n), cfg.metric) if kind != "flat" else None
+    recall, knob = tune(index, kind, queries, truth, cfg)
     params.update(knob)
 
-    index_dir = Path(index_dir)
     log.info("index: writing %s", index_dir)
     with atomic_path(index_dir / "index.faiss") as tmp:
         faiss.write_index(index, str(tmp))
-    write_parquet(ids, index_dir / "ids.parquet")
+    write_parquet(source.ids, index_dir / "ids.parquet")
     meta = {
         "kind": kind, "params": params, "n": n, "dim": dim, "metric": cfg.metric,
-        "recall_at_10": recall, "recall_sample": min(cfg.recall_sample, n) if kind != "flat" else 0,
+        "recall_at_10": recall, "recall_sample": len(sample) if kind != "flat" else 0,
         "model_id": model_id, "centre": centre.astype(float).tolist(),
-        "source_fingerprint": source_fingerprint(model_id, ids),
+        "source_fingerprint": source_fingerprint(model_id, source.ids),
         "config": asdict(cfg), "build_seconds": round(time.monotonic() - t0, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(meta, index_dir / "index.json")  # written last: its presence means the index is whole
+    for old in index_dir.glob("lists-*.ivfdata"):  # an earlier on-disk build's lists (open searches keep theirs)
+        if old.name != params.get("lists"):
+            old.unlink()
     log.info("index: %s over %d x %d (%s), recall@10 %.4f, %s", kind, n, dim, cfg.metric, recall, params)
     return IndexResult(index_dir, kind, n, dim, recall, params)
+
+
+def _mean(source: Source) -> np.ndarray:
+    total = np.zeros(source.dim, np.float64)
+    for _, vectors in source.blocks():
+        total += vectors.sum(0, dtype=np.float64)
+    return (total / source.n).astype(np.float32)
+
+
+def _build_ivf_on_disk(source: Source, centre: np.ndarray, metric: str, index_dir: Path) -> tuple[faiss.Index, dict]:
+    """IVF built one embedding part at a time: for collections whose vectors do not fit in RAM.
+
+    The quantizer is trained on a sample (at most IVF_TRAIN_MAX vectors); each part's vectors go into their own
+    small IVF index on disk, and FAISS merges those lists into one file (lists-*.ivfdata) that searches
+    memory-map. RAM holds one part, the sample and the quantizer, never all vectors.
+    """
+    index = _trained_ivf(prepare(source.gather(_ivf_training_rows(source.n)), metric, centre), _ivf_nlist(source.n), metric)
+    lists = f"lists-{time.strftime('%Y%m%d%H%M%S')}-{os.urandom(3).hex()}.ivfdata"  # a new name: open searches keep theirs
+    blocks_dir = Path(tempfile.mkdtemp(prefix=".blocks-", dir=index_dir))
+    try:
+        block_files = []
+        for j, (rows, vectors) in enumerate(source.blocks()):
+            block = faiss.clone_index(index)
+            block.add_with_ids(prepare(vectors, metric, centre), rows.astype(np.int64))
+            block_files.append(str(blocks_dir / f"block-{j:05d}.index"))
+            faiss.write_index(block, block_files[-1])
+            del block
+        merge_ondisk(index, block_files, str(index_dir / lists))
+    finally:
+        shutil.rmtree(blocks_dir, ignore_errors=True)
+    return index, {"nlist": index.nlist, "lists": lists}
 
 
 def source_fingerprint(model_id: str, ids: pa.Table) -> str:
@@ -194,6 +322,8 @@ class SearchIndex:
         try:
             # IVF takes IO_FLAG_MMAP (on-disk inverted lists); flat and HNSW storage take IO_FLAG_MMAP_IFC.
             flags = (faiss.IO_FLAG_MMAP if meta["kind"] == "ivf" else faiss.IO_FLAG_MMAP_IFC) if mmap else 0
+            if meta["kind"] == "ivf-disk":
+                flags = faiss.IO_FLAG_ONDISK_SAME_DIR  # its lists file beside it, always mapped
             index = faiss.read_index(str(index_dir / "index.faiss"), flags)
             ids = pq.read_table(index_dir / "ids.parquet")
         except Exception as e:  # FAISS raises RuntimeError, Arrow its own: both mean the files are damaged
@@ -204,7 +334,7 @@ class SearchIndex:
         if source_fingerprint(meta["model_id"], ids) != meta["source_fingerprint"]:
             raise VaepipeError(f"index in {index_dir} does not match its recorded source: rebuild with `vaepipe index`")
         _set_knob(index, meta["kind"], meta["params"].get("efSearch") or meta["params"].get("nprobe") or 0)
-        if meta["kind"] == "ivf":
+        if meta["kind"] in ("ivf", "ivf-disk"):
             index.make_direct_map()  # lets stored_vectors() reconstruct rows
         return cls(index, ids, meta)
 
