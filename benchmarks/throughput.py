@@ -129,6 +129,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000])
     ap.add_argument("--kinds", nargs="+", default=["png", "jpeg"], choices=["png", "jpeg"])
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the four measurements; the table shows each one's median")
     ap.add_argument("--measure", nargs=3, metavar=("WHAT", "KIND", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
@@ -139,12 +140,17 @@ def main() -> None:
     for kind in args.kinds:
         for n in args.sizes:
             make_folder(kind, n)
-            for what in ("pipeline", "decode floor", "model floor", "naive peer"):
-                proc = subprocess.run([sys.executable, __file__, "--measure", what, kind, str(n)],
-                                      capture_output=True, text=True, check=True)
-                row = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
-                rows.append(row)
-                print(row, flush=True)
+            runs: dict[str, list[dict]] = {}
+            for _ in range(args.repeats):  # rounds of all four, so a noisy minute hits every measurement alike
+                for what in ("pipeline", "decode floor", "model floor", "naive peer"):
+                    proc = subprocess.run([sys.executable, __file__, "--measure", what, kind, str(n)],
+                                          capture_output=True, text=True, check=True)
+                    row = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+                    runs.setdefault(what, []).append(row)
+                    print(row, flush=True)
+            for what, measured in runs.items():  # the median run by images/s, with every run's rate kept
+                median = sorted(measured, key=lambda r: r["images_per_s"])[len(measured) // 2]
+                rows.append({**median, "runs_images_per_s": [r["images_per_s"] for r in measured]})
     lines = ["| folder | images | pipeline img/s | decode floor | model floor | naive peer | pipeline / naive | pipeline / slower floor | pipeline peak RSS MB (process + largest child) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for kind in args.kinds:
@@ -156,7 +162,8 @@ def main() -> None:
                          f"{r['naive peer']['images_per_s']:,.0f} | {r['pipeline']['images_per_s'] / r['naive peer']['images_per_s']:.2f}x | "
                          f"{r['pipeline']['images_per_s'] / floor:.0%} | {r['pipeline']['peak_rss_mb']:,} ({r['pipeline']['peak_self_mb']:,} + {r['pipeline']['peak_child_mb']:,}) |")
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores; "
-              f"command: `python benchmarks/throughput.py --sizes {' '.join(map(str, args.sizes))} --kinds {' '.join(args.kinds)}`")
+              f"command: `python benchmarks/throughput.py --sizes {' '.join(map(str, args.sizes))} --kinds {' '.join(args.kinds)} --repeats {args.repeats}`"
+              f"; each figure the median of {args.repeats} runs")
     save_results("throughput-" + "-".join(args.kinds), header, lines, {"rows": rows})
 
 

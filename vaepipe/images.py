@@ -190,7 +190,7 @@ class ImageFiles(Dataset):
         return self.__getitems__([i])
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, list[int], list[str]]:
-        batch = np.full((len(indices), self.spec.channels, self.spec.size, self.spec.size), 0, np.uint8)
+        batch = np.zeros((len(indices), self.spec.channels, self.spec.size, self.spec.size), np.uint8)
         errors = [""] * len(indices)
         for j, i in enumerate(indices):
             try:
