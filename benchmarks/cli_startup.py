@@ -6,10 +6,12 @@ Measured, each in a fresh process (the median of --repeats runs, alternating so 
 
   imports            python -c "import flows.build_index" (interpreter, Prefect, torch, FAISS)
   index, 1 photo     `vaepipe index` of one 640x480 JPEG with --model (no training): all fixed cost
-  index, 500 photos  the same with 500 photos, as the CLI runs it (Prefect's temporary server started while
-                     torch is imported)
+  index, 500 photos  the same with 500 photos, as the CLI runs it (the temporary server's process started
+                     right after Prefect's settings are read, before anything else is imported)
+  ... Prefect class  the same flow with the server started by Prefect's own class in a thread, after importing
+                     Prefect's server package, before torch (what the CLI did until 2026-11-26)
   ... server first   the same flow called after the imports, so the temporary server boots only at the first
-                     API call (what the CLI did before; the flow code is the same)
+                     API call (what the CLI did until 2026-11-25; the flow code is the same)
   ... running server the CLI with PREFECT_API_URL set to a Prefect server that is already up (started once by
                      this script), what a user who indexes often should do
 
@@ -45,6 +47,23 @@ a = parser().parse_args(sys.argv[1:])
 build_index(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, config=_build_config(a))
 """
 
+# What the CLI did until 2026-11-26: Prefect's own server class started in a thread, after importing Prefect's
+# server package (~2 s), before torch and FAISS.
+PREFECT_CLASS_START = """
+import logging, os, sys, threading
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"  # as --quiet does
+import flows
+logging.getLogger("vaepipe").setLevel(logging.WARNING)
+from prefect.server.api.server import SubprocessASGIServer
+thread = threading.Thread(target=SubprocessASGIServer().start, daemon=True)
+thread.start()
+from flows.build_index import build_index
+from flows.cli import _build_config, parser
+a = parser().parse_args(sys.argv[1:])
+thread.join()
+build_index(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, config=_build_config(a))
+"""
+
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
     t0 = time.monotonic()
@@ -74,18 +93,19 @@ def main() -> None:
     server.start()
     with_server = {**env, "PREFECT_API_URL": server.api_url}
 
-    def index(folder: Path, late: bool) -> list[str]:
+    def index(folder: Path, script: str | None = None) -> list[str]:
         work = scratch / f"work-{time.monotonic_ns()}"
         rest = ["--quiet", "index", str(folder), "--workdir", str(work), "--model", str(model)]
-        return [sys.executable, "-c", LATE_START, *rest] if late else [sys.executable, "-m", "flows.cli", *rest]
+        return [sys.executable, "-c", script, *rest] if script else [sys.executable, "-m", "flows.cli", *rest]
 
     cases = {
         "imports (python -c 'import flows.build_index')": lambda: [sys.executable, "-c", "import flows.build_index"],
-        "`vaepipe index`, 1 photo, --model": lambda: index(one, late=False),
-        "`vaepipe index`, 500 photos, --model": lambda: index(photos, late=False),
-        "same flow, 500 photos, server started at the first API call (before)": lambda: index(photos, late=True),
+        "`vaepipe index`, 1 photo, --model": lambda: index(one),
+        "`vaepipe index`, 500 photos, --model": lambda: index(photos),
+        "same flow, 500 photos, Prefect's server class started before torch (the CLI until 2026-11-26)": lambda: index(photos, PREFECT_CLASS_START),
+        "same flow, 500 photos, server started at the first API call (the CLI until 2026-11-25)": lambda: index(photos, LATE_START),
     }
-    cases["`vaepipe index`, 500 photos, --model, PREFECT_API_URL of a running server"] = lambda: index(photos, late=False)
+    cases["`vaepipe index`, 500 photos, --model, PREFECT_API_URL of a running server"] = lambda: index(photos)
     envs = {name: with_server if "running server" in name else env for name in cases}
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):

@@ -152,8 +152,11 @@ def _dispatch(a: argparse.Namespace) -> dict:
     if a.command == "sample":
         Workdir(a.workdir).read_collection()
     hide_expected_tracebacks()
-    api_ready()
+    with api_ready():
+        return _run_flow(a)
 
+
+def _run_flow(a: argparse.Namespace) -> dict:
     if a.command == "index":
         from flows.build_index import build_index
         return build_index(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, retrain=a.retrain,

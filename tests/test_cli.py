@@ -68,3 +68,31 @@ def test_index_query_sample_from_the_command_line(tmp_path):
     s_out = vaepipe("sample", wd, "-n", "4", env=env).stdout
     samples = next(line.split(": ", 1)[1] for line in s_out.splitlines() if line.strip().startswith("samples dir:"))
     assert len(list(Path(samples).glob("sample-*.png"))) == 4
+
+
+def test_without_a_prefect_server_the_cli_starts_a_temporary_one_records_the_run_and_stops_it(built, tmp_path):
+    import json
+    import sqlite3
+
+    photos = tmp_path / "photos"
+    write_fmnist(photos, n=20)
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(home)
+    model = built.model_dir(json.loads(built.collection.read_text())["model_id"]) / "model.pt"
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "index", str(photos), "--workdir", str(tmp_path / "wd"),
+                           "--model", str(model)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "index kind: flat" in proc.stdout
+    # the run went to the temporary server, whose database lives in PREFECT_HOME
+    with sqlite3.connect(home / "prefect.db") as db:
+        runs = db.execute("select f.name, r.state_type from flow_run r join flow f on r.flow_id = f.id").fetchall()
+    assert ("build-index", "COMPLETED") in runs and {state for _, state in runs} == {"COMPLETED"}
+    # and the server is gone with the command
+    for proc_dir in Path("/proc").iterdir():
+        try:
+            cmdline = (proc_dir / "cmdline").read_bytes()
+            environ = (proc_dir / "environ").read_bytes()
+        except OSError:
+            continue
+        assert not (b"create_app" in cmdline and f"PREFECT_HOME={home}".encode() in environ), cmdline
