@@ -29,7 +29,7 @@ from faiss.contrib.ondisk import merge_ondisk
 
 from vaepipe.config import IndexConfig
 from vaepipe.ingest import read_ok
-from vaepipe.store import VaepipeError, atomic_path, fingerprint, read_json, write_json, write_parquet
+from vaepipe.store import VaepipeError, atomic_path, fingerprint_of, read_json, write_json, write_parquet
 
 log = logging.getLogger("vaepipe")
 
@@ -299,7 +299,13 @@ def _build_ivf_on_disk(source: Source, centre: np.ndarray, metric: str, index_di
 
 
 def source_fingerprint(model_id: str, ids: pa.Table) -> str:
-    return fingerprint(model_id, *ids["path"].to_pylist(), *ids["sha256"].to_pylist())
+    def strings() -> Iterator[str]:  # a slice at a time: Python strings of every path would cost ~200 B an image
+        yield model_id
+        for column in ("path", "sha256"):
+            for start in range(0, ids.num_rows, 65_536):
+                yield from ids[column].slice(start, 65_536).to_pylist()
+
+    return fingerprint_of(strings())
 
 
 @dataclass

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,6 +197,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def fingerprint(*parts: str) -> str:
     """Short stable hash of strings: the identity of an artefact's inputs."""
+    return fingerprint_of(parts)
+
+
+def fingerprint_of(parts: Iterable[str]) -> str:
+    """`fingerprint` of strings that arrive one by one (a million paths need not be a list first)."""
     h = hashlib.sha256()
     for p in parts:
         h.update(p.encode())
