@@ -147,6 +147,14 @@ def test_index_built_part_by_part_on_disk_holds_every_row_and_survives_a_rebuild
     assert np.array_equal(SearchIndex.open(tmp_path / "moved").search(vectors[:50], 10)[0], before)
 
 
+def test_opening_an_index_built_in_place_prints_nothing(tmp_path, capfd):
+    parts, manifest = _write_collection(tmp_path, _clusters(n=3000), n_parts=3)
+    build_index(parts, manifest, tmp_path / "index", "m", IndexConfig(kind="ivf-disk"))
+    capfd.readouterr()
+    SearchIndex.open(tmp_path / "index").search(_clusters(n=3000)[:5], 3)
+    assert capfd.readouterr().out == ""  # stdout is the CLI's: FAISS's note on relocated lists stays out of it
+
+
 def test_damaged_index_is_refused(built_copy):
     d = built_copy.index_dir(_mid(built_copy))
     data = (d / "index.faiss").read_bytes()

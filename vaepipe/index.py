@@ -256,6 +256,7 @@ def build_index(embeddings_dir: Path, manifest_path: Path, index_dir: Path, mode
         "recall_at_10": recall, "recall_sample": len(sample) if kind != "flat" else 0,
         "model_id": model_id, "centre": centre.astype(float).tolist(),
         "source_fingerprint": source_fingerprint(model_id, source.ids),
+        **({"lists_path": str((index_dir / params["lists"]).resolve())} if kind == "ivf-disk" else {}),
         "config": asdict(cfg), "build_seconds": round(time.monotonic() - t0, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -292,7 +293,7 @@ def _build_ivf_on_disk(source: Source, centre: np.ndarray, metric: str, index_di
             block_files.append(str(blocks_dir / f"block-{j:05d}.index"))
             faiss.write_index(block, block_files[-1])
             del block
-        merge_ondisk(index, block_files, str(index_dir / lists))
+        merge_ondisk(index, block_files, str((index_dir / lists).resolve()))  # the path FAISS records
     finally:
         shutil.rmtree(blocks_dir, ignore_errors=True)
     return index, {"nlist": index.nlist, "lists": lists}
@@ -328,8 +329,11 @@ class SearchIndex:
         try:
             # IVF takes IO_FLAG_MMAP (on-disk inverted lists); flat and HNSW storage take IO_FLAG_MMAP_IFC.
             flags = (faiss.IO_FLAG_MMAP if meta["kind"] == "ivf" else faiss.IO_FLAG_MMAP_IFC) if mmap else 0
-            if meta["kind"] == "ivf-disk":
-                flags = faiss.IO_FLAG_ONDISK_SAME_DIR  # its lists file beside it, always mapped
+            if meta["kind"] == "ivf-disk":  # lists always mapped from their file
+                # Where it was built, FAISS finds the file by its recorded path; in a moved index dir, beside the
+                # index file (IO_FLAG_ONDISK_SAME_DIR, which FAISS announces on stdout, so only then).
+                built_here = str((index_dir / meta["params"]["lists"]).resolve()) == meta.get("lists_path")
+                flags = 0 if built_here else faiss.IO_FLAG_ONDISK_SAME_DIR
             index = faiss.read_index(str(index_dir / "index.faiss"), flags)
             ids = pq.read_table(index_dir / "ids.parquet")
         except Exception as e:  # FAISS raises RuntimeError, Arrow its own: both mean the files are damaged
