@@ -13,6 +13,7 @@ import argparse
 import os
 import platform
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +49,7 @@ def main() -> None:
                      "images per second": round(args.images / summary["embed seconds"]),
                      "whole build seconds": round(time.monotonic() - t0, 1)})
         print(rows[-1], flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores; "
               f"{args.images:,} 28x28 PNGs in shards of {args.shard_size:,}, one torch thread per worker; "
               f"command: `python benchmarks/dask_scaling.py --images {args.images}`")

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,7 @@ def main() -> None:
                                  capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:]))
             print(rows[-1], flush=True)
+    shutil.rmtree(root, ignore_errors=True)
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores; "
               f"{args.n:,} vectors of dimension 32; command: `python benchmarks/index_mmap.py --n {args.n}`")
     lines = ["| index | opened | file MB | open s | private RAM after open MB | private RAM after 1,000 queries MB "

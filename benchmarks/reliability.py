@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -58,6 +59,7 @@ def main() -> None:
     manifest = pq.read_table(tmp / "wd" / "manifest.parquet").to_pylist()
     ids = set(pq.read_table(Path(summary["index"]) / "ids.parquet")["path"].to_pylist())
     in_folder = files_in(tmp / "folder")
+    shutil.rmtree(tmp, ignore_errors=True)
     rows = {r["path"]: r for r in manifest}
     ok = {p for p, r in rows.items() if r["status"] == "ok"}
     lost = len(in_folder - rows.keys()) + len(ok - ids)  # not in the manifest, or usable but not searchable

@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,6 +115,7 @@ def measure(what: str, kind: str, n: int) -> dict:
             if batch:
                 fast.encode(torch.from_numpy(np.stack(batch)))
     seconds = time.monotonic() - t0
+    shutil.rmtree(work, ignore_errors=True)  # 100,000 embeddings per run add up
     # Peak of this process plus the largest child (decoding workers): conservative, since a forked child's RSS
     # also counts the pages it shares with this process.
     self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
