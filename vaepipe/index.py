@@ -71,6 +71,13 @@ class Source:
                 flat = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
                 yield rows, np.ascontiguousarray(flat.reshape(-1, self.dim)[within], dtype=np.float32)
 
+    def vectors(self) -> np.ndarray:
+        """Every index row's vector, float32 (n, d), in index order: all of them in RAM."""
+        out = np.empty((self.n, self.dim), np.float32)
+        for rows, block in self.blocks():
+            out[rows] = block
+        return out
+
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """The vectors of some index rows (in the order given), reading one part at a time."""
         out = np.empty((len(rows), self.dim), np.float32)
@@ -107,10 +114,7 @@ def match_embeddings(embeddings_dir: Path, manifest_path: Path) -> Source:
 def load_vectors(embeddings_dir: Path, manifest_path: Path) -> tuple[pa.Table, np.ndarray]:
     """(ids: path, sha256 sorted by path; vectors float32 (N, d)) for every usable manifest row with an embedding."""
     source = match_embeddings(embeddings_dir, manifest_path)
-    vectors = np.empty((source.n, source.dim), np.float32)
-    for rows, block in source.blocks():
-        vectors[rows] = block
-    return source.ids, vectors
+    return source.ids, source.vectors()
 
 
 def prepare(vectors: np.ndarray, metric: str, centre: np.ndarray) -> np.ndarray:
@@ -237,7 +241,7 @@ def build_index(embeddings_dir: Path, manifest_path: Path, index_dir: Path, mode
         blocks: Iterable[tuple[np.ndarray, np.ndarray]] = (
             (rows, prepare(vectors, cfg.metric, centre)) for rows, vectors in source.blocks())
     else:
-        _, vectors = load_vectors(embeddings_dir, manifest_path)
+        vectors = source.vectors()
         centre = vectors.mean(0) if cfg.metric == "cosine" else np.zeros(dim, np.float32)
         x = prepare(vectors, cfg.metric, centre)
         del vectors
