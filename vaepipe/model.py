@@ -144,7 +144,7 @@ def folded(model: VAE) -> VAE:
     The same function to float rounding, with fewer ops per image. Also, on CPU, a model with unfolded batch norm
     grew the embedding process by ~6 KB per image when fed DataLoader batches (330 MB over a 50,000-image part),
     while the folded one stays flat (BENCHMARKS.md, throughput). Channels-last weights make oneDNN run the
-    convolutions in its own layout (inputs need no conversion): 64 px colour encoders +23-46%, 28 px grey 0-15%,
+    convolutions in its own layout (inputs need no conversion): 64 px colour encoders +19-46%, 28 px grey within noise,
     means equal to ~1e-6 (benchmarks/encoder_variants.py). Its state_dict is not a checkpoint: save the original.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
