@@ -31,9 +31,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaepipe.config import EmbedConfig, IndexConfig
-from vaepipe.index import SearchIndex, build_index, load_vectors, prepare
-from vaepipe.store import MANIFEST_SCHEMA, Workdir, embedding_schema
+from vaepipe.index import SearchIndex, build_index, prepare
+from vaepipe.store import MANIFEST_SCHEMA, embedding_schema
 
+from index_scale import noisy_copies
 from results_io import save_results  # benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,12 +97,7 @@ def main() -> None:
         print("RESULT " + json.dumps(build(args.build[0], Path(args.build[1]))))
         return
 
-    wd = Workdir(args.workdir)
-    _, base = load_vectors(wd.embeddings_dir(wd.read_collection()["model_id"]), wd.manifest)
-    rng = np.random.default_rng(0)
-    spread = base.std(0) * 0.15
-    vectors = (np.tile(base, (-(-args.n // len(base)), 1))[: args.n] + rng.normal(size=(args.n, base.shape[1])) * spread).astype(np.float32)
-    raw_queries = (base[rng.integers(0, len(base), args.queries)] + rng.normal(size=(args.queries, base.shape[1])) * spread).astype(np.float32)
+    vectors, raw_queries = noisy_copies(args.workdir, args.n, args.queries)
     folder = Path(tempfile.mkdtemp(prefix="vaepipe-ibm-"))
     write_collection(folder, vectors)
     centre = vectors.mean(0)

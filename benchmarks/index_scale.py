@@ -37,6 +37,18 @@ from results_io import save_results  # benchmarks/ is on sys.path when a script 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def noisy_copies(workdir: Path, n: int, queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n vectors, held-out queries): a built workdir's real embeddings repeated with Gaussian noise of 0.15 x
+    each dimension's spread; the queries are fresh noisy copies, not in the n."""
+    wd = Workdir(workdir)
+    _, base = load_vectors(wd.embeddings_dir(wd.read_collection()["model_id"]), wd.manifest)
+    rng = np.random.default_rng(0)
+    spread = base.std(0) * 0.15
+    vectors = np.tile(base, (-(-n // len(base)), 1))[:n] + rng.normal(size=(n, base.shape[1])) * spread
+    held_out = base[rng.integers(0, len(base), queries)] + rng.normal(size=(queries, base.shape[1])) * spread
+    return vectors.astype(np.float32), held_out.astype(np.float32)
+
+
 def qps_and_recall(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     t0 = time.monotonic()
     _, found = index.search(queries, 10)
@@ -53,14 +65,7 @@ def main() -> None:
     ap.add_argument("--autofaiss-python", help="python of a venv with autofaiss installed")
     args = ap.parse_args()
 
-    wd = Workdir(args.workdir)
-    mid = wd.read_collection()["model_id"]
-    _, base = load_vectors(wd.embeddings_dir(mid), wd.manifest)
-    rng = np.random.default_rng(0)
-    spread = base.std(0) * 0.15
-    reps = -(-args.n // len(base))
-    vectors = (np.tile(base, (reps, 1))[: args.n] + rng.normal(size=(args.n, base.shape[1])) * spread).astype(np.float32)
-    raw_queries = (base[rng.integers(0, len(base), args.queries)] + rng.normal(size=(args.queries, base.shape[1])) * spread).astype(np.float32)
+    vectors, raw_queries = noisy_copies(args.workdir, args.n, args.queries)
     centre = vectors.mean(0)
     x, q = prepare(vectors, "cosine", centre), prepare(raw_queries, "cosine", centre)
     del vectors
