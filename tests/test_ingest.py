@@ -1,12 +1,13 @@
 """The manifest records every file seen, bad ones with the reason, and skips unchanged files on re-runs."""
 
 import os
+import random
 
 import pyarrow.parquet as pq
 
-from conftest import write_mixed
+from conftest import write_fmnist, write_mixed
 from vaepipe.config import IngestConfig
-from vaepipe.ingest import ingest, read_ok, scan
+from vaepipe.ingest import ingest, read_ok, scan, walk
 from vaepipe.store import MANIFEST_SCHEMA, sha256_file
 
 
@@ -52,3 +53,40 @@ def test_parallel_ingest_matches_serial(tmp_path, fmnist_dir):
     assert serial.n_ok == parallel.n_ok == len(scan(fmnist_dir))
     a, b = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "b.parquet")
     assert a.select(["path", "sha256"]).equals(b.select(["path", "sha256"]))
+
+
+def test_walk_lists_files_in_the_order_of_their_relative_names(tmp_path):
+    # Names where walking directory by directory and sorting whole paths could disagree: "a.png" < "a/x" < "a0".
+    names = ["a", "a.png", "a0", "a-b", "a b", "A", "ä", "a_", "a.b"]
+    rng = random.Random(0)
+    for _ in range(200):
+        path = tmp_path.joinpath(*(rng.choice(names) for _ in range(rng.randint(1, 4))))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        except OSError:  # a name already taken by a file (or a directory) of the other kind
+            pass
+    everything = sorted((p for p in tmp_path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(tmp_path).as_posix())
+    assert len(everything) > 50 and any(p.parent != tmp_path for p in everything)
+    assert list(walk(tmp_path)) == everything
+
+
+def test_rerun_counts_the_same_changes_whatever_the_chunk_size(tmp_path, caplog):
+    images = tmp_path / "imgs"
+    paths = write_fmnist(images, n=40)
+    for every in (3, 7, 1000):  # chunk edges between the changes, and one chunk for all
+        ingest(images, tmp_path / f"m{every}.parquet", IngestConfig(workers=1, checkpoint_every=every))
+    ordered = sorted(paths, key=lambda p: p.relative_to(images).as_posix())
+    for p in ordered[:2] + ordered[17:19] + ordered[-2:]:  # removed: first, middle and last of the walk
+        p.unlink()
+    for p, donor in zip(ordered[5:8], write_fmnist(tmp_path / "donors", start=100, n=3)):
+        p.write_bytes(donor.read_bytes())  # new content under the same path
+    write_fmnist(images / "0-first", start=200, n=2)  # added before every earlier file, and among them
+    write_fmnist(images / "m-middle", start=300, n=2)
+    counts = {}
+    for every in (3, 7, 1000):
+        r = ingest(images, tmp_path / f"m{every}.parquet", IngestConfig(workers=1, checkpoint_every=every))
+        counts[every] = (r.added, r.changed, r.removed, r.kept, r.n_reused)
+        table = pq.read_table(tmp_path / f"m{every}.parquet")
+        assert table["path"].to_pylist() == sorted(table["path"].to_pylist())
+    assert counts[3] == counts[7] == counts[1000] == (4, 3, 6, 40 - 6 - 3, 40 - 6 - 3)

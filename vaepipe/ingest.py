@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from vaepipe.config import IngestConfig
 from vaepipe.images import IMAGE_SUFFIXES, ImageError, open_image
 from vaepipe.progress import Progress
-from vaepipe.store import MANIFEST_SCHEMA, VaepipeError, atomic_path, sha256_file, write_parquet
+from vaepipe.store import MANIFEST_SCHEMA, VaepipeError, atomic_path, row_groups, sha256_file, write_parquet
 
 log = logging.getLogger("vaepipe")
 
@@ -41,19 +44,48 @@ class IngestResult:
     kept: int = 0
 
 
-def scan(root: Path, include_hidden: bool = False) -> list[Path]:
-    """Every file under root, sorted; directories reached through symlinks are not entered."""
+def walk(root: Path, include_hidden: bool = False) -> Iterator[Path]:
+    """Every file under root in the order of their relative '/'-separated names, one directory listed at a time.
+
+    Sorting each directory's entries with a '/' after every sub-directory's name gives the order a sort of all the
+    tree's relative names would, without holding the tree: a million files are not a million Paths in memory.
+    Directories reached through symlinks are not entered; a directory that cannot be listed is reported and skipped.
+    """
     root = Path(root)
     if not root.is_dir():
         raise VaepipeError(f"image folder {root} does not exist or is not a directory")
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        if not include_hidden:
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            filenames = [f for f in filenames if not f.startswith(".")]
-        dirnames.sort()
-        found.extend(Path(dirpath) / f for f in filenames)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    stack = [iter(_listing(str(root), include_hidden))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif not entry[1]:
+            yield Path(entry[0])
+        elif not entry[2]:  # a real directory, not a symlink to one
+            stack.append(iter(_listing(entry[0], include_hidden)))
+
+
+def _listing(directory: str, include_hidden: bool) -> list[tuple[str, bool, bool]]:
+    """(path, is a directory, is a symlink) of a directory's entries, in walk order."""
+    def is_dir(entry: os.DirEntry) -> bool:
+        try:
+            return entry.is_dir()  # follows symlinks: a link to a directory is not a file (and is not entered)
+        except OSError:
+            return False
+
+    try:
+        with os.scandir(directory) as it:
+            entries = [(e.path, is_dir(e), e.is_symlink(), e.name) for e in it if include_hidden or not e.name.startswith(".")]
+    except OSError as e:
+        log.warning("ingest: cannot list %s (%s); the files in it are not indexed", directory, e.strerror or e)
+        return []
+    entries.sort(key=lambda e: e[3] + "/" if e[1] else e[3])
+    return [e[:3] for e in entries]
+
+
+def scan(root: Path, include_hidden: bool = False) -> list[Path]:
+    """Every file under root, in walk order (for small folders such as a query folder; ingest streams walk())."""
+    return list(walk(root, include_hidden))
 
 
 def relative_name(root: Path, path: Path) -> str:
@@ -105,65 +137,119 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
     """Write manifest.parquet for every file under root, in path order.
 
     Rows go to disk in chunks of `checkpoint_every` files (manifest.partial/chunk-*.parquet) as they are made, so a
-    killed run resumes from its last chunk and memory holds one chunk of rows, not one per file of the folder.
+    killed run resumes from its last chunk. Files are walked, matched with earlier rows and counted as added or
+    changed a chunk at a time: memory holds one chunk of rows and one directory's listing, whatever the folder.
     """
     root = Path(root).resolve()
     manifest_path = Path(manifest_path)
     chunks_dir = manifest_path.with_name(manifest_path.stem + ".partial")
-    files = scan(root, config.include_hidden)
-    if not files:
+    n_listed = sum(1 for _ in walk(root, config.include_hidden))  # for progress; a listing costs little next to reading
+    if not n_listed:
         raise VaepipeError(f"no files in {root} (hidden files are skipped unless include_hidden is set)")
-    previous = _read_manifest(manifest_path)
-    known = _Known(pa.concat_tables([previous, *_read_chunks(chunks_dir)]))  # later rows (the killed run's) win
+    earlier = _Earlier(manifest_path, chunks_dir)
+    # Numbered after a killed run's chunks: those are read range by range while this run writes its own.
+    first_chunk = max((int(m.group(1)) for p in chunks_dir.glob("chunk-*.parquet")
+                       if (m := re.fullmatch(r"chunk-(\d+)\.parquet", p.name))), default=-1) + 1
 
-    progress = Progress("ingest", len(files), unit="files")
-    n_ok, n_reused, by_kind, written = 0, 0, Counter(), []
-    pool = ProcessPoolExecutor(config.workers) if config.workers > 1 and len(files) > 256 else None
+    progress = Progress("ingest", n_listed, unit="files")
+    n_files, n_ok, n_reused, by_kind, changes, written = 0, 0, 0, Counter(), Counter(), []
+    pool = ProcessPoolExecutor(config.workers) if config.workers > 1 and n_listed > 256 else None
+    files = walk(root, config.include_hidden)
     try:
-        for start in range(0, len(files), config.checkpoint_every):
-            chunk = files[start : start + config.checkpoint_every]
+        while chunk := list(islice(files, config.checkpoint_every)):
             names = [relative_name(root, p) for p in chunk]
+            previous, known = earlier.rows_up_to(max(names))
             reuse = [known.unchanged_row(name, path) for name, path in zip(names, chunk)]
             todo = [path for path, row in zip(chunk, reuse) if row is None]
             new_rows = list(_inspect_all(root, todo, config, pool))
             table = _in_order(known.table.take(pa.array([r for r in reuse if r is not None], pa.int64())), new_rows, names)
+            n_files += len(chunk)
             n_reused += len(chunk) - len(todo)
             status = table["status"].to_pylist()
             n_ok += status.count("ok")
             by_kind.update(error_kind(e) for e, st in zip(table["error"].to_pylist(), status) if st != "ok")
-            written.append(write_parquet(table, chunks_dir / f"chunk-{len(written):05d}.parquet"))
+            changes.update(_changes(previous, table))
+            written.append(write_parquet(table, chunks_dir / f"chunk-{first_chunk + len(written):05d}.parquet"))
             progress.update(len(chunk))
-            if start + len(chunk) < len(files):
-                log.info("ingest: checkpoint after %d of %d files", start + len(chunk), len(files))
+            if n_files < n_listed:
+                log.info("ingest: checkpoint after %d of %d files", n_files, n_listed)
     finally:
         if pool is not None:
             pool.shutdown()
     progress.close()
+    changes.update(_changes(earlier.rows_up_to(None)[0], MANIFEST_SCHEMA.empty_table()))  # after the last file: removed
 
     by_kind = dict(by_kind.most_common())
     if n_ok == 0:
         # Nothing to index: leave the workdir as it was rather than replace a good manifest with this one.
         shutil.rmtree(chunks_dir, ignore_errors=True)
         reasons = "; ".join(f"{kind}: {n}" for kind, n in by_kind.items())
-        raise VaepipeError(f"no usable images in {root}: all {len(files)} files failed ({reasons})")
+        raise VaepipeError(f"no usable images in {root}: all {n_files} files failed ({reasons})")
     with atomic_path(manifest_path) as tmp, pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as writer:
         for part in written:  # only this run's chunks: a longer killed run may have left more
             writer.write_table(pq.read_table(part, schema=MANIFEST_SCHEMA))
     shutil.rmtree(chunks_dir, ignore_errors=True)
-    result = IngestResult(manifest_path, len(files), n_ok, len(files) - n_ok, n_reused, by_kind,
-                          **_changes(previous, manifest_path, n_ok))
+    result = IngestResult(manifest_path, n_files, n_ok, n_files - n_ok, n_reused, by_kind,
+                          **{k: changes[k] for k in ("added", "changed", "removed", "kept")})
     log.info("ingest: %d files, %d ok, %d error; since the last run %d added, %d changed, %d removed, %d kept",
              result.n_files, result.n_ok, result.n_error, result.added, result.changed, result.removed, result.kept)
     return result
 
 
+class _Earlier:
+    """Rows of the previous manifest and of a killed run's chunks, read one range of paths at a time.
+
+    Chunks of files come in path order, so each asks for the rows after the previous chunk's last name up to its
+    own; Arrow skips the row groups outside that range on their statistics. A file that does not read as a
+    manifest is reported once and not used (its files are read again).
+    """
+
+    def __init__(self, manifest_path: Path, chunks_dir: Path):
+        self.previous = _dataset([manifest_path])
+        self.killed = _dataset(sorted(Path(chunks_dir).glob("chunk-*.parquet")))
+        self.after: str | None = None
+
+    def rows_up_to(self, last: str | None) -> tuple[pa.Table, _Known]:
+        """(previous manifest's rows, known rows to reuse) for paths after the last call's `last` up to this one's.
+
+        `last` None: every row that is left. Known rows are the previous manifest's and the killed run's; where
+        both have a path, the killed run's (later) row wins.
+        """
+        if last is not None and self.after is not None and last <= self.after:
+            return MANIFEST_SCHEMA.empty_table(), _Known(MANIFEST_SCHEMA.empty_table())  # out-of-order names: read again
+        in_range = None if self.after is None else pc.field("path") > self.after
+        if last is not None:
+            in_range = pc.field("path") <= last if in_range is None else in_range & (pc.field("path") <= last)
+        self.after = last
+        previous, killed = (d.to_table(filter=in_range) if d is not None else MANIFEST_SCHEMA.empty_table()
+                            for d in (self.previous, self.killed))
+        return previous, _Known(pa.concat_tables([previous, killed]))
+
+
+def _dataset(paths: list[Path]) -> ds.Dataset | None:
+    """The manifest files among paths that read whole with the manifest's schema, as one dataset (in this order)."""
+    good = []
+    for path in paths:
+        if not path.exists():
+            continue
+        try:
+            schema = pq.read_schema(path)
+            if not schema.remove_metadata().equals(MANIFEST_SCHEMA.remove_metadata()):
+                raise ValueError(f"columns {schema.names} are not a manifest's")
+            for _ in row_groups(path):  # decodes every page: a damaged one shows now, not halfway through
+                pass
+            good.append(str(path))
+        except (OSError, ValueError, pa.ArrowException) as e:
+            log.warning("ingest: %s is unreadable (%s); re-reading the files it listed", path, e)
+    return ds.dataset(good, schema=MANIFEST_SCHEMA, format="parquet") if good else None
+
+
 class _Known:
-    """Rows of the previous manifest and of a killed run's chunks, looked up by path (the last row of a path wins)."""
+    """Earlier rows of one range of paths, looked up by path (the last row of a path wins)."""
 
     def __init__(self, table: pa.Table):
         self.table = table
         self.row = {path: i for i, path in enumerate(table["path"].to_pylist())}
-        # numpy arrays, not a Python object per row: at a million files those objects would be the memory peak.
         self.ok = pc.equal(table["status"], "ok").to_numpy(zero_copy_only=False)
         self.bytes = table["bytes"].to_numpy(zero_copy_only=False)
         self.mtime = table["mtime"].to_numpy(zero_copy_only=False)
@@ -196,39 +282,19 @@ def _inspect_all(root: Path, paths: list[Path], config: IngestConfig, pool: Proc
             yield inspect_file(root, path, config)
 
 
-def _changes(previous: pa.Table, manifest_path: Path, n_ok: int) -> dict[str, int]:
-    """Usable images added, changed (same path, new content), removed and kept since the previous manifest."""
-    if previous.num_rows == 0:  # a first run: everything usable is new; no need to read the manifest back
-        return {"added": n_ok, "changed": 0, "removed": 0, "kept": 0}
-    now = pq.read_table(manifest_path, columns=["path", "sha256", "status"])
+def _changes(before: pa.Table, after: pa.Table) -> Counter:
+    """Usable images added, changed (same path, new content), removed and kept between two sets of manifest rows."""
+    def usable(t: pa.Table) -> dict[str, str]:
+        ok = t.filter(pc.equal(t["status"], "ok"))
+        return dict(zip(ok["path"].to_pylist(), ok["sha256"].to_pylist()))
 
-    def usable(t: pa.Table, sha: str) -> pa.Table:
-        return t.filter(pc.equal(t["status"], "ok")).select(["path", "sha256"]).rename_columns(["path", sha])
-
-    both = usable(previous, "before").join(usable(now, "after"), "path", join_type="full outer")
-    added = pc.sum(pc.is_null(both["before"])).as_py() or 0
-    removed = pc.sum(pc.is_null(both["after"])).as_py() or 0
-    changed = pc.sum(pc.not_equal(both["before"], both["after"])).as_py() or 0  # null where one side is missing
-    return {"added": added, "changed": changed, "removed": removed, "kept": both.num_rows - added - removed - changed}
+    was, now = usable(before), usable(after)
+    kept = sum(1 for path, sha in now.items() if was.get(path) == sha)
+    changed = sum(1 for path, sha in now.items() if path in was and was[path] != sha)
+    return Counter(added=len(now) - kept - changed, changed=changed, removed=len(was.keys() - now.keys()), kept=kept)
 
 
 def read_ok(manifest_path: Path) -> pa.Table:
     """The usable rows of a manifest, in manifest order."""
     table = pq.read_table(manifest_path, schema=MANIFEST_SCHEMA)
     return table.filter(pc.equal(table["status"], "ok"))
-
-
-def _read_manifest(manifest_path: Path) -> pa.Table:
-    """An earlier manifest; a damaged one is reported and treated as empty (its files are read again)."""
-    if not Path(manifest_path).exists():
-        return MANIFEST_SCHEMA.empty_table()
-    try:
-        return pq.read_table(manifest_path, schema=MANIFEST_SCHEMA)
-    except (OSError, ValueError, pa.ArrowException) as e:
-        log.warning("ingest: %s is unreadable (%s); re-reading the files it listed", manifest_path, e)
-        return MANIFEST_SCHEMA.empty_table()
-
-
-def _read_chunks(chunks_dir: Path) -> list[pa.Table]:
-    """The chunks a killed run left; a damaged one costs the files it held, nothing else."""
-    return [t for t in (_read_manifest(p) for p in sorted(Path(chunks_dir).glob("chunk-*.parquet"))) if t.num_rows]
