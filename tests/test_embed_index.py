@@ -1,6 +1,7 @@
 """Embeddings are the model's posterior means in Parquet; the FAISS index maps back to the manifest."""
 
 import json
+import shutil
 from pathlib import Path
 
 import faiss
@@ -10,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import SERIAL
-from vaepipe.config import IndexConfig
-from vaepipe.embed import embed
+from conftest import SERIAL, write_fmnist
+from vaepipe.config import EmbedConfig, IndexConfig, IngestConfig
+from vaepipe.embed import embed, plan_shards
 from vaepipe.images import load_array, to_float
 from vaepipe.index import SearchIndex, build_index, load_vectors, prepare
-from vaepipe.ingest import read_ok
+from vaepipe.ingest import ingest, read_ok
 from vaepipe.model import load_checkpoint
 from vaepipe.store import VaepipeError, embedding_schema
 
@@ -180,3 +181,29 @@ def test_encoding_leaves_the_decoders_their_cores_and_restores_torch_threads(bui
     paths = sorted(Path(fmnist_dir).rglob("*.png"))[:300]
     seen = sum(len(idx) for idx, _, _ in encode_files(model, paths, batch_size=128, workers=2))
     assert seen == len(paths) and torch.get_num_threads() == before
+
+
+def test_planning_embeds_each_content_once_across_manifest_row_groups(built_copy, tmp_path):
+    mid = _mid(built_copy)
+    images, manifest, emb = tmp_path / "imgs", tmp_path / "m.parquet", tmp_path / "emb"
+    paths = write_fmnist(images, n=12)
+    for p in paths[:4]:  # copies that sort after every original: their first copy is in an earlier row group
+        shutil.copy(p, images / f"zz-copy-{p.name}")
+    ingest(images, manifest, IngestConfig(workers=1, checkpoint_every=3))
+    assert pq.ParquetFile(manifest).num_row_groups == 6
+    rows = read_ok(manifest).to_pylist()
+    first_of_each = [r["path"] for i, r in enumerate(rows) if r["sha256"] not in {s["sha256"] for s in rows[:i]}]
+    assert len(first_of_each) == 12
+
+    plan, numbers, n_done, _ = plan_shards(manifest, emb, 32, shard_rows=5)
+    planned = pq.read_table(plan)
+    assert planned["path"].to_pylist() == first_of_each and n_done == 0
+    assert numbers == [0, 1, 2] and planned["shard"].to_pylist() == [i // 5 for i in range(12)]
+
+    assert embed(images, manifest, built_copy.model_dir(mid), emb, EmbedConfig(workers=0, part_rows=5)).n_embedded == 12
+    shutil.copy(paths[5], images / "zz-copy-again.png")  # a content embedded already, under a new name
+    new = write_fmnist(images, start=50, n=1)[0]
+    ingest(images, manifest, IngestConfig(workers=1, checkpoint_every=3))
+    plan, numbers, n_done, _ = plan_shards(manifest, emb, 32, shard_rows=5)
+    assert pq.read_table(plan)["path"].to_pylist() == [new.relative_to(images).as_posix()]
+    assert numbers == [3] and n_done == 12

@@ -23,10 +23,9 @@ import torch
 
 from vaepipe.config import EmbedConfig
 from vaepipe.images import ImageSpec, iter_image_batches, to_float
-from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, default_device, folded, load_checkpoint
 from vaepipe.progress import Progress
-from vaepipe.store import atomic_path, embedding_schema, write_parquet
+from vaepipe.store import atomic_path, embedding_schema, row_groups
 
 log = logging.getLogger("vaepipe")
 
@@ -77,26 +76,57 @@ def encoder_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def embedded_shas(embeddings_dir: Path, dim: int) -> tuple[pa.Array, list[Path]]:
-    """The sha256s already embedded, and the parts set aside because they were damaged (moved to _damaged/).
+class Contents:
+    """A set of image contents that grows by batches: 128 bits of each sha256 (32 hex bytes), kept sorted.
+
+    32 bytes an image instead of a Python string or an Arrow hash table's ~100: planning a re-index of a million
+    images holds ~32 MB for what is already embedded.
+    """
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, "S32")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def has(self, keys: np.ndarray) -> np.ndarray:
+        at = np.searchsorted(self.keys, keys).clip(max=max(len(self.keys) - 1, 0))
+        return self.keys[at] == keys if len(self.keys) else np.zeros(len(keys), bool)
+
+    def add(self, keys: np.ndarray) -> None:
+        merged = np.concatenate([self.keys, np.unique(keys)])
+        merged.sort(kind="stable")  # two sorted runs: the stable sort merges them in one pass
+        self.keys = merged[np.concatenate([[True], merged[1:] != merged[:-1]])] if len(merged) else merged
+
+
+def content_keys(shas: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.utf8_slice_codeunits(shas, 0, 32).to_numpy(zero_copy_only=False), dtype="S32")
+
+
+def embedded_contents(embeddings_dir: Path, dim: int) -> tuple[Contents, list[Path]]:
+    """The contents already embedded, and the parts set aside because they were damaged (moved to _damaged/).
 
     A part left damaged by a crash or a full disk is never read as whole: its images are embedded again.
     """
-    done: list[pa.ChunkedArray] = []
+    done = Contents()
     quarantined: list[Path] = []
     for part in sorted(Path(embeddings_dir).glob("part-*.parquet")):
         try:
-            table = pq.read_table(part)
-            if not table.schema.equals(embedding_schema(dim)):
-                raise ValueError(f"schema {table.schema} is not the embedding schema for dimension {dim}")
-            done.append(table["sha256"])
+            schema = pq.read_schema(part)
+            if not schema.equals(embedding_schema(dim)):
+                raise ValueError(f"schema {schema} is not the embedding schema for dimension {dim}")
+            for group in row_groups(part):  # every column, so a damaged page anywhere shows
+                done.add(content_keys(group["sha256"]))
+            # Arrow's allocator (mimalloc) keeps the pages of every group read unless asked: 74 -> 38 MB over
+            # two parts of 50,000 rows (benchmarks/pipeline_memory.py, re-plan).
+            pa.default_memory_pool().release_unused()
         except (OSError, ValueError, pa.ArrowException) as e:
             bad = part.parent / "_damaged" / part.name  # out of the way of dataset readers and of the index
             bad.parent.mkdir(exist_ok=True)
             part.rename(bad)
             quarantined.append(bad)
             log.warning("embed: %s is damaged (%s); set aside as %s, its images will be embedded again", part, e, bad.name)
-    return pa.concat_arrays([c for chunked in done for c in chunked.chunks]) if done else pa.array([], pa.string()), quarantined
+    return done, quarantined
 
 
 @dataclass
@@ -104,43 +134,59 @@ class Shard:
     """One unit of embedding work: these images become one Parquet part (part-<number>.parquet)."""
 
     number: int
-    paths: list[str]  # relative to the collection root
-    shas: list[str]
+    paths: pa.StringArray  # relative to the collection root; Arrow, not a Python string per image (memory)
+    shas: pa.StringArray
 
 
 PLAN_SCHEMA = pa.schema([("shard", pa.int32()), ("path", pa.string()), ("sha256", pa.string())])
 
 
 def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows: int) -> tuple[Path, list[int], int, list[Path]]:
-    """Split what is not embedded yet (one image per distinct sha256) into shards of at most `shard_rows`.
+    """Split what is not embedded yet (one image per distinct sha256, its first path) into shards of at most `shard_rows`.
 
     The plan is a file (embeddings_dir/_plan.parquet), so shard tasks are handed a path and a number, not
-    lists of files: a million files stay out of task and flow-run parameters.
+    lists of files: a million files stay out of task and flow-run parameters. The manifest is read a batch at
+    a time (a row group) and contents are held as 32-byte keys (`Contents`), so planning does not hold the manifest.
     Returns (plan path, shard numbers, number already embedded, damaged parts set aside).
     """
-    # In Arrow, not Python sets and dicts: the plan of a million files should not cost a gigabyte of objects.
-    ok = read_ok(manifest_path).select(["path", "sha256"])
-    done, quarantined = embedded_shas(embeddings_dir, dim)
-    fresh = ok.filter(pc.invert(pc.is_in(ok["sha256"], value_set=done)))
-    first = (fresh.append_column("row", pa.array(np.arange(fresh.num_rows, dtype=np.int64)))
-             .group_by("sha256", use_threads=False).aggregate([("row", "min")]))  # one path per distinct content
-    todo = fresh.take(pa.array(np.sort(first["row_min"].to_numpy()), pa.int64()))
+    seen, quarantined = embedded_contents(embeddings_dir, dim)
+    n_done = len(seen)
     first_number = _next_part_number(embeddings_dir)
-    shard = first_number + np.arange(todo.num_rows, dtype=np.int32) // shard_rows
     plan = Path(embeddings_dir) / "_plan.parquet"  # a leading "_": readers of the folder as a dataset skip it
-    write_parquet(pa.table({"shard": pa.array(shard, pa.int32()), "path": todo["path"], "sha256": todo["sha256"]},
-                           schema=PLAN_SCHEMA), plan)
-    numbers = sorted(set(shard.tolist()))
-    n_done = pc.count_distinct(done).as_py()
-    # Arrow's allocator keeps what planning used (~0.6 KB per file) unless asked; the shards need none of it.
-    pa.default_memory_pool().release_unused()
-    log.info("embed: %d images to embed in %d parts, %d already embedded", todo.num_rows, len(numbers), n_done)
+    n_todo = 0
+    with atomic_path(plan) as tmp, pq.ParquetWriter(tmp, PLAN_SCHEMA) as writer:
+        for batch in row_groups(manifest_path, columns=["path", "sha256", "status"]):
+            ok = batch.filter(pc.equal(batch["status"], "ok"))
+            keys = content_keys(ok["sha256"])
+            _, first = np.unique(keys, return_index=True)  # the first row of each content in this batch ...
+            first = np.sort(first[~seen.has(keys[first])])  # ... not embedded and not planned, in manifest order
+            seen.add(keys[first])
+            shard = first_number + (n_todo + np.arange(len(first))) // shard_rows
+            writer.write_table(pa.table({"shard": pa.array(shard, pa.int32()), "path": ok["path"].take(first),
+                                         "sha256": ok["sha256"].take(first)}, schema=PLAN_SCHEMA))
+            n_todo += len(first)
+    numbers = list(range(first_number, first_number + -(-n_todo // shard_rows)))
+    log.info("embed: %d images to embed in %d parts, %d already embedded", n_todo, len(numbers), n_done)
     return plan, numbers, n_done, quarantined
+
+
+class UnderRoot(Sequence[Path]):
+    """Paths of files under a root from their relative names in Arrow: a shard's 50,000 files as a few buffers
+    that forked decoding workers share, not 50,000 Path objects each process touches (and copies)."""
+
+    def __init__(self, root: Path, names: pa.StringArray):
+        self.root, self.names = root, names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> Path:  # type: ignore[override]  # slices are not needed
+        return self.root / self.names[i].as_py()
 
 
 def load_shard(plan: Path, number: int) -> Shard:
     table = pq.read_table(plan, filters=[("shard", "=", number)])
-    return Shard(number, table["path"].to_pylist(), table["sha256"].to_pylist())
+    return Shard(number, table["path"].combine_chunks(), table["sha256"].combine_chunks())
 
 
 def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, number: int,
@@ -158,11 +204,13 @@ def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, n
     failed: list[tuple[str, str]] = []
     pending: list[pa.Table] = []
     progress = Progress(f"embed part {shard.number}", len(shard.paths))
-    with atomic_path(part) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for idx, mu, errors in encode_files(model, [Path(root) / p for p in shard.paths], cfg.batch_size, cfg.workers, cfg.threads):
+    # Paths and hashes are all different: a dictionary of them would be built, held and dropped for nothing.
+    with atomic_path(part) as tmp, pq.ParquetWriter(tmp, schema, use_dictionary=["model_id"]) as writer:
+        files = UnderRoot(Path(root), shard.paths)
+        for idx, mu, errors in encode_files(model, files, cfg.batch_size, cfg.workers, cfg.threads):
             pending.append(pa.table({
-                "path": pa.array([shard.paths[i] for i in idx], pa.string()),
-                "sha256": pa.array([shard.shas[i] for i in idx], pa.string()),
+                "path": shard.paths.take(pa.array(idx, pa.int64())),
+                "sha256": shard.shas.take(pa.array(idx, pa.int64())),
                 "model_id": pa.array([Path(model_dir).name] * len(idx), pa.string()),
                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(mu.astype(np.float32).ravel(), pa.float32()),
                                                                model.config.latent_dim),
@@ -171,7 +219,7 @@ def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, n
             if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
                 writer.write_table(pa.concat_tables(pending))
                 pending = []
-            failed += [(shard.paths[i], reason) for i, reason in errors]
+            failed += [(shard.paths[i].as_py(), reason) for i, reason in errors]
             progress.update(len(idx) + len(errors))
         if pending:
             writer.write_table(pa.concat_tables(pending))

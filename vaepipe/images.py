@@ -179,7 +179,7 @@ class ImageFiles(Dataset):
     """
 
     def __init__(self, paths: Sequence[Path], spec: ImageSpec, max_pixels: int = 64_000_000):
-        self.paths = list(paths)
+        self.paths = paths
         self.spec = spec
         self.max_pixels = max_pixels
 
