@@ -1,5 +1,7 @@
 """Every mode and format becomes the model's input the same, predictable way."""
 
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -111,6 +113,40 @@ def _png_variants(folder) -> dict[str, tuple[object, bool]]:
     truncated = folder / "grey_truncated.png"
     truncated.write_bytes(out["grey"][0].read_bytes()[:-40])
     out["grey_truncated"] = (truncated, False)
+    # Made chunk by chunk: what encoders other than PIL write, and damage that still parses.
+    chunks = _png_chunks(out["grey"][0].read_bytes())
+    idat = next(body for kind, body in chunks if kind == b"IDAT")
+    ihdr = chunks[0][1]
+    crafted = {
+        "grey_idat_in_three_chunks": ([c for c in chunks if c[0] != b"IDAT"][:-1]
+                                      + [(b"IDAT", idat[:5]), (b"IDAT", idat[5:40]), (b"IDAT", idat[40:]), (b"IEND", b"")], True),
+        "grey_bad_header_checksum": ([(b"IHDR", ihdr, 1)] + chunks[1:], False),
+        "grey_bad_idat_checksum": ([c if c[0] != b"IDAT" else (b"IDAT", idat, 1) for c in chunks], False),
+        "grey_garbage_idat": ([c if c[0] != b"IDAT" else (b"IDAT", b"x" * len(idat)) for c in chunks], False),
+        "grey_interlace_flag": ([(b"IHDR", ihdr[:12] + b"\x01")] + chunks[1:], False),
+        "grey_no_iend": (chunks[:-1], False),
+    }
+    for name, (parts, takes) in crafted.items():
+        (folder / f"{name}.png").write_bytes(_png_bytes(parts))
+        out[name] = (folder / f"{name}.png", takes)
+    return out
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    at, chunks = 8, []
+    while at < len(data):
+        length = int.from_bytes(data[at:at + 4], "big")
+        chunks.append((data[at + 4:at + 8], data[at + 8:at + 8 + length]))
+        at += 12 + length
+    return chunks
+
+
+def _png_bytes(chunks: list[tuple]) -> bytes:
+    """A PNG of these (kind, body) chunks; a third item in a chunk is added to its checksum (damage)."""
+    out = b"\x89PNG\r\n\x1a\n"
+    for kind, body, *damage in chunks:
+        crc = (zlib.crc32(body, zlib.crc32(kind)) + sum(damage)) & 0xFFFFFFFF
+        out += len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
     return out
 
 
@@ -122,7 +158,7 @@ def test_pngs_already_at_the_input_decode_to_the_same_array_as_any_image(tmp_pat
         try:
             general = to_array(open_image(path, 64_000_000, draft_size=28), GREY28)
         except ImageError as e:
-            with pytest.raises(ImageError, match="truncated") as err:
+            with pytest.raises(ImageError) as err:
                 load_array(path, GREY28)
             assert str(err.value) == str(e), name
             continue
