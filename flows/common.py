@@ -111,11 +111,15 @@ class _TemporaryServer:
     def serving(self) -> Iterator[None]:
         from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
-        if not self.ready(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()):
+        # Flow heartbeats tell a server that a run is alive; a temporary server ends with this process, so they
+        # only cost time: every flow run joins its heartbeat thread at its end, and that thread sleeps in 1 s steps
+        # (~0.8 s a flow run, subflows included).
+        updates: dict = {"flows.heartbeat_frequency": None}
+        if self.ready(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()):
+            updates[PREFECT_API_URL] = self.api_url
+        else:
             self.stop()  # Prefect starts its own at the first API call, and reports what goes wrong with it
-            yield
-            return
-        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+        with temporary_settings(updates=updates):
             yield
 
     def stop(self) -> None:

@@ -87,7 +87,10 @@ def test_without_a_prefect_server_the_cli_starts_a_temporary_one_records_the_run
     # the run went to the temporary server, whose database lives in PREFECT_HOME
     with sqlite3.connect(home / "prefect.db") as db:
         runs = db.execute("select f.name, r.state_type from flow_run r join flow f on r.flow_id = f.id").fetchall()
+        events = {name for (name,) in db.execute("select distinct event from events")}
     assert ("build-index", "COMPLETED") in runs and {state for _, state in runs} == {"COMPLETED"}
+    # without heartbeats, which a server that ends with the command has no use for (they cost each flow run ~1 s)
+    assert "prefect.flow-run.Running" in events and "prefect.flow-run.heartbeat" not in events
     # and the server is gone with the command
     for proc_dir in Path("/proc").iterdir():
         try:
