@@ -207,3 +207,21 @@ def test_planning_embeds_each_content_once_across_manifest_row_groups(built_copy
     plan, numbers, n_done, _ = plan_shards(manifest, emb, 32, shard_rows=5)
     assert pq.read_table(plan)["path"].to_pylist() == [new.relative_to(images).as_posix()]
     assert numbers == [3] and n_done == 12
+
+
+def test_contents_answers_like_a_set_across_many_small_batches():
+    import hashlib
+
+    from vaepipe.embed import Contents, content_keys
+
+    rng = np.random.default_rng(0)
+    shas = [hashlib.sha256(bytes([i % 251, i // 251])).hexdigest() for i in range(3_000)]
+    contents, seen = Contents(), set()
+    for _ in range(60):  # batches of 1-200 with repeats inside and across them: runs get merged many times
+        batch = [shas[i] for i in rng.integers(0, len(shas), rng.integers(1, 200))]
+        keys = content_keys(pa.array(batch))
+        assert contents.has(keys).tolist() == [s in seen for s in batch]
+        contents.add(keys)
+        seen.update(batch)
+        assert len(contents) == len(seen)
+    assert len(contents.runs) < 12 and all((run[1:] > run[:-1]).all() for run in contents.runs)  # sorted, no repeats

@@ -77,26 +77,35 @@ def encoder_threads(n: int) -> Iterator[None]:
 
 
 class Contents:
-    """A set of image contents that grows by batches: 128 bits of each sha256 (32 hex bytes), kept sorted.
+    """A set of image contents that grows by batches: 128 bits of each sha256 (32 hex bytes) in sorted runs.
 
     32 bytes an image instead of a Python string or an Arrow hash table's ~100: planning a re-index of a million
-    images holds ~32 MB for what is already embedded.
+    images holds ~32 MB for what is already embedded. Runs merge like a binary counter (a run is merged into the
+    one before it once it is at least half its size), so each key is copied O(log n) times in all and a lookup
+    searches O(log n) runs, however small the batches.
     """
 
     def __init__(self) -> None:
-        self.keys = np.zeros(0, "S32")
+        self.runs: list[np.ndarray] = []  # sorted, disjoint, each more than twice the size of the next
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return sum(len(run) for run in self.runs)
 
     def has(self, keys: np.ndarray) -> np.ndarray:
-        at = np.searchsorted(self.keys, keys).clip(max=max(len(self.keys) - 1, 0))
-        return self.keys[at] == keys if len(self.keys) else np.zeros(len(keys), bool)
+        found = np.zeros(len(keys), bool)
+        for run in self.runs:
+            found |= run[np.searchsorted(run, keys).clip(max=len(run) - 1)] == keys
+        return found
 
     def add(self, keys: np.ndarray) -> None:
-        merged = np.concatenate([self.keys, np.unique(keys)])
-        merged.sort(kind="stable")  # two sorted runs: the stable sort merges them in one pass
-        self.keys = merged[np.concatenate([[True], merged[1:] != merged[:-1]])] if len(merged) else merged
+        new = np.unique(keys)
+        new = new[~self.has(new)]
+        if len(new):
+            self.runs.append(new)
+        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+            merged = np.concatenate(self.runs[-2:])
+            merged.sort(kind="stable")  # two sorted runs: the stable sort (timsort) merges them in one pass
+            self.runs[-2:] = [merged]
 
 
 def content_keys(shas: pa.Array | pa.ChunkedArray) -> np.ndarray:
