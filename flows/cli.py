@@ -138,9 +138,10 @@ def _dispatch(a: argparse.Namespace) -> dict:
         raise VaepipeError(f"-n must be at least 1, got {a.n}")
 
     import flows  # noqa: F401  (sets Prefect logging up before prefect is imported)
-    from flows.common import hide_expected_tracebacks, start_api_early
+    from flows.temporary_server import start_api_early
 
-    api_ready = start_api_early()  # boots on the other core while the checks below import torch and FAISS
+    api_ready = start_api_early()  # boots on the other core while the checks below import Prefect, torch and FAISS
+    from flows.common import hide_expected_tracebacks
     from vaepipe.query import preflight
 
     if getattr(a, "model", None):

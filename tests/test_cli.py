@@ -91,11 +91,47 @@ def test_without_a_prefect_server_the_cli_starts_a_temporary_one_records_the_run
     assert ("build-index", "COMPLETED") in runs and {state for _, state in runs} == {"COMPLETED"}
     # without heartbeats, which a server that ends with the command has no use for (they cost each flow run ~1 s)
     assert "prefect.flow-run.Running" in events and "prefect.flow-run.heartbeat" not in events
-    # and the server is gone with the command
+    assert not _temporary_servers(home)  # and the server is gone with the command
+
+
+def _temporary_servers(home: Path) -> list[bytes]:
+    """Command lines of the Prefect API servers running with this PREFECT_HOME."""
+    found = []
     for proc_dir in Path("/proc").iterdir():
         try:
             cmdline = (proc_dir / "cmdline").read_bytes()
             environ = (proc_dir / "environ").read_bytes()
         except OSError:
             continue
-        assert not (b"create_app" in cmdline and f"PREFECT_HOME={home}".encode() in environ), cmdline
+        if b"create_app" in cmdline and f"PREFECT_HOME={home}".encode() in environ:
+            found.append(cmdline)
+    return found
+
+
+def test_a_server_named_in_a_prefect_profile_gets_the_run_and_the_early_temporary_one_is_stopped(built, tmp_path,
+                                                                                                   prefect_server):
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
+    from prefect.settings import PREFECT_API_URL
+
+    # The CLI starts a temporary server before it reads Prefect's settings, when PREFECT_API_URL is not in the
+    # environment; a profile that names a server must still win.
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(f'active = "elsewhere"\n\n[profiles.elsewhere]\nPREFECT_API_URL = "{PREFECT_API_URL.value()}"\n')
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_PROFILES_PATH=str(profiles), PREFECT_HOME=str(home))
+    photos = tmp_path / "photos"
+    write_fmnist(photos, n=10)
+    model = built.model_dir(json.loads(built.collection.read_text())["model_id"]) / "model.pt"
+    started = datetime.now(timezone.utc) - timedelta(seconds=5)
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "--quiet", "index", str(photos), "--workdir",
+                           str(tmp_path / "wd"), "--model", str(model)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)))
+    assert any(r.parameters.get("images") == str(photos.resolve()) and r.state_type.value == "COMPLETED" for r in runs)
+    assert not _temporary_servers(home)
