@@ -96,8 +96,12 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--child", str(n)], check=True, capture_output=True, text=True)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(runs[-1], flush=True)
+    # glibc's malloc raises its mmap threshold as large blocks are freed, then serves them from a heap that keeps
+    # its pages: run once with the threshold fixed (MALLOC_MMAP_THRESHOLD_=131072) to see what is the allocator's.
+    malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    env = "".join(f"{k}={v} " for k, v in malloc.items())
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores; "
-              f"command: `python benchmarks/pipeline_memory.py --sizes {' '.join(map(str, args.sizes))}`; "
+              f"command: `{env}python benchmarks/pipeline_memory.py --sizes {' '.join(map(str, args.sizes))}`; "
               "peak resident memory of each stage above the process after its imports, MB (seconds)")
     lines = ["| files | after imports MB | " + " | ".join(STAGES) + " | largest child MB |",
              "|---:|---:|" + "---:|" * len(STAGES) + "---:|"]
@@ -105,7 +109,7 @@ def main() -> None:
         lines.append(f"| {r['n']:,} | {r['after_imports_mb']} | "
                      + " | ".join(f"{r[s]['peak_above_imports_mb']:.0f} ({r[s]['seconds']:.1f} s)" for s in STAGES)
                      + f" | {r['largest_child_mb']} |")
-    save_results("pipeline_memory", header, lines, {"runs": runs})
+    save_results("pipeline_memory" + ("-malloc-env" if malloc else ""), header, lines, {"runs": runs, "env": malloc})
 
 
 if __name__ == "__main__":
