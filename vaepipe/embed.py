@@ -109,6 +109,7 @@ class Contents:
 
 
 def content_keys(shas: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The keys `Contents` holds: the first 32 hex digits (128 bits) of each sha256, as fixed-width bytes."""
     return np.asarray(pc.utf8_slice_codeunits(shas, 0, 32).to_numpy(zero_copy_only=False), dtype="S32")
 
 
@@ -126,9 +127,9 @@ def embedded_contents(embeddings_dir: Path, dim: int) -> tuple[Contents, list[Pa
                 raise ValueError(f"schema {schema} is not the embedding schema for dimension {dim}")
             for group in row_groups(part):  # every column, so a damaged page anywhere shows
                 done.add(content_keys(group["sha256"]))
-            # Arrow's allocator (mimalloc) keeps the pages of every group read unless asked: 74 -> 38 MB over
-            # two parts of 50,000 rows (benchmarks/pipeline_memory.py, re-plan).
-            pa.default_memory_pool().release_unused()
+                # Arrow's allocator (mimalloc) keeps the pages of every group read unless asked: reading two parts
+                # of 50,000 rows left the process 74 MB larger, 38 MB when handing them back after each group.
+                pa.default_memory_pool().release_unused()
         except (OSError, ValueError, pa.ArrowException) as e:
             bad = part.parent / "_damaged" / part.name  # out of the way of dataset readers and of the index
             bad.parent.mkdir(exist_ok=True)
@@ -154,8 +155,8 @@ def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows:
     """Split what is not embedded yet (one image per distinct sha256, its first path) into shards of at most `shard_rows`.
 
     The plan is a file (embeddings_dir/_plan.parquet), so shard tasks are handed a path and a number, not
-    lists of files: a million files stay out of task and flow-run parameters. The manifest is read a batch at
-    a time (a row group) and contents are held as 32-byte keys (`Contents`), so planning does not hold the manifest.
+    lists of files: a million files stay out of task and flow-run parameters. The manifest is read a row group
+    at a time and contents are held as 32-byte keys (`Contents`), so planning does not hold the manifest.
     Returns (plan path, shard numbers, number already embedded, damaged parts set aside).
     """
     seen, quarantined = embedded_contents(embeddings_dir, dim)
