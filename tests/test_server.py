@@ -79,7 +79,13 @@ def test_deployments_run_on_a_real_server(server, tmp_path):
                 "--param", "k=4", "--watch", "--watch-timeout", "200", timeout=250)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=60)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # Prefect's worker once hung in its own shutdown after both runs had completed (CI, 2026-11-26): its
+            # shutdown is not what this test is about, and a live worker must not outlast the session.
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
         worker_log.close()
 
     # outputs on disk
