@@ -218,9 +218,10 @@ def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, n
     with atomic_path(part) as tmp, pq.ParquetWriter(tmp, schema, use_dictionary=["model_id"]) as writer:
         files = UnderRoot(Path(root), shard.paths)
         for idx, mu, errors in encode_files(model, files, cfg.batch_size, cfg.workers, cfg.threads):
+            rows = pa.array(idx, pa.int64())
             pending.append(pa.table({
-                "path": shard.paths.take(pa.array(idx, pa.int64())),
-                "sha256": shard.shas.take(pa.array(idx, pa.int64())),
+                "path": shard.paths.take(rows),
+                "sha256": shard.shas.take(rows),
                 "model_id": pa.array([Path(model_dir).name] * len(idx), pa.string()),
                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(mu.astype(np.float32).ravel(), pa.float32()),
                                                                model.config.latent_dim),
