@@ -125,6 +125,8 @@ def _png_variants(folder) -> dict[str, tuple[object, bool]]:
         "grey_garbage_idat": ([c if c[0] != b"IDAT" else (b"IDAT", b"x" * len(idat)) for c in chunks], False),
         "grey_interlace_flag": ([(b"IHDR", ihdr[:12] + b"\x01")] + chunks[1:], False),
         "grey_no_iend": (chunks[:-1], False),
+        # Checksums right, but the image data stops halfway: the decoder has written rows before it fails.
+        "grey_idat_cut_short": ([c if c[0] != b"IDAT" else (b"IDAT", idat[:len(idat) // 2]) for c in chunks], False),
     }
     for name, (parts, takes) in crafted.items():
         (folder / f"{name}.png").write_bytes(_png_bytes(parts))
@@ -151,10 +153,10 @@ def _png_bytes(chunks: list[tuple]) -> bytes:
 
 
 def test_pngs_already_at_the_input_decode_to_the_same_array_as_any_image(tmp_path):
-    from vaepipe.images import _load_exact_png, to_array
+    from vaepipe.images import _Strip, to_array
 
     for name, (path, takes) in _png_variants(tmp_path / "png").items():
-        assert (_load_exact_png(path, GREY28) is not None) == takes, name
+        assert _Strip(GREY28, 1).decode_png(0, path) == takes, name
         try:
             general = to_array(open_image(path, 64_000_000, draft_size=28), GREY28)
         except ImageError as e:
@@ -168,10 +170,32 @@ def test_pngs_already_at_the_input_decode_to_the_same_array_as_any_image(tmp_pat
 
 
 def test_rgb_pngs_at_the_input_take_the_exact_path_for_a_colour_model(tmp_path):
-    from vaepipe.images import _load_exact_png, to_array
+    from vaepipe.images import _Strip, to_array
 
     p = tmp_path / "rgb.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8), "RGB").save(p)
-    exact = _load_exact_png(p, RGB32)
-    assert exact is not None and exact.flags.writeable
+    strip = _Strip(RGB32, 2)
+    assert strip.decode_png(1, p)
+    exact = strip.array()[1]
+    assert exact.flags.writeable and not strip.array()[0].any()
     assert np.array_equal(exact, to_array(open_image(p, 64_000_000), RGB32))
+
+
+def test_a_batch_decodes_each_image_as_alone_and_zeroes_the_ones_that_fail(tmp_path, mixed):
+    from vaepipe.images import load_batch
+
+    variants = _png_variants(tmp_path / "png")
+    (tmp_path / "notes.png").write_text("not an image")
+    paths = [p for p, _ in variants.values()] + [mixed["jpeg"], tmp_path / "notes.png", tmp_path / "gone.png"]
+    paths += paths[:3]  # repeats: a slot is not tied to a file
+    batch, errors = load_batch(paths, GREY28)
+    assert batch.shape == (len(paths), 1, 28, 28) and batch.flags.writeable
+    for j, path in enumerate(paths):
+        try:
+            alone = load_array(path, GREY28)
+        except (ImageError, OSError) as e:
+            assert errors[j] == (str(e) or type(e).__name__) and not batch[j].any(), path.name
+            continue
+        assert errors[j] == "" and np.array_equal(batch[j], alone), path.name
+    assert errors[paths.index(variants["grey_idat_cut_short"][0])]  # rows were written, then zeroed
+    assert errors[paths.index(mixed["jpeg"])] == "" and errors[-1] == ""  # the general path, and a repeat

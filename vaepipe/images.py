@@ -1,14 +1,14 @@
 """How an image file becomes the model's input: decode, orient, flatten modes, letterbox.
 
-Every stage that reads pixels (ingest's check, training, embedding, queries) goes
-through `load_array` so an image means the same thing everywhere.
+Every stage that reads pixels (training, embedding, queries, samples) goes through `load_batch`
+or `load_array` so an image means the same thing everywhere.
 """
 
 from __future__ import annotations
 
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,8 +114,27 @@ def to_array(img: Image.Image, spec: ImageSpec) -> np.ndarray:
 
 
 def load_array(path: Path, spec: ImageSpec, max_pixels: int = 64_000_000) -> np.ndarray:
-    exact = _load_exact_png(path, spec)
-    return exact if exact is not None else to_array(open_image(path, max_pixels, draft_size=spec.size), spec)
+    """One image as the model's input, uint8 (C, S, S); raises ImageError (or OSError) for an unusable file."""
+    strip = _Strip(spec, 1)
+    return strip.array()[0] if strip.decode_png(0, path) else to_array(open_image(path, max_pixels, draft_size=spec.size), spec)
+
+
+def load_batch(paths: Sequence[Path], spec: ImageSpec, max_pixels: int = 64_000_000) -> tuple[np.ndarray, list[str]]:
+    """Images as the model's input, uint8 (B, C, S, S), and an error per image ('' if it loaded).
+
+    The same arrays as `load_array` one by one; a failed image's slot is zeros and its error says why.
+    """
+    strip = _Strip(spec, len(paths))
+    general = [j for j, path in enumerate(paths) if not strip.decode_png(j, path)]
+    batch = strip.array()
+    errors = [""] * len(paths)
+    for j in general:
+        try:
+            batch[j] = to_array(open_image(paths[j], max_pixels, draft_size=spec.size), spec)
+        except (ImageError, OSError) as e:
+            batch[j] = 0  # the PNG path may have written part of it before failing
+            errors[j] = str(e) or type(e).__name__
+    return batch, errors
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -125,16 +144,50 @@ _PNG_CHANGES_PIXELS = {b"tRNS", b"eXIf", b"acTL", b"PLTE"}
 _PNG_ORIENTATION_TEXT = (b"Raw profile type exif\x00", b"XML:com.adobe.xmp\x00")
 
 
-def _load_exact_png(path: Path, spec: ImageSpec) -> np.ndarray | None:
-    """The pixels of a PNG that is already the model's input, without the general path's steps; None otherwise.
+class _Strip:
+    """A batch of images as one PIL image, one image under the other, that PNGs already at the model's input are
+    decoded straight into, without the general path's steps.
 
-    A 28 px PNG takes ~40 us this way against ~85 us through open_image and to_array (format detection, frame
-    and EXIF checks, mode and array copies), and on 2 cores decoding shares the cores with the encoder
-    (BENCHMARKS.md, throughput). Only files whose samples are the input as they stand take it: 8-bit, the
-    model's size and channels (grey or RGB), not interlaced, no chunk that changes the pixels, every chunk's
-    checksum right. Every other file goes through the general path, and so does any file PIL fails on here,
-    so an image decodes to the same array either way and errors read the same.
+    A 28 px PNG takes ~28 us this way against ~85 us through open_image and to_array (format detection, frame
+    and EXIF checks, mode and array copies); a PIL image and a copy of the pixels per file instead of per batch
+    took ~39 us. On 2 cores decoding shares the cores with the encoder (BENCHMARKS.md, throughput).
     """
+
+    def __init__(self, spec: ImageSpec, n: int):
+        self.spec, self.n = spec, n
+        self.mode = "L" if spec.channels == 1 else "RGB"
+        self.image = Image.new(self.mode, (spec.size, spec.size * n))
+
+    def decode_png(self, j: int, path: Path) -> bool:
+        """Decode `path` into slot j if it is a PNG already at the input; False, perhaps with the slot half
+        written, for any other file and any file PIL fails on here: those take the general path, so an image
+        decodes to the same array either way and errors read the same."""
+        idat = _exact_png_stream(path, self.spec)
+        if idat is None:
+            return False
+        # PIL's PNG decoder (zlib and the scanline filters, in C) fed the IDAT stream directly, not through
+        # PngImageFile's chunk parsing and ImageFile.load's machinery in Python.
+        size = self.spec.size
+        try:
+            decoder = Image.core.zip_decoder(self.mode, self.mode)
+            decoder.setimage(self.image.im, (0, size * j, size, size * (j + 1)))
+            return decoder.decode(idat) == (-1, 0)  # -1: the image is complete; 0: no error
+        except (AttributeError, OSError, ValueError):  # AttributeError: a Pillow without this internal decoder
+            return False
+
+    def array(self) -> np.ndarray:
+        """(n, C, S, S) uint8, writable: torch.from_numpy refuses read-only buffers."""
+        size = self.spec.size
+        pixels = np.frombuffer(self.image.tobytes(), np.uint8)
+        if self.spec.channels == 1:
+            return pixels.reshape(self.n, 1, size, size).copy()
+        return np.ascontiguousarray(pixels.reshape(self.n, size, size, 3).transpose(0, 3, 1, 2))
+
+
+def _exact_png_stream(path: Path, spec: ImageSpec) -> bytes | None:
+    """The IDAT stream of a PNG whose samples are the model's input as they stand, else None: 8-bit, the
+    model's size and channels (grey or RGB), not interlaced, no chunk that changes the pixels, every chunk's
+    checksum right."""
     try:
         with open(path, "rb") as f:
             data = f.read(33)  # signature and IHDR: other files cost one small read
@@ -159,25 +212,9 @@ def _load_exact_png(path: Path, spec: ImageSpec) -> np.ndarray | None:
         if kind == b"IDAT":
             idat.append(body)
         elif kind == b"IEND":
-            break
+            return b"".join(idat)
         at += 12 + length
-    else:
-        return None  # no IEND
-    # PIL's PNG decoder (zlib and the scanline filters, in C) fed the IDAT stream directly: through PngImageFile,
-    # its chunk parsing and ImageFile.load's machinery in Python took a file 84 us against 40 (back-to-back runs).
-    mode = "L" if spec.channels == 1 else "RGB"
-    try:
-        img = Image.new(mode, (width, height))
-        decoder = Image.core.zip_decoder(mode, mode)
-        decoder.setimage(img.im, (0, 0, width, height))
-        if decoder.decode(b"".join(idat)) != (-1, 0):  # -1: the image is complete; 0: no error
-            return None
-        pixels = np.frombuffer(img.tobytes(), np.uint8)
-    except (AttributeError, OSError, ValueError):  # AttributeError: a Pillow without this internal decoder
-        return None
-    if spec.channels == 1:
-        return pixels.reshape(1, height, width).copy()  # writable: torch.from_numpy refuses read-only buffers
-    return np.ascontiguousarray(pixels.reshape(height, width, 3).transpose(2, 0, 1))
+    return None  # no IEND
 
 
 def to_float(batch: torch.Tensor) -> torch.Tensor:
@@ -192,10 +229,12 @@ class ImageFiles(Dataset):
     item): a tensor per 28 px image and the stack after them cost ~20 us an image, a third of its decode.
     """
 
-    def __init__(self, paths: Sequence[Path], spec: ImageSpec, max_pixels: int = 64_000_000):
+    def __init__(self, paths: Sequence[Path], spec: ImageSpec, max_pixels: int = 64_000_000,
+                 then: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.paths = paths
         self.spec = spec
         self.max_pixels = max_pixels
+        self.then = then
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -204,25 +243,22 @@ class ImageFiles(Dataset):
         return self.__getitems__([i])
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, list[int], list[str]]:
-        batch = np.zeros((len(indices), self.spec.channels, self.spec.size, self.spec.size), np.uint8)
-        errors = [""] * len(indices)
-        for j, i in enumerate(indices):
-            try:
-                batch[j] = load_array(self.paths[i], self.spec, self.max_pixels)
-            except (ImageError, OSError) as e:
-                errors[j] = str(e) or type(e).__name__
-        return torch.from_numpy(batch), list(indices), errors
+        batch, errors = load_batch([self.paths[i] for i in indices], self.spec, self.max_pixels)
+        pixels = torch.from_numpy(batch)
+        return (self.then(pixels) if self.then else pixels), list(indices), errors
 
 
 def iter_image_batches(
-    paths: Sequence[Path], spec: ImageSpec, batch_size: int, workers: int, max_pixels: int = 64_000_000
+    paths: Sequence[Path], spec: ImageSpec, batch_size: int, workers: int, max_pixels: int = 64_000_000,
+    then: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[tuple[torch.Tensor, list[int], list[str]]]:
     """Yield (uint8 images, positions in `paths`, error per image or '') in order, decoded by `workers` processes.
 
-    A failed image's slot in the batch is zeros; its error says why.
+    A failed image's slot in the batch is zeros; its error says why. `then`, if given, maps each uint8 batch in
+    the worker that decoded it, and its result is yielded instead of the images.
     """
     loader = DataLoader(
-        ImageFiles(paths, spec, max_pixels),
+        ImageFiles(paths, spec, max_pixels, then),
         batch_size=batch_size,
         num_workers=workers if len(paths) > batch_size else 0,
         shuffle=False,
