@@ -167,7 +167,7 @@ def test_damaged_index_is_refused(built_copy):
         SearchIndex.open(d)
 
 
-def test_encoding_leaves_the_decoders_their_cores_and_restores_torch_threads(built, fmnist_dir):
+def test_encoding_in_the_decoding_workers_gives_this_process_s_means_and_restores_torch_threads(built, fmnist_dir, tmp_path):
     import torch
 
     from vaepipe.embed import encode_files, encoder_threads
@@ -178,9 +178,20 @@ def test_encoding_leaves_the_decoders_their_cores_and_restores_torch_threads(bui
     assert torch.get_num_threads() == before
     mid = json.loads(built.collection.read_text())["model_id"]
     model = load_checkpoint(built.model_dir(mid) / "model.pt")
+    (tmp_path / "bad.png").write_text("not an image")
     paths = sorted(Path(fmnist_dir).rglob("*.png"))[:300]
-    seen = sum(len(idx) for idx, _, _ in encode_files(model, paths, batch_size=128, workers=2))
-    assert seen == len(paths) and torch.get_num_threads() == before
+    paths.insert(77, tmp_path / "bad.png")
+
+    def means(workers: int) -> tuple[list[int], np.ndarray, list[int]]:
+        done = list(encode_files(model, paths, batch_size=128, workers=workers))
+        return ([i for idx, _, _ in done for i in idx], np.concatenate([mu for _, mu, _ in done]),
+                [i for _, _, failed in done for i, _ in failed])
+
+    in_workers, here = means(2), means(0)
+    assert in_workers[0] == here[0] == [i for i in range(len(paths)) if i != 77]
+    assert in_workers[2] == here[2] == [77]
+    np.testing.assert_allclose(in_workers[1], here[1], rtol=0, atol=1e-5)
+    assert torch.get_num_threads() == before
 
 
 def test_planning_embeds_each_content_once_across_manifest_row_groups(built_copy, tmp_path):

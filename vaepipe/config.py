@@ -60,9 +60,9 @@ class TrainConfig:
 @dataclass
 class EmbedConfig:
     batch_size: int = 256
-    workers: int = 2  # DataLoader worker processes decoding images
+    workers: int = 2  # DataLoader worker processes decoding images (and, on CPU, encoding them: see embed.encode_files)
     part_rows: int = 50_000  # rows per Parquet part (= per shard task); bounds memory whatever the folder size
-    threads: int | None = None  # torch threads while encoding; None: the cores the decoding workers leave (at least 1)
+    threads: int | None = None  # torch threads encoding in the main process (GPU, or workers=0); None: the cores the workers leave
 
 
 @dataclass

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from vaepipe.config import EmbedConfig
-from vaepipe.images import ImageSpec, iter_image_batches, to_float
+from vaepipe.images import iter_image_batches, to_float
 from vaepipe.model import VAE, default_device, folded, load_checkpoint
 from vaepipe.progress import Progress
 from vaepipe.store import atomic_path, embedding_schema, row_groups
@@ -42,22 +42,38 @@ class EmbedResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): changed or vanished since ingest
 
 
-@torch.no_grad()
 def encode_files(model: VAE, paths: Sequence[Path], batch_size: int, workers: int, threads: int | None = None
                  ) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
     """Yield (positions in `paths`, their posterior means float32 (B, d), failures (position, reason)).
 
-    threads: torch threads while encoding; None leaves the cores the decoding workers use to them.
+    On CPU each decoding worker also encodes its batch, on one thread: the cores then share one kind of work
+    instead of decoders waiting on a main process that encodes (BENCHMARKS.md, throughput). On a GPU the
+    workers decode and this process encodes. threads: torch threads for encoding in this process; None leaves
+    the cores the decoding workers use to them.
     """
-    model = folded(model)
-    device = next(model.parameters()).device
-    spec: ImageSpec = model.config.spec
+    encoder = PosteriorMean(folded(model))
+    in_workers = encoder.device.type == "cpu"
     with encoder_threads(threads if threads else max(1, len(os.sched_getaffinity(0)) - workers)):
-        for batch, idx, errors in iter_image_batches(paths, spec, batch_size, workers):
+        for out, idx, errors in iter_image_batches(paths, model.config.spec, batch_size, workers,
+                                                   then=encoder if in_workers else None):
+            mu = (out if in_workers else encoder(out)).numpy()
             good = [j for j, e in enumerate(errors) if not e]
-            failed = [(idx[j], errors[j]) for j, e in enumerate(errors) if e]
-            mu = model.encode(to_float(batch[good]).to(device))[0].float().cpu().numpy() if good else np.zeros((0, model.config.latent_dim), np.float32)
-            yield [idx[j] for j in good], mu, failed
+            yield [idx[j] for j in good], mu[good], [(idx[j], e) for j, e in enumerate(errors) if e]
+
+
+class PosteriorMean:
+    """uint8 images (B, C, H, W) -> the model's posterior means, float32 (B, d) on the CPU.
+
+    A failed image's zeros are encoded with the rest: dropping them first would cost a copy of the batch.
+    """
+
+    def __init__(self, model: VAE):
+        self.model = model
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(to_float(pixels.to(self.device)))[0].float().cpu()
 
 
 @contextlib.contextmanager
@@ -65,8 +81,8 @@ def encoder_threads(n: int) -> Iterator[None]:
     """Run torch on n threads inside the block, as before it after.
 
     Torch's threads wait for each other at every op; when decoding workers hold some of the cores, they wait on
-    descheduled threads. On 2 cores with 2 decoding workers, one encoder thread instead of two took 28 px PNGs
-    from ~6,200 to ~11,000 images/s and 640x480 JPEGs from ~1,300 to ~1,500 (BENCHMARKS.md, throughput).
+    descheduled threads. On 2 cores with 2 decoding workers, one encoder thread in the main process instead of two
+    took 28 px PNGs from ~6,200 to ~11,000 images/s and 640x480 JPEGs from ~1,300 to ~1,500 (BENCHMARKS.md).
     """
     before = torch.get_num_threads()
     torch.set_num_threads(n)
