@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,12 @@ N_FMNIST = 600  # enough for neighbours to mean something, small enough to train
 # image did not always land nearest its original.)
 FAST_TRAIN = TrainConfig(epochs=6, batch_size=32, seed=0)
 SERIAL = EmbedConfig(workers=0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def write_fmnist(folder: Path, start: int = 0, n: int = N_FMNIST) -> list[Path]:

@@ -5,7 +5,6 @@ Select alone with `pytest -m server`. Everything listens on 127.0.0.1 and is shu
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,23 +14,17 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_fmnist
+from conftest import free_port, write_fmnist
 
 pytestmark = pytest.mark.server
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-server-home")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_EXTRA_LOGGERS": "vaepipe"}
     log = open(home / "server.log", "w")
