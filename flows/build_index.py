@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from pathlib import Path
-
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
@@ -68,6 +69,27 @@ def task_runner(dask_address: str | None, dask_workers: int):
     return DaskTaskRunner(cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True})
 
 
+@contextlib.contextmanager
+def api_for_dask_workers() -> Iterator[None]:
+    """Point the Dask workers' task runs at the API this flow reports to.
+
+    prefect-dask hands each task this process's Prefect settings. Without PREFECT_API_URL among them (a flow
+    called from Python against Prefect's temporary server), every worker process started a temporary server of
+    its own, ~4 s, and shards then ran ~35% slower beside it (BENCHMARKS.md, Dask), and their runs were not in
+    this flow's server.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url).rstrip("/")
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield
+
+
 @task(name="index", cache_policy=NO_CACHE)
 def index_task(embeddings_dir: Path, manifest: Path, index_dir: Path, model_id: str, cfg: IndexConfig) -> IndexResult:
     return build_faiss_index(embeddings_dir, manifest, index_dir, model_id, cfg)
@@ -110,8 +132,9 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
         shard_cfg = cfg.embed
         if dask_address or dask_workers:  # Dask workers are daemons (no DataLoader children) and share cores
             shard_cfg = replace(cfg.embed, workers=0, threads=cfg.embed.threads or 1)
-        results = embed_shards.with_options(task_runner=task_runner(dask_address, dask_workers))(
-            images, trained.model_dir, emb_dir, plan, numbers, shard_cfg) if numbers else []
+        with api_for_dask_workers() if dask_address or dask_workers else contextlib.nullcontext():
+            results = embed_shards.with_options(task_runner=task_runner(dask_address, dask_workers))(
+                images, trained.model_dir, emb_dir, plan, numbers, shard_cfg) if numbers else []
         embedded = EmbedResult(emb_dir, trained.model_id, sum(n for n, _ in results), n_done, quarantined,
                                [f for _, failed in results for f in failed])
         timings["embed"] = time.monotonic() - t

@@ -110,3 +110,25 @@ def test_an_existing_cluster_by_address_runs_the_shards_and_matches_a_single_pro
         ran_a_shard = client.run(lambda: "vaepipe.embed" in sys.modules and "flows.common" in sys.modules)
     assert "embed_shard_task" in prefixes
     assert len(ran_a_shard) == 2 and any(ran_a_shard.values())
+
+
+def test_workers_report_to_the_flow_s_temporary_server_when_no_api_is_set(single, tmp_path):
+    """Called from Python with no PREFECT_API_URL, the flow runs against Prefect's temporary server; the Dask
+    workers must report there too, not each start a server of their own."""
+    images, single_dir, reference = single
+    checkpoint = single_dir / "models" / reference["model id"] / "model.pt"
+    script = ("import sys; from flows.build_index import build_index; from vaepipe.config import BuildConfig, EmbedConfig\n"
+              "if __name__ == '__main__':\n"
+              "    s = build_index(sys.argv[1], sys.argv[2], model=sys.argv[3], dask_workers=2,\n"
+              "                    config=BuildConfig(embed=EmbedConfig(part_rows=64)))\n"
+              "    print('EMBEDDED', s['embedded now'])\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    (tmp_path / "run.py").write_text(script)
+    out = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(images), str(tmp_path / "wd"), str(checkpoint)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert f"EMBEDDED {N_IMAGES}" in log
+    assert log.count("Task run 'embed-shard-") >= 5  # every shard ran as a Prefect task run
+    assert log.count("Starting temporary server") == 1, log[-3000:]
