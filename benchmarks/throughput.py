@@ -6,7 +6,7 @@ For each kind of folder (a: 28x28 grey PNGs from Fashion-MNIST; b: 640x480 colou
 upscaling Fashion-MNIST images and tinting them) and each size, every measurement runs in its own
 process (clean peak memory) on the same files:
 
-  pipeline     vaepipe.embed.embed (DataLoader with 2 decoding workers, batches of 256) -> Parquet parts
+  pipeline     vaepipe.embed.embed (2 DataLoader workers that decode and encode, batches of 256) -> Parquet parts
   decode floor the same DataLoader (same files, same processes) without the model
   model floor  the encoder alone on uint8 tensors already in memory
   naive peer   a notebook loop: PIL open -> convert -> resize -> stack 256 -> encoder, one process
