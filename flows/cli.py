@@ -42,7 +42,7 @@ def _build_options(p: argparse.ArgumentParser) -> None:
                    help="images declaring more pixels are rejected unread (default %(default)s)")
     g.add_argument("--include-hidden", action="store_true", help="also read dot-files and dot-folders")
     g.add_argument("--follow-symlinks-outside", action="store_true", help="read symlinked files whose target is outside the folder")
-    p.add_argument("--workers", type=int, default=EmbedConfig().workers, help="processes that decode (and on CPU encode) images (default %(default)s)")
+    p.add_argument("--workers", type=int, default=EmbedConfig().workers, help="processes that hash, decode and (on CPU) encode images (default: one per core, %(default)s here)")
     g = p.add_argument_group("past one machine")
     g.add_argument("--dask-address", metavar="tcp://HOST:8786", help="embed shards on this Dask cluster")
     g.add_argument("--dask-workers", type=int, default=0, metavar="N", help="embed shards on a local Dask cluster of N processes")

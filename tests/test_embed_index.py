@@ -236,3 +236,17 @@ def test_contents_answers_like_a_set_across_many_small_batches():
         seen.update(batch)
         assert len(contents) == len(seen)
     assert len(contents.runs) < 12 and all((run[1:] > run[:-1]).all() for run in contents.runs)  # sorted, no repeats
+
+
+def test_workers_default_to_one_per_core_this_process_may_use():
+    import os
+    import subprocess
+    import sys
+
+    code = "from vaepipe.config import EmbedConfig, IngestConfig; print(EmbedConfig().workers, IngestConfig().workers)"
+    one_core = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert one_core.stdout.split() == ["1", "1"]
+    from vaepipe.config import EmbedConfig, IngestConfig
+
+    assert EmbedConfig().workers == IngestConfig().workers == len(os.sched_getaffinity(0))

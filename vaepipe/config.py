@@ -5,8 +5,14 @@ Defaults are the recipe measured in BENCHMARKS.md; they work without any flag.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, which `taskset` or a container's cpuset narrows."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass
@@ -14,7 +20,7 @@ class IngestConfig:
     include_hidden: bool = False  # dot-files and dot-directories are skipped unless asked for
     max_pixels: int = 64_000_000  # larger declared sizes are rejected before decoding (decompression bombs)
     follow_symlinks_outside: bool = False  # symlinked files whose target is outside the root are errors
-    workers: int = 2  # processes that hash and decode files
+    workers: int = field(default_factory=usable_cores)  # processes that hash and decode files: one per core
     checkpoint_every: int = 5_000  # files; a killed ingest resumes from its last checkpoint
 
 
@@ -60,7 +66,9 @@ class TrainConfig:
 @dataclass
 class EmbedConfig:
     batch_size: int = 256
-    workers: int = 2  # DataLoader worker processes decoding images (and, on CPU, encoding them: see embed.encode_files)
+    # DataLoader worker processes that decode images and, on CPU, encode them, one torch thread each (see
+    # embed.encode_files): one per core keeps every core busy with the same work.
+    workers: int = field(default_factory=usable_cores)
     part_rows: int = 50_000  # rows per Parquet part (= per shard task); bounds memory whatever the folder size
     threads: int | None = None  # torch threads encoding in the main process (GPU, or workers=0); None: the cores the workers leave
 

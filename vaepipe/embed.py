@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from vaepipe.config import EmbedConfig
+from vaepipe.config import EmbedConfig, usable_cores
 from vaepipe.images import iter_image_batches, to_float
 from vaepipe.model import VAE, default_device, folded, load_checkpoint
 from vaepipe.progress import Progress
@@ -53,7 +52,7 @@ def encode_files(model: VAE, paths: Sequence[Path], batch_size: int, workers: in
     """
     encoder = PosteriorMean(folded(model))
     in_workers = encoder.device.type == "cpu"
-    with encoder_threads(threads if threads else max(1, len(os.sched_getaffinity(0)) - workers)):
+    with encoder_threads(threads if threads else max(1, usable_cores() - workers)):
         for out, idx, errors in iter_image_batches(paths, model.config.spec, batch_size, workers,
                                                    then=encoder if in_workers else None):
             mu = (out if in_workers else encoder(out)).numpy()
