@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
@@ -70,24 +71,33 @@ def task_runner(dask_address: str | None, dask_workers: int):
 
 
 @contextlib.contextmanager
-def api_for_dask_workers() -> Iterator[None]:
+def api_for_dask_workers(dask_address: str | None) -> Iterator[None]:
     """Point the Dask workers' task runs at the API this flow reports to.
 
-    prefect-dask hands each task this process's Prefect settings. Without PREFECT_API_URL among them (a flow
-    called from Python against Prefect's temporary server), every worker process started a temporary server of
-    its own, ~4 s, and shards then ran ~35% slower beside it (BENCHMARKS.md, Dask), and their runs were not in
-    this flow's server.
+    prefect-dask hands each task this process's Prefect settings, so a worker reports wherever this process does,
+    whatever its own environment says. Without PREFECT_API_URL among them (a flow called from Python against
+    Prefect's temporary server), every worker process started a temporary server of its own, ~4 s, and shards
+    then ran ~35% slower beside it (BENCHMARKS.md, Dask), and their runs were not in this flow's server.
     """
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if PREFECT_API_URL.value():
-        yield
-        return
-    with get_client(sync_client=True) as client:
-        url = str(client.api_url).rstrip("/")
+    url = PREFECT_API_URL.value()
+    if not url:
+        with get_client(sync_client=True) as client:
+            url = str(client.api_url).rstrip("/")
+    if dask_address and on_loopback(url) and not on_loopback(dask_address):
+        get_run_logger().warning(
+            "the Dask workers at %s report to the Prefect API at %s, which only this machine can reach: set "
+            "PREFECT_API_URL to a Prefect server they can reach (README, Past one machine)", dask_address, url)
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield
+
+
+def on_loopback(url: str) -> bool:
+    """Whether a URL (http://..., tcp://...) names this machine only."""
+    host = urlsplit(url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 @task(name="index", cache_policy=NO_CACHE)
@@ -132,7 +142,7 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
         shard_cfg = cfg.embed
         if dask_address or dask_workers:  # Dask workers are daemons (no DataLoader children) and share cores
             shard_cfg = replace(cfg.embed, workers=0, threads=cfg.embed.threads or 1)
-        with api_for_dask_workers() if dask_address or dask_workers else contextlib.nullcontext():
+        with api_for_dask_workers(dask_address) if dask_address or dask_workers else contextlib.nullcontext():
             results = embed_shards.with_options(task_runner=task_runner(dask_address, dask_workers))(
                 images, trained.model_dir, emb_dir, plan, numbers, shard_cfg) if numbers else []
         embedded = EmbedResult(emb_dir, trained.model_id, sum(n for n, _ in results), n_done, quarantined,

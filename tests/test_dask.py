@@ -132,3 +132,22 @@ def test_workers_report_to_the_flow_s_temporary_server_when_no_api_is_set(single
     assert f"EMBEDDED {N_IMAGES}" in log
     assert log.count("Task run 'embed-shard-") >= 5  # every shard ran as a Prefect task run
     assert log.count("Starting temporary server") == 1, log[-3000:]
+
+
+def test_a_cluster_elsewhere_is_warned_about_an_api_only_this_machine_reaches(caplog):
+    from prefect import flow
+
+    from flows.build_index import api_for_dask_workers, on_loopback
+
+    @flow
+    def enter(address: str) -> None:
+        with api_for_dask_workers(address):
+            pass
+
+    warning = "only this machine can reach"
+    enter("tcp://127.0.0.1:8786")  # the test server is on 127.0.0.1 too: fine for a local cluster
+    assert warning not in caplog.text
+    enter("tcp://10.0.0.5:8786")
+    assert warning in caplog.text
+    assert on_loopback("http://localhost:4200/api") and on_loopback("tcp://[::1]:8786")
+    assert not on_loopback("http://prefect.internal:4200/api")
