@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def stop_group(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM a process started with start_new_session=True and its children, SIGKILL them if they outlast
+    `timeout` seconds: nothing a test starts may outlive the session. (Prefect's worker once hung in its own
+    shutdown after its runs had completed, CI 2026-11-26.)"""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def write_fmnist(folder: Path, start: int = 0, n: int = N_FMNIST) -> list[Path]:

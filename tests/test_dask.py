@@ -1,7 +1,6 @@
 """The embedding stage as shard tasks on real Dask clusters gives the same collection as one process."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FAST_TRAIN, free_port, write_fmnist
+from conftest import FAST_TRAIN, free_port, stop_group, write_fmnist
 from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig
 from vaepipe.index import load_vectors
 from vaepipe.query import query_all
@@ -57,14 +56,8 @@ def external_cluster(tmp_path):
                 time.sleep(0.5)
         yield address
     finally:
-        for proc in reversed(procs):
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        for proc in reversed(procs):  # workers first, then their scheduler
+            stop_group(proc, timeout=30)
         log.close()
 
 

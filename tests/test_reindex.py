@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import FAST_TRAIN, write_fmnist
 from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig
 from vaepipe.query import query_all
-from vaepipe.store import VaepipeError, Workdir
+from vaepipe.store import Workdir
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -4,7 +4,6 @@ Select alone with `pytest -m server`. Everything listens on 127.0.0.1 and is shu
 """
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import free_port, write_fmnist
+from conftest import free_port, stop_group, write_fmnist
 
 pytestmark = pytest.mark.server
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +41,7 @@ def server(tmp_path_factory):
             pytest.fail("prefect server did not start:\n" + (home / "server.log").read_text())
         yield env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop_group(proc, timeout=60)
         log.close()
     with pytest.raises(httpx.HTTPError):  # shut down cleanly: nothing listens any more
         httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1)
@@ -71,14 +69,7 @@ def test_deployments_run_on_a_real_server(server, tmp_path):
         prefect(env, "deployment", "run", "bulk-query/on-demand", "--param", f"workdir={workdir}",
                 "--param", "k=4", "--watch", "--watch-timeout", "200", timeout=250)
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            # Prefect's worker once hung in its own shutdown after both runs had completed (CI, 2026-11-26): its
-            # shutdown is not what this test is about, and a live worker must not outlast the session.
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_group(worker, timeout=60)  # its shutdown is not what this test is about
         worker_log.close()
 
     # outputs on disk
