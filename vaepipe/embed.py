@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from vaepipe.config import EmbedConfig, usable_cores
 from vaepipe.images import iter_image_batches, to_float
 from vaepipe.model import VAE, default_device, folded, load_checkpoint
 from vaepipe.progress import Progress
-from vaepipe.store import atomic_path, embedding_schema, row_groups
+from vaepipe.store import atomic_path, embedding_schema, next_number, row_groups
 
 log = logging.getLogger("vaepipe")
 
@@ -176,7 +175,7 @@ def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows:
     """
     seen, quarantined = embedded_contents(embeddings_dir, dim)
     n_done = len(seen)
-    first_number = _next_part_number(embeddings_dir)
+    first_number = next_number(embeddings_dir, "part")
     plan = Path(embeddings_dir) / "_plan.parquet"  # a leading "_": readers of the folder as a dataset skip it
     n_todo = 0
     with atomic_path(plan) as tmp, pq.ParquetWriter(tmp, PLAN_SCHEMA) as writer:
@@ -268,8 +267,3 @@ def embed(root: Path, manifest_path: Path, model_dir: Path, embeddings_dir: Path
     return EmbedResult(Path(embeddings_dir), Path(model_dir).name, sum(n for n, _ in results), n_done, quarantined,
                        [f for _, failed in results for f in failed])
 
-
-def _next_part_number(embeddings_dir: Path) -> int:
-    numbers = [int(m.group(1)) for p in Path(embeddings_dir).glob("part-*.parquet")
-               if (m := re.fullmatch(r"part-(\d+)\.parquet", p.name))]
-    return max(numbers, default=-1) + 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 from vaepipe.config import IngestConfig
 from vaepipe.images import IMAGE_SUFFIXES, ImageError, open_image
 from vaepipe.progress import Progress
-from vaepipe.store import MANIFEST_SCHEMA, VaepipeError, atomic_path, row_groups, sha256_file, write_parquet
+from vaepipe.store import MANIFEST_SCHEMA, VaepipeError, atomic_path, next_number, row_groups, sha256_file, write_parquet
 
 log = logging.getLogger("vaepipe")
 
@@ -148,8 +147,7 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
         raise VaepipeError(f"no files in {root} (hidden files are skipped unless include_hidden is set)")
     earlier = _Earlier(manifest_path, chunks_dir)
     # Numbered after a killed run's chunks: those are read range by range while this run writes its own.
-    first_chunk = max((int(m.group(1)) for p in chunks_dir.glob("chunk-*.parquet")
-                       if (m := re.fullmatch(r"chunk-(\d+)\.parquet", p.name))), default=-1) + 1
+    first_chunk = next_number(chunks_dir, "chunk")
 
     progress = Progress("ingest", n_listed, unit="files")
     n_files, n_ok, n_reused, by_kind, changes, written = 0, 0, 0, Counter(), Counter(), []

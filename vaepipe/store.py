@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -175,6 +176,13 @@ def write_parquet(table: pa.Table, path: Path) -> Path:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
+
+
+def next_number(directory: Path, prefix: str) -> int:
+    """The number after the highest of the files `<prefix>-<number>.parquet` in directory (0 if none)."""
+    pattern = re.compile(rf"{re.escape(prefix)}-(\d+)\.parquet")
+    numbers = [int(m.group(1)) for p in Path(directory).glob(f"{prefix}-*.parquet") if (m := pattern.fullmatch(p.name))]
+    return max(numbers, default=-1) + 1
 
 
 def row_groups(path: Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
