@@ -18,7 +18,8 @@ from vaepipe.config import BuildConfig, EmbedConfig, IndexConfig, IngestConfig, 
 from vaepipe.embed import EmbedResult, embed_shard, plan_shards
 from vaepipe.index import IndexResult, build_index as build_faiss_index
 from vaepipe.ingest import IngestResult, ingest
-from vaepipe.store import Workdir, read_json
+from vaepipe.model import checkpoint_config
+from vaepipe.store import Workdir
 from vaepipe.train import TrainResult, adopt_checkpoint, reusable_model, train
 
 # The library is incremental by content hash, so Prefect's own result caching is not used.
@@ -41,7 +42,7 @@ def adopt_task(checkpoint: str, manifest: Path, workdir: str, cfg: TrainConfig) 
 
 @task(name="plan-embedding", cache_policy=NO_CACHE)
 def plan_task(manifest: Path, model_dir: Path, embeddings_dir: Path, cfg: EmbedConfig) -> tuple[Path, list[int], int, list[Path]]:
-    dim = read_json(Path(model_dir) / "config.json")["vae"]["latent_dim"]
+    dim = checkpoint_config(Path(model_dir) / "model.pt").latent_dim
     return plan_shards(manifest, embeddings_dir, dim, cfg.part_rows)
 
 

@@ -90,6 +90,8 @@ def _png_variants(folder) -> dict[str, tuple[object, bool]]:
     rgb = Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8), "RGB")
     text = PngImagePlugin.PngInfo()
     text.add_text("Software", "a scanner")
+    long_text = PngImagePlugin.PngInfo()  # a file longer than the first read of the exact path (4 KB)
+    long_text.add_text("Comment", "".join(rng.choice(list("abcdefgh"), 9000)))
     rotate = Image.Exif()
     rotate[0x0112] = 6
     xmp = PngImagePlugin.PngInfo()
@@ -98,6 +100,7 @@ def _png_variants(folder) -> dict[str, tuple[object, bool]]:
     cases = {
         "grey": (lambda p: grey.save(p), True),
         "grey_text_chunk": (lambda p: grey.save(p, pnginfo=text), True),
+        "grey_long_text_chunk": (lambda p: grey.save(p, pnginfo=long_text), True),
         "grey_transparent": (lambda p: grey.save(p, transparency=7), False),
         "grey_exif_rotated": (lambda p: grey.save(p, exif=rotate), False),
         "grey_xmp_rotated": (lambda p: grey.save(p, pnginfo=xmp), False),
@@ -165,6 +168,7 @@ def test_pngs_already_at_the_input_decode_to_the_same_array_as_any_image(tmp_pat
             assert str(err.value) == str(e), name
             continue
         assert np.array_equal(load_array(path, GREY28), general), name
+    assert (tmp_path / "png" / "grey_long_text_chunk.png").stat().st_size > 8192
     assert not np.array_equal(load_array(tmp_path / "png" / "grey_exif_rotated.png", GREY28),
                               load_array(tmp_path / "png" / "grey.png", GREY28))  # the rotation was applied
 

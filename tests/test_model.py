@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from vaepipe.model import VAE, VAEConfig, folded, load_checkpoint, model_id, save_checkpoint
+from vaepipe.model import VAE, VAEConfig, checkpoint_config, folded, load_checkpoint, model_id, save_checkpoint
 from vaepipe.store import VaepipeError
 
 
@@ -89,11 +89,11 @@ def test_reparameterisation_samples_in_training_and_uses_the_mean_in_eval():
 
 
 def test_checkpoint_round_trip_keeps_the_weights_and_id(tmp_path):
-    model = VAE(VAEConfig(latent_dim=8, width=8))
+    model = VAE(VAEConfig(image_size=32, channels=3, latent_dim=8, width=8, batch_norm=False))
     save_checkpoint(model, tmp_path / "m.pt")
     loaded = load_checkpoint(tmp_path / "m.pt")
     assert model_id(loaded) == model_id(model)
-    assert loaded.config == model.config
+    assert loaded.config == model.config == checkpoint_config(tmp_path / "m.pt")
 
 
 class Boom:
@@ -104,8 +104,9 @@ class Boom:
 def test_checkpoint_with_code_is_refused_without_running_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.save({"config": {}, "state_dict": {}, "payload": Boom()}, tmp_path / "evil.pt")
-    with pytest.raises(VaepipeError, match="weights-only"):
-        load_checkpoint(tmp_path / "evil.pt")
+    for load in (load_checkpoint, checkpoint_config):
+        with pytest.raises(VaepipeError, match="weights-only"):
+            load(tmp_path / "evil.pt")
     assert not (tmp_path / "PWNED").exists()
     (tmp_path / "plain.pkl").write_bytes(pickle.dumps(Boom()))
     with pytest.raises(VaepipeError):
@@ -120,6 +121,14 @@ def test_truncated_or_mismatched_checkpoint_is_refused(tmp_path):
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(VaepipeError, match="corrupt"):
         load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(VaepipeError, match="corrupt"):
+        checkpoint_config(tmp_path / "cut.pt")
     torch.save({"config": {"latent_dim": 16, "width": 8}, "state_dict": model.state_dict()}, tmp_path / "lie.pt")
     with pytest.raises(VaepipeError, match="does not match"):
         load_checkpoint(tmp_path / "lie.pt")
+    # The config alone reads as a VAE; that its weights are another's shows when they are loaded.
+    assert checkpoint_config(tmp_path / "lie.pt").latent_dim == 16
+    torch.save({"config": {"channels": 2}, "state_dict": model.state_dict()}, tmp_path / "two.pt")
+    for load in (load_checkpoint, checkpoint_config):
+        with pytest.raises(VaepipeError, match="does not match.*channels must be 1 or 3"):
+            load(tmp_path / "two.pt")
