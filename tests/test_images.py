@@ -7,10 +7,11 @@ import pytest
 from PIL import Image
 
 from conftest import write_mixed
-from vaepipe.images import ImageError, ImageSpec, load_array, open_image
+from vaepipe.images import ImageError, ImageSpec, load_array, open_image, to_array
 
 GREY28 = ImageSpec(28, 1, background=0)
 RGB32 = ImageSpec(32, 3, background=0)
+RGB64 = ImageSpec(64, 3, background=0)
 
 
 @pytest.fixture
@@ -71,6 +72,18 @@ def test_exif_orientation_is_applied(tmp_path):
     Image.fromarray(stored, "L").save(p, exif=exif, quality=95)
     arr = load_array(p, ImageSpec(40, 1))[0].astype(int)
     assert arr[:20].mean() > 200 and arr[20:].mean() < 50
+
+
+def test_jpegs_decode_at_the_smallest_scale_that_covers_the_letterboxed_size(tmp_path):
+    rng = np.random.default_rng(3)
+    base = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), "RGB")  # smooth, like a photo at 64 px
+    for (w, h), drafted in {(640, 480): (80, 60), (480, 640): (60, 80), (512, 512): (64, 64), (640, 200): (80, 25)}.items():
+        path = tmp_path / f"{w}x{h}.jpg"
+        base.resize((w, h), Image.Resampling.BICUBIC).save(path, quality=90)
+        assert open_image(path, 64_000_000, draft_size=64).size == drafted  # 1/8: still covers 64 on the longer side
+        assert open_image(path, 64_000_000, draft_size=96).size == (w // 4, h // 4)  # 1/8 would not
+        full = to_array(open_image(path, 64_000_000), RGB64).astype(int)
+        assert np.abs(to_array(open_image(path, 64_000_000, draft_size=64), RGB64) - full).mean() < 3
 
 
 def test_pixel_limit_rejects_before_decoding(tmp_path):

@@ -6,6 +6,7 @@ or `load_array` so an image means the same thing everywhere.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 import zlib
@@ -39,7 +40,11 @@ class ImageError(Exception):
 
 
 def open_image(path: str | Path, max_pixels: int, draft_size: int | None = None) -> Image.Image:
-    """Open and fully decode the first frame, upright (EXIF orientation applied)."""
+    """Open and fully decode the first frame, upright (EXIF orientation applied).
+
+    draft_size: the longer side the image will be scaled to; a JPEG may then decode at a reduced scale that still
+    covers it, so the result can be smaller than the file's own size.
+    """
     try:
         with warnings.catch_warnings():
             # Size is checked below; PIL's other warnings (odd EXIF, palette transparency) say nothing a user can act on.
@@ -53,8 +58,11 @@ def open_image(path: str | Path, max_pixels: int, draft_size: int | None = None)
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             if draft_size and img.format == "JPEG":
-                # JPEG can decode at 1/2, 1/4, 1/8 scale: far cheaper when the model wants 28 or 64 px.
-                img.draft(img.mode, (draft_size, draft_size))
+                # JPEG can decode at 1/2, 1/4, 1/8 scale: far cheaper when the model wants 28 or 64 px. The scale
+                # only has to cover the letterboxed size (64x48 for a 4:3 photo), not the square: 640x480 photos
+                # decode at 80x60 rather than 160x120, ~15% faster (BENCHMARKS.md, throughput).
+                fit = draft_size / max(w, h)
+                img.draft(img.mode, (max(1, math.ceil(w * fit)), max(1, math.ceil(h * fit))))
             img.load()
             ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of the (usual) unrotated image
             return img
