@@ -15,12 +15,12 @@ import pytest
 from conftest import SERIAL, write_fmnist
 from hostile import write_hostile
 from vaepipe.config import IngestConfig
-from vaepipe.embed import embed
+from vaepipe.embed import content_keys, embed, embedded_contents
 from vaepipe.index import build_index, load_vectors
 from vaepipe.ingest import ingest, inspect_file, scan
 from vaepipe.model import VAE, VAEConfig, save_checkpoint
 from vaepipe.query import query_folder
-from vaepipe.store import VaepipeError
+from vaepipe.store import VaepipeError, checked_row_groups, embedding_schema
 
 
 def vaepipe(*args, env=None):
@@ -174,6 +174,25 @@ def test_damaged_embedding_part_is_set_aside_and_rebuilt(built_copy, fmnist_dir)
     ids_after, vectors_after = load_vectors(emb_dir, built_copy.manifest)
     assert ids_after.equals(ids_before) and abs(vectors_after - vectors_before).max() < 1e-4
     build_index(emb_dir, built_copy.manifest, built_copy.index_dir(mid), mid)
+
+
+def test_a_part_of_another_shape_is_set_aside_before_any_of_its_rows_counts(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+
+    def part(dim: int, shas: list[str]) -> pa.Table:
+        vectors = pa.array(np.zeros(len(shas) * dim, np.float32))
+        return pa.table({"path": [f"{s}.png" for s in shas], "sha256": shas, "model_id": ["m"] * len(shas),
+                         "embedding": pa.FixedSizeListArray.from_arrays(vectors, dim)}, schema=embedding_schema(dim))
+
+    shas = [f"{i:032x}" * 2 for i in range(4)]
+    pq.write_table(part(8, shas[:2]), tmp_path / "part-00000.parquet")
+    pq.write_table(part(16, shas[2:]), tmp_path / "part-00001.parquet")  # another model's width
+    with pytest.raises(ValueError, match="not the expected"):
+        list(checked_row_groups(tmp_path / "part-00001.parquet", embedding_schema(8)))
+    done, quarantined = embedded_contents(tmp_path, 8)
+    assert quarantined == [tmp_path / "_damaged" / "part-00001.parquet"]
+    assert done.has(content_keys(pa.array(shas))).tolist() == [True, True, False, False]
 
 
 def test_damaged_manifest_and_collection_file_are_reported(built_copy, fmnist_dir, caplog):

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from vaepipe.config import IngestConfig
 from vaepipe.images import IMAGE_SUFFIXES, ImageError, open_image
 from vaepipe.progress import Progress
-from vaepipe.store import MANIFEST_SCHEMA, VaepipeError, atomic_path, next_number, row_groups, sha256_file, write_parquet
+from vaepipe.store import MANIFEST_SCHEMA, VaepipeError, atomic_path, checked_row_groups, next_number, sha256_file, write_parquet
 
 log = logging.getLogger("vaepipe")
 
@@ -247,10 +247,7 @@ def _dataset(paths: list[Path]) -> ds.Dataset | None:
         if not path.exists():
             continue
         try:
-            schema = pq.read_schema(path)
-            if not schema.remove_metadata().equals(MANIFEST_SCHEMA.remove_metadata()):
-                raise ValueError(f"columns {schema.names} are not a manifest's")
-            for _ in row_groups(path):  # decodes every page: a damaged one shows now, not halfway through
+            for _ in checked_row_groups(path, MANIFEST_SCHEMA):  # a damaged page shows now, not halfway through
                 pass
             good.append(str(path))
         except (OSError, ValueError, pa.ArrowException) as e:

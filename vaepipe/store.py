@@ -196,6 +196,16 @@ def row_groups(path: Path, columns: list[str] | None = None) -> Iterator[pa.Tabl
             yield f.read_row_group(i, columns=columns)
 
 
+def checked_row_groups(path: Path, schema: pa.Schema) -> Iterator[pa.Table]:
+    """Every row group of a Parquet file that must have `schema`, every column decoded, so that damage anywhere in
+    the file shows before its rows are trusted: ValueError for other columns, OSError or an ArrowException for a
+    damaged file. Schema metadata is not compared."""
+    found = pq.read_schema(path)
+    if not found.equals(schema):
+        raise ValueError(f"columns {found.names} ({found.types}) are not the expected {schema.names} ({schema.types})")
+    yield from row_groups(path)
+
+
 def write_json(obj: Any, path: Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
