@@ -245,7 +245,7 @@ class ImageFiles(Dataset):
     """
 
     def __init__(self, paths: Sequence[str | Path], spec: ImageSpec, max_pixels: int = 64_000_000,
-                 then: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 then: Callable[[torch.Tensor], np.ndarray] | None = None):
         self.paths = paths
         self.spec = spec
         self.max_pixels = max_pixels
@@ -254,10 +254,10 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[int], list[str]]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | np.ndarray, list[int], list[str]]:
         return self.__getitems__([i])
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, list[int], list[str]]:
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor | np.ndarray, list[int], list[str]]:
         batch, errors = load_batch([self.paths[i] for i in indices], self.spec, self.max_pixels)
         pixels = torch.from_numpy(batch)
         return (self.then(pixels) if self.then else pixels), list(indices), errors
@@ -265,12 +265,12 @@ class ImageFiles(Dataset):
 
 def iter_image_batches(
     paths: Sequence[str | Path], spec: ImageSpec, batch_size: int, workers: int, max_pixels: int = 64_000_000,
-    then: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> Iterator[tuple[torch.Tensor, list[int], list[str]]]:
+    then: Callable[[torch.Tensor], np.ndarray] | None = None,
+) -> Iterator[tuple[torch.Tensor | np.ndarray, list[int], list[str]]]:
     """Yield (uint8 images, positions in `paths`, error per image or '') in order, decoded by `workers` processes.
 
     A failed image's slot in the batch is zeros; its error says why. `then`, if given, maps each uint8 batch in
-    the worker that decoded it, and its result is yielded instead of the images.
+    the worker that decoded it to an array, which is yielded instead of the images.
     """
     loader = DataLoader(
         ImageFiles(paths, spec, max_pixels, then),
@@ -282,7 +282,7 @@ def iter_image_batches(
     yield from loader
 
 
-def _as_is(batch: tuple[torch.Tensor, list[int], list[str]]) -> tuple[torch.Tensor, list[int], list[str]]:
+def _as_is(batch: tuple[torch.Tensor | np.ndarray, list[int], list[str]]) -> tuple[torch.Tensor | np.ndarray, list[int], list[str]]:
     return batch  # ImageFiles.__getitems__ already made the batch
 
 
