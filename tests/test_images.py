@@ -86,6 +86,38 @@ def test_jpegs_decode_at_the_smallest_scale_that_covers_the_letterboxed_size(tmp
         assert np.abs(to_array(open_image(path, 64_000_000, draft_size=64), RGB64) - full).mean() < 3
 
 
+def test_inspecting_a_jpeg_reports_its_upright_size_and_mode_and_fails_like_a_full_decode(tmp_path, mixed):
+    from vaepipe.images import inspect_image
+
+    rng = np.random.default_rng(4)
+    photo = Image.fromarray(rng.integers(0, 256, (480, 641, 3), dtype=np.uint8), "RGB")
+    turned = Image.Exif()
+    turned[0x0112] = 6  # rotate: 641x480 stored, 480x641 upright
+    cases = {"plain.jpg": {}, "turned.jpg": {"exif": turned}, "progressive.jpg": {"progressive": True}}
+    for name, options in cases.items():
+        photo.save(tmp_path / name, quality=90, **options)
+    photo.convert("L").save(tmp_path / "grey.jpg")
+    for path in [tmp_path / name for name in [*cases, "grey.jpg"]] + [mixed["cmyk"], mixed["jpeg"], mixed["png_rgb"]]:
+        full = open_image(path, 64_000_000)
+        assert inspect_image(path, 64_000_000) == (*full.size, full.mode), path.name
+    assert inspect_image(tmp_path / "turned.jpg", 64_000_000)[:2] == (480, 641)
+    data = (tmp_path / "plain.jpg").read_bytes()
+    damage = {"cut.jpg": data[:len(data) // 2], "zeros.jpg": data[:len(data) // 2] + bytes(200) + data[-2000:],
+              "no_scan.jpg": data[:600]}
+
+    def outcome(read, path) -> str:
+        try:
+            read(path, 64_000_000)
+            return "read"
+        except ImageError as e:
+            return str(e)
+
+    for name, damaged in damage.items():
+        (tmp_path / name).write_bytes(damaged)
+        assert outcome(inspect_image, tmp_path / name) == outcome(open_image, tmp_path / name), name
+    assert outcome(inspect_image, tmp_path / "cut.jpg").startswith("corrupt or truncated image")
+
+
 def test_pixel_limit_rejects_before_decoding(tmp_path):
     p = tmp_path / "big.png"
     Image.new("L", (2000, 2000)).save(p)

@@ -23,7 +23,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from vaepipe.config import IngestConfig
-from vaepipe.images import IMAGE_SUFFIXES, ImageError, open_image
+from vaepipe.images import IMAGE_SUFFIXES, ImageError, inspect_image
 from vaepipe.progress import Progress
 from vaepipe.store import MANIFEST_SCHEMA, VaepipeError, atomic_path, checked_row_groups, next_number, sha256_file, write_parquet
 
@@ -109,7 +109,7 @@ def relative_name(root: Path, path: Path) -> str:
 
 
 def inspect_file(root: Path, path: Path, config: IngestConfig) -> dict:
-    """One manifest row: hash and fully decode the file; any failure becomes status=error with the reason."""
+    """One manifest row: hash and decode the whole file (`inspect_image`); any failure becomes status=error with the reason."""
     row = {"path": relative_name(root, path), "bytes": None, "mtime": None, "sha256": None,
            "width": None, "height": None, "mode": None, "status": "error", "error": None}
     try:
@@ -129,9 +129,7 @@ def inspect_file(root: Path, path: Path, config: IngestConfig) -> dict:
         if st.st_size == 0:
             raise ImageError("empty file: 0 bytes")
         row["sha256"] = sha256_file(path)
-        img = open_image(path, config.max_pixels)
-        row["width"], row["height"] = img.size
-        row["mode"] = img.mode
+        row["width"], row["height"], row["mode"] = inspect_image(path, config.max_pixels)
         row["status"] = "ok"
     except ImageError as e:
         row["error"] = str(e)
