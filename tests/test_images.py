@@ -118,6 +118,34 @@ def test_inspecting_a_jpeg_reports_its_upright_size_and_mode_and_fails_like_a_fu
     assert outcome(inspect_image, tmp_path / "cut.jpg").startswith("corrupt or truncated image")
 
 
+def test_inspecting_a_png_reports_what_a_full_decode_reports(tmp_path):
+    from vaepipe.images import _plain_png, inspect_image
+
+    variants = {name: path for name, (path, _) in _png_variants(tmp_path / "png").items()}
+    big = tmp_path / "png" / "rgb_300x200.png"  # longer than the first 4 KB read
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (200, 300, 3), dtype=np.uint8), "RGB").save(big)
+    variants["rgb_300x200"] = big
+    turned = Image.Exif()
+    turned[0x0112] = 6
+    variants["grey_30x20_turned"] = tmp_path / "png" / "grey_30x20_turned.png"
+    Image.new("L", (30, 20), 99).save(variants["grey_30x20_turned"], exif=turned)
+    for name, path in variants.items():
+        try:
+            full = open_image(path, 64_000_000)
+            expected = (*full.size, full.mode)
+        except ImageError as e:
+            with pytest.raises(ImageError) as err:
+                inspect_image(path, 64_000_000)
+            assert str(err.value) == str(e), name
+            continue
+        assert inspect_image(path, 64_000_000) == expected, name
+    for name in ("grey", "grey_text_chunk", "grey_wrong_size", "rgb_for_a_grey_model", "rgb_300x200", "grey_idat_cut_short"):
+        assert _plain_png(variants[name], lambda *size: True) is not None, name  # the fast path was tried
+    assert inspect_image(variants["grey_30x20_turned"], 64_000_000) == (20, 30, "L")  # upright, through PIL
+    with pytest.raises(ImageError, match="pixel limit"):
+        inspect_image(big, max_pixels=300 * 200 - 1)
+
+
 def test_pixel_limit_rejects_before_decoding(tmp_path):
     p = tmp_path / "big.png"
     Image.new("L", (2000, 2000)).save(p)
