@@ -63,7 +63,7 @@ def test_a_file_that_vanishes_after_the_scan_is_recorded(tmp_path):
     write_fmnist(tmp_path / "imgs", n=3)
     files = scan(tmp_path / "imgs")
     files[0].unlink()
-    row = inspect_file(tmp_path / "imgs", files[0], IngestConfig())
+    row = inspect_file(tmp_path / "imgs", str(files[0]), IngestConfig())
     assert row["status"] == "error" and row["error"].startswith("file vanished")
 
 

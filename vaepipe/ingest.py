@@ -10,10 +10,12 @@ import heapq
 import logging
 import os
 import shutil
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -44,8 +46,9 @@ class IngestResult:
     kept: int = 0
 
 
-def walk(root: Path, include_hidden: bool = False) -> Iterator[Path]:
-    """Every file under root in the order of their relative '/'-separated names, one directory listed at a time.
+def walk(root: Path, include_hidden: bool = False) -> Iterator[str]:
+    """The path of every file under root (as a string: ingest makes no Path of a file it has no use for), in the
+    order of their relative '/'-separated names, one directory listed at a time.
 
     Sorting each directory's entries with a '/' after every sub-directory's name gives the order a sort of all the
     tree's relative names would, without holding the tree: a million files are not a million Paths in memory.
@@ -60,7 +63,7 @@ def walk(root: Path, include_hidden: bool = False) -> Iterator[Path]:
         if entry is None:
             stack.pop()
         elif entry[1] is None:
-            yield Path(entry[0])
+            yield entry[0]
         elif entry[1]:
             stack.append(_listing(entry[0], include_hidden))
 
@@ -100,32 +103,37 @@ def _listing(directory: str, include_hidden: bool) -> Iterator[tuple[str, bool |
 
 def scan(root: Path, include_hidden: bool = False) -> list[Path]:
     """Every file under root, in walk order (for small folders such as a query folder; ingest streams walk())."""
-    return list(walk(root, include_hidden))
+    return [Path(p) for p in walk(root, include_hidden)]
 
 
-def relative_name(root: Path, path: Path) -> str:
-    """The manifest's name for a file: relative, '/'-separated; bytes that are not UTF-8 shown as \\xNN."""
-    return os.fsencode(path.relative_to(root).as_posix()).decode("utf-8", "backslashreplace")
+def relative_name(root: Path, path: str) -> str:
+    """The manifest's name for a file that `walk(root)` yielded: relative, '/'-separated; bytes that are not UTF-8
+    shown as \\xNN."""
+    return os.fsencode(path[len(os.path.join(root, "")):]).decode("utf-8", "backslashreplace")
 
 
-def inspect_file(root: Path, path: Path, config: IngestConfig) -> dict:
-    """One manifest row: hash and decode the whole file (`inspect_image`); any failure becomes status=error with the reason."""
+def inspect_file(root: Path, path: str, config: IngestConfig) -> dict:
+    """One manifest row for a file that `walk(root)` yielded: hash and decode the whole file (`inspect_image`); any
+    failure becomes status=error with the reason."""
     row = {"path": relative_name(root, path), "bytes": None, "mtime": None, "sha256": None,
            "width": None, "height": None, "mode": None, "status": "error", "error": None}
     try:
-        if os.fsencode(path.name).decode("utf-8", "replace") != path.name:
+        name = os.path.basename(path)
+        if os.fsencode(name).decode("utf-8", "replace") != name:
             # Arrow strings must be UTF-8; a lossy name could not be opened again from the manifest.
             raise ImageError("file name not valid UTF-8: rename the file to index it")
-        if path.is_symlink():
-            target = path.resolve()
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            target = Path(path).resolve()
             if not target.exists():
                 raise ImageError("broken symlink: its target does not exist")
             if not config.follow_symlinks_outside and not target.is_relative_to(Path(root).resolve()):
                 raise ImageError("symlink outside the collection root: not followed (see follow_symlinks_outside)")
-        st = path.stat()
+            st = os.stat(path)
         row["bytes"], row["mtime"] = st.st_size, st.st_mtime
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ImageError(f"not an image: file type {path.suffix or '(no suffix)'} is not read")
+        suffix = os.path.splitext(name)[1]
+        if suffix.lower() not in IMAGE_SUFFIXES:
+            raise ImageError(f"not an image: file type {suffix if len(suffix) > 1 else '(no suffix)'} is not read")
         if st.st_size == 0:
             raise ImageError("empty file: 0 bytes")
         row["sha256"] = sha256_file(path)
@@ -263,13 +271,13 @@ class _Known:
         self.bytes = table["bytes"].to_numpy(zero_copy_only=False)
         self.mtime = table["mtime"].to_numpy(zero_copy_only=False)
 
-    def unchanged_row(self, name: str, path: Path) -> int | None:
+    def unchanged_row(self, name: str, path: str) -> int | None:
         """The row to reuse for this file: it was usable and has the same size and mtime now."""
         i = self.row.get(name)
         if i is None or not self.ok[i]:
             return None
         try:
-            st = path.stat()
+            st = os.stat(path)
         except OSError:
             return None
         return i if st.st_size == self.bytes[i] and st.st_mtime == self.mtime[i] else None
@@ -283,12 +291,12 @@ def _in_order(reused: pa.Table, new_rows: list[dict], names: list[str]) -> pa.Ta
     return table.take(pa.array(order, pa.int64()))
 
 
-def _inspect_all(root: Path, paths: list[Path], config: IngestConfig, pool: ProcessPoolExecutor | None) -> Iterator[dict]:
+def _inspect_all(root: Path, paths: list[str], config: IngestConfig, pool: ProcessPoolExecutor | None) -> Iterator[dict]:
+    inspect = partial(inspect_file, root, config=config)  # root and config go to a worker once a chunk, not once a file
     if pool is not None and len(paths) > 256:
-        yield from pool.map(inspect_file, [root] * len(paths), paths, [config] * len(paths), chunksize=64)
+        yield from pool.map(inspect, paths, chunksize=64)
     else:
-        for path in paths:
-            yield inspect_file(root, path, config)
+        yield from map(inspect, paths)
 
 
 def _changes(before: pa.Table, after: pa.Table) -> Counter:
