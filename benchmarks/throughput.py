@@ -6,7 +6,9 @@ For each kind of folder (a: 28x28 grey PNGs from Fashion-MNIST; b: 640x480 colou
 upscaling Fashion-MNIST images and tinting them) and each size, every measurement runs in its own
 process (clean peak memory) on the same files:
 
-  pipeline     vaepipe.embed.embed (2 DataLoader workers that decode and encode, batches of 256) -> Parquet parts
+  pipeline     vaepipe.ingest.ingest (walk, hash and check every file -> manifest), then vaepipe.embed.embed
+               (2 DataLoader workers that decode and encode, batches of 256) -> Parquet parts; timed apart, so the
+               table has the embedding stage alone and the whole way from folder to embeddings
   decode floor the same DataLoader (same files, same processes) without the model
   model floor  the encoder alone on uint8 tensors already in memory
   naive peer   a notebook loop: PIL open -> convert -> resize -> stack 256 -> encoder, one process
@@ -125,6 +127,7 @@ def measure(what: str, kind: str, n: int) -> dict:
            "peak_rss_mb": round(self_mb + child_mb), "peak_self_mb": round(self_mb), "peak_child_mb": round(child_mb)}
     if what == "pipeline":
         out["ingest_seconds"] = round(t_ingest, 2)
+        out["folder_images_per_s"] = round(n / (t_ingest + seconds), 1)  # ingest + embed
     return out
 
 
@@ -151,23 +154,37 @@ def main() -> None:
                     row = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
                     runs.setdefault(what, []).append(row)
                     print(row, flush=True)
-            for what, measured in runs.items():  # the median run by images/s, with every run's rate kept
+            for what, measured in runs.items():  # the median run by images/s, with every run's figures kept
                 median = sorted(measured, key=lambda r: r["images_per_s"])[len(measured) // 2]
-                rows.append({**median, "runs_images_per_s": [r["images_per_s"] for r in measured]})
-    lines = ["| folder | images | pipeline img/s | decode floor | model floor | naive peer | pipeline / naive | pipeline / slower floor | pipeline peak RSS MB (process + largest child) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                rows.append({**median, **{f"runs_{key}": [r[key] for r in measured]
+                                          for key in ("images_per_s", "ingest_seconds", "folder_images_per_s") if key in median}})
+    lines = ["| folder | images | ingest s | embed img/s | folder -> embeddings img/s | decode floor | model floor | naive peer "
+             "| folder -> embeddings / naive | embed / naive | embed / slower floor | pipeline peak RSS MB (process + largest child) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
     for kind in args.kinds:
         for n in args.sizes:
             r = {x["what"]: x for x in rows if x["kind"] == kind and (x["n"] == n or x["what"] == "model floor" and abs(x["n"] - n) < 20_000)}
+            p, naive = r["pipeline"], r["naive peer"]["images_per_s"]
             floor = min(r["decode floor"]["images_per_s"], r["model floor"]["images_per_s"])
-            lines.append(f"| {'28x28 PNG' if kind == 'png' else '640x480 JPEG'} | {n:,} | {r['pipeline']['images_per_s']:,.0f} | "
-                         f"{r['decode floor']['images_per_s']:,.0f} | {r['model floor']['images_per_s']:,.0f} | "
-                         f"{r['naive peer']['images_per_s']:,.0f} | {r['pipeline']['images_per_s'] / r['naive peer']['images_per_s']:.2f}x | "
-                         f"{r['pipeline']['images_per_s'] / floor:.0%} | {r['pipeline']['peak_rss_mb']:,} ({r['pipeline']['peak_self_mb']:,} + {r['pipeline']['peak_child_mb']:,}) |")
+            folder = _median(p["runs_folder_images_per_s"])
+            name = "28x28 PNG" if kind == "png" else "640x480 JPEG"
+            lines.append(f"| {name} | {n:,} | {_median(p['runs_ingest_seconds']):.2f} | {p['images_per_s']:,.0f} | {folder:,.0f} | "
+                         f"{r['decode floor']['images_per_s']:,.0f} | {r['model floor']['images_per_s']:,.0f} | {naive:,.0f} | "
+                         f"{folder / naive:.2f}x | {p['images_per_s'] / naive:.2f}x | {p['images_per_s'] / floor:.0%} | "
+                         f"{p['peak_rss_mb']:,} ({p['peak_self_mb']:,} + {p['peak_child_mb']:,}) |")
+            rounds = zip(p["runs_folder_images_per_s"], p["runs_images_per_s"], r["naive peer"]["runs_images_per_s"])
+            notes.append(f"{name}, {n:,}: " + " / ".join(f"{f / v:.2f}x ({e / v:.2f}x)" for f, e, v in rounds))
+    lines += ["", "Each round against the naive peer of the same round, folder -> embeddings (embed stage alone):", ""]
+    lines += [f"* {note}" for note in notes]
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores; "
               f"command: `python benchmarks/throughput.py --sizes {' '.join(map(str, args.sizes))} --kinds {' '.join(args.kinds)} --repeats {args.repeats}`"
               f"; each figure the median of {args.repeats} runs")
     save_results("throughput-" + "-".join(args.kinds), header, lines, {"rows": rows})
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 if __name__ == "__main__":
