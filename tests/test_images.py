@@ -125,6 +125,8 @@ def test_inspecting_a_png_reports_what_a_full_decode_reports(tmp_path):
     big = tmp_path / "png" / "rgb_300x200.png"  # longer than the first 4 KB read
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (200, 300, 3), dtype=np.uint8), "RGB").save(big)
     variants["rgb_300x200"] = big
+    variants["grey_1200x1000"] = tmp_path / "png" / "grey_1200x1000.png"  # above the size the probe takes
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (1000, 1200), dtype=np.uint8), "L").save(variants["grey_1200x1000"])
     turned = Image.Exif()
     turned[0x0112] = 6
     variants["grey_30x20_turned"] = tmp_path / "png" / "grey_30x20_turned.png"

@@ -57,7 +57,9 @@ def inspect_image(path: str | Path, max_pixels: int) -> tuple[int, int, str]:
     fails as at full size, for a fraction of the work (the scale only spares the inverse DCT and the pixels; a
     640x480 photo ~0.5 ms against ~3.5 ms, BENCHMARKS.md).
     """
-    png = _plain_png(path, lambda width, height, colour: width * height <= max_pixels)
+    # Only small PNGs: the probe holds a whole file and its IDAT stream in memory, where PIL streams a large one,
+    # whose decoding costs far more than the ~40 us the probe saves.
+    png = _plain_png(path, lambda width, height, colour: width * height <= min(max_pixels, _PROBED_PNG_PIXELS))
     if png is not None:
         width, height, colour, idat = png
         mode = _PNG_MODES[colour]
@@ -213,6 +215,7 @@ class _Strip:
 
 
 _PNG_MODES = {0: "L", 2: "RGB"}  # PNG colour types whose 8-bit samples are PIL's pixels as they stand
+_PROBED_PNG_PIXELS = 1 << 20  # inspect_image decodes PNGs up to this size through `_plain_png`
 
 
 def _plain_png(path: str | Path, fits: Callable[[int, int, int], bool]) -> tuple[int, int, int, bytes] | None:
