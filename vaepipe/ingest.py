@@ -109,8 +109,7 @@ def scan(root: Path, include_hidden: bool = False) -> list[Path]:
 def relative_name(root: Path, path: str) -> str:
     """The manifest's name for a file that `walk(root)` yielded: relative, '/'-separated; bytes that are not UTF-8
     shown as \\xNN."""
-    cut = len(str(root).rstrip("/")) + 1  # walk joins root and name with one '/' (root "/" too); os.path.join costs 3x
-    return os.fsencode(path[cut:]).decode("utf-8", "backslashreplace")
+    return os.fsencode(path[len(os.path.join(root, "")):]).decode("utf-8", "backslashreplace")
 
 
 def inspect_file(root: Path, path: str, config: IngestConfig) -> dict:
