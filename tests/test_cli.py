@@ -94,6 +94,21 @@ def test_without_a_prefect_server_the_cli_starts_a_temporary_one_records_the_run
     assert not _temporary_servers(home)  # and the server is gone with the command
 
 
+def test_a_first_run_waits_long_enough_for_the_temporary_server_to_create_its_database():
+    # With a new PREFECT_HOME the server runs every migration first (7-20 s here): Prefect's own 20 s wait failed a
+    # CI run. Importing flows raises the wait unless the user chose one.
+    code = ("import flows; from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s; "
+            "print(s.value())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_EPHEMERAL")}
+    waits = []
+    for chosen in (None, "45"):
+        run_env = env if chosen is None else {**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": chosen}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        waits.append(float(out.stdout.split()[-1]))
+    assert waits == [120, 45]
+
+
 def _temporary_servers(home: Path) -> list[bytes]:
     """Command lines of the Prefect API servers running with this PREFECT_HOME."""
     found = []
