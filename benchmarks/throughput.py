@@ -7,11 +7,15 @@ upscaling Fashion-MNIST images and tinting them) and each size, every measuremen
 process (clean peak memory) on the same files:
 
   pipeline     vaepipe.ingest.ingest (walk, hash and check every file -> manifest), then vaepipe.embed.embed
-               (2 DataLoader workers that decode and encode, batches of 256) -> Parquet parts; timed apart, so the
-               table has the embedding stage alone and the whole way from folder to embeddings
+               (--workers DataLoader workers that decode, and on CPU also encode, batches of 256) -> Parquet parts;
+               timed apart, so the table has the embedding stage alone and the whole way from folder to embeddings
   decode floor the same DataLoader (same files, same processes) without the model
-  model floor  the encoder alone on uint8 tensors already in memory
+  model floor  the encoder alone on uint8 tensors already in the memory of the device it runs on
   naive peer   a notebook loop: PIL open -> convert -> resize -> stack 256 -> encoder, one process
+
+--workers defaults to the product's default, one per usable core. The encoder runs where the product runs it:
+on the GPU when torch sees one (every measurement starts CUDA before its clock, as a command does once), else
+on the CPU.
 
 The model is the product's default VAE for that input (28 px grey, 64 px colour), untrained: throughput
 does not depend on the weights. Results go to benchmarks/results/throughput-<kinds>.json and .md.
@@ -32,6 +36,8 @@ import time
 from pathlib import Path
 
 from results_io import save_results  # benchmarks/ is on sys.path when a script runs
+
+from vaepipe.config import usable_cores
 
 DATA = Path(os.environ.get("VAEPIPE_BENCH_DATA", "/tmp/vaepipe-bench"))
 
@@ -64,7 +70,7 @@ def make_folder(kind: str, n: int) -> Path:
     return folder
 
 
-def measure(what: str, kind: str, n: int) -> dict:
+def measure(what: str, kind: str, n: int, workers: int) -> dict:
     """Run one measurement in this process (called in a child): returns images/s and peak RSS."""
     import numpy as np
     import torch
@@ -73,7 +79,7 @@ def measure(what: str, kind: str, n: int) -> dict:
     from vaepipe.embed import embed
     from vaepipe.images import ImageSpec, iter_image_batches, to_float
     from vaepipe.ingest import ingest
-    from vaepipe.model import VAE, VAEConfig, folded, save_checkpoint
+    from vaepipe.model import VAE, VAEConfig, default_device, folded, save_checkpoint
 
     folder = make_folder(kind, n)
     t = TrainConfig()  # the product's default network for this input
@@ -82,23 +88,26 @@ def measure(what: str, kind: str, n: int) -> dict:
                     batch_norm=t.use_batch_norm(size))
     spec: ImageSpec = cfg.spec
     model = VAE(cfg).eval()  # untrained: throughput does not depend on the weights
-    fast = folded(model)  # the floors and the naive peer get the encoder the pipeline uses, batch norm folded
+    device = default_device()  # where the pipeline's embedding stage runs the encoder
+    fast = folded(model).to(device)  # the floors and the naive peer get the encoder the pipeline uses, batch norm folded
+    if device.type == "cuda":
+        torch.zeros(1, device=device)  # CUDA's start (~1 s) is a once-per-command cost, like the imports: not timed
     # The pipeline walks the folder itself: a list of 100,000 Paths here would count in its peak memory.
     paths = [] if what == "pipeline" else sorted(folder.rglob("*.png" if kind == "png" else "*.jpg"))
     work = Path(tempfile.mkdtemp(prefix="vaepipe-tp-"))
     t0 = time.monotonic()
     if what == "pipeline":
         manifest = work / "manifest.parquet"
-        ingest(folder, manifest, IngestConfig(workers=2))
+        ingest(folder, manifest, IngestConfig(workers=workers))
         t_ingest = time.monotonic() - t0
         save_checkpoint(model, work / "model" / "model.pt")
         t0 = time.monotonic()
-        embed(folder, manifest, work / "model", work / "emb", EmbedConfig(batch_size=256, workers=2))
+        embed(folder, manifest, work / "model", work / "emb", EmbedConfig(batch_size=256, workers=workers))
     elif what == "decode floor":
-        for _ in iter_image_batches(paths, spec, batch_size=256, workers=2):
+        for _ in iter_image_batches(paths, spec, batch_size=256, workers=workers):
             pass
     elif what == "model floor":
-        x = torch.randint(0, 256, (min(n, 20_000), spec.channels, spec.size, spec.size), dtype=torch.uint8)
+        x = torch.randint(0, 256, (min(n, 20_000), spec.channels, spec.size, spec.size), dtype=torch.uint8, device=device)
         with torch.no_grad():
             for _ in range(max(1, n // len(x))):
                 for b in x.split(256):
@@ -113,10 +122,12 @@ def measure(what: str, kind: str, n: int) -> dict:
                 arr = np.asarray(img, dtype=np.float32) / 255.0
                 batch.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
                 if len(batch) == 256:
-                    fast.encode(torch.from_numpy(np.stack(batch)))
+                    fast.encode(torch.from_numpy(np.stack(batch)).to(device))
                     batch = []
             if batch:
-                fast.encode(torch.from_numpy(np.stack(batch)))
+                fast.encode(torch.from_numpy(np.stack(batch)).to(device))
+    if device.type == "cuda":
+        torch.cuda.synchronize()  # the GPU's queued work counts
     seconds = time.monotonic() - t0
     shutil.rmtree(work, ignore_errors=True)  # 100,000 embeddings per run add up
     # Peak of this process plus the largest child (decoding workers): conservative, since a forked child's RSS
@@ -136,11 +147,12 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000])
     ap.add_argument("--kinds", nargs="+", default=["png", "jpeg"], choices=["png", "jpeg"])
     ap.add_argument("--repeats", type=int, default=3, help="rounds of the four measurements; the table shows each one's median")
+    ap.add_argument("--workers", type=int, default=usable_cores(), help="processes that read files (default: one per usable core, %(default)s here)")
     ap.add_argument("--measure", nargs=3, metavar=("WHAT", "KIND", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
         what, kind, n = args.measure
-        print("RESULT " + json.dumps(measure(what, kind, int(n))))
+        print("RESULT " + json.dumps(measure(what, kind, int(n), args.workers)))
         return
     rows = []
     for kind in args.kinds:
@@ -149,7 +161,7 @@ def main() -> None:
             runs: dict[str, list[dict]] = {}
             for _ in range(args.repeats):  # rounds of all four, so a noisy minute hits every measurement alike
                 for what in ("pipeline", "decode floor", "model floor", "naive peer"):
-                    proc = subprocess.run([sys.executable, __file__, "--measure", what, kind, str(n)],
+                    proc = subprocess.run([sys.executable, __file__, "--measure", what, kind, str(n), "--workers", str(args.workers)],
                                           capture_output=True, text=True, check=True)
                     row = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
                     runs.setdefault(what, []).append(row)
@@ -177,10 +189,18 @@ def main() -> None:
             notes.append(f"{name}, {n:,}: " + " / ".join(f"{f / v:.2f}x ({e / v:.2f}x)" for f, e, v in rounds))
     lines += ["", "Each round against the naive peer of the same round, folder -> embeddings (embed stage alone):", ""]
     lines += [f"* {note}" for note in notes]
-    header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores; "
-              f"command: `python benchmarks/throughput.py --sizes {' '.join(map(str, args.sizes))} --kinds {' '.join(args.kinds)} --repeats {args.repeats}`"
-              f"; each figure the median of {args.repeats} runs")
-    save_results("throughput-" + "-".join(args.kinds), header, lines, {"rows": rows})
+    gpu = _gpu_name()
+    header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {usable_cores()} cores"
+              f"{', encoder on ' + gpu if gpu else ''}; command: `python benchmarks/throughput.py --sizes {' '.join(map(str, args.sizes))} "
+              f"--kinds {' '.join(args.kinds)} --repeats {args.repeats} --workers {args.workers}`; each figure the median of {args.repeats} runs")
+    save_results("throughput-" + "-".join(args.kinds) + ("-gpu" if gpu else ""), header, lines, {"rows": rows, "gpu": gpu})
+
+
+def _gpu_name() -> str | None:
+    """The GPU the encoder runs on, or None: asked in a child, so this process never starts CUDA before forking."""
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else '')"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    return out or None
 
 
 def _median(values: list[float]) -> float:
