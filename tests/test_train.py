@@ -1,11 +1,14 @@
 """Training on real images: held-out metrics per epoch, reproducible by seed, artefacts saved."""
 
 import json
+from dataclasses import replace
 
 import pytest
+import torch
 
 from conftest import FAST_TRAIN, write_mixed
 from vaepipe.config import IngestConfig, TrainConfig
+from vaepipe.embed import PosteriorMean
 from vaepipe.ingest import ingest, read_ok
 from vaepipe.model import load_checkpoint, model_id
 from vaepipe.store import VaepipeError, Workdir
@@ -34,6 +37,29 @@ def test_same_seed_same_model(fmnist_dir, built, tmp_path):
     ingest(fmnist_dir, wd.manifest, IngestConfig(workers=1))
     again = train(fmnist_dir, wd.manifest, wd, FAST_TRAIN, workers=0)
     assert again.model_id == json.loads(built.collection.read_text())["model_id"]
+
+
+def test_training_and_encoding_run_cudnn_in_float32_with_deterministic_algorithms(fmnist_dir, tmp_path):
+    """cuDNN's defaults on a GPU (TF32 convolutions, algorithms that add in any order) gave two models from one seed
+    and embeddings ~2e-4 from the CPU's on an H100 (BENCHMARKS.md, On a GPU). A CPU has no cuDNN, so this checks
+    the settings every forward pass of training and of encoding sees, and that they are put back after."""
+    seen = set()
+
+    def record(module, args, output):
+        seen.add((torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark))
+
+    wd = Workdir(tmp_path)
+    ingest(fmnist_dir, wd.manifest, IngestConfig(workers=1))
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        trained = train(fmnist_dir, wd.manifest, wd, replace(FAST_TRAIN, epochs=1), workers=0)
+        assert seen == {(False, True, False)}
+        seen.clear()
+        PosteriorMean(load_checkpoint(trained.model_dir / "model.pt"))(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+        assert seen == {(False, True, False)}
+    finally:
+        handle.remove()
+    assert torch.backends.cudnn.allow_tf32 and not torch.backends.cudnn.deterministic
 
 
 def test_time_budget_stops_training(fmnist_dir, built, tmp_path):

@@ -22,7 +22,7 @@ import torch
 
 from vaepipe.config import EmbedConfig, usable_cores
 from vaepipe.images import iter_image_batches, to_float
-from vaepipe.model import VAE, checkpoint_config, default_device, folded, load_checkpoint
+from vaepipe.model import VAE, checkpoint_config, default_device, exact_cudnn, folded, load_checkpoint
 from vaepipe.progress import Progress
 from vaepipe.store import atomic_path, checked_row_groups, embedding_schema, next_number, row_groups
 
@@ -74,6 +74,7 @@ class PosteriorMean:
         self.device = next(model.parameters()).device
 
     @torch.no_grad()
+    @exact_cudnn()  # a GPU's means equal the CPU's to float rounding, not to TF32's
     def __call__(self, pixels: torch.Tensor) -> np.ndarray:
         return self.model.encode(to_float(pixels.to(self.device)))[0].float().cpu().numpy()
 

@@ -15,9 +15,11 @@ Two likelihoods, named in every report:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -163,6 +165,19 @@ def folded(model: VAE) -> VAE:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextlib.contextmanager
+def exact_cudnn() -> Iterator[None]:
+    """cuDNN's convolutions in full float32 with deterministic algorithms, inside the block (or a decorated call).
+
+    By default, on an Ampere or later GPU, cuDNN rounds a float32 convolution's inputs to TF32 (10 bits of mantissa)
+    and may pick algorithms that add in any order. On an H100 that made embeddings differ from the CPU's by ~2e-4
+    and two trainings with one seed give two different models (BENCHMARKS.md, On a GPU). With this network's size
+    the exact path costs no time that shows. No effect on a CPU.
+    """
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+        yield
 
 
 def model_id(model: VAE) -> str:

@@ -21,7 +21,7 @@ import torch
 from vaepipe.config import TrainConfig
 from vaepipe.images import ImageSpec, is_colour, iter_image_batches, to_float
 from vaepipe.ingest import read_ok
-from vaepipe.model import VAE, VAEConfig, default_device, load_checkpoint, model_id, save_checkpoint
+from vaepipe.model import VAE, VAEConfig, default_device, exact_cudnn, load_checkpoint, model_id, save_checkpoint
 from vaepipe.progress import Progress
 from vaepipe.store import VaepipeError, Workdir, atomic_path, fingerprint, read_json, write_json
 
@@ -81,6 +81,7 @@ def evaluate(model: VAE, images: torch.Tensor, batch_size: int = 512) -> dict[st
     return {**{k: v / n for k, v in sums.items()}, "active_units": active}
 
 
+@exact_cudnn()  # on a GPU too, one seed trains one model
 def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = TrainConfig(),
           workers: int = 2, device: torch.device | None = None) -> TrainResult:
     device = device or default_device()
