@@ -41,8 +41,8 @@ def test_same_seed_same_model(fmnist_dir, built, tmp_path):
 
 def test_training_and_encoding_run_cudnn_in_float32_with_deterministic_algorithms(fmnist_dir, tmp_path):
     """cuDNN's defaults on a GPU (TF32 convolutions, algorithms that add in any order) gave two models from one seed
-    and embeddings ~2e-4 from the CPU's on an H100 (BENCHMARKS.md, On a GPU). A CPU has no cuDNN, so this checks
-    the settings every forward pass of training and of encoding sees, and that they are put back after."""
+    and embeddings ~2e-4 from the CPU's on an H100 (BENCHMARKS.md, "On a GPU machine"). A CPU has no cuDNN, so this
+    checks the settings every forward pass of training and of encoding sees, and that they are put back after."""
     seen = set()
 
     def record(module, args, output):

@@ -172,9 +172,9 @@ def exact_cudnn() -> Iterator[None]:
     """cuDNN's convolutions in full float32 with deterministic algorithms, inside the block (or a decorated call).
 
     By default, on an Ampere or later GPU, cuDNN rounds a float32 convolution's inputs to TF32 (10 bits of mantissa)
-    and may pick algorithms that add in any order. On an H100 that made embeddings differ from the CPU's by ~2e-4
-    and two trainings with one seed give two different models (BENCHMARKS.md, On a GPU). With this network's size
-    the exact path costs no time that shows. No effect on a CPU.
+    and may pick algorithms that add in any order. On an H100 that made embeddings differ from the CPU's by ~2e-4,
+    and two trainings with one seed gave two different models (BENCHMARKS.md, "On a GPU machine"). With this
+    network's size the exact path costs no time that shows. No effect on a CPU.
     """
     with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
         yield
