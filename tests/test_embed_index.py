@@ -250,3 +250,15 @@ def test_workers_default_to_one_per_core_this_process_may_use():
     from vaepipe.config import EmbedConfig, IngestConfig
 
     assert EmbedConfig().workers == IngestConfig().workers == len(os.sched_getaffinity(0))
+
+
+def test_batches_for_a_gpu_grow_for_small_images_while_every_worker_gets_four():
+    from vaepipe.embed import gpu_batch_size
+    from vaepipe.images import ImageSpec
+
+    grey28, colour64 = ImageSpec(28, 1), ImageSpec(64, 3)
+    assert gpu_batch_size(256, colour64, 1_000_000, 16) == 256  # photos: 3 MB a batch already
+    assert gpu_batch_size(256, grey28, 1_000_000, 16) == 1024  # at most 4x the configured batch
+    part = gpu_batch_size(256, grey28, 50_000, 16)
+    assert 256 < part < 1024 and 50_000 // part >= 4 * 16  # grown, but still 4 batches for each of 16 workers
+    assert gpu_batch_size(256, grey28, 10_000, 16) == 256  # never below the configured batch

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from vaepipe.config import EmbedConfig, usable_cores
-from vaepipe.images import iter_image_batches, to_float
+from vaepipe.images import ImageSpec, iter_image_batches, to_float
 from vaepipe.model import VAE, checkpoint_config, default_device, exact_cudnn, folded, load_checkpoint
 from vaepipe.progress import Progress
 from vaepipe.store import atomic_path, checked_row_groups, embedding_schema, next_number, row_groups
@@ -52,12 +52,27 @@ def encode_files(model: VAE, paths: Sequence[str | Path], batch_size: int, worke
     """
     encoder = PosteriorMean(folded(model))
     in_workers = encoder.device.type == "cpu"
+    if not in_workers:
+        batch_size = gpu_batch_size(batch_size, model.config.spec, len(paths), workers)
     with encoder_threads(threads if threads else max(1, usable_cores() - workers)):
         for out, idx, errors in iter_image_batches(paths, model.config.spec, batch_size, workers,
                                                    then=encoder if in_workers else None):
             mu = out if in_workers else encoder(out)
             good = [j for j, e in enumerate(errors) if not e]
             yield [idx[j] for j in good], mu[good], [(idx[j], e) for j, e in enumerate(errors) if e]
+
+
+def gpu_batch_size(batch_size: int, spec: ImageSpec, n: int, workers: int) -> int:
+    """Images per decoded batch when this process encodes on a GPU: for small images up to 4x batch_size (about
+    1 MB of pixels a batch), as long as every worker still gets 4 batches of the n images.
+
+    This process takes in each batch (a shared-memory segment and a passed file descriptor) and launches the
+    encoder's kernels for it, ~2 ms a batch whatever its size. With 16 workers decoding 28 px PNGs for an H100 that
+    was the limit, and batches of 1,024 made the stage 1.4-1.6x faster. Photos (64 px colour, 3 MB a batch of 256)
+    keep batch_size: fewer batches than workers leave cores idle (BENCHMARKS.md, "On a GPU machine").
+    """
+    pixels = spec.channels * spec.size * spec.size
+    return max(batch_size, min(4 * batch_size, (1 << 20) // pixels, n // (4 * max(1, workers))))
 
 
 class PosteriorMean:
