@@ -43,31 +43,45 @@ DATA = Path(os.environ.get("VAEPIPE_BENCH_DATA", "/tmp/vaepipe-bench"))
 
 
 def make_folder(kind: str, n: int) -> Path:
-    """n real images (Fashion-MNIST test split, repeated with a per-copy tint and offset so every file differs)."""
+    """n real images (Fashion-MNIST test split, repeated with a per-copy tint or noise so every file differs),
+    written by one process per core. (Folders made before 2026-11-26 12:00 UTC drew the noise from one random
+    stream; each file now has its own, seeded by its number.)"""
+    from concurrent.futures import ProcessPoolExecutor
+
+    folder = DATA / f"{kind}-{n}"
+    if (folder / ".done").exists():
+        return folder
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_make_image, [(kind, folder, i) for i in range(n)], chunksize=256))
+    (folder / ".done").write_text("ok")
+    return folder
+
+
+def _make_image(job: tuple[str, Path, int]) -> None:
     import numpy as np
     from PIL import Image
 
     from vaepipe.fashion_mnist import load_split
 
-    folder = DATA / f"{kind}-{n}"
-    if (folder / ".done").exists():
-        return folder
-    images, _ = load_split("t10k")
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        sub = folder / f"{i // 1000:04d}"
-        sub.mkdir(parents=True, exist_ok=True)
-        img = images[i % len(images)]
-        if kind == "png":
-            noisy = np.clip(img.astype(int) + rng.integers(-3, 4, img.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(noisy, "L").save(sub / f"{i:06d}.png")
-        else:
-            tint = rng.uniform(0.6, 1.0, 3)
-            rgb = (img[:, :, None] * tint[None, None, :]).astype(np.uint8)
-            Image.fromarray(rgb, "RGB").resize((480, 480), Image.Resampling.BILINEAR).crop((-80, 0, 560, 480)).save(
-                sub / f"{i:06d}.jpg", quality=90)
-    (folder / ".done").write_text("ok")
-    return folder
+    kind, folder, i = job
+    if "t10k" not in _TEST_IMAGES:  # once per process
+        _TEST_IMAGES["t10k"] = load_split("t10k")[0]
+    images = _TEST_IMAGES["t10k"]
+    rng = np.random.default_rng(i)
+    sub = folder / f"{i // 1000:04d}"
+    sub.mkdir(parents=True, exist_ok=True)
+    img = images[i % len(images)]
+    if kind == "png":
+        noisy = np.clip(img.astype(int) + rng.integers(-3, 4, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy, "L").save(sub / f"{i:06d}.png")
+    else:
+        tint = rng.uniform(0.6, 1.0, 3)
+        rgb = (img[:, :, None] * tint[None, None, :]).astype(np.uint8)
+        Image.fromarray(rgb, "RGB").resize((480, 480), Image.Resampling.BILINEAR).crop((-80, 0, 560, 480)).save(
+            sub / f"{i:06d}.jpg", quality=90)
+
+
+_TEST_IMAGES: dict = {}
 
 
 def measure(what: str, kind: str, n: int, workers: int) -> dict:
