@@ -20,24 +20,21 @@ from pathlib import Path
 
 import torch
 from results_io import save_results  # benchmarks/ is on sys.path when a script runs
-from throughput import make_folder
+from throughput import make_folder, model_config
 
 import vaepipe.embed
-from vaepipe.config import EmbedConfig, IngestConfig, TrainConfig, usable_cores
+from vaepipe.config import EmbedConfig, IngestConfig, usable_cores
 from vaepipe.embed import UnderRoot, embed
 from vaepipe.images import iter_image_batches
 from vaepipe.ingest import ingest, read_ok
-from vaepipe.model import VAE, VAEConfig, default_device, save_checkpoint
+from vaepipe.model import VAE, default_device, save_checkpoint
 
 PRODUCT_RULE = vaepipe.embed.gpu_batch_size
 
 
 def run(kind: str, n: int, repeats: int) -> dict[str, list[float]]:
     folder = make_folder(kind, n)
-    t = TrainConfig()
-    size = 28 if kind == "png" else 64
-    cfg = VAEConfig(image_size=size, channels=1 if kind == "png" else 3, latent_dim=t.latent_dim, width=t.width,
-                    batch_norm=t.use_batch_norm(size))
+    cfg = model_config(kind)
     work = Path(tempfile.mkdtemp(prefix="vaepipe-eb-"))
     manifest = work / "manifest.parquet"
     ingest(folder, manifest, IngestConfig())

@@ -24,6 +24,7 @@ does not depend on the weights. Results go to benchmarks/results/throughput-<kin
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -61,12 +62,8 @@ def _make_image(job: tuple[str, Path, int]) -> None:
     import numpy as np
     from PIL import Image
 
-    from vaepipe.fashion_mnist import load_split
-
     kind, folder, i = job
-    if "t10k" not in _TEST_IMAGES:  # once per process
-        _TEST_IMAGES["t10k"] = load_split("t10k")[0]
-    images = _TEST_IMAGES["t10k"]
+    images = _test_images()
     rng = np.random.default_rng(i)
     sub = folder / f"{i // 1000:04d}"
     sub.mkdir(parents=True, exist_ok=True)
@@ -81,7 +78,21 @@ def _make_image(job: tuple[str, Path, int]) -> None:
             sub / f"{i:06d}.jpg", quality=90)
 
 
-_TEST_IMAGES: dict = {}
+@functools.cache  # once per process of the pool
+def _test_images():
+    from vaepipe.fashion_mnist import load_split
+
+    return load_split("t10k")[0]
+
+
+def model_config(kind: str):
+    """The product's default network for this kind of folder: 28 px grey for the PNGs, 64 px colour for the photos."""
+    from vaepipe.config import TrainConfig
+    from vaepipe.model import VAEConfig
+
+    t, size = TrainConfig(), 28 if kind == "png" else 64
+    return VAEConfig(image_size=size, channels=1 if kind == "png" else 3, latent_dim=t.latent_dim, width=t.width,
+                     batch_norm=t.use_batch_norm(size))
 
 
 def measure(what: str, kind: str, n: int, workers: int) -> dict:
@@ -89,17 +100,14 @@ def measure(what: str, kind: str, n: int, workers: int) -> dict:
     import numpy as np
     import torch
 
-    from vaepipe.config import EmbedConfig, IngestConfig, TrainConfig
+    from vaepipe.config import EmbedConfig, IngestConfig
     from vaepipe.embed import embed
     from vaepipe.images import ImageSpec, iter_image_batches, to_float
     from vaepipe.ingest import ingest
-    from vaepipe.model import VAE, VAEConfig, default_device, folded, save_checkpoint
+    from vaepipe.model import VAE, default_device, folded, save_checkpoint
 
     folder = make_folder(kind, n)
-    t = TrainConfig()  # the product's default network for this input
-    size = 28 if kind == "png" else 64
-    cfg = VAEConfig(image_size=size, channels=1 if kind == "png" else 3, latent_dim=t.latent_dim, width=t.width,
-                    batch_norm=t.use_batch_norm(size))
+    cfg = model_config(kind)
     spec: ImageSpec = cfg.spec
     model = VAE(cfg).eval()  # untrained: throughput does not depend on the weights
     device = default_device()  # where the pipeline's embedding stage runs the encoder
