@@ -278,3 +278,39 @@ def test_a_batch_decodes_each_image_as_alone_and_zeroes_the_ones_that_fail(tmp_p
         assert errors[j] == "" and np.array_equal(batch[j], alone), path.name
     assert errors[paths.index(variants["grey_idat_cut_short"][0])]  # rows were written, then zeroed
     assert errors[paths.index(mixed["jpeg"])] == "" and errors[-1] == ""  # the general path, and a repeat
+
+
+def test_inspecting_bytes_already_read_reports_what_inspecting_the_file_reports(tmp_path, mixed):
+    """Ingest hashes a small file and checks the same bytes, read once: the outcome must not depend on that."""
+    from vaepipe.images import inspect_image
+
+    files = [*mixed.values(), *(path for path, _ in _png_variants(tmp_path / "png").values())]
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (480, 640, 3), dtype=np.uint8), "RGB").save(photo)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(photo.read_bytes()[:5000])
+    files += [photo, cut]
+
+    def outcome(*args) -> object:
+        try:
+            return inspect_image(*args)
+        except ImageError as e:
+            return str(e)
+
+    for path in files:
+        assert outcome(path, 64_000_000, path.read_bytes()) == outcome(path, 64_000_000), path.name
+    assert isinstance(outcome(cut, 64_000_000, cut.read_bytes()), str)
+
+
+def test_a_file_is_hashed_and_kept_up_to_the_size_asked_for(tmp_path):
+    import hashlib
+
+    from vaepipe.store import sha256_and_bytes, sha256_file
+
+    path = tmp_path / "f.bin"
+    content = np.random.default_rng(0).integers(0, 256, (3 << 20) + 5, dtype=np.uint8).tobytes()  # several reads
+    path.write_bytes(content)
+    digest = hashlib.sha256(content).hexdigest()
+    assert sha256_and_bytes(path, keep_up_to=len(content)) == (digest, content)
+    assert sha256_and_bytes(path, keep_up_to=len(content) - 1) == (digest, None)
+    assert sha256_file(path) == digest

@@ -6,6 +6,7 @@ or `load_array` so an image means the same thing everywhere.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -48,8 +49,9 @@ def open_image(path: str | Path, max_pixels: int, draft_size: int | None = None)
     return _open(path, max_pixels, draft_size)[0]
 
 
-def inspect_image(path: str | Path, max_pixels: int) -> tuple[int, int, str]:
+def inspect_image(path: str | Path, max_pixels: int, data: bytes | None = None) -> tuple[int, int, str]:
     """(width, height, mode) of a usable image, upright, after decoding all of it; ImageError if it is not usable.
+    data: the file's bytes, if the caller has read them (ingest, which hashes them): the file is not read again.
 
     A plain 8-bit grey or RGB PNG is decoded straight from its IDAT stream (`_plain_png`): a 28 px file ~25 us
     against ~65 through PIL's PNG plugin, and any file that path does not take goes through PIL, so the outcome
@@ -59,17 +61,18 @@ def inspect_image(path: str | Path, max_pixels: int) -> tuple[int, int, str]:
     """
     # Only small PNGs: the probe holds a whole file and its IDAT stream in memory, where PIL streams a large one,
     # whose decoding costs far more than the ~40 us the probe saves.
-    png = _plain_png(path, lambda width, height, colour: width * height <= min(max_pixels, _PROBED_PNG_PIXELS))
+    png = _plain_png(path if data is None else data,
+                     lambda width, height, colour: width * height <= min(max_pixels, _PROBED_PNG_PIXELS))
     if png is not None:
         width, height, colour, idat = png
         mode = _PNG_MODES[colour]
         if _decode_png_stream(idat, mode, Image.new(mode, (width, height)).im, (0, 0, width, height)):
             return width, height, mode
-    img, upright = _open(path, max_pixels, draft_size=1)
+    img, upright = _open(path if data is None else io.BytesIO(data), max_pixels, draft_size=1)
     return upright[0], upright[1], img.mode
 
 
-def _open(path: str | Path, max_pixels: int, draft_size: int | None) -> tuple[Image.Image, tuple[int, int]]:
+def _open(path: str | Path | io.BytesIO, max_pixels: int, draft_size: int | None) -> tuple[Image.Image, tuple[int, int]]:
     """The decoded image (smaller than the file's own size if drafted) and the file's own size, upright."""
     try:
         with warnings.catch_warnings():
@@ -218,28 +221,30 @@ _PNG_MODES = {0: "L", 2: "RGB"}  # PNG colour types whose 8-bit samples are PIL'
 _PROBED_PNG_PIXELS = 1 << 20  # inspect_image decodes PNGs up to this size through `_plain_png`
 
 
-def _plain_png(path: str | Path, fits: Callable[[int, int, int], bool]) -> tuple[int, int, int, bytes] | None:
+def _plain_png(source: str | Path | bytes, fits: Callable[[int, int, int], bool]) -> tuple[int, int, int, bytes] | None:
     """(width, height, colour type, IDAT stream) of a PNG whose samples are PIL's pixels as they stand, else None:
     8-bit grey or RGB, not interlaced, no chunk that changes the pixels, every chunk's checksum right, and
-    fits(width, height, colour type), which is asked before more than the first 4 KB of the file is read."""
-    try:
-        # A file descriptor, not a file object: one read call for a small file and no buffer (~4 us a file against
-        # ~7 through open(); 28 px PNGs decode in ~30 us in all).
-        fd = os.open(path, os.O_RDONLY)
+    fits(width, height, colour type), which is asked before more than the first 4 KB of a file is read.
+    source: a file, or its bytes."""
+    if isinstance(source, bytes):
+        data = source
+    else:
         try:
-            data = os.read(fd, 4096)  # a small PNG whole; the signature and IHDR of anything else
-            if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
-                return None
-            width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-            bit_depth, colour, interlaced = data[24], data[25], data[28]
-            if bit_depth != 8 or colour not in _PNG_MODES or interlaced or not fits(width, height, colour):
-                return None
-            if len(data) == 4096:  # a larger PNG: read the rest
-                data += b"".join(iter(lambda: os.read(fd, 1 << 16), b""))
-        finally:
-            os.close(fd)
-    except OSError:
-        return None  # the general path reports it
+            # A file descriptor, not a file object: one read call for a small file and no buffer (~4 us a file
+            # against ~7 through open(); 28 px PNGs decode in ~30 us in all).
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                data = os.read(fd, 4096)  # a small PNG whole; the signature and IHDR of anything else
+                if len(data) == 4096 and _png_header(data, fits):  # a larger PNG that fits: read the rest
+                    data += b"".join(iter(lambda: os.read(fd, 1 << 16), b""))
+            finally:
+                os.close(fd)
+        except OSError:
+            return None  # the general path reports it
+    header = _png_header(data, fits)
+    if header is None:
+        return None
+    width, height, colour = header
     at, idat = 8, []
     while at + 12 <= len(data):  # the chunk list: a few chunks in a small file
         length, kind = int.from_bytes(data[at:at + 4], "big"), data[at + 4:at + 8]
@@ -254,6 +259,17 @@ def _plain_png(path: str | Path, fits: Callable[[int, int, int], bool]) -> tuple
             return width, height, colour, b"".join(idat)
         at += 12 + length
     return None  # no IEND
+
+
+def _png_header(data: bytes, fits: Callable[[int, int, int], bool]) -> tuple[int, int, int] | None:
+    """(width, height, colour type) from a PNG's first bytes if `_plain_png` can take it, else None."""
+    if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    bit_depth, colour, interlaced = data[24], data[25], data[28]
+    if bit_depth != 8 or colour not in _PNG_MODES or interlaced or not fits(width, height, colour):
+        return None
+    return width, height, colour
 
 
 def _decode_png_stream(idat: bytes, mode: str, into: object, box: tuple[int, int, int, int]) -> bool:

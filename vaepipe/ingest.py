@@ -27,9 +27,13 @@ import pyarrow.parquet as pq
 from vaepipe.config import IngestConfig
 from vaepipe.images import IMAGE_SUFFIXES, ImageError, inspect_image
 from vaepipe.progress import Progress
-from vaepipe.store import MANIFEST_SCHEMA, VaepipeError, atomic_path, checked_row_groups, next_number, sha256_file, write_parquet
+from vaepipe.store import MANIFEST_SCHEMA, VaepipeError, atomic_path, checked_row_groups, next_number, sha256_and_bytes, write_parquet
 
 log = logging.getLogger("vaepipe")
+
+# Files up to this size are read once, hashed and checked from the same bytes: no second open and read, and no
+# chance that a file written meanwhile is hashed as one content and checked as another.
+READ_ONCE_BYTES = 1 << 20
 
 
 @dataclass
@@ -136,8 +140,8 @@ def inspect_file(root: Path, path: str, config: IngestConfig) -> dict:
             raise ImageError(f"not an image: file type {suffix if len(suffix) > 1 else '(no suffix)'} is not read")
         if st.st_size == 0:
             raise ImageError("empty file: 0 bytes")
-        row["sha256"] = sha256_file(path)
-        row["width"], row["height"], row["mode"] = inspect_image(path, config.max_pixels)
+        row["sha256"], data = sha256_and_bytes(path, keep_up_to=READ_ONCE_BYTES)
+        row["width"], row["height"], row["mode"] = inspect_image(path, config.max_pixels, data)
         row["status"] = "ok"
     except ImageError as e:
         row["error"] = str(e)
