@@ -194,9 +194,16 @@ def _broke(ev: dict[str, float], untrained_elbo: float, was_active: bool) -> boo
 
 
 def _snapshot(model: VAE, opt: torch.optim.Optimizer, sched, gen: torch.Generator) -> dict:
-    """Everything training needs to go on from here: kept in memory for restarts, saved to disk for resumes."""
+    """Everything training needs to go on from here: kept in memory for restarts, saved to disk for resumes.
+
+    On a GPU the reparameterisation noise comes from the GPU's own generator, not the CPU's: without its state a
+    resumed run drew other noise and ended as another model (tests/test_reindex.py, on an H100).
+    """
+    device = next(model.parameters()).device
     return copy.deepcopy({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                          "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": sched.last_epoch})
+                          "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                          "device_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                          "step": sched.last_epoch})
 
 
 def _restore(snapshot: dict, model: VAE, opt: torch.optim.Optimizer, sched, gen: torch.Generator) -> int:
@@ -206,6 +213,9 @@ def _restore(snapshot: dict, model: VAE, opt: torch.optim.Optimizer, sched, gen:
     sched.load_state_dict(snapshot["scheduler"])
     gen.set_state(snapshot["generator"])
     torch.set_rng_state(snapshot["torch_rng"])
+    device = next(model.parameters()).device
+    if device.type == "cuda" and snapshot.get("device_rng") is not None:  # None: saved by a run on the CPU
+        torch.cuda.set_rng_state(snapshot["device_rng"], device)
     return snapshot["step"]
 
 
