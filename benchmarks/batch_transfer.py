@@ -23,10 +23,8 @@ from results_io import save_results  # benchmarks/ is on sys.path when a script 
 from throughput import make_folder, model_config
 from torch.utils.data import DataLoader
 
-from vaepipe.config import EmbedConfig, IngestConfig, usable_cores
-from vaepipe.embed import UnderRoot
+from vaepipe.config import EmbedConfig, usable_cores
 from vaepipe.images import ImageFiles, load_batch
-from vaepipe.ingest import ingest, read_ok
 
 
 class ArrayFiles(ImageFiles):
@@ -47,11 +45,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    folder = make_folder("png", args.png)
-    manifest = folder.parent / f"png-{args.png}-manifest.parquet"
-    if not manifest.exists():
-        ingest(folder, manifest, IngestConfig())
-    files = UnderRoot(folder, read_ok(manifest)["path"].combine_chunks())
+    files = [str(p) for p in sorted(make_folder("png", args.png).rglob("*.png"))]  # as throughput.py's floors list them
     spec, workers = model_config("png").spec, EmbedConfig().workers
 
     ways = {"tensor (as the product does)": ImageFiles, "numpy array": ArrayFiles}
