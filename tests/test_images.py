@@ -34,11 +34,96 @@ def test_bad_files_raise_a_readable_error(mixed, kind):
     assert str(err.value)  # a reason a person can read
 
 
-def test_transparent_pixels_take_the_background(mixed):
-    for background in (0, 255):
-        arr = load_array(mixed["rgba"], ImageSpec(30, 3, background))
-        assert tuple(arr[:, 0, 0]) == (background,) * 3  # corner was fully transparent red
+def test_transparent_pixels_take_the_background(tmp_path):
+    # An opaque red frame around a transparent inside that holds an opaque green square.
+    rgba = np.zeros((30, 30, 4), np.uint8)
+    rgba[[0, -1], :] = rgba[:, [0, -1]] = (255, 0, 0, 255)
+    rgba[10:20, 10:20] = (0, 255, 0, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "framed.png")
+    for background in (0, 255):  # (letterbox: trimming would cut the frame, see the trim tests below)
+        arr = load_array(tmp_path / "framed.png", ImageSpec(30, 3, background, fit="letterbox"))
+        assert tuple(arr[:, 5, 5]) == (background,) * 3  # transparent inside
         assert tuple(arr[:, 15, 15]) == (0, 255, 0)  # opaque green square kept
+        assert tuple(arr[:, 0, 0]) == (255, 0, 0)  # the frame: nothing transparent around it to cut away
+
+
+def test_alpha_plane_for_training(tmp_path):
+    rgba = np.random.default_rng(0).integers(0, 256, (30, 30, 4), dtype=np.uint8)
+    rgba[:, :, 3] = 255
+    rgba[5:25, 5:25, 3] = 0  # a transparent window in an opaque picture of noise (no border to trim)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "window.png")
+    arr = load_array(tmp_path / "window.png", ImageSpec(30, 3, 255), alpha=True)
+    assert arr.shape == (4, 30, 30)
+    assert arr[3, 15, 15] == 0 and arr[3, 0, 0] == 255  # not composited: training picks the background
+    assert load_array(tmp_path / "window.png", ImageSpec(30, 3, 255))[:, 15, 15].tolist() == [255] * 3
+    Image.fromarray(rgba[:, :, :3], "RGB").save(tmp_path / "opaque.png")
+    assert (load_array(tmp_path / "opaque.png", ImageSpec(30, 3, 255), alpha=True)[3] == 255).all()
+
+
+def _photo(w: int = 96, h: int = 64, seed: int = 0) -> Image.Image:
+    """A smooth, busy colour picture, like a photograph at this size: no edge of one colour."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8), "RGB").resize((w, h), Image.Resampling.BICUBIC)
+
+
+@pytest.mark.parametrize("colour", ["white", "black", (200, 30, 30)])
+def test_a_border_added_around_a_picture_is_cut_away(tmp_path, colour):
+    from PIL import ImageOps
+
+    photo = _photo()
+    photo.save(tmp_path / "photo.png")
+    ImageOps.expand(photo, border=10, fill=colour).save(tmp_path / "framed.png")
+    ImageOps.expand(photo, border=(0, 12, 0, 12), fill=colour).save(tmp_path / "bars.png")  # above and below only
+    original = load_array(tmp_path / "photo.png", RGB32).astype(int)
+    for name in ("framed.png", "bars.png"):
+        assert np.abs(load_array(tmp_path / name, RGB32).astype(int) - original).mean() < 2, name
+
+
+def test_another_aspect_ratio_becomes_the_same_square(tmp_path):
+    photo = _photo()
+    photo.save(tmp_path / "photo.png")
+    photo.resize((96, 45), Image.Resampling.LANCZOS).save(tmp_path / "squashed.png")
+    original = load_array(tmp_path / "photo.png", RGB32).astype(int)
+    assert np.abs(load_array(tmp_path / "squashed.png", RGB32).astype(int) - original).mean() < 3
+
+
+def test_an_edge_of_one_colour_that_is_part_of_the_picture_is_kept(tmp_path):
+    # A sky along the top only: cut away, a brighter or cropped copy would be cut differently.
+    arr = np.asarray(_photo(), np.uint8).copy()
+    arr[:20] = (90, 140, 220)
+    Image.fromarray(arr, "RGB").save(tmp_path / "sky.png")
+    from vaepipe.images import content_box
+
+    assert content_box(Image.open(tmp_path / "sky.png")) is None
+
+
+def test_a_transparent_icon_and_its_copies_flattened_on_white_or_black_are_cut_alike(tmp_path):
+    from vaepipe.images import content_box
+
+    icon = np.zeros((48, 48, 4), np.uint8)
+    icon[8:40, 12:36] = (40, 120, 200, 255)  # a blue tile inside transparent padding
+    icon[20:28, 16:32] = (250, 200, 40, 255)
+    img = Image.fromarray(icon, "RGBA")
+    boxes = {"transparent": content_box(img)}
+    for name, colour in (("white", (255, 255, 255)), ("black", (0, 0, 0))):
+        flat = Image.alpha_composite(Image.new("RGBA", img.size, colour + (255,)), img).convert("RGB")
+        boxes[name] = content_box(flat)
+    assert boxes == {"transparent": (12, 8, 36, 40), "white": (12, 8, 36, 40), "black": (12, 8, 36, 40)}
+
+
+def test_a_soft_shadow_is_cut_as_in_the_copy_flattened_on_white(tmp_path):
+    """A faint drop shadow (alpha 12 here) is invisible to an alpha threshold but not on white: the transparent
+    icon is looked at as embedding composites it, so both get the same box and become the same square."""
+    from vaepipe.images import content_box
+
+    icon = np.zeros((48, 48, 4), np.uint8)
+    icon[6:42, 10:40] = (0, 0, 0, 12)  # the shadow
+    icon[8:40, 12:36] = (40, 120, 200, 255)
+    img = Image.fromarray(icon, "RGBA")
+    flat = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img).convert("RGB")
+    assert content_box(img) == content_box(flat) == (10, 6, 40, 42)
+    spec = ImageSpec(32, 3, background=255)
+    assert np.abs(to_array(img, spec).astype(int) - to_array(flat, spec)).max() <= 1
 
 
 def test_sixteen_bit_is_scaled_to_eight(mixed):
@@ -52,10 +137,10 @@ def test_gif_uses_the_first_frame(mixed):
 
 
 def test_letterbox_keeps_aspect_ratio(tmp_path):
-    # A white 40x10 bar becomes a 28x7 bar centred on black padding, not a stretched square.
+    # Models from before trimming: a white 40x10 bar becomes a 28x7 bar centred on black padding, not a square.
     p = tmp_path / "wide.png"
     Image.new("L", (40, 10), 255).save(p)
-    arr = load_array(p, GREY28)[0]
+    arr = load_array(p, ImageSpec(28, 1, background=0, fit="letterbox"))[0]
     rows_lit = np.nonzero(arr.max(axis=1) > 128)[0]
     assert 6 <= len(rows_lit) <= 8
     assert rows_lit.min() >= 10 and rows_lit.max() <= 17

@@ -21,16 +21,26 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """The model's input: a square of `size` pixels with 1 (grey) or 3 (RGB) channels."""
+    """The model's input: a square of `size` pixels with 1 (grey) or 3 (RGB) channels.
+
+    fit says how an image of any shape becomes that square:
+      "trim":      a border of one colour (or of transparent pixels) is cut away, and what is left is stretched to
+                   the square. A copy with a border added, or one saved at another aspect ratio, then becomes the
+                   same square as its original, and an icon drawn with other padding at another size does too.
+      "letterbox": the longer side is scaled to the square, the aspect ratio kept, the rest padded with the
+                   background grey (models trained before December 2026 were trained on this).
+    """
 
     size: int
     channels: int
-    background: int = 0  # grey level behind transparent pixels and in the letterbox bars
+    background: int = 0  # grey level behind transparent pixels (and in the letterbox bars)
+    fit: str = "trim"
 
 
 class ImageError(Exception):
@@ -40,13 +50,13 @@ class ImageError(Exception):
     """
 
 
-def open_image(path: str | Path, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+def open_image(path: str | Path, max_pixels: int, draft_size: int | None = None, shorter: bool = False) -> Image.Image:
     """Open and fully decode the first frame, upright (EXIF orientation applied).
 
-    draft_size: the longer side the image will be scaled to; a JPEG may then decode at a reduced scale that still
-    covers it, so the result can be smaller than the file's own size.
+    draft_size: the longer side (with shorter=True: the shorter side) the image will be scaled to; a JPEG may then
+    decode at a reduced scale that still covers it, so the result can be smaller than the file's own size.
     """
-    return _open(path, max_pixels, draft_size)[0]
+    return _open(path, max_pixels, draft_size, shorter)[0]
 
 
 def inspect_image(path: str | Path, max_pixels: int, data: bytes | None = None) -> tuple[int, int, str]:
@@ -72,7 +82,8 @@ def inspect_image(path: str | Path, max_pixels: int, data: bytes | None = None) 
     return upright[0], upright[1], img.mode
 
 
-def _open(path: str | Path | io.BytesIO, max_pixels: int, draft_size: int | None) -> tuple[Image.Image, tuple[int, int]]:
+def _open(path: str | Path | io.BytesIO, max_pixels: int, draft_size: int | None, shorter: bool = False
+          ) -> tuple[Image.Image, tuple[int, int]]:
     """The decoded image (smaller than the file's own size if drafted) and the file's own size, upright."""
     try:
         with warnings.catch_warnings():
@@ -94,7 +105,7 @@ def _open(path: str | Path | io.BytesIO, max_pixels: int, draft_size: int | None
                 # The orientation exif_transpose will apply (a JPEG's EXIF and XMP precede its pixels).
                 turned = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
                 upright = (h, w) if turned else (w, h)
-                fit = draft_size / max(w, h)
+                fit = draft_size / (min(w, h) if shorter else max(w, h))
                 img.draft(img.mode, (max(1, math.ceil(w * fit)), max(1, math.ceil(h * fit))))
             img.load()
             ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of the (usual) unrotated image
@@ -111,34 +122,118 @@ def _open(path: str | Path | io.BytesIO, max_pixels: int, draft_size: int | None
         raise ImageError(f"corrupt or truncated image: {type(e).__name__}: {e}") from None
 
 
-def _flatten(img: Image.Image, background: int) -> Image.Image:
-    """Any PIL mode -> 'L' or 'RGB', alpha composited onto the background grey."""
+def _plain_mode(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 'L', 'LA', 'RGB' or 'RGBA' (alpha kept where the image has any)."""
     if img.mode.startswith("I") or img.mode == "F":
         # 16/32-bit grey: scale to 8 bits by the type's range, not the image's own max.
         arr = np.asarray(img, dtype=np.float64)
         scale = 255.0 if img.mode == "F" and arr.max(initial=0) <= 1.0 else (1 / 257 if arr.max(initial=0) > 255 else 1.0)
         return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("1", "L", "RGB"):
-        return img.convert("L") if img.mode == "1" else img
-    if img.mode in ("LA", "La", "PA", "RGBA", "RGBa"):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (background, background, background, 255))
-        flat = Image.alpha_composite(canvas, rgba).convert("RGB")
-        return flat.convert("L") if img.mode in ("LA", "La") else flat
-    return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+    if img.mode in ("L", "LA", "RGB", "RGBA"):
+        return img
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Palette images with Transparency expressed in bytes ..."
+        if img.mode == "P":
+            return img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if img.mode in ("1", "La"):
+            return img.convert("L" if img.mode == "1" else "LA")
+        if img.mode in ("PA", "RGBa"):
+            return img.convert("RGBA")
+        return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV
 
 
-def to_array(img: Image.Image, spec: ImageSpec) -> np.ndarray:
-    """Letterbox: scale the longer side to spec.size keeping the aspect ratio, centre on background bars.
+def _flatten(img: Image.Image, background: int) -> Image.Image:
+    """Any PIL mode -> 'L' or 'RGB', alpha composited onto the background grey."""
+    img = _plain_mode(img)
+    if img.mode in ("LA", "RGBA"):
+        canvas = Image.new("RGBA", img.size, (background, background, background, 255))
+        flat = Image.alpha_composite(canvas, img.convert("RGBA")).convert("RGB")
+        return flat.convert("L") if img.mode == "LA" else flat
+    return img
 
-    Returns uint8 of shape (channels, size, size).
+
+# A pixel belongs to a border when no channel is further than this from the border's colour: JPEG's ringing and
+# noise along a border stay under it, and the edge of a picture does not.
+BORDER_TOLERANCE = 8
+
+
+def content_box(img: Image.Image, background: int = 255) -> tuple[int, int, int, int] | None:
+    """The box (left, top, right, bottom) inside a border of one colour, or None where there is no such border (or
+    nothing but border). A transparent image is looked at as embedding shows it, composited onto the background
+    grey: so it gets the same box as a copy of it flattened onto that grey (the usual way to drop transparency),
+    soft shadows and all.
+
+    The colour is the median of the outermost pixels; rows and columns where at most 1% of the pixels differ from
+    it by more than BORDER_TOLERANCE are border, if the border runs along two opposite sides. Looked for on a copy
+    at most 256 px on a side: the box is then at most one of its pixels too large, and a large PNG costs a few
+    milliseconds, not a pass over every pixel.
     """
+    w, h = img.size
+    small = img if max(w, h) <= 256 else img.resize((max(1, w * 256 // max(w, h)), max(1, h * 256 // max(w, h))),
+                                                     Image.Resampling.BOX)
+    if small.mode in ("LA", "RGBA"):
+        grey = Image.new(small.mode, small.size, (background,) * (len(small.mode) - 1) + (255,))
+        small = Image.alpha_composite(grey.convert("RGBA"), small.convert("RGBA")).convert(small.mode[:-1])
+    arr = np.asarray(small)
+    p = (arr[:, :, None] if arr.ndim == 2 else arr).astype(np.int16)
+    ring = np.concatenate([p[0], p[-1], p[:, 0], p[:, -1]])
+    content = (np.abs(p - np.median(ring, axis=0)).max(axis=2) > BORDER_TOLERANCE)
+    # A border runs along two opposite sides at least (a frame, or bars above and below). A picture's own
+    # edge of one colour (a sky along the top) is not one: cut away, it would be cut differently in a copy
+    # cropped or made brighter, and the copy would no longer become the same square as its original.
+    if not ((content[0].mean() <= 0.02 and content[-1].mean() <= 0.02)
+            or (content[:, 0].mean() <= 0.02 and content[:, -1].mean() <= 0.02)):
+        return None
+    rows = np.flatnonzero(content.mean(axis=1) > 0.01)
+    cols = np.flatnonzero(content.mean(axis=0) > 0.01)
+    if not len(rows) or not len(cols):
+        return None
+    sh, sw = content.shape
+    box = (cols[0] * w // sw, rows[0] * h // sh, -(-(cols[-1] + 1) * w // sw), -(-(rows[-1] + 1) * h // sh))
+    return None if box == (0, 0, w, h) else box
+
+
+def to_array(img: Image.Image, spec: ImageSpec, alpha: bool = False) -> np.ndarray:
+    """The model's input: uint8 of shape (channels, size, size), fitted as spec.fit says, transparent pixels
+    composited onto the background grey. With alpha=True: (channels + 1, size, size), not composited, the last
+    plane the alpha (255 where the image has none), for training to composite onto backgrounds of its choice.
+    """
+    if spec.fit == "letterbox":
+        arr = _letterbox(img, spec)
+        return np.concatenate([arr, np.full_like(arr[:1], 255)]) if alpha else arr
+    img = _plain_mode(img)
+    # Again after a cut: a border added around a picture whose own edge is one colour (a sky) is cut first, and
+    # the picture's own edge then as in the original, so both become the same square.
+    for _ in range(3):
+        box = content_box(img, spec.background)
+        if box is None:
+            break
+        img = img.crop(box)
+    has_alpha = img.mode in ("LA", "RGBA")
+    mode = ("L" if spec.channels == 1 else "RGB") + ("A" if has_alpha else "")
+    if img.mode != mode:
+        img = img.convert(mode)
+    if img.size != (spec.size, spec.size):  # RGBA and LA are resized with premultiplied alpha (PIL)
+        img = img.resize((spec.size, spec.size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if alpha:
+        return np.ascontiguousarray(arr if has_alpha else np.concatenate([arr, np.full_like(arr[:1], 255)]))
+    if has_alpha:
+        return composite(arr[:-1], arr[-1:], spec.background)
+    return np.ascontiguousarray(arr)  # a writable copy: torch.from_numpy refuses read-only buffers
+
+
+def composite(colour: np.ndarray, alpha: np.ndarray, background: int) -> np.ndarray:
+    """Colour planes over a background grey, by their alpha: uint8 in, uint8 out."""
+    a = alpha.astype(np.uint16)
+    return ((colour * a + background * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def _letterbox(img: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """Scale the longer side to spec.size keeping the aspect ratio, centre on background bars: (C, S, S) uint8."""
     if img.mode not in ("L", "RGB"):  # the common modes skip this: per image, it costs more than a 28 px decode
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "Palette images with Transparency expressed in bytes ..."
-            img = _flatten(img, spec.background)
+        img = _flatten(img, spec.background)
     mode = "L" if spec.channels == 1 else "RGB"
     if img.mode != mode:
         img = img.convert(mode)
@@ -155,24 +250,35 @@ def to_array(img: Image.Image, spec: ImageSpec) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def load_array(path: str | Path, spec: ImageSpec, max_pixels: int = 64_000_000) -> np.ndarray:
-    """One image as the model's input, uint8 (C, S, S); raises ImageError (or OSError) for an unusable file."""
+def _open_for(path: str | Path, spec: ImageSpec, max_pixels: int) -> Image.Image:
+    """Decoded at the smallest JPEG scale that still covers the square: the whole image (letterbox), or its shorter
+    side (trim), with room for a border of up to a fifth of it to be cut away."""
+    if spec.fit == "letterbox":
+        return open_image(path, max_pixels, draft_size=spec.size)
+    return open_image(path, max_pixels, draft_size=spec.size * 5 // 4, shorter=True)
+
+
+def load_array(path: str | Path, spec: ImageSpec, max_pixels: int = 64_000_000, alpha: bool = False) -> np.ndarray:
+    """One image as the model's input, uint8 (C, S, S) (see to_array for alpha); raises ImageError (or OSError)
+    for an unusable file."""
     strip = _Strip(spec, 1)
-    return strip.array()[0] if strip.decode_png(0, path) else to_array(open_image(path, max_pixels, draft_size=spec.size), spec)
+    if strip.decode_png(0, path):
+        return strip.fitted(alpha)[0]
+    return to_array(_open_for(path, spec, max_pixels), spec, alpha)
 
 
-def load_batch(paths: Sequence[str | Path], spec: ImageSpec, max_pixels: int = 64_000_000) -> tuple[np.ndarray, list[str]]:
-    """Images as the model's input, uint8 (B, C, S, S), and an error per image ('' if it loaded).
-
-    The same arrays as `load_array` one by one; a failed image's slot is zeros and its error says why.
+def load_batch(paths: Sequence[str | Path], spec: ImageSpec, max_pixels: int = 64_000_000, alpha: bool = False
+               ) -> tuple[np.ndarray, list[str]]:
+    """Images as the model's input, uint8 (B, C, S, S) (see to_array for alpha), and an error per image ('' if it
+    loaded). The same arrays as `load_array` one by one; a failed image's slot is zeros and its error says why.
     """
     strip = _Strip(spec, len(paths))
     general = [j for j, path in enumerate(paths) if not strip.decode_png(j, path)]
-    batch = strip.array()
+    batch = strip.fitted(alpha, skip=general)
     errors = [""] * len(paths)
     for j in general:
         try:
-            batch[j] = to_array(open_image(paths[j], max_pixels, draft_size=spec.size), spec)
+            batch[j] = to_array(_open_for(paths[j], spec, max_pixels), spec, alpha)
         except (ImageError, OSError) as e:
             batch[j] = 0  # the PNG path may have written part of it before failing
             errors[j] = str(e) or type(e).__name__
@@ -207,6 +313,21 @@ class _Strip:
         size, mode = self.spec.size, self.mode
         png = _plain_png(path, lambda width, height, colour: width == height == size and _PNG_MODES[colour] == mode)
         return png is not None and _decode_png_stream(png[3], mode, self.image.im, (0, size * j, size, size * (j + 1)))
+
+    def fitted(self, alpha: bool, skip: Sequence[int] = ()) -> np.ndarray:
+        """(n, C, S, S) uint8 (with alpha: and an opaque alpha plane), every slot not in `skip` fitted as the spec
+        says: a PNG already at the input size may still have a border to cut away."""
+        batch = self.array()
+        if alpha:
+            batch = np.concatenate([batch, np.full_like(batch[:, :1], 255)], axis=1)
+        if self.spec.fit == "trim":
+            size, skipped = self.spec.size, set(skip)
+            for j in range(self.n):
+                if j not in skipped:
+                    slot = self.image.crop((0, size * j, size, size * (j + 1)))
+                    if content_box(slot, self.spec.background) is not None:
+                        batch[j] = to_array(slot, self.spec, alpha)
+        return batch
 
     def array(self) -> np.ndarray:
         """(n, C, S, S) uint8, writable: torch.from_numpy refuses read-only buffers."""
@@ -299,11 +420,12 @@ class ImageFiles(Dataset):
     """
 
     def __init__(self, paths: Sequence[str | Path], spec: ImageSpec, max_pixels: int = 64_000_000,
-                 then: Callable[[torch.Tensor], np.ndarray] | None = None):
+                 then: Callable[[torch.Tensor], np.ndarray] | None = None, alpha: bool = False):
         self.paths = paths
         self.spec = spec
         self.max_pixels = max_pixels
         self.then = then
+        self.alpha = alpha
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -312,22 +434,22 @@ class ImageFiles(Dataset):
         return self.__getitems__([i])
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor | np.ndarray, list[int], list[str]]:
-        batch, errors = load_batch([self.paths[i] for i in indices], self.spec, self.max_pixels)
+        batch, errors = load_batch([self.paths[i] for i in indices], self.spec, self.max_pixels, self.alpha)
         pixels = torch.from_numpy(batch)
         return (self.then(pixels) if self.then else pixels), list(indices), errors
 
 
 def iter_image_batches(
     paths: Sequence[str | Path], spec: ImageSpec, batch_size: int, workers: int, max_pixels: int = 64_000_000,
-    then: Callable[[torch.Tensor], np.ndarray] | None = None,
+    then: Callable[[torch.Tensor], np.ndarray] | None = None, alpha: bool = False,
 ) -> Iterator[tuple[torch.Tensor | np.ndarray, list[int], list[str]]]:
     """Yield (uint8 images, positions in `paths`, error per image or '') in order, decoded by `workers` processes.
 
     A failed image's slot in the batch is zeros; its error says why. `then`, if given, maps each uint8 batch in
-    the worker that decoded it to an array, which is yielded instead of the images.
+    the worker that decoded it to an array, which is yielded instead of the images. alpha: see to_array.
     """
     loader = DataLoader(
-        ImageFiles(paths, spec, max_pixels, then),
+        ImageFiles(paths, spec, max_pixels, then, alpha),
         batch_size=batch_size,
         num_workers=workers if len(paths) > batch_size else 0,
         shuffle=False,
