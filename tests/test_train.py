@@ -3,8 +3,10 @@
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import FAST_TRAIN, write_mixed
 from vaepipe.config import IngestConfig, TrainConfig
@@ -68,16 +70,42 @@ def test_time_budget_stops_training(fmnist_dir, built, tmp_path):
     assert len(result.metrics) == 1
 
 
-def test_model_shape_follows_the_data(tmp_path):
+def test_model_shape_follows_the_data(tmp_path, fmnist_dir, built):
     write_mixed(tmp_path / "imgs")
     ingest(tmp_path / "imgs", tmp_path / "m.parquet", IngestConfig(workers=1))
     ok = read_ok(tmp_path / "m.parquet")
     cfg = model_config_for(ok, TrainConfig())
-    assert cfg.channels == 3 and cfg.image_size == 64  # colour files, median side 60
-    assert not cfg.batch_norm  # it slowed 64 px colour training down (BENCHMARKS.md)
-    small = model_config_for(ok, TrainConfig(channels=1, image_size=32))
+    assert cfg.channels == 3 and cfg.image_size == 32 and cfg.fit == "trim"  # colour files, median side 60
+    assert cfg.invariance > 0 and cfg.extra_dim == 8 and cfg.normalised_means  # trained to find copies
+    assert not cfg.batch_norm  # the 32 px copies recipe was tuned without it (BENCHMARKS.md)
+    small = model_config_for(ok, TrainConfig(channels=1, image_size=28))
     assert small.channels == 1 and small.batch_norm
     assert not model_config_for(ok, TrainConfig(image_size=28, batch_norm=False)).batch_norm
+    plain = model_config_for(ok, TrainConfig(invariance=0.0))
+    assert plain.invariance == 0 and plain.extra_dim == 0 and not plain.normalised_means
+
+    # Small opaque images (Fashion-MNIST) are taken as framed, with the plain recipe.
+    fm = model_config_for(read_ok(built.manifest), TrainConfig())
+    assert (fm.image_size, fm.channels, fm.fit, fm.invariance, fm.extra_dim) == (28, 1, "letterbox", 0.0, 0)
+
+    # Icons are small too, but transparent: trimmed, and trained to find copies.
+    icons = tmp_path / "icons"
+    icons.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        rgba = np.zeros((24, 24, 4), np.uint8)
+        rgba[4:20, 4:20] = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8) | np.uint8(128)
+        Image.fromarray(rgba, "RGBA").save(icons / f"{i}.png")
+    ingest(icons, tmp_path / "icons.parquet", IngestConfig(workers=1))
+    ic = model_config_for(read_ok(tmp_path / "icons.parquet"), TrainConfig())
+    assert (ic.image_size, ic.fit) == (32, "trim") and ic.invariance > 0
+
+
+def test_epochs_and_batches_follow_the_collection():
+    cfg = TrainConfig()
+    assert cfg.epochs_for(600) == 100 and cfg.epochs_for(54_000) == cfg.min_epochs
+    assert cfg.batch_for(600) == 32 and cfg.batch_for(5_000) == 50 and cfg.batch_for(54_000) == 128
+    assert TrainConfig(epochs=3, batch_size=7).epochs_for(600) == 3 and TrainConfig(batch_size=7).batch_for(600) == 7
 
 
 def test_too_few_images_is_a_clear_error(tmp_path):

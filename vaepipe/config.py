@@ -5,6 +5,7 @@ Defaults are the recipe measured in BENCHMARKS.md; they work without any flag.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -26,41 +27,69 @@ class IngestConfig:
 
 @dataclass
 class TrainConfig:
-    # Model shape. image_size / channels of None are chosen from the data (see train.model_config_for).
+    # Model shape. image_size / channels / fit of None are chosen from the data (see train.model_config_for).
     image_size: int | None = None
     channels: int | None = None
-    latent_dim: int = 32
+    fit: Literal["trim", "letterbox"] | None = None  # how an image becomes the square input (images.ImageSpec)
+    latent_dim: int = 32  # the searched code
+    # Latent dimensions the decoder uses and search does not, and batch norm on the posterior means
+    # (model.VAEConfig); None: 8 and on when training for invariance, else 0 and off.
+    extra_dim: int | None = None
+    normalised_means: bool | None = None
     width: int = 16  # 16 matches 32 on search quality at ~2.7x the speed on CPU (BENCHMARKS.md)
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     batch_norm: bool | None = None  # after every convolution; None: see use_batch_norm()
-    # Grey level behind transparent pixels and in the letterbox bars. Black glyphs on transparent pixels (symbolic
-    # icons) vanish on 0, but on a folder of icons 128 and 255 made the Bernoulli VAE ignore its latent from the
-    # first epoch while 0 trained well (BENCHMARKS.md, "Training on a folder of icons").
-    background: int = 0
+    # Grey level behind transparent pixels and in the letterbox bars. Clip art and icons flattened on white (the
+    # common way to drop transparency) are found again best on 255 (BENCHMARKS.md, "Everyday copies").
+    background: int = 255
+    # Invariance to everyday edits (augment.edited): weight per input value of the margin term between the searched
+    # codes of images and of their edited copies (model.invariance_loss; 0: a plain VAE), and its temperature.
+    # None: see invariance_for().
+    invariance: float | None = None
+    temperature: float = 0.1
     # Optimisation.
-    epochs: int = 11  # ~8 min on 54k Fashion-MNIST images on one CPU core (BENCHMARKS.md)
+    # None: as many epochs as the collection needs (epochs_for), so that training time follows the collection's size.
+    epochs: int | None = None
     max_minutes: float | None = None  # stop after the epoch that crosses this wall-clock budget
-    batch_size: int = 128
+    batch_size: int | None = None  # None: batch_for
     lr: float | None = None  # peak of the one-cycle schedule; None: see peak_lr()
     beta: float = 0.05  # KL weight; < 1 trades sample quality for sharper search (see BENCHMARKS.md)
     warmup_epochs: float = 1.0  # KL weight ramps 0 -> beta linearly over this many epochs
     val_fraction: float = 0.1
     max_images: int = 60_000  # train on a seeded sample of at most this many images (held in RAM)
     seed: int = 0
+    min_epochs: int = 11  # with epochs=None (see epochs_for)
+    image_passes: int = 60_000  # with epochs=None (see epochs_for)
     max_restarts: int = 3  # an epoch that collapses the model is redone from the state before it, at half the lr
     retrain_when_grown: float | None = None  # re-index retrains once the collection grew by this fraction (0.5 = +50%)
 
     def use_batch_norm(self, image_size: int) -> bool:
         """Batch norm gave +0.007 precision@10 on 28 px Fashion-MNIST, but on 64 px colour icons it trained far slower
-        (val ELBO -4,722 vs -1,736 nats after 4 epochs), so it is on up to 32 px only (BENCHMARKS.md)."""
-        return self.batch_norm if self.batch_norm is not None else image_size <= 32
+        (val ELBO -4,722 vs -1,736 nats after 4 epochs); the 32 px recipe for photos and icons was tuned without it.
+        So it is on for the small-image size only (BENCHMARKS.md)."""
+        return self.batch_norm if self.batch_norm is not None else image_size <= 28
+
+    def invariance_for(self, fit: str) -> float:
+        """On trimmed inputs (photos, art, icons) training for invariance took edited copies of photos from 0.40 to
+        0.94 recall@1; on small framed images (Fashion-MNIST) it cost 0.02 precision@10, as it pushes apart the
+        nearest images of one kind (BENCHMARKS.md, "Everyday copies"). So it is on for trimmed inputs only."""
+        return self.invariance if self.invariance is not None else (0.03 if fit == "trim" else 0.0)
+
+    def epochs_for(self, n_train: int) -> int:
+        """A small collection needs many passes over it to learn its images apart (600 images x 11 epochs was
+        ~50 optimisation steps); a large one needs a few. At least min_epochs, and at least image_passes images."""
+        return self.epochs if self.epochs is not None else max(self.min_epochs, math.ceil(self.image_passes / max(n_train, 1)))
+
+    def batch_for(self, n_train: int) -> int:
+        """Small batches for small collections (more steps in the same time), up to 128 for large ones."""
+        return self.batch_size if self.batch_size is not None else int(min(128, max(32, n_train // 100)))
 
     def peak_lr(self, image_size: int) -> float:
         """4e-3 won on 28 px Fashion-MNIST; 64 px colour inputs were unstable there (collapse at 4e-3, spikes at
-        2e-3, smooth at 1e-3 on a folder of icons), see BENCHMARKS.md."""
+        2e-3, smooth at 1e-3 on a folder of icons); the 32 px recipe was tuned at 1e-3. See BENCHMARKS.md."""
         if self.lr is not None:
             return self.lr
-        return 4e-3 if image_size <= 32 else 1e-3
+        return 4e-3 if image_size <= 28 else 1e-3
 
 
 @dataclass

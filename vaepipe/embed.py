@@ -91,7 +91,7 @@ class PosteriorMean:
     @torch.no_grad()
     @exact_cudnn()  # a GPU's means equal the CPU's to float rounding, not to TF32's
     def __call__(self, pixels: torch.Tensor) -> np.ndarray:
-        return self.model.encode(to_float(pixels.to(self.device)))[0].float().cpu().numpy()
+        return self.model.embed(to_float(pixels.to(self.device))).float().cpu().numpy()
 
 
 @contextlib.contextmanager

@@ -34,17 +34,27 @@ from vaepipe.images import ImageSpec
 class VAEConfig:
     image_size: int = 28
     channels: int = 1
-    latent_dim: int = 32
+    latent_dim: int = 32  # the code search uses: the first latent_dim dimensions of the posterior mean
+    # More latent dimensions that the decoder uses and search does not: room for what everyday edits change
+    # (brightness, colour, framing), which the searched code is trained to ignore but a reconstruction needs.
+    extra_dim: int = 0
+    # Batch norm on the posterior means (without a learned scale; Zhu et al. 2020, "BN-VAE"): the means keep a spread
+    # that the decoder can read. Without it, training for invariance shrank them until the decoder ignored them.
+    normalised_means: bool = False
+    # Weight of the invariance term training used (TrainConfig.invariance_for; 0: a plain VAE). Recorded because it
+    # sets what a similarity means: duplicates.calibrate_threshold reads it.
+    invariance: float = 0.0
     width: int = 32  # channels after the first convolution; doubles at each downsampling
     likelihood: str = "bernoulli"  # "bernoulli" | "gaussian"
     background: int = 0  # part of the model: inputs must be preprocessed the same way at query time
+    fit: str = "trim"  # how an image becomes the square input (images.ImageSpec); part of the model too
     # Batch norm after every convolution (training picks it by input size: TrainConfig.use_batch_norm). In eval
     # mode it uses running statistics, so an image's embedding never depends on the rest of its batch.
     batch_norm: bool = True
 
     @property
     def spec(self) -> ImageSpec:
-        return ImageSpec(self.image_size, self.channels, self.background)
+        return ImageSpec(self.image_size, self.channels, self.background, self.fit)
 
     def downsamplings(self) -> tuple[int, int]:
         """Halve the side while it is even and above 7: 28 -> 14 -> 7, 64 -> 32 -> 16 -> 8 -> 4."""
@@ -57,6 +67,8 @@ class VAEConfig:
     def validate(self) -> None:
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, not {self.channels}")
+        if self.fit not in ("trim", "letterbox"):
+            raise ValueError(f"fit must be 'trim' or 'letterbox', not {self.fit!r}")
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', not {self.likelihood!r}")
         if self.downsamplings()[0] < 2:
@@ -82,13 +94,15 @@ class VAE(nn.Module):
         self.encoder = nn.Sequential(*enc, nn.Flatten())
         self.flat_shape = (widths[-1], side, side)
         flat = widths[-1] * side * side
-        hidden = 8 * config.latent_dim
+        z_dim = config.latent_dim + config.extra_dim
+        hidden = 8 * z_dim
         self.to_hidden = nn.Sequential(nn.Linear(flat, hidden), nn.SiLU())
-        self.mu = nn.Linear(hidden, config.latent_dim)
-        self.logvar = nn.Linear(hidden, config.latent_dim)
+        self.mu = nn.Linear(hidden, z_dim)
+        self.mu_norm = nn.BatchNorm1d(z_dim, affine=False) if config.normalised_means else nn.Identity()
+        self.logvar = nn.Linear(hidden, z_dim)
 
         self.from_latent = nn.Sequential(
-            nn.Linear(config.latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, flat), nn.SiLU()
+            nn.Linear(z_dim, hidden), nn.SiLU(), nn.Linear(hidden, flat), nn.SiLU()
         )
         dec: list[nn.Module] = []
         rev = widths[::-1]
@@ -101,8 +115,18 @@ class VAE(nn.Module):
         self.log_sigma = nn.Parameter(torch.zeros(()), requires_grad=config.likelihood == "gaussian")
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of every latent dimension, (B, latent_dim + extra_dim) each."""
         h = self.to_hidden(self.encoder(x))
-        return self.mu(h), self.logvar(h).clamp(-12.0, 8.0)
+        return self.mu_norm(self.mu(h)), self.logvar(h).clamp(-12.0, 8.0)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """What search uses: the posterior mean's first latent_dim dimensions, (B, latent_dim)."""
+        return self.encode(x)[0][:, : self.config.latent_dim]
+
+    @staticmethod
+    def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I): a sample of q(z|x) that gradients pass through."""
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Logits of p(x|z); `torch.sigmoid` of them is the mean image in [0, 1]."""
@@ -110,8 +134,7 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
-        return self.decode(z), mu, logvar
+        return self.decode(self.reparameterise(mu, logvar) if self.training else mu), mu, logvar
 
     def nll(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """-log p(x|z) per image, in nats."""
@@ -123,25 +146,42 @@ class VAE(nn.Module):
         return per_pixel.flatten(1).sum(1)
 
     def loss(self, x: torch.Tensor, beta: float = 1.0) -> dict[str, torch.Tensor]:
-        """Mean over the batch of: loss to minimise, NLL, KL, and the ELBO (always at beta = 1)."""
+        """Mean over the batch of: loss to minimise, NLL, KL, and the ELBO (always at beta = 1); and the batch's
+        posterior means."""
         mu, logvar = self.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        nll = self.nll(self.decode(z), x)
+        nll = self.nll(self.decode(self.reparameterise(mu, logvar)), x)
         kl_per_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
         kl = kl_per_dim.sum(1)
         return {"loss": (nll + beta * kl).mean(), "nll": nll.mean(), "kl": kl.mean(),
-                "elbo": -(nll + kl).mean(), "kl_per_dim": kl_per_dim.mean(0)}
+                "elbo": -(nll + kl).mean(), "kl_per_dim": kl_per_dim.mean(0), "mu": mu}
+
+    def invariance_loss(self, code: torch.Tensor, code_edited: torch.Tensor, temperature: float,
+                        margin: float = 2.0) -> torch.Tensor:
+        """How far a batch's searched codes (embed) are from picking out their own edited copies, by search's own
+        similarity (cosine on centred codes): a softplus hinge on the gap between each copy's similarity to its own
+        original and to the most similar other image of the batch, in units of the temperature, both ways (each
+        original should also pick out its own copy). Only the hardest other image counts, as only it can outrank
+        the original at rank 1; an InfoNCE over the whole batch was measured below it (BENCHMARKS.md). Each side is
+        centred on its own batch mean: centred on the originals' mean, a shift that an edit gives every copy
+        (brighter, say) sent the copies of a batch one way, and training made the loss worse, not better."""
+        a = F.normalize(code - code.mean(0, keepdim=True), dim=1)
+        b = F.normalize(code_edited - code_edited.mean(0, keepdim=True), dim=1)
+        logits = b @ a.T / temperature
+        own = logits.diagonal()
+        others = logits - 1e4 * torch.eye(len(a), device=a.device)
+        return 0.5 * (F.softplus(others.max(1).values - own + margin).mean()
+                      + F.softplus(others.max(0).values - own + margin).mean())
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images from the prior, as means in [0, 1]."""
         device = self.mu.weight.device
-        z = torch.randn(n, self.config.latent_dim, generator=generator).to(device)
+        z = torch.randn(n, self.config.latent_dim + self.config.extra_dim, generator=generator).to(device)
         return torch.sigmoid(self.decode(z))
 
 
 def folded(model: VAE) -> VAE:
-    """An eval-mode copy for inference, each batch norm folded into the convolution before it, weights channels-last.
+    """An eval-mode copy for inference, each batch norm folded into the layer before it, weights channels-last.
 
     The same function to float rounding, with fewer ops per image. Also, on CPU, a model with unfolded batch norm
     grew the embedding process by ~6 KB per image when fed DataLoader batches (330 MB over a 50,000-image part),
@@ -149,9 +189,14 @@ def folded(model: VAE) -> VAE:
     convolutions in its own layout (inputs need no conversion): 64 px colour encoders +19-46%, 28 px grey within noise,
     means equal to ~1e-6 (benchmarks/encoder_variants.py). Its state_dict is not a checkpoint: save the original.
     """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_weights
 
     model = copy.deepcopy(model).eval()
+    if isinstance(model.mu_norm, nn.BatchNorm1d):
+        norm, ones = model.mu_norm, torch.ones_like(model.mu_norm.running_mean)
+        model.mu.weight, model.mu.bias = fuse_linear_bn_weights(model.mu.weight, model.mu.bias, norm.running_mean,
+                                                                norm.running_var, norm.eps, ones, torch.zeros_like(ones))
+        model.mu_norm = nn.Identity()
     for name in ("encoder", "decoder"):
         layers, out = list(getattr(model, name)), []
         for layer in layers:
@@ -235,7 +280,8 @@ def _config_of(path: Path, obj: dict) -> VAEConfig:
     from vaepipe.store import VaepipeError
 
     known = {f.name for f in fields(VAEConfig)}
-    config = {"batch_norm": False, **obj["config"]}  # checkpoints from before batch norm have no such key
+    # Checkpoints from before batch norm, and from before inputs were trimmed, have no such keys.
+    config = {"batch_norm": False, "fit": "letterbox", **obj["config"]}
     try:
         vae = VAEConfig(**{k: v for k, v in config.items() if k in known})
         vae.validate()

@@ -19,7 +19,8 @@ import pyarrow as pa
 import torch
 
 from vaepipe.config import TrainConfig
-from vaepipe.images import ImageSpec, is_colour, iter_image_batches, to_float
+from vaepipe.augment import composited, edited
+from vaepipe.images import ALPHA_MODES, ImageSpec, is_colour, iter_image_batches, to_float
 from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, VAEConfig, default_device, exact_cudnn, load_checkpoint, model_id, save_checkpoint
 from vaepipe.progress import Progress
@@ -36,24 +37,34 @@ class TrainResult:
 
 
 def model_config_for(ok: pa.Table, cfg: TrainConfig) -> VAEConfig:
-    """Fill in what the user left to the data: colour if any image has colour, 28 px for small images, else 64."""
-    channels = cfg.channels or (3 if any(is_colour(m) for m in ok["mode"].to_pylist()) else 1)
-    if cfg.image_size:
-        size = cfg.image_size
-    else:
-        sides = [max(w, h) for w, h in zip(ok["width"].to_pylist(), ok["height"].to_pylist())]
-        size = 28 if statistics.median(sides) <= 32 else 64
-    return VAEConfig(image_size=size, channels=channels, latent_dim=cfg.latent_dim, width=cfg.width,
+    """Fill in what the user left to the data: colour if any image has colour; for a collection of small opaque
+    images (median side <= 32 px, mostly without transparency: Fashion-MNIST, say) 28 px inputs taken as they are
+    framed, else 32 px inputs trimmed of their borders. Such images come framed by whoever made the data set:
+    trimming them stretched each object to the square, and the object's shape was what told trousers from shirts.
+    Icon themes are small too, but transparent, and drawn at several sizes with different padding: they are trimmed
+    (BENCHMARKS.md, "Everyday copies")."""
+    modes = ok["mode"].to_pylist()
+    channels = cfg.channels or (3 if any(is_colour(m) for m in modes) else 1)
+    sides = [max(w, h) for w, h in zip(ok["width"].to_pylist(), ok["height"].to_pylist())]
+    framed = bool(sides) and statistics.median(sides) <= 32 and sum(m in ALPHA_MODES for m in modes) < len(modes) / 2
+    size = cfg.image_size or (28 if framed else 32)
+    fit = cfg.fit or ("letterbox" if framed else "trim")
+    invariance = cfg.invariance_for(fit)
+    extra_dim = cfg.extra_dim if cfg.extra_dim is not None else (8 if invariance else 0)
+    normalised_means = cfg.normalised_means if cfg.normalised_means is not None else invariance > 0
+    return VAEConfig(image_size=size, channels=channels, fit=fit, latent_dim=cfg.latent_dim, extra_dim=extra_dim,
+                     normalised_means=normalised_means, invariance=invariance, width=cfg.width,
                      likelihood=cfg.likelihood, background=cfg.background, batch_norm=cfg.use_batch_norm(size))
 
 
 def load_images(root: Path, rel_paths: list[str], spec: ImageSpec, workers: int) -> torch.Tensor:
-    """Decode into one uint8 tensor (N, C, H, W); files that fail now (changed since ingest) are dropped."""
+    """Decode into one uint8 tensor (N, C + 1, H, W), the last plane alpha (images.to_array(alpha=True)): training
+    composites each image onto backgrounds of its choice. Files that fail now (changed since ingest) are dropped."""
     paths = [Path(root) / p for p in rel_paths]
-    out = torch.empty((len(paths), spec.channels, spec.size, spec.size), dtype=torch.uint8)
+    out = torch.empty((len(paths), spec.channels + 1, spec.size, spec.size), dtype=torch.uint8)
     keep = torch.zeros(len(paths), dtype=torch.bool)
     progress = Progress("load training images", len(paths))
-    for batch, idx, errors in iter_image_batches(paths, spec, batch_size=512, workers=workers):
+    for batch, idx, errors in iter_image_batches(paths, spec, batch_size=512, workers=workers, alpha=True):
         ok = [j for j, e in enumerate(errors) if not e]
         out[[idx[j] for j in ok]] = batch[ok]
         keep[[idx[j] for j in ok]] = True
@@ -76,7 +87,7 @@ def evaluate(model: VAE, images: torch.Tensor, batch_size: int = 512) -> dict[st
             sums[k] += out[k].item() * len(x)
         mus.append(model.encode(x)[0].cpu())
     n = max(len(images), 1)
-    mu = torch.cat(mus) if mus else torch.zeros(1, model.config.latent_dim)
+    mu = torch.cat(mus) if mus else torch.zeros(1, model.config.latent_dim + model.config.extra_dim)
     active = int((mu.var(0) > 0.01).sum()) if len(mu) > 1 else 0
     return {**{k: v / n for k, v in sums.items()}, "active_units": active}
 
@@ -103,12 +114,17 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
 
     order = torch.randperm(len(images), generator=gen)
     n_val = max(1, int(len(images) * cfg.val_fraction))
-    val, tr = images[order[:n_val]], images[order[n_val:]]
+    # Validation sees the images as embedding does (composited onto the background), training the originals with alpha.
+    val = composited(images[order[:n_val]], vcfg.background).mul_(255).round_().to(torch.uint8)
+    tr = images[order[n_val:]]
     log.info("train: %d images (%d train, %d held out), %s, device %s", len(images), len(tr), len(val), vcfg, device)
 
-    steps_per_epoch = max(1, (len(tr) + cfg.batch_size - 1) // cfg.batch_size)
+    epochs, batch_size = cfg.epochs_for(len(tr)), cfg.batch_for(len(tr))
+    steps_per_epoch = max(1, (len(tr) + batch_size - 1) // batch_size)
     warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    model, opt, sched = _fresh(vcfg, cfg, steps_per_epoch, device)
+    log.info("train: %d epochs of %d images in batches of %d, invariance weight %g", epochs, len(tr), batch_size,
+             vcfg.invariance)
+    model, opt, sched = _fresh(vcfg, cfg, epochs * steps_per_epoch, device)
     untrained_elbo = evaluate(model, val)["elbo"]  # an epoch that ends below this has diverged
     # Training state is saved after every epoch under a key of (data, recipe): a killed run resumes there.
     state_path = workdir.training_dir / fingerprint(*rel_paths, json.dumps(asdict(cfg), sort_keys=True)) / "state.pt"
@@ -122,30 +138,33 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
             log.info("train: resuming after epoch %d from %s", len(metrics), state_path)
         except Exception as e:  # a damaged state file costs the epochs it held, nothing else
             log.warning("train: cannot resume from %s (%s); starting again", state_path, e)
-            model, opt, sched = _fresh(vcfg, cfg, steps_per_epoch, device)
+            model, opt, sched = _fresh(vcfg, cfg, epochs * steps_per_epoch, device)
             metrics, step, elapsed = [], 0, 0.0
     start = time.monotonic() - elapsed
     good = _snapshot(model, opt, sched, gen)  # the state to go back to if an epoch collapses the model
     restarts = metrics[-1].get("restarts", 0) if metrics else 0
     was_active = bool(metrics) and metrics[-1]["val_active_units"] > 0
     epoch = len(metrics) + 1
-    while epoch <= cfg.epochs:
+    while epoch <= epochs:
         if cfg.max_minutes is not None and metrics and time.monotonic() - start > cfg.max_minutes * 60:
             break  # a resumed run whose budget was already spent
         model.train()
-        t0, total = time.monotonic(), 0.0
-        for batch_idx in torch.randperm(len(tr), generator=gen).split(cfg.batch_size):
+        t0, total, invariance = time.monotonic(), 0.0, 0.0
+        for batch_idx in torch.randperm(len(tr), generator=gen).split(batch_size):
             beta = cfg.beta * min(1.0, (step + 1) / warmup_steps)  # KL warm-up against early collapse
-            out = model.loss(to_float(tr[batch_idx]).to(device), beta=beta)
+            out = _loss(model, tr[batch_idx], beta, cfg, gen, device)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
             sched.step()
             total += out["loss"].item() * len(batch_idx)
+            invariance += out["invariance"].item() * len(batch_idx) if "invariance" in out else 0.0
             step += 1
         seconds = time.monotonic() - t0
         ev = evaluate(model, val)
-        if _broke(ev, untrained_elbo, was_active) and restarts < cfg.max_restarts:
+        # Batch norm on the means keeps the posterior from collapsing (BN-VAE); its running statistics can make the
+        # held-out means look inactive for an epoch while the model is fine, so only divergence counts there.
+        if _broke(ev, untrained_elbo, was_active and not vcfg.normalised_means) and restarts < cfg.max_restarts:
             # A learning-rate spike can throw the encoder into a state where it ignores its input (its active
             # units fall to none; seen on 64 px colour icons at lr 4e-3) and it never comes back, or blow the
             # loss up. Go back to the state before this epoch and continue at half the learning rate.
@@ -160,13 +179,14 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
                         group[key] *= 0.5
             good = _snapshot(model, opt, sched, gen)
             continue
-        row = {"epoch": epoch, "train_loss": total / max(len(tr), 1), "beta": beta, "seconds": seconds,
+        row = {"epoch": epoch, "train_loss": total / max(len(tr), 1), "train_invariance": invariance / max(len(tr), 1),
+               "beta": beta, "seconds": seconds,
                "images_per_second": len(tr) / seconds, "restarts": restarts, "peak_lr": opt.param_groups[0]["max_lr"],
                **{f"val_{k}": v for k, v in ev.items()}}
         metrics.append(row)
-        log.info("train: epoch %d/%d  loss %.2f  val ELBO %.2f nats/image (%s)  KL %.2f  active units %d/%d  %.1fs",
-                 epoch, cfg.epochs, row["train_loss"], row["val_elbo"], vcfg.likelihood, row["val_kl"],
-                 row["val_active_units"], vcfg.latent_dim, seconds)
+        log.info("train: epoch %d/%d  loss %.2f  invariance %.3f  val ELBO %.2f nats/image (%s)  KL %.2f  active units %d/%d  %.1fs",
+                 epoch, epochs, row["train_loss"], row["train_invariance"], row["val_elbo"], vcfg.likelihood, row["val_kl"],
+                 row["val_active_units"], vcfg.latent_dim + vcfg.extra_dim, seconds)
         was_active = was_active or ev["active_units"] > 0
         good = _snapshot(model, opt, sched, gen)
         with atomic_path(state_path) as tmp:
@@ -186,10 +206,27 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
     return result
 
 
+def _loss(model: VAE, batch: torch.Tensor, beta: float, cfg: TrainConfig, gen: torch.Generator, device: torch.device
+          ) -> dict[str, torch.Tensor]:
+    """The VAE's loss on a batch as embedding sees it and, weighted per input value by the invariance the model is
+    trained for (VAEConfig.invariance), the margin between the searched codes of the batch and of an everyday edit
+    of each image (augment.edited, model.invariance_loss)."""
+    x = composited(batch, model.config.background).to(device)
+    out = model.loss(x, beta=beta)
+    weight = model.config.invariance
+    if weight:
+        code = out["mu"][:, : model.config.latent_dim]
+        out["invariance"] = model.invariance_loss(code, model.embed(edited(batch, model.config.background, gen).to(device)),
+                                                  cfg.temperature)
+        out["loss"] = out["loss"] + weight * x[0].numel() * out["invariance"]
+    return out
+
+
 def _broke(ev: dict[str, float], untrained_elbo: float, was_active: bool) -> bool:
-    """The epoch diverged (ELBO not finite or below the untrained model's), or collapsed the posterior: the encoder
-    used some latent units before and none now. (Units that are not active *yet* early on are normal.)"""
-    diverged = not math.isfinite(ev["elbo"]) or ev["elbo"] < untrained_elbo
+    """The epoch diverged (ELBO not finite or clearly below the untrained model's), or collapsed the posterior: the
+    encoder used some latent units before and none now. (Units that are not active *yet* early on are normal, and so
+    is an ELBO that wobbles around the untrained one while the decoder still learns the mean image.)"""
+    diverged = not math.isfinite(ev["elbo"]) or ev["elbo"] < untrained_elbo - 0.01 * abs(untrained_elbo)
     return diverged or (was_active and ev["active_units"] == 0)
 
 
@@ -219,13 +256,13 @@ def _restore(snapshot: dict, model: VAE, opt: torch.optim.Optimizer, sched, gen:
     return snapshot["step"]
 
 
-def _fresh(vcfg: VAEConfig, cfg: TrainConfig, steps_per_epoch: int, device: torch.device):
+def _fresh(vcfg: VAEConfig, cfg: TrainConfig, total_steps: int, device: torch.device):
     """A seeded new model, its Adam optimiser and one-cycle schedule."""
     torch.manual_seed(cfg.seed)
     model = VAE(vcfg).to(device)
     lr = cfg.peak_lr(vcfg.image_size)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.1)
     return model, opt, sched
 
 
