@@ -25,9 +25,17 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and training (defaults: the recipe in BENCHMARKS.md)")
     g.add_argument("--model", metavar="CHECKPOINT", help="use this checkpoint (model.pt) instead of training")
     g.add_argument("--retrain", action="store_true", help="train a new model even if the collection has one")
-    g.add_argument("--epochs", type=int, default=t.epochs, help="training epochs (default %(default)s)")
+    g.add_argument("--epochs", type=int, default=t.epochs,
+                   help=f"training epochs (default: enough for {t.image_passes:,} images, at least {t.min_epochs})")
     g.add_argument("--max-minutes", type=float, default=t.max_minutes, help="stop training after this many minutes")
-    g.add_argument("--image-size", type=int, default=t.image_size, help="model input side in pixels (default: 28 for small images, else 64)")
+    g.add_argument("--image-size", type=int, default=t.image_size, help="model input side in pixels (default: 28 for small opaque images, else 32)")
+    g.add_argument("--fit", choices=("trim", "letterbox"), default=t.fit,
+                   help="trim: cut borders and transparent padding, stretch to the square; letterbox: keep the aspect "
+                        "ratio (default: letterbox for small opaque images, else trim)")
+    g.add_argument("--background", type=int, default=t.background, metavar="0-255",
+                   help="grey behind transparent pixels (default %(default)s)")
+    g.add_argument("--invariance", type=float, default=t.invariance,
+                   help="weight of training for invariance to everyday edits, 0 for a plain VAE (default: 0.03 for trimmed inputs, else 0)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=t.channels, help="1 = grey, 3 = colour (default: from the data)")
     g.add_argument("--latent-dim", type=int, default=t.latent_dim, help="embedding dimension (default %(default)s)")
     g.add_argument("--beta", type=float, default=t.beta, help="KL weight (default %(default)s)")
@@ -53,9 +61,9 @@ def _build_config(a: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
         ingest=replace(IngestConfig(), workers=a.workers, max_pixels=a.max_pixels, include_hidden=a.include_hidden,
                        follow_symlinks_outside=a.follow_symlinks_outside),
-        train=replace(TrainConfig(), epochs=a.epochs, max_minutes=a.max_minutes, image_size=a.image_size,
-                      channels=a.channels, latent_dim=a.latent_dim, beta=a.beta, likelihood=a.likelihood, lr=a.lr,
-                      seed=a.seed),
+        train=replace(TrainConfig(), epochs=a.epochs, max_minutes=a.max_minutes, image_size=a.image_size, fit=a.fit,
+                      background=a.background, invariance=a.invariance, channels=a.channels, latent_dim=a.latent_dim,
+                      beta=a.beta, likelihood=a.likelihood, lr=a.lr, seed=a.seed),
         embed=replace(EmbedConfig(), workers=a.workers, part_rows=a.shard_size),
         index=replace(IndexConfig(), kind=a.index_kind, metric=a.metric),
     )

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 import pyarrow.parquet as pq
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -113,23 +114,38 @@ def test_duplicate_groups_exact_and_near(with_copies):
     assert render(result.report)["groups"] == groups["group"].nunique()
 
 
-def test_groups_are_mutual_neighbours_above_the_threshold(tmp_path):
+def _index_of(vectors: np.ndarray, paths: list[str], shas: list[str]):
+    """A real flat FAISS index over unit vectors, opened as search sees it."""
+    import faiss
     import pyarrow as pa
 
-    from vaepipe.duplicates import duplicate_groups
-    from vaepipe.store import NEIGHBOURS_SCHEMA
+    from vaepipe.index import SearchIndex
 
-    ids = pa.table({"path": ["a", "b", "c", "d", "e", "f", "g"], "sha256": ["1", "2", "3", "4", "5", "6", "6"]})
-    pairs = [("1", "2", 0.99), ("2", "1", 0.99),  # mutual and close: a near group {a, b}
-             ("2", "3", 0.99),                    # one-way: does not chain c into it
-             ("4", "5", 0.97), ("5", "4", 0.97),  # mutual but below the threshold
-             ("3", "4", 0.5)]
-    rows = [{"query_path": q, "query_sha256": q, "rank": 1, "neighbour_path": n, "neighbour_sha256": n,
-             "distance": 1 - s, "similarity": s} for q, n, s in pairs]
-    pq.write_table(pa.Table.from_pylist(rows, schema=NEIGHBOURS_SCHEMA), tmp_path / "n.parquet")
-    groups = duplicate_groups(tmp_path / "n.parquet", ids, threshold=0.98).to_pylist()
-    assert [(g["group"], g["kind"], g["path"]) for g in groups] == [(1, "exact", "f"), (1, "exact", "g"),
-                                                                   (2, "near", "a"), (2, "near", "b")]
+    x = np.ascontiguousarray(vectors, np.float32)
+    faiss.normalize_L2(x)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    meta = {"n": len(x), "dim": x.shape[1], "metric": "cosine", "centre": [0.0] * x.shape[1], "kind": "flat", "params": {}}
+    return SearchIndex(index, pa.table({"path": paths, "sha256": shas}), meta)
+
+
+def test_groups_join_pairs_above_the_threshold_whatever_k(tmp_path):
+    from vaepipe.duplicates import duplicate_groups
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(4, 16))
+    copies = base[0] + 0.05 * rng.normal(size=(12, 16))  # twelve copies of one picture: more than any -k
+    vectors = np.vstack([copies, base[1], base[1] + 0.05 * rng.normal(size=16), base[2], base[3], base[3]])
+    paths = [f"copy-{i:02d}" for i in range(12)] + ["b", "b2", "c", "d1", "d2"]
+    shas = [f"s{i}" for i in range(14)] + ["sc", "sd", "sd"]  # d1 and d2: the same bytes
+    groups = duplicate_groups(_index_of(vectors, paths, shas), threshold=0.95).to_pylist()
+    by_group: dict[int, tuple[str, set]] = {}
+    for g in groups:
+        by_group.setdefault(g["group"], (g["kind"], set()))[1].add(g["path"])
+    assert sorted((kind, sorted(members)) for kind, members in by_group.values()) == [
+        ("exact", ["d1", "d2"]), ("near", ["b", "b2"]), ("near", [f"copy-{i:02d}" for i in range(12)])]
+    assert duplicate_groups(_index_of(vectors, paths, shas), threshold=0.9999).to_pylist() == [
+        {"group": 1, "kind": "exact", "path": p, "sha256": "sd"} for p in ("d1", "d2")]
 
 
 def test_samples_page_shows_every_picture(built, fmnist_dir, tmp_path):
@@ -138,3 +154,28 @@ def test_samples_page_shows_every_picture(built, fmnist_dir, tmp_path):
     assert result.page == tmp_path / "s" / "index.html"
     check = render(result.page)
     assert check["broken"] == 0 and check["images"] == 3 + 8
+
+
+def test_the_threshold_follows_what_the_model_was_trained_for(tmp_path):
+    """A model trained for copies uses the threshold chosen on the validation folders; a plain VAE is calibrated on
+    the collection (JPEG re-saves). Either way the re-save similarities are measured and recorded."""
+    import torch
+
+    from vaepipe.duplicates import COPY_THRESHOLD, calibrate_threshold
+    from vaepipe.images import load_array
+    from vaepipe.model import VAE, VAEConfig
+
+    paths = write_fmnist(tmp_path / "images", n=20)
+    rel = [p.relative_to(tmp_path / "images").as_posix() for p in paths]
+    for invariance, rule in ((0.03, "trained for copies"), (0.0, "JPEG re-saves")):
+        torch.manual_seed(0)
+        model = VAE(VAEConfig(image_size=28, channels=1, latent_dim=8, invariance=invariance)).eval()
+        with torch.no_grad():
+            x = torch.stack([torch.from_numpy(load_array(p, model.config.spec)) for p in paths]).float() / 255
+            vectors = model.embed(x).numpy()
+        index = _index_of(vectors - vectors.mean(0), rel, [f"sha{i}" for i in range(len(rel))])
+        index.meta["centre"] = vectors.mean(0).tolist()
+        cal = calibrate_threshold(model, index, tmp_path / "images")
+        assert cal.rule == rule and cal.sampled == 20 and 0.5 < cal.resave_similarity["0.5"] <= 1.0001
+        expected = COPY_THRESHOLD if invariance else cal.resave_similarity["0.05"]
+        assert cal.threshold == expected

@@ -1,70 +1,114 @@
-"""Duplicate groups from an all-against-all neighbour table.
+"""Duplicate groups of a collection: which images are copies of which.
 
   exact: files with the same sha256 (byte-identical content at several paths);
-  near:  connected components of pairs that are in each other's neighbour lists with a similarity
-         of at least the threshold.
+  near:  images at least `threshold` alike, joined into connected components. The pairs come from a range search
+         over the whole index, not from a query run's neighbour lists, so the groups do not depend on -k.
 
-The default threshold is calibrated per model, so it means the same thing on any collection: take a
-sample of collection images, make the copies a person would call duplicates (re-saved as JPEG,
-quality 85), and use the 5th percentile of the original-to-copy similarities. 95% of such copies
-then land in a group with their original. Groups are connected components, so a loose threshold
-chains look-alikes into one big group: pass a higher threshold when that happens.
+The default threshold depends on what the model was trained for (`calibrate_threshold`). A model trained for
+invariance to everyday edits (trimmed inputs, the default for photos, art and icons) puts copies at a similarity that
+does not depend much on the collection: COPY_THRESHOLD, chosen on the validation folders of benchmarks/copies.py for
+pair precision. A plain VAE (small framed images) was not taught what a copy is; its threshold is the similarity that
+95% of sampled images keep to a JPEG re-save of themselves, measured on the collection.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from vaepipe.images import ImageError, open_image, to_array, to_float
+from vaepipe.config import IngestConfig
+from vaepipe.images import open_image, to_array, to_float
 from vaepipe.index import SearchIndex, prepare
-from vaepipe.model import VAE
+from vaepipe.model import VAE, exact_cudnn
 
 log = logging.getLogger("vaepipe")
 
 DUPLICATES_SCHEMA = pa.schema([("group", pa.int32()), ("kind", pa.string()), ("path", pa.string()), ("sha256", pa.string())])
 
 
-def _resaved(img: Image.Image) -> Image.Image:
-    """The copy a person calls a duplicate: the same picture re-saved as a JPEG (quality 85)."""
+COPY_THRESHOLD = 0.97
+
+
+@dataclass
+class Calibration:
+    """A duplicate threshold and what it was chosen from (recorded in run.json)."""
+
+    threshold: float
+    rule: str  # "trained for copies" or "JPEG re-saves"
+    sampled: int  # collection images re-saved
+    resave_similarity: dict[str, float]  # quantiles of original-to-re-saved-copy similarity
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5)
+
+
+def _resaved(img: Image.Image, background: int) -> Image.Image:
+    """The mildest copy: the picture flattened onto the background grey (as JPEG has no transparency) and re-saved as
+    a JPEG of quality 85."""
+    flat = Image.alpha_composite(Image.new("RGBA", img.size, (background, background, background, 255)), img.convert("RGBA"))
     buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="JPEG", quality=85)
+    flat.convert("RGB").save(buf, format="JPEG", quality=85)
     return Image.open(io.BytesIO(buf.getvalue()))
 
 
 @torch.no_grad()
-def calibrate_threshold(model: VAE, index: SearchIndex, image_root: Path, n: int = 200, seed: int = 0) -> float:
-    """5th percentile of cosine similarity between sampled collection images and their re-saved copies."""
+@exact_cudnn()
+def calibrate_threshold(model: VAE, index: SearchIndex, image_root: Path, n: int = 256, seed: int = 0) -> Calibration:
     paths = index.ids["path"].to_pylist()
     rng = np.random.default_rng(seed)
-    pairs = []
-    for i in rng.choice(len(paths), size=min(n, len(paths)), replace=False):
+    spec, rows, copies = model.config.spec, [], []
+    for i in sorted(rng.choice(len(paths), size=min(n, len(paths)), replace=False)):
         try:
-            img = open_image(Path(image_root) / paths[i], max_pixels=64_000_000)
-            pairs.append((to_array(img, model.config.spec), to_array(_resaved(img), model.config.spec)))
-        except (ImageError, OSError):
+            copies.append(to_array(_resaved(open_image(Path(image_root) / paths[i], IngestConfig().max_pixels), spec.background), spec))
+            rows.append(i)
+        except Exception:  # changed or gone since it was indexed; Pillow raises anything
             continue
-    if not pairs:
-        return 0.99
-    device = next(model.parameters()).device
-    a = model.encode(to_float(torch.from_numpy(np.stack([p[0] for p in pairs]))).to(device))[0].cpu().numpy()
-    b = model.encode(to_float(torch.from_numpy(np.stack([p[1] for p in pairs]))).to(device))[0].cpu().numpy()
-    centre = np.asarray(index.meta["centre"], np.float32)
-    sims = (prepare(a, "cosine", centre) * prepare(b, "cosine", centre)).sum(1)
-    return float(np.quantile(sims, 0.05))
+    sims = np.ones(0, np.float32)
+    if rows:
+        device = next(model.parameters()).device
+        x = to_float(torch.from_numpy(np.stack(copies)))
+        mu = torch.cat([model.eval().embed(b.to(device)).cpu() for b in x.split(256)]).numpy()
+        centre = np.asarray(index.meta["centre"], np.float32)
+        sims = (prepare(mu, index.meta["metric"], centre) * index.stored_vectors(np.asarray(rows))).sum(1)
+    quantiles = {f"{p:g}": round(float(np.quantile(sims, p)), 4) for p in QUANTILES} if len(sims) else {}
+    if model.config.invariance > 0:
+        return Calibration(COPY_THRESHOLD, "trained for copies", len(rows), quantiles)
+    threshold = quantiles.get("0.05", 0.99)
+    return Calibration(threshold, "JPEG re-saves", len(rows), quantiles)
 
 
-def duplicate_groups(neighbours: Path, ids: pa.Table, threshold: float) -> pa.Table:
+def near_pairs(index: SearchIndex, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Index rows (a, b), a < b, of every pair of images with similarity >= threshold, and of other content."""
+    n = index.meta["n"]
+    shas = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
+    batch = int(np.clip(10_000_000 // max(n, 1), 1, 4096))  # a batch's results stay bounded even if all match
+    a_rows, b_rows = [], []
+    for start in range(0, n, batch):
+        rows = np.arange(start, min(n, start + batch))
+        lims, found = index.within(index.stored_vectors(rows), threshold, prepared=True)
+        q = np.repeat(rows, np.diff(lims))
+        keep = (found > q) & (shas[found] != shas[q])
+        a_rows.append(q[keep])
+        b_rows.append(found[keep])
+    return np.concatenate(a_rows), np.concatenate(b_rows)
+
+
+def duplicate_groups(index: SearchIndex, threshold: float) -> pa.Table:
     """Exact groups (same sha256) first, then near groups; each group's files in path order, biggest groups first."""
+    paths = index.ids["path"].to_pylist()
+    shas = index.ids["sha256"].to_pylist()
     paths_of: dict[str, list[str]] = {}
-    for path, sha in zip(ids["path"].to_pylist(), ids["sha256"].to_pylist()):
+    for path, sha in zip(paths, shas):
         paths_of.setdefault(sha, []).append(path)
 
     parent: dict[str, str] = {}
@@ -76,20 +120,14 @@ def duplicate_groups(neighbours: Path, ids: pa.Table, threshold: float) -> pa.Ta
             x = parent[x]
         return x
 
-    close: set[tuple[str, str]] = set()
-    for batch in pq.ParquetFile(neighbours).iter_batches(columns=["query_sha256", "neighbour_sha256", "similarity"]):
-        q, nb, sim = (batch.column(i).to_numpy(zero_copy_only=False) for i in range(3))
-        close.update((a, b) for a, b in zip(q[sim >= threshold], nb[sim >= threshold]) if a != b)
-    for a, b in close:
-        if (b, a) in close:  # mutual neighbours only: one-way links are how look-alikes chain into blobs
-            parent[find(a)] = find(b)
-
+    for a, b in zip(*near_pairs(index, threshold)):
+        parent[find(shas[a])] = find(shas[b])
     components: dict[str, list[str]] = {}
     for sha in parent:
         components.setdefault(find(sha), []).append(sha)
     exact = [sorted(p) for p in paths_of.values() if len(p) > 1]
-    near = [sorted(p for sha in shas for p in paths_of.get(sha, [])) for shas in components.values() if len(shas) > 1]
-    sha_of = dict(zip(ids["path"].to_pylist(), ids["sha256"].to_pylist()))
+    near = [sorted(p for sha in members for p in paths_of[sha]) for members in components.values() if len(members) > 1]
+    sha_of = dict(zip(paths, shas))
     ordered = [(kind, members) for kind, groups in (("exact", exact), ("near", near))
                for members in sorted(groups, key=lambda g: (-len(g), g[0]))]
     rows = [{"group": gid, "kind": kind, "path": p, "sha256": sha_of[p]}

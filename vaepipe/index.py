@@ -372,6 +372,15 @@ class SearchIndex:
         distance = np.sqrt(np.maximum(scores, 0)).astype(np.float32)  # FAISS L2 scores are squared
         return rows, distance, (1.0 / (1.0 + distance)).astype(np.float32)
 
+    def within(self, vectors: np.ndarray, similarity: float, prepared: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored row at least `similarity` alike to each query: (lims, rows), query i's rows being
+        rows[lims[i]:lims[i + 1]] (a FAISS range search)."""
+        x = vectors if prepared else prepare(vectors, self.meta["metric"], np.asarray(self.meta["centre"], np.float32))
+        # FAISS keeps scores above the radius for inner products, below it for (squared) L2.
+        radius = similarity if self.meta["metric"] == "cosine" else (1.0 / similarity - 1.0) ** 2
+        lims, _, rows = self.index.range_search(np.ascontiguousarray(x, dtype=np.float32), radius)
+        return lims.astype(np.int64), rows  # lims come as uint64, which numpy will not mix with row numbers
+
     def stored_vectors(self, rows: np.ndarray) -> np.ndarray:
         """Vectors of index rows as stored (prepared), for querying the collection against itself."""
         return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))

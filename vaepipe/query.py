@@ -130,7 +130,12 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
     params: dict = {}
     if duplicates and threshold is None:
         model = load_checkpoint(workdir.model_dir(collection["model_id"]) / "model.pt", default_device())
-        threshold = calibrate_threshold(model, index, Path(collection["image_root"]))
+        calibration = calibrate_threshold(model, index, Path(collection["image_root"]))
+        threshold = calibration.threshold
+        params["duplicate_calibration"] = calibration.to_dict()
+        log.info("duplicates: threshold %.4f (%s; JPEG re-saves of %d images keep a similarity of median %s, "
+                 "5th percentile %s)", threshold, calibration.rule, calibration.sampled,
+                 calibration.resave_similarity.get("0.5"), calibration.resave_similarity.get("0.05"))
     if duplicates:
         params["duplicate_threshold"] = threshold
     return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params)
@@ -153,7 +158,7 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
     result = QueryResult(run_dir, out, len(names), n_rows, k, skipped, time.monotonic() - t0)
     groups = None
     if "duplicate_threshold" in params:
-        groups = duplicate_groups(out, index.ids, params["duplicate_threshold"])
+        groups = duplicate_groups(index, params["duplicate_threshold"])
         result.duplicates = write_parquet(groups, run_dir / "duplicates.parquet")
         result.n_duplicate_groups = len(set(groups["group"].to_pylist()))
     image_root = Path(workdir.read_collection()["image_root"])

@@ -110,7 +110,7 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
         figs = [_figure(thumbs.link(qsha, query_root / qpath), qpath)]
         for r in rows:
             figs.append(_figure(thumbs.link(r["neighbour_sha256"], collection_root / r["neighbour_path"]),
-                                r["neighbour_path"], f'<div class="sim">#{r["rank"]} sim {r["similarity"]:.3f}</div>'))
+                                r["neighbour_path"], f'<div class="sim">#{r["rank"]} sim {r["similarity"]:.4f}</div>'))
         blocks.append(f'<div class="query"><div class="q">{figs[0]}</div>{"".join(figs[1:])}</div>')
 
     pages = [blocks[i : i + per_page] for i in range(0, len(blocks), per_page)] or [[]]
@@ -145,13 +145,16 @@ def _groups_html(groups: pa.Table, thumbs: Thumbs, root: Path, max_groups: int =
     return "".join(parts)
 
 
-def write_samples_page(samples_dir: Path, files: list[Path], summary: dict[str, object]) -> Path:
-    """index.html beside the sample PNGs: grid, reconstructions, interpolation, then every sample."""
+def write_samples_page(samples_dir: Path, files: list[Path], summary: dict[str, object], note: str = "") -> Path:
+    """index.html beside the sample PNGs: summary, a note on what to expect, grid, reconstructions, interpolation,
+    then every sample."""
     def img(name: str, caption: str) -> str:
         return f'<figure style="width:auto"><img style="width:auto;height:auto" src="{name}" alt="{caption}"><figcaption>{caption}</figcaption></figure>'
 
     names = {f.name for f in files}
     body = f"<h1>vaepipe samples</h1>{_summary_table(summary)}"
+    if note:
+        body += f"<p>{html.escape(note)}</p>"
     for name, caption in [("grid.png", "samples from the prior N(0, I)"),
                           ("grid-fitted.png", "samples from a Gaussian fitted to the collection's latent means"),
                           ("reconstructions.png", "top: collection images; bottom: their reconstructions"),
