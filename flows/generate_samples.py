@@ -18,8 +18,7 @@ def generate_task(workdir: str, n: int, seed: int, between: tuple[str, str] | No
     collection = wd.read_collection()
     mid = collection["model_id"]
     return generate(wd.model_dir(mid) / "model.pt", Path(collection["image_root"]), wd.manifest,
-                    wd.samples_dir(new_run_id("samples")), n=n, seed=seed, between=between,
-                    embeddings_dir=wd.embeddings_dir(mid))
+                    wd.samples_dir(new_run_id("samples")), n=n, seed=seed, between=between)
 
 
 @flow(name="generate-samples")

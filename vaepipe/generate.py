@@ -20,11 +20,10 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from vaepipe.images import load_array, to_float
-from vaepipe.index import load_vectors
 from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, load_checkpoint
 from vaepipe.report import write_samples_page
-from vaepipe.store import VaepipeError, atomic_path, write_json
+from vaepipe.store import VaepipeError, atomic_path, read_json, write_json
 
 log = logging.getLogger("vaepipe")
 
@@ -64,14 +63,17 @@ def interpolate(model: VAE, a: torch.Tensor, b: torch.Tensor, steps: int = 10) -
     return torch.sigmoid(model.decode((1 - t) * mu[0] + t * mu[1]))
 
 
-def fit_latent(embeddings_dir: Path, manifest_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and Cholesky factor of a full-covariance Gaussian over the collection's posterior means.
+@torch.no_grad()
+def fit_latent(model: VAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and Cholesky factor of a full-covariance Gaussian over the posterior means (every latent dimension, the
+    searched code and the extra ones) of `images`, floats (B, C, H, W) in [0, 1].
 
     Trained with a small KL weight (the search recipe), the means fill only part of N(0, I), so many prior
     samples decode to blobs; sampling where the data's codes actually are gives recognisable images
     ("ex-post density estimation", Ghosh et al. 2020).
     """
-    mu = torch.from_numpy(load_vectors(embeddings_dir, manifest_path)[1]).double()
+    model.eval()
+    mu = torch.cat([model.encode(b)[0] for b in images.split(512)]).double()
     mean = mu.mean(0)
     cov = torch.cov(mu.T) if len(mu) > 1 else torch.eye(mu.shape[1], dtype=torch.float64)
     cov = cov + 1e-6 * torch.eye(len(mean), dtype=torch.float64)  # a dimension with no spread must not break Cholesky
@@ -83,9 +85,12 @@ def fitted_latents(mean: torch.Tensor, chol: torch.Tensor, n: int, generator: to
     return mean + torch.randn(n, len(mean), generator=generator) @ chol.T
 
 
+FIT_IMAGES = 2_000  # collection images the fitted Gaussian is fitted to
+
+
 def generate(model_path: Path, image_root: Path, manifest_path: Path, out_dir: Path, n: int = 64,
              seed: int = 0, n_reconstructions: int = 16, between: tuple[str, str] | None = None,
-             embeddings_dir: Path | None = None) -> GenerateResult:
+             fitted: bool = True) -> GenerateResult:
     if n <= 0:
         raise VaepipeError(f"the number of samples must be at least 1, got {n}")
     model = load_checkpoint(model_path)  # CPU: a few hundred decodes, not worth a device transfer
@@ -98,35 +103,66 @@ def generate(model_path: Path, image_root: Path, manifest_path: Path, out_dir: P
     for i, img in enumerate(samples):
         files.append(save_png(img[None], out_dir / f"sample-{i:04d}.png", nrow=1))
     files.append(save_png(samples, out_dir / "grid.png", nrow=math.ceil(math.sqrt(n))))
-    if embeddings_dir is not None:
-        with torch.no_grad():
-            fitted = torch.sigmoid(model.decode(fitted_latents(*fit_latent(embeddings_dir, manifest_path), n, gen)))
-        files.append(save_png(fitted, out_dir / "grid-fitted.png", nrow=math.ceil(math.sqrt(n))))
-
     ok = read_ok(manifest_path)["path"].to_pylist()
+    if fitted and ok:
+        sample = [ok[i] for i in sorted(np.random.default_rng(seed).choice(len(ok), min(FIT_IMAGES, len(ok)), replace=False))]
+        with torch.no_grad():
+            decoded = torch.sigmoid(model.decode(fitted_latents(*fit_latent(model, _load(image_root, sample, spec)), n, gen)))
+        files.append(save_png(decoded, out_dir / "grid-fitted.png", nrow=math.ceil(math.sqrt(n))))
+
     picks = [ok[i] for i in sorted(np.random.default_rng(seed).choice(len(ok), min(n_reconstructions, len(ok)), replace=False))] if ok else []
     inputs = _load(image_root, picks, spec)
     if len(inputs):
         files.append(save_png(torch.cat([inputs, reconstruct(model, inputs)]), out_dir / "reconstructions.png", nrow=len(inputs)))
     ends = list(between) if between else picks[:2]
-    if len(ends) == 2:
-        a, b = _load(image_root, ends, spec).split(1)
+    pair = _load(image_root, ends, spec, strict=bool(between)) if len(ends) == 2 else []
+    if len(pair) == 2:
+        a, b = pair.split(1)
         strip = torch.cat([a, interpolate(model, a, b), b])
         files.append(save_png(strip, out_dir / "interpolation.png", nrow=len(strip)))
     write_json({"model": str(model_path), "n": n, "seed": seed, "reconstructed": picks, "interpolated": ends,
                 "files": [f.name for f in files]}, out_dir / "samples.json")
     page = write_samples_page(out_dir, files, {"model": Path(model_path).parent.name, "samples": n, "seed": seed,
-                                                "likelihood": model.config.likelihood})
+                                                "likelihood": model.config.likelihood, **_elbo(Path(model_path).parent)},
+                              note=_what_to_expect(model.config))
     log.info("generate: %d files in %s, page %s", len(files), out_dir, page)
     return GenerateResult(out_dir, files, page)
 
 
-def _load(root: Path, rel_paths: list[str], spec) -> torch.Tensor:
+def _elbo(model_dir: Path) -> dict[str, object]:
+    """The model's last validation ELBO from its metrics.json, if it was trained here."""
+    try:
+        last = read_json(model_dir / "metrics.json")["epochs"][-1]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return {}
+    return {"validation ELBO (nats/image)": round(last["val_elbo"], 1), "of which KL": round(last["val_kl"], 1)}
+
+
+def _what_to_expect(config) -> str:
+    side = config.image_size
+    kind = "colour" if config.channels == 3 else "grey"
+    what = ("its code is trained first to find an image's copies (a few dozen numbers), so these pictures show what "
+            "it keeps: for photographs, the colours and layout of the collection's kind of image, blurred; not "
+            "detail, text or faces." if config.invariance else
+            "its code is a few dozen numbers, so these pictures show the collection's shapes and shading, not detail.")
+    return (f"The model sees every image as {side}x{side} {kind} pixels, and {what} Reconstructions (top row the "
+            f"input, bottom row what the code gives back) show how close it gets. Samples from the fitted Gaussian look "
+            f"more like the collection than samples from the prior N(0, I).")
+
+
+def _load(root: Path, rel_paths: list[str], spec, strict: bool = False) -> torch.Tensor:
+    """The images as model inputs, floats (B, C, H, W). A file that no longer loads (changed since it was indexed) is
+    left out with a warning, or with strict=True (files the user named) is an error."""
     root = Path(root).resolve()
     arrays = []
     for rel in rel_paths:
         path = (root / rel).resolve()
         if not path.is_relative_to(root):
             raise VaepipeError(f"{rel} is outside the collection root {root}")
-        arrays.append(torch.from_numpy(load_array(path, spec)))
+        try:
+            arrays.append(torch.from_numpy(load_array(path, spec)))
+        except Exception as e:  # Pillow raises anything on a bad file
+            if strict:
+                raise VaepipeError(f"cannot read {rel}: {e}") from None
+            log.warning("generate: left out %s: %s", rel, e)
     return to_float(torch.stack(arrays)) if arrays else torch.zeros(0)
