@@ -44,11 +44,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+from PIL import Image
 
 from vaepipe.config import EmbedConfig, IndexConfig, IngestConfig, TrainConfig
 from vaepipe.embed import embed
 from vaepipe.fashion_mnist import CLASSES, DEBIAN_DIR, export_pngs, load_split
 from vaepipe.generate import fit_latent, fitted_latents, interpolate, reconstruct, save_png
+from vaepipe.images import to_array
 from vaepipe.index import SearchIndex, build_index, prepare
 from vaepipe.ingest import ingest
 from vaepipe.model import folded, load_checkpoint
@@ -181,9 +183,10 @@ def run(args) -> dict:
     db_labels = np.asarray([CLASSES.index(p.split("/", 1)[0]) for p in search.ids["path"].to_pylist()])
 
     model = folded(load_checkpoint(tr.model_dir / "model.pt"))  # as embed() encodes the database
-    q_t = torch.from_numpy(q_x[:, None].copy())
+    # The queries become the model's input as a file of theirs would (images.to_array: the border cut away, ...).
+    q_t = torch.from_numpy(np.stack([to_array(Image.fromarray(x, "L"), model.config.spec) for x in q_x]))
     with torch.no_grad():
-        q_mu = torch.cat([model.encode(q_t[i:i + 1000].float() / 255.0)[0] for i in range(0, len(q_t), 1000)]).numpy()
+        q_mu = torch.cat([model.embed(q_t[i:i + 1000].float() / 255.0) for i in range(0, len(q_t), 1000)]).numpy()
     t0 = time.monotonic()
     rows, _, _ = search.search(q_mu, args.k)
     vae_labels = np.where(rows >= 0, db_labels[np.maximum(rows, 0)], -1)
@@ -209,14 +212,15 @@ def run(args) -> dict:
     # 5. ELBO etc. on the queries (the test set, or the held-out training images with --split val).
     torch.manual_seed(0)  # evaluate() draws one z per image
     ev = evaluate(model, q_t)
-    ev_db = evaluate(model, torch.from_numpy(db_x[:10_000, None].copy()))
+    ev_db = evaluate(model, torch.from_numpy(np.stack([to_array(Image.fromarray(x, "L"), model.config.spec) for x in db_x[:10_000]])))
 
     # 6. Pictures.
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(0)
     save_png(model.sample(64, generator=gen), out_dir / "samples.png", nrow=8)
     with torch.no_grad():  # the product's second sampler: a Gaussian fitted to the database's latent means
-        z = fitted_latents(*fit_latent(workdir.embeddings_dir(tr.model_id), workdir.manifest), 64, gen)
+        db_t = torch.from_numpy(np.stack([to_array(Image.fromarray(x, "L"), model.config.spec) for x in db_x[:2_000]]))
+        z = fitted_latents(*fit_latent(model, db_t.float() / 255.0), 64, gen)
         save_png(torch.sigmoid(model.decode(z)), out_dir / "samples-fitted.png", nrow=8)
     picks = np.concatenate([np.flatnonzero(q_y == c)[:2] for c in range(len(CLASSES))])  # 2 per class, in class order
     x = q_t[picks].float() / 255.0
@@ -288,7 +292,8 @@ def markdown(r: dict) -> str:
         "| model | value |",
         "|---|---|",
         f"| recipe | width {c['width']}, latent {c['latent_dim']}{', batch norm' if r['vae'].get('batch_norm', c.get('batch_norm')) else ''}, {c['likelihood']}, beta {c['beta']}, lr {TrainConfig(**c).peak_lr(r['vae']['image_size'])}, "
-        f"batch {c['batch_size']}, {c['epochs']} epochs (max_minutes {c['max_minutes']}), warm-up {c['warmup_epochs']} |",
+        f"batch {c['batch_size'] or 'auto'}, {c['epochs'] or 'auto'} epochs (max_minutes {c['max_minutes']}), "
+        f"warm-up {c['warmup_epochs']}, fit {r['vae'].get('fit', 'letterbox')}, invariance {r['vae'].get('invariance', 0)} |",
         f"| ELBO on {e['set']} ({e['likelihood']} likelihood) | {e['elbo']:.2f} nats/image |",
         f"| of which reconstruction NLL / KL | {e['nll']:.2f} / {e['kl']:.2f} nats/image |",
         f"| active latent units (Var of mean > 0.01) | {e['active_units']} / {e['latent_dim']} |",
@@ -321,18 +326,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--db-images", type=int, help="use only this many database images (quick runs)")
     p.add_argument("--query-images", type=int, help="use only this many queries (quick runs)")
     p.add_argument("--k", type=int, default=10)
-    # Recipe knobs: unset ones keep the TrainConfig defaults.
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-minutes", type=float)
-    p.add_argument("--beta", type=float)
-    p.add_argument("--width", type=int)
-    p.add_argument("--latent-dim", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--batch-norm", type=lambda s: s.lower() in ("1", "true", "yes"), metavar="BOOL", help="batch norm after each convolution (default true)")
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--likelihood", choices=["bernoulli", "gaussian"])
-    p.add_argument("--seed", type=int)
+    # Recipe knobs: every TrainConfig field; unset ones keep the TrainConfig defaults.
+    for f in fields(TrainConfig):
+        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" |")[0].replace("Literal", "str").split("[")[0])
+        if str(f.type).startswith("bool"):
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=lambda v: v.lower() in ("1", "true", "yes"), metavar="BOOL")
+        elif kind:
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, one per core)")
     p.add_argument("--data-dir", type=Path, help="folder with the Fashion-MNIST IDX files (default: bundled, then Debian's)")
     p.add_argument("--export-root", default="/tmp/vaepipe-fmnist", help="where the PNG folders and work dirs go (not the repo)")

@@ -10,9 +10,13 @@ precision@10. Smaller runs do not beat pixels yet (3,000 x 2 epochs: 0.621 vs 0.
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import quality  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 
 def test_vae_beats_raw_pixels_on_held_out_queries(tmp_path):

@@ -1,0 +1,128 @@
+"""A cheap run of benchmarks/copies.py: on real photographs and icons, with the default recipe, edited copies find
+their originals more often than raw pixels let them, and the duplicate threshold separates copies from look-alikes.
+
+The folder: tiles of the MATE desktop wallpapers (photographs and digital art) and Tango's transparent 32 px icons,
+with a few edited copies inside it. Queries are edited copies of some of its images, read through the product's
+loading path. The full benchmark, with pHash, dHash and PCA beside it, is in BENCHMARKS.md ("Everyday copies").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import copies  # noqa: E402
+from conftest import SERIAL  # noqa: E402
+
+from vaepipe.config import IngestConfig, TrainConfig  # noqa: E402
+from vaepipe.embed import embed  # noqa: E402
+from vaepipe.index import build_index  # noqa: E402
+from vaepipe.ingest import ingest  # noqa: E402
+from vaepipe.query import query_all  # noqa: E402
+from vaepipe.store import Workdir  # noqa: E402
+from vaepipe.train import train  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+PHOTO_EDITS = ["brightness x1.4", "greyscale", "border 10%", "crop 80%", "aspect 70%", "banner with text"]
+ICON_EDITS = ["flattened on white", "flattened on black"]
+COPY_EDITS = ["jpeg q30", "half size", "border 10%", "mirror", "aspect 70%"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> dict:
+    """The collection, its known copies {copy: original}, and query files {query: (edit, original)}."""
+    base = tmp_path_factory.mktemp("copies")
+    coll = base / "collection"
+    rng = random.Random(0)
+    photos = copies.make_photos(["/usr/share/backgrounds/mate/**/*.jpg", "/usr/share/backgrounds/mate/**/*.png"],
+                                coll / "photos", per_side=3, tile=128)
+    photos = sorted(rng.sample(photos, min(200, len(photos))))
+    tango = sorted(Path("/usr/share/icons/Tango/32x32").rglob("*.png"))
+    icons, seen = [], set()
+    for p in rng.sample(tango, len(tango)):
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()  # Tango ships some icons under two names
+        if digest in seen:
+            continue
+        seen.add(digest)
+        with Image.open(p) as im:
+            im.load()
+            if len(icons) < 100 and copies.has_alpha(im):
+                dest = coll / "icons" / f"{p.parent.name}-{p.name}"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                im.save(dest)
+                icons.append(dest)
+    assert len(photos) >= 150 and len(icons) == 100, (len(photos), len(icons))
+
+    known = {}  # copies inside the collection, with the edits a copy most often has: the duplicates to find
+    for i, orig in enumerate(photos[:10] + icons[:10]):
+        edit = COPY_EDITS[i % len(COPY_EDITS)] if i < 10 else "flattened on white"
+        known[copies.write_edit(Image.open(orig), edit, coll / "copies" / f"{i:02d}", rng)] = orig
+    queries = {}
+    for i, orig in enumerate(photos[20:60]):
+        for edit in PHOTO_EDITS:
+            queries[copies.write_edit(Image.open(orig), edit, base / "queries" / edit / f"p{i:02d}", rng)] = (edit, orig)
+    for i, orig in enumerate(icons[20:60]):
+        for edit in ICON_EDITS:
+            queries[copies.write_edit(Image.open(orig), edit, base / "queries" / edit / f"i{i:02d}", rng)] = (edit, orig)
+    return {"collection": coll, "known": known, "queries": queries, "photos": photos, "icons": icons}
+
+
+@pytest.fixture(scope="module")
+def collection(folder, tmp_path_factory) -> Workdir:
+    """The collection built as a user builds it: the default recipe, nothing tuned for this test."""
+    wd = Workdir(tmp_path_factory.mktemp("work"))
+    coll = folder["collection"]
+    ingest(coll, wd.manifest, IngestConfig(workers=1))
+    trained = train(coll, wd.manifest, wd, TrainConfig(), workers=0)
+    embed(coll, wd.manifest, trained.model_dir, wd.embeddings_dir(trained.model_id), SERIAL)
+    build_index(wd.embeddings_dir(trained.model_id), wd.manifest, wd.index_dir(trained.model_id), trained.model_id)
+    wd.write_collection(coll, trained.model_id)
+    return wd
+
+
+def test_edited_copies_find_their_originals_better_than_raw_pixels(folder, collection):
+    coll = folder["collection"]
+    ids = pq.read_table(collection.manifest).to_pandas()
+    db_paths = [coll / p for p in ids[ids["status"] == "ok"]["path"]]
+    row_of = {p: i for i, p in enumerate(db_paths)}
+    q_paths = list(folder["queries"])
+    edits = np.asarray([folder["queries"][q][0] for q in q_paths])
+    truth = np.asarray([row_of[folder["queries"][q][1]] for q in q_paths])
+
+    vae = copies.cosine_scores(copies.product_vectors(collection, db_paths), copies.product_vectors(collection, q_paths))
+    pixels = copies.cosine_scores(copies.naive_pixels(db_paths), copies.naive_pixels(q_paths))
+    r_vae, r_pixels = (copies.expected_recall(s, truth, 1) for s in (vae, pixels))
+    by_edit = {e: (r_vae[edits == e].mean(), r_pixels[edits == e].mean()) for e in PHOTO_EDITS + ICON_EDITS}
+    print("recall@1 (vaepipe, pixels):", {e: (round(a, 2), round(b, 2)) for e, (a, b) in by_edit.items()})
+    assert r_vae.mean() > r_pixels.mean() + 0.1, (r_vae.mean(), r_pixels.mean())
+    # A transparent icon and its copy flattened on white (the usual way to drop transparency) find each other. On
+    # black, an icon's dark outline vanishes into the background; still found far above chance (1 in ~300).
+    assert by_edit["flattened on white"][0] >= 0.9 and by_edit["flattened on black"][0] >= 0.25, by_edit
+
+
+def test_duplicate_groups_hold_the_copies_and_little_else(folder, collection):
+    result = query_all(collection, k=5)
+    threshold = json.loads((result.run_dir / "run.json").read_text())["duplicate_threshold"]
+    assert 0.5 < threshold < 1
+    groups = pq.read_table(result.duplicates).to_pandas()
+    near = groups[groups["kind"] == "near"]
+    group_of = {str(folder["collection"] / p): g for p, g in zip(near["path"], near["group"])}
+    found = [group_of.get(str(c)) is not None and group_of.get(str(c)) == group_of.get(str(o))
+             for c, o in folder["known"].items()]
+    assert np.mean(found) >= 0.8, found  # the copies are found ...
+    sizes = near.groupby("group").size()
+    assert sizes.max() <= 4 and sizes.sum() <= 3 * len(folder["known"]), sizes.describe()  # ... and little else
+    for _, g in near.groupby("group"):  # never an icon with a photo: transparency is not mixed up
+        kinds = {Path(p).parts[0] if Path(p).parts[0] != "copies" else None for p in g["path"]} - {None}
+        assert len(kinds) <= 1, list(g["path"])
