@@ -153,7 +153,7 @@ def test_samples_page_shows_every_picture(built, fmnist_dir, tmp_path):
     result = generate(built.model_dir(mid) / "model.pt", fmnist_dir, built.manifest, tmp_path / "s", n=8)
     assert result.page == tmp_path / "s" / "index.html"
     check = render(result.page)
-    assert check["broken"] == 0 and check["images"] == 3 + 8
+    assert check["broken"] == 0 and check["images"] == 4 + 8  # prior and fitted grids, reconstructions, interpolation
 
 
 def test_the_threshold_follows_what_the_model_was_trained_for(tmp_path):
@@ -167,7 +167,7 @@ def test_the_threshold_follows_what_the_model_was_trained_for(tmp_path):
 
     paths = write_fmnist(tmp_path / "images", n=20)
     rel = [p.relative_to(tmp_path / "images").as_posix() for p in paths]
-    for invariance, rule in ((0.03, "trained for copies"), (0.0, "JPEG re-saves")):
+    for invariance, rule in ((0.03, "fixed for models trained for copies"), (0.0, "5th percentile of JPEG re-saves")):
         torch.manual_seed(0)
         model = VAE(VAEConfig(image_size=28, channels=1, latent_dim=8, invariance=invariance)).eval()
         with torch.no_grad():

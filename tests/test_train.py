@@ -129,7 +129,7 @@ def test_checkpoint_for_other_input_is_refused(built, tmp_path):
     mid = json.loads(built.collection.read_text())["model_id"]
     write_mixed(tmp_path / "colour")
     ingest(tmp_path / "colour", tmp_path / "m.parquet", IngestConfig(workers=1))
-    with pytest.raises(VaepipeError, match="1-channel 28x28 input, but this collection calls for 3-channel 64x64"):
+    with pytest.raises(VaepipeError, match="1-channel 28x28 input, but this collection calls for 3-channel 32x32"):
         adopt_checkpoint(built.model_dir(mid) / "model.pt", tmp_path / "m.parquet", Workdir(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()
 

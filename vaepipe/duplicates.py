@@ -41,7 +41,7 @@ class Calibration:
     """A duplicate threshold and what it was chosen from (recorded in run.json)."""
 
     threshold: float
-    rule: str  # "trained for copies" or "JPEG re-saves"
+    rule: str  # how the threshold was chosen
     sampled: int  # collection images re-saved
     resave_similarity: dict[str, float]  # quantiles of original-to-re-saved-copy similarity
 
@@ -82,9 +82,9 @@ def calibrate_threshold(model: VAE, index: SearchIndex, image_root: Path, n: int
         sims = (prepare(mu, index.meta["metric"], centre) * index.stored_vectors(np.asarray(rows))).sum(1)
     quantiles = {f"{p:g}": round(float(np.quantile(sims, p)), 4) for p in QUANTILES} if len(sims) else {}
     if model.config.invariance > 0:
-        return Calibration(COPY_THRESHOLD, "trained for copies", len(rows), quantiles)
+        return Calibration(COPY_THRESHOLD, "fixed for models trained for copies", len(rows), quantiles)
     threshold = quantiles.get("0.05", 0.99)
-    return Calibration(threshold, "JPEG re-saves", len(rows), quantiles)
+    return Calibration(threshold, "5th percentile of JPEG re-saves", len(rows), quantiles)
 
 
 def near_pairs(index: SearchIndex, threshold: float) -> tuple[np.ndarray, np.ndarray]:

@@ -141,9 +141,10 @@ def _elbo(model_dir: Path) -> dict[str, object]:
 def _what_to_expect(config) -> str:
     side = config.image_size
     kind = "colour" if config.channels == 3 else "grey"
-    what = ("its code is trained first to find an image's copies (a few dozen numbers), so these pictures show what "
-            "it keeps: for photographs, the colours and layout of the collection's kind of image, blurred; not "
-            "detail, text or faces." if config.invariance else
+    what = ("its code is trained first to find an image's copies: to ignore what people change when they copy a "
+            "picture, brightness and colour among it. So these pictures keep the rough layout and light and dark of "
+            "the collection's images, blurred, and little of their colour; not detail, text or faces. Use the "
+            "similarity report to look at the collection itself." if config.invariance else
             "its code is a few dozen numbers, so these pictures show the collection's shapes and shading, not detail.")
     return (f"The model sees every image as {side}x{side} {kind} pixels, and {what} Reconstructions (top row the "
             f"input, bottom row what the code gives back) show how close it gets. Samples from the fitted Gaussian look "

@@ -133,8 +133,8 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
         calibration = calibrate_threshold(model, index, Path(collection["image_root"]))
         threshold = calibration.threshold
         params["duplicate_calibration"] = calibration.to_dict()
-        log.info("duplicates: threshold %.4f (%s; JPEG re-saves of %d images keep a similarity of median %s, "
-                 "5th percentile %s)", threshold, calibration.rule, calibration.sampled,
+        log.info("duplicates: threshold %.4f (%s); %d images re-saved as JPEG keep a similarity of median %s, "
+                 "5th percentile %s", threshold, calibration.rule, calibration.sampled,
                  calibration.resave_similarity.get("0.5"), calibration.resave_similarity.get("0.05"))
     if duplicates:
         params["duplicate_threshold"] = threshold
