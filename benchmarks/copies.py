@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import faiss
@@ -55,6 +55,8 @@ from vaepipe.model import load_checkpoint
 from vaepipe.query import query_all
 from vaepipe.store import Workdir
 from vaepipe.train import train
+
+from quality import add_recipe_flags, recipe  # noqa: E402  (benchmarks/, beside this script)
 
 log = logging.getLogger("vaepipe")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -533,27 +535,13 @@ def summary_rows(r: dict) -> list[str]:
     return lines
 
 
-def train_config(args) -> TrainConfig:
-    cfg = TrainConfig()
-    for f in fields(TrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            setattr(cfg, f.name, v)
-    return cfg
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--split", choices=["val", "test"], default="val")
     p.add_argument("--folders", nargs="+", default=["photos", "clipart", "icons", "mixed"])
     p.add_argument("--data-root", type=Path, default=Path("/tmp/vaepipe-copies"), help="where the folders are written")
     p.add_argument("--name", default=None)
-    for f in fields(TrainConfig):  # every recipe knob; unset ones keep the TrainConfig defaults
-        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" |")[0].replace("Literal", "str").split("[")[0], None)
-        if f.type in ("bool | None", "bool"):
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=lambda s: s.lower() in ("1", "true", "yes"))
-        elif kind:
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind)
+    add_recipe_flags(p)
     p.add_argument("--vae-only", action="store_true", help="tuning: skip the baselines (they do not change between runs)")
     p.add_argument("--table", action="store_true", help="print the table of every copies-* run in benchmarks/results and exit")
     args = p.parse_args(argv)
@@ -563,7 +551,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     name = args.name or f"{args.split}-{time.strftime('%Y%m%d-%H%M%S')}"
     truth = prepare_split(args.split, args.data_root)
-    cfg = train_config(args)
+    cfg = recipe(args)
     work = args.data_root / "work" / name
     t0 = time.monotonic()
     r: dict = {"name": name, "split": args.split, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

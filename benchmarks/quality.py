@@ -122,12 +122,28 @@ def load_data(args) -> dict:
     return {"db_x": db_x, "db_y": db_y, "q_x": q_x, "q_y": q_y, "query_name": names[0], "db_name": names[1]}
 
 
-def train_config(args) -> TrainConfig:
+def add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    """A flag for every TrainConfig field (--latent-dim, --invariance, ...); unset ones keep the defaults."""
+    for f in fields(TrainConfig):
+        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" |")[0].replace("Literal", "str").split("[")[0])
+        if str(f.type).startswith("bool"):
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=lambda v: v.lower() in ("1", "true", "yes"), metavar="BOOL")
+        elif kind:
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind)
+
+
+def recipe(args) -> TrainConfig:
+    """TrainConfig with the recipe flags that were given."""
     cfg = TrainConfig()
     for f in fields(TrainConfig):
         v = getattr(args, f.name, None)
         if v is not None:
             setattr(cfg, f.name, v)
+    return cfg
+
+
+def train_config(args) -> TrainConfig:
+    cfg = recipe(args)
     if args.train_images is not None:
         cfg.max_images = args.train_images
     return cfg
@@ -326,13 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--db-images", type=int, help="use only this many database images (quick runs)")
     p.add_argument("--query-images", type=int, help="use only this many queries (quick runs)")
     p.add_argument("--k", type=int, default=10)
-    # Recipe knobs: every TrainConfig field; unset ones keep the TrainConfig defaults.
-    for f in fields(TrainConfig):
-        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" |")[0].replace("Literal", "str").split("[")[0])
-        if str(f.type).startswith("bool"):
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=lambda v: v.lower() in ("1", "true", "yes"), metavar="BOOL")
-        elif kind:
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind)
+    add_recipe_flags(p)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, one per core)")
     p.add_argument("--data-dir", type=Path, help="folder with the Fashion-MNIST IDX files (default: bundled, then Debian's)")
     p.add_argument("--export-root", default="/tmp/vaepipe-fmnist", help="where the PNG folders and work dirs go (not the repo)")
