@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from dataclasses import replace
@@ -144,6 +145,14 @@ def _dispatch(a: argparse.Namespace) -> dict:
         raise VaepipeError(f"-k must be at least 1, got {a.k}")
     if getattr(a, "n", 1) <= 0:
         raise VaepipeError(f"-n must be at least 1, got {a.n}")
+    if getattr(a, "background", None) is not None and not 0 <= a.background <= 255:
+        raise VaepipeError(f"--background must be a grey level from 0 to 255, got {a.background}")
+    if getattr(a, "invariance", None) is not None and not (math.isfinite(a.invariance) and a.invariance >= 0):
+        raise VaepipeError(f"--invariance must be 0 or more, got {a.invariance}")
+    if getattr(a, "threshold", None) is not None:
+        from vaepipe.duplicates import check_threshold  # here: it imports torch, which --help need not wait for
+
+        check_threshold(a.threshold)
 
     import flows  # noqa: F401  (sets Prefect logging up before prefect is imported)
     from flows.temporary_server import start_api_early

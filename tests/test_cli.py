@@ -33,6 +33,10 @@ def test_help_reads_well():
     (["query", "/no/such/workdir", "--all"], "workdir /no/such/workdir does not exist"),
     (["query", ".", "--all", "-k", "0"], "-k must be at least 1"),
     (["sample", ".", "-n", "0"], "-n must be at least 1"),
+    (["query", ".", "--all", "--threshold", "nan"], "threshold is a similarity from -1 to 1"),
+    (["query", ".", "--all", "--threshold", "-5"], "threshold is a similarity from -1 to 1"),
+    (["index", ".", "--workdir", "/tmp/x", "--background", "300"], "--background must be a grey level"),
+    (["index", ".", "--workdir", "/tmp/x", "--invariance", "-1"], "--invariance must be 0 or more"),
 ])
 def test_expected_errors_exit_2_without_traceback(args, message):
     proc = vaepipe(*args, check=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -85,6 +86,14 @@ def calibrate_threshold(model: VAE, index: SearchIndex, image_root: Path, n: int
         return Calibration(COPY_THRESHOLD, "fixed for models trained for copies", len(rows), quantiles)
     threshold = quantiles.get("0.05", 0.99)
     return Calibration(threshold, "5th percentile of JPEG re-saves", len(rows), quantiles)
+
+
+def check_threshold(threshold: float) -> None:
+    """A similarity threshold is a number from -1 to 1 (cosine); anything else is a clear error, not NaN in run.json."""
+    from vaepipe.store import VaepipeError
+
+    if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+        raise VaepipeError(f"the duplicate threshold is a similarity from -1 to 1, got {threshold}")
 
 
 def near_pairs(index: SearchIndex, threshold: float) -> tuple[np.ndarray, np.ndarray]:

@@ -67,6 +67,10 @@ class VAEConfig:
     def validate(self) -> None:
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, not {self.channels}")
+        if not 0 <= self.background <= 255:
+            raise ValueError(f"background must be a grey level from 0 to 255, not {self.background}")
+        if not (math.isfinite(self.invariance) and self.invariance >= 0) or self.extra_dim < 0:
+            raise ValueError(f"invariance and extra_dim must be 0 or more, not {self.invariance} and {self.extra_dim}")
         if self.fit not in ("trim", "letterbox"):
             raise ValueError(f"fit must be 'trim' or 'letterbox', not {self.fit!r}")
         if self.likelihood not in ("bernoulli", "gaussian"):

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaepipe.config import EmbedConfig
-from vaepipe.duplicates import calibrate_threshold, duplicate_groups
+from vaepipe.duplicates import calibrate_threshold, check_threshold, duplicate_groups
 from vaepipe.embed import encode_files
 from vaepipe.index import SearchIndex
 from vaepipe.ingest import scan
@@ -128,6 +128,8 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
     collection, index = open_index(workdir)
     _check_k(k, index.meta["n"] - 1)
     params: dict = {}
+    if threshold is not None:
+        check_threshold(threshold)
     if duplicates and threshold is None:
         model = load_checkpoint(workdir.model_dir(collection["model_id"]) / "model.pt", default_device())
         calibration = calibrate_threshold(model, index, Path(collection["image_root"]))
