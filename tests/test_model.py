@@ -132,3 +132,16 @@ def test_truncated_or_mismatched_checkpoint_is_refused(tmp_path):
     for load in (load_checkpoint, checkpoint_config):
         with pytest.raises(VaepipeError, match="does not match.*channels must be 1 or 3"):
             load(tmp_path / "two.pt")
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path):
+    """A damaged model (NaN or infinite weights) would embed every image as NaN and answer every query with nothing."""
+    model = VAE(VAEConfig(image_size=28, channels=1, latent_dim=8, width=8))
+    for bad in (float("nan"), float("inf")):
+        with torch.no_grad():
+            model.mu.weight[0, 0] = bad
+        save_checkpoint(model, tmp_path / f"{bad}.pt")
+        with pytest.raises(VaepipeError, match="not finite numbers .* mu.weight"):
+            load_checkpoint(tmp_path / f"{bad}.pt")
+        with pytest.raises(VaepipeError, match="not finite"):
+            checkpoint_config(tmp_path / f"{bad}.pt")

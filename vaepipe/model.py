@@ -277,6 +277,11 @@ def _read_checkpoint(path: Path) -> dict:
         raise VaepipeError(f"checkpoint {path} is corrupt or not a weights-only file: {type(e).__name__}: {e}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict) or not isinstance(obj.get("state_dict"), dict):
         raise VaepipeError(f"checkpoint {path} is not a vaepipe checkpoint (expected 'config' and 'state_dict')")
+    # A model with NaN or infinite weights embeds every image as NaN: the index builds, and queries return nothing.
+    broken = [k for k, v in obj["state_dict"].items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise VaepipeError(f"checkpoint {path} has weights that are not finite numbers (NaN or infinite) in "
+                           f"{', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}: it is damaged; train a new model")
     return obj
 
 
