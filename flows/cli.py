@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from dataclasses import replace
@@ -145,10 +144,11 @@ def _dispatch(a: argparse.Namespace) -> dict:
         raise VaepipeError(f"-k must be at least 1, got {a.k}")
     if getattr(a, "n", 1) <= 0:
         raise VaepipeError(f"-n must be at least 1, got {a.n}")
-    if getattr(a, "background", None) is not None and not 0 <= a.background <= 255:
-        raise VaepipeError(f"--background must be a grey level from 0 to 255, got {a.background}")
-    if getattr(a, "invariance", None) is not None and not (math.isfinite(a.invariance) and a.invariance >= 0):
-        raise VaepipeError(f"--invariance must be 0 or more, got {a.invariance}")
+    if a.command in ("index", "pipeline"):
+        try:
+            _build_config(a).train.validate()
+        except ValueError as e:
+            raise VaepipeError(str(e)) from None
     if getattr(a, "threshold", None) is not None:
         from vaepipe.duplicates import check_threshold  # here: it imports torch, which --help need not wait for
 

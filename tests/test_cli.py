@@ -35,8 +35,11 @@ def test_help_reads_well():
     (["sample", ".", "-n", "0"], "-n must be at least 1"),
     (["query", ".", "--all", "--threshold", "nan"], "threshold is a similarity from -1 to 1"),
     (["query", ".", "--all", "--threshold", "-5"], "threshold is a similarity from -1 to 1"),
-    (["index", ".", "--workdir", "/tmp/x", "--background", "300"], "--background must be a grey level"),
-    (["index", ".", "--workdir", "/tmp/x", "--invariance", "-1"], "--invariance must be 0 or more"),
+    (["index", ".", "--workdir", "/tmp/x", "--background", "300"], "background must be a grey level"),
+    (["index", ".", "--workdir", "/tmp/x", "--invariance", "-1"], "invariance must be 0 or more"),
+    (["index", ".", "--workdir", "/tmp/x", "--epochs", "0"], "epochs must be at least 1"),
+    (["pipeline", ".", "--workdir", "/tmp/x", "--image-size", "30"], "image size must be a multiple of 4"),
+    (["index", ".", "--workdir", "/tmp/x", "--latent-dim", "0"], "latent dimension must be from 1 to 1024"),
 ])
 def test_expected_errors_exit_2_without_traceback(args, message):
     proc = vaepipe(*args, check=False)

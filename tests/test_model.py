@@ -145,3 +145,13 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path):
             load_checkpoint(tmp_path / f"{bad}.pt")
         with pytest.raises(VaepipeError, match="not finite"):
             checkpoint_config(tmp_path / f"{bad}.pt")
+
+
+def test_a_checkpoint_claiming_a_huge_model_is_refused_before_it_is_built(tmp_path):
+    model = VAE(VAEConfig(image_size=28, channels=1, latent_dim=8, width=8))
+    save_checkpoint(model, tmp_path / "m.pt")
+    obj = torch.load(tmp_path / "m.pt", weights_only=True)
+    obj["config"]["latent_dim"] = 10_000_000  # would allocate gigabytes of linear layers
+    torch.save(obj, tmp_path / "huge.pt")
+    with pytest.raises(VaepipeError, match="sizes out of range: latent_dim 10000000"):
+        checkpoint_config(tmp_path / "huge.pt")

@@ -67,6 +67,11 @@ class VAEConfig:
     def validate(self) -> None:
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, not {self.channels}")
+        # Bounds before any allocation: a damaged or hostile config claiming a huge size is refused, not built.
+        if not (1 <= self.latent_dim <= 1024 and 0 <= self.extra_dim <= 1024 and 1 <= self.width <= 512
+                and 8 <= self.image_size <= 512):
+            raise ValueError(f"sizes out of range: latent_dim {self.latent_dim} (1-1024), extra_dim {self.extra_dim} "
+                             f"(0-1024), width {self.width} (1-512), image_size {self.image_size} (8-512)")
         if not 0 <= self.background <= 255:
             raise ValueError(f"background must be a grey level from 0 to 255, not {self.background}")
         if not (math.isfinite(self.invariance) and self.invariance >= 0) or self.extra_dim < 0:

@@ -95,6 +95,10 @@ def evaluate(model: VAE, images: torch.Tensor, batch_size: int = 512) -> dict[st
 @exact_cudnn()  # on a GPU too, one seed trains one model
 def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = TrainConfig(),
           workers: int = 2, device: torch.device | None = None) -> TrainResult:
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise VaepipeError(str(e)) from None
     device = device or default_device()
     ok = read_ok(manifest_path)
     vcfg = model_config_for(ok, cfg)
