@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from vaepipe.config import IngestConfig
-from vaepipe.images import open_image, to_array, to_float
+from vaepipe.images import flatten, open_image, to_array, to_float
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
 
@@ -56,9 +56,8 @@ QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5)
 def _resaved(img: Image.Image, background: int) -> Image.Image:
     """The mildest copy: the picture flattened onto the background grey (as JPEG has no transparency) and re-saved as
     a JPEG of quality 85."""
-    flat = Image.alpha_composite(Image.new("RGBA", img.size, (background, background, background, 255)), img.convert("RGBA"))
     buf = io.BytesIO()
-    flat.convert("RGB").save(buf, format="JPEG", quality=85)
+    flatten(img, background).save(buf, format="JPEG", quality=85)
     return Image.open(io.BytesIO(buf.getvalue()))
 
 

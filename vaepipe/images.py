@@ -142,7 +142,7 @@ def _plain_mode(img: Image.Image) -> Image.Image:
         return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV
 
 
-def _flatten(img: Image.Image, background: int) -> Image.Image:
+def flatten(img: Image.Image, background: int) -> Image.Image:
     """Any PIL mode -> 'L' or 'RGB', alpha composited onto the background grey."""
     img = _plain_mode(img)
     if img.mode in ("LA", "RGBA"):
@@ -172,8 +172,7 @@ def content_box(img: Image.Image, background: int = 255) -> tuple[int, int, int,
     small = img if max(w, h) <= 256 else img.resize((max(1, w * 256 // max(w, h)), max(1, h * 256 // max(w, h))),
                                                      Image.Resampling.BOX)
     if small.mode in ("LA", "RGBA"):
-        grey = Image.new(small.mode, small.size, (background,) * (len(small.mode) - 1) + (255,))
-        small = Image.alpha_composite(grey.convert("RGBA"), small.convert("RGBA")).convert(small.mode[:-1])
+        small = flatten(small, background)
     arr = np.asarray(small)
     p = (arr[:, :, None] if arr.ndim == 2 else arr).astype(np.int16)
     ring = np.concatenate([p[0], p[-1], p[:, 0], p[:, -1]])
@@ -233,7 +232,7 @@ def composite(colour: np.ndarray, alpha: np.ndarray, background: int) -> np.ndar
 def _letterbox(img: Image.Image, spec: ImageSpec) -> np.ndarray:
     """Scale the longer side to spec.size keeping the aspect ratio, centre on background bars: (C, S, S) uint8."""
     if img.mode not in ("L", "RGB"):  # the common modes skip this: per image, it costs more than a 28 px decode
-        img = _flatten(img, spec.background)
+        img = flatten(img, spec.background)
     mode = "L" if spec.channels == 1 else "RGB"
     if img.mode != mode:
         img = img.convert(mode)
