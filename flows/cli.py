@@ -142,8 +142,17 @@ def _dispatch(a: argparse.Namespace) -> dict:
         raise VaepipeError(f"list file {a.list} does not exist")
     if getattr(a, "k", 1) <= 0:
         raise VaepipeError(f"-k must be at least 1, got {a.k}")
-    if getattr(a, "n", 1) <= 0:
-        raise VaepipeError(f"-n must be at least 1, got {a.n}")
+    if not 1 <= getattr(a, "n", 1) <= MAX_SAMPLES:
+        raise VaepipeError(f"-n must be from 1 to {MAX_SAMPLES:,}, got {a.n}")
+    for flag in ("shard_size", "workers", "max_pixels", "seed"):
+        if getattr(a, flag, 1) < (0 if flag == "seed" else 1):
+            raise VaepipeError(f"--{flag.replace('_', '-')} must be at least {0 if flag == 'seed' else 1}, "
+                               f"got {getattr(a, flag)}")
+    if a.command in ("index", "pipeline"):
+        images, workdir = a.images.resolve(), a.workdir.resolve()
+        if images.is_relative_to(workdir):
+            raise VaepipeError(f"the image folder {a.images} lies inside the workdir {a.workdir}: the workdir's own "
+                               "outputs would be indexed; choose a workdir outside the image folder")
     if a.command in ("index", "pipeline"):
         try:
             _build_config(a).train.validate()
@@ -198,6 +207,9 @@ def _run_flow(a: argparse.Namespace) -> dict:
         images = export_pngs(*load_split("t10k"), a.images)
         return pipeline(str(images.resolve()), str(a.workdir.resolve()))
     raise AssertionError(a.command)
+
+
+MAX_SAMPLES = 4096  # prior samples a run writes as PNGs: more is a typo (10 million tried to allocate 10 GB)
 
 
 def _require_dir(path: Path, what: str) -> None:

@@ -75,6 +75,8 @@ def write_hostile(root: Path, outside: Path) -> dict[str, str | None]:
     photo.save(outside / "secret.png")
     os.symlink(outside / "secret.png", put("links/outside.png", "symlink outside the collection root"))
     os.symlink(root, root / "links" / "loop")  # a directory loop: never entered
+    self_loop = put("links/self-loop.png", "symlink loop")  # ln -s self-loop.png self-loop.png
+    os.symlink(self_loop.name, self_loop)
     photo.save(root / "odd" / "inside.png")
     expect["odd/inside.png"] = None
     os.symlink(root / "odd" / "inside.png", put("links/inside.png", None))  # inside the root: read

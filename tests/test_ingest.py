@@ -33,6 +33,21 @@ def test_manifest_has_a_row_per_file_and_reasons_for_bad_ones(tmp_path):
     assert read_ok(tmp_path / "manifest.parquet").num_rows == result.n_ok
 
 
+def test_a_workdir_inside_the_image_folder_is_not_indexed(tmp_path, caplog):
+    """Its thumbnails and samples are PNGs: indexed, every image's nearest neighbour would be its own thumbnail."""
+    files = write_mixed(tmp_path / "imgs")
+    thumbs = tmp_path / "imgs" / "wd" / "runs" / "r1" / "thumbs"
+    thumbs.mkdir(parents=True)
+    (thumbs / "a.png").write_bytes(files["grey"].read_bytes())
+    (tmp_path / "imgs" / "wdx").mkdir()  # a sibling whose name starts like the workdir's is still read
+    (tmp_path / "imgs" / "wdx" / "b.png").write_bytes(files["grey"].read_bytes())
+    with caplog.at_level("WARNING", logger="vaepipe"):
+        ingest(tmp_path / "imgs", tmp_path / "imgs" / "wd" / "manifest.parquet", IngestConfig(workers=1))
+    paths = pq.read_table(tmp_path / "imgs" / "wd" / "manifest.parquet")["path"].to_pylist()
+    assert "wdx/b.png" in paths and not any(p.startswith("wd/") for p in paths)
+    assert "lies inside the image folder" in caplog.text
+
+
 def test_rerun_reads_only_changed_files(tmp_path):
     files = write_mixed(tmp_path / "imgs")
     m = tmp_path / "manifest.parquet"

@@ -1,6 +1,8 @@
 """Bulk queries: every image against the rest, a list of collection paths, a folder of outside images."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -51,11 +53,18 @@ def test_nearest_neighbour_of_a_copy_is_its_original(built_copy, fmnist_dir, tmp
             img.resize((84, 84), Image.Resampling.BICUBIC).save(qdir / f"q{i}.png")  # upscaled 3x
             expect[f"q{i}.png"] = src
     (qdir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    # Query inputs get the collection's treatment: a FIFO (it would block a reader forever), a symlink loop and a
+    # name that is not UTF-8 are skipped with their reasons.
+    os.mkfifo(qdir / "pipe.png")
+    os.symlink("loop.png", qdir / "loop.png")
+    shutil.copyfile(originals[0], os.path.join(os.fsencode(qdir), b"caf\xe9.png"))
     result = query_folder(built_copy, qdir, k=3, cfg=SERIAL)
     df = _check_table(result, 3)
     top = df[df["rank"] == 1].set_index("query_path")["neighbour_path"].to_dict()
     assert top == {q: src.relative_to(fmnist_dir).as_posix() for q, src in expect.items()}
-    assert [s[0] for s in result.skipped] == ["broken.png"]
+    reasons = dict(result.skipped)
+    assert sorted(reasons) == ["broken.png", "caf\\xe9.png", "loop.png", "pipe.png"], reasons
+    assert reasons["loop.png"].startswith("symlink loop") and reasons["pipe.png"].startswith("empty file")
 
 
 def test_list_query_uses_collection_paths_and_refuses_others(built_copy, tmp_path):

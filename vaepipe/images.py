@@ -118,7 +118,7 @@ def _open(path: str | Path | io.BytesIO, max_pixels: int, draft_size: int | None
         raise ImageError(f"decompression bomb: {e}") from None
     except (PermissionError, FileNotFoundError):
         raise  # reported by the caller, which knows whether the file vanished
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except Exception as e:  # Pillow's plugins raise anything on damaged files: struct.error, TypeError, IndexError
         raise ImageError(f"corrupt or truncated image: {type(e).__name__}: {e}") from None
 
 
@@ -278,7 +278,7 @@ def load_batch(paths: Sequence[str | Path], spec: ImageSpec, max_pixels: int = 6
     for j in general:
         try:
             batch[j] = to_array(_open_for(paths[j], spec, max_pixels), spec, alpha)
-        except (ImageError, OSError) as e:
+        except Exception as e:  # one image's failure, whatever Pillow raised, is that image's error
             batch[j] = 0  # the PNG path may have written part of it before failing
             errors[j] = str(e) or type(e).__name__
     return batch, errors

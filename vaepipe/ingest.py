@@ -50,17 +50,20 @@ class IngestResult:
     kept: int = 0
 
 
-def walk(root: Path, include_hidden: bool = False) -> Iterator[str]:
+def walk(root: Path, include_hidden: bool = False, skip: Path | None = None) -> Iterator[str]:
     """The path of every file under root (as a string: ingest makes no Path of a file it has no use for), in the
     order of their relative '/'-separated names, one directory listed at a time.
 
     Sorting each directory's entries with a '/' after every sub-directory's name gives the order a sort of all the
     tree's relative names would, without holding the tree: a million files are not a million Paths in memory.
-    Directories reached through symlinks are not entered; a directory that cannot be listed is reported and skipped.
+    Directories reached through symlinks are not entered; a directory that cannot be listed is reported and skipped;
+    `skip` (a directory under root: the workdir, whose thumbnails and samples are not the collection's) is not
+    entered.
     """
     root = Path(root)
     if not root.is_dir():
         raise VaepipeError(f"image folder {root} does not exist or is not a directory")
+    skip_dir = str(skip) if skip is not None else None
     stack = [_listing(str(root), include_hidden)]
     while stack:
         entry = next(stack[-1], None)
@@ -68,7 +71,7 @@ def walk(root: Path, include_hidden: bool = False) -> Iterator[str]:
             stack.pop()
         elif entry[1] is None:
             yield entry[0]
-        elif entry[1]:
+        elif entry[1] and entry[0] != skip_dir:
             stack.append(_listing(entry[0], include_hidden))
 
 
@@ -151,6 +154,8 @@ def inspect_file(root: Path, path: str, config: IngestConfig) -> dict:
         row["error"] = "file vanished: deleted or moved while the folder was being read"
     except OSError as e:
         row["error"] = f"cannot read file: {e.strerror or e}"
+    except RuntimeError as e:  # Path.resolve on a symlink loop
+        row["error"] = f"symlink loop: {e}"
     return row
 
 
@@ -168,7 +173,12 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
     root = Path(root).resolve()
     manifest_path = Path(manifest_path)
     chunks_dir = manifest_path.with_name(manifest_path.stem + ".partial")
-    n_listed = sum(1 for _ in walk(root, config.include_hidden))  # for progress; a listing costs little next to reading
+    workdir = manifest_path.parent.resolve()
+    skip = workdir if workdir != root and workdir.is_relative_to(root) else None
+    if skip is not None:
+        log.warning("ingest: the workdir %s lies inside the image folder: its files (thumbnails, samples) are not indexed",
+                    workdir)
+    n_listed = sum(1 for _ in walk(root, config.include_hidden, skip))  # for progress; a listing costs little next to reading
     if not n_listed:
         raise VaepipeError(f"no files in {root} (hidden files are skipped unless include_hidden is set)")
     earlier = _Earlier(manifest_path, chunks_dir)
@@ -178,7 +188,7 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
     progress = Progress("ingest", n_listed, unit="files")
     n_files, n_ok, n_reused, by_kind, changes, written = 0, 0, 0, Counter(), Counter(), []
     pool = ProcessPoolExecutor(config.workers) if config.workers > 1 and n_listed > 256 else None
-    files = walk(root, config.include_hidden)
+    files = walk(root, config.include_hidden, skip)
     try:
         while chunk := list(islice(files, config.checkpoint_every)):
             names = [relative_name(root, p) for p in chunk]

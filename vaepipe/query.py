@@ -19,16 +19,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vaepipe.config import EmbedConfig
+from vaepipe.config import EmbedConfig, IngestConfig
 from vaepipe.duplicates import calibrate_threshold, check_threshold, duplicate_groups
 from vaepipe.embed import encode_files
 from vaepipe.index import SearchIndex
-from vaepipe.ingest import scan
+from vaepipe.ingest import inspect_file, scan
 from vaepipe.model import default_device, load_checkpoint
 from vaepipe.progress import Progress
 from vaepipe.report import write_query_report
 from vaepipe.store import (NEIGHBOURS_SCHEMA, VaepipeError, Workdir, atomic_path, new_run_id, read_json,
-                           sha256_file, write_json, write_parquet)
+                           write_json, write_parquet)
 
 log = logging.getLogger("vaepipe")
 
@@ -86,14 +86,18 @@ def query_folder(workdir: Workdir, query_dir: Path, k: int = 10, cfg: EmbedConfi
     if model.config.latent_dim != index.dim:
         raise VaepipeError(f"the model embeds in dimension {model.config.latent_dim} but the index has {index.dim}: "
                            "the index was built with another model; rebuild with `vaepipe index`")
-    vectors = np.zeros((len(files), index.dim), np.float32)
-    good = np.zeros(len(files), bool)
-    skipped: list[tuple[str, str]] = []
-    for idx, mu, errors in encode_files(model, files, cfg.batch_size, cfg.workers):
+    # Vetted as the collection's files are (ingest.inspect_file): a FIFO, a symlink loop or a name that is not UTF-8
+    # is a skipped query with its reason, not a hang or a crash.
+    rows = [inspect_file(query_dir, str(f), IngestConfig()) for f in files]
+    skipped = [(r["path"], r["error"]) for r in rows if r["status"] != "ok"]
+    rows = [r for r in rows if r["status"] == "ok"]
+    vectors = np.zeros((len(rows), index.dim), np.float32)
+    good = np.zeros(len(rows), bool)
+    for idx, mu, errors in encode_files(model, [query_dir / r["path"] for r in rows], cfg.batch_size, cfg.workers):
         vectors[idx], good[idx] = mu, True
-        skipped += [(files[i].relative_to(query_dir).as_posix(), reason) for i, reason in errors]
-    names = [f.relative_to(query_dir).as_posix() for f, g in zip(files, good) if g]
-    shas = [sha256_file(f) for f, g in zip(files, good) if g]
+        skipped += [(rows[i]["path"], reason) for i, reason in errors]
+    names = [r["path"] for r, g in zip(rows, good) if g]
+    shas = [r["sha256"] for r, g in zip(rows, good) if g]
     vectors = vectors[good]
     return _run(workdir, "folder", index, names, shas, lambda s: (vectors[s], False), None, k, skipped, t0,
                 {"queries": str(query_dir)}, query_root=query_dir)

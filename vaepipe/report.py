@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vaepipe.images import ImageError, open_image
+from vaepipe.images import open_image
 from vaepipe.store import atomic_path
 
 log = logging.getLogger("vaepipe")
@@ -57,7 +57,7 @@ class Thumbs:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 img.save(self.folder / name, format="PNG")
                 self.done[sha256] = f"{self.link_prefix}/{name}"
-            except (ImageError, OSError) as e:
+            except Exception as e:  # Pillow raises anything on a damaged file: no thumbnail, the report goes on
                 log.warning("report: no thumbnail for %s (%s)", source, e)
                 self.done[sha256] = None
         return self.done[sha256]
