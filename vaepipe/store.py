@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -22,6 +23,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+log = logging.getLogger("vaepipe")
 
 
 class VaepipeError(Exception):
@@ -129,10 +132,26 @@ class Workdir:
             f.truncate(0)
             f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             f.flush()
+            self.remove_stale_temporaries()
             yield
         finally:
             path.unlink(missing_ok=True)
             f.close()
+
+    def remove_stale_temporaries(self, older_than_s: float = 3600) -> int:
+        """Delete the temporary files (atomic_path's) that a killed run left, if older than an hour: a query that
+        is writing its run folder while a build starts keeps its fresh ones. Returns how many were deleted."""
+        cutoff, removed = time.time() - older_than_s, 0
+        for tmp in self.root.rglob(".*.tmp"):
+            try:
+                if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+            except OSError:
+                continue  # gone already, or not ours to delete: not worth failing a build for
+        if removed:
+            log.info("workdir: deleted %d temporary files left by killed runs", removed)
+        return removed
 
     def write_collection(self, image_root: Path, model_id: str) -> Path:
         """Point the collection at a model and its index; written last by a build, so queries never see half a build."""
@@ -156,6 +175,17 @@ def new_run_id(kind: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{os.urandom(2).hex()}"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# What open() would give a new file: mkstemp makes its files 0600 whatever the umask, and a colleague who can see
+# the report's thumbnails (written by Pillow, 0644) should see the report too.
+FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, on failure delete it."""
@@ -167,6 +197,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)

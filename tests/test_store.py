@@ -1,0 +1,38 @@
+"""The workdir's files: written whole, readable by whoever the umask lets read them, no leftovers from kills."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+
+from vaepipe.store import Workdir, write_json, write_parquet
+
+
+def test_written_files_honour_the_umask(tmp_path):
+    # In a child process: the umask is per process, and FILE_MODE is read once at import.
+    code = ("import pyarrow as pa; from pathlib import Path; from vaepipe.store import write_json, write_parquet; "
+            f"write_json({{'a': 1}}, Path({str(tmp_path / 'a.json')!r})); "
+            f"write_parquet(pa.table({{'x': [1]}}), Path({str(tmp_path / 'a.parquet')!r}))")
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        subprocess.run([sys.executable, "-c", f"import os; os.umask({umask}); " + code], check=True)
+        for name in ("a.json", "a.parquet"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == mode, (name, oct(umask))
+
+
+def test_temporaries_left_by_a_killed_run_are_removed_when_a_build_starts(tmp_path):
+    wd = Workdir(tmp_path / "wd")
+    write_json({"a": 1}, wd.root / "collection.json")
+    write_parquet(pa.table({"x": [1]}), wd.root / "runs" / "r1" / "neighbours.parquet")
+    stale = wd.root / "runs" / "r1" / ".neighbours.parquet.abc123.tmp"
+    fresh = wd.root / "runs" / "r2" / ".neighbours.parquet.def456.tmp"  # a query writing right now
+    for p in (stale, fresh):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half a file")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    with wd.lock():
+        pass
+    assert not stale.exists() and fresh.exists()
+    assert (wd.root / "collection.json").exists() and (wd.root / "runs" / "r1" / "neighbours.parquet").exists()
