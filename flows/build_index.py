@@ -108,13 +108,16 @@ def index_task(embeddings_dir: Path, manifest: Path, index_dir: Path, model_id: 
 
 @flow(name="build-index")
 def build_index(images: str, workdir: str, model: str | None = None, retrain: bool = False,
-                config: BuildConfig | None = None, dask_address: str | None = None, dask_workers: int = 0) -> dict:
+                config: BuildConfig | None = None, dask_address: str | None = None, dask_workers: int = 0,
+                replace: bool = False) -> dict:
     """Index the image folder `images` into `workdir`.
 
     model: a checkpoint to use instead of training. Without it the collection's current model is reused
     (a nightly re-index does not retrain) unless retrain=True or there is none yet.
     dask_address / dask_workers: embed the shards on an existing Dask cluster (tcp://host:8786) or on a
     local one with this many worker processes.
+    replace: index `images` into a workdir that holds another folder's collection (refused otherwise); the
+    other folder's model is not reused.
     """
     cfg = config or BuildConfig()
     log = get_run_logger()
@@ -122,12 +125,13 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
     timings: dict[str, float] = {}
 
     with wd.lock(), progress_artifact("build-index-progress", "build-index"):  # one build per workdir at a time
+        replacing = wd.check_image_root(Path(images), replace)
         t = time.monotonic()
         ingested = ingest_task(images, workdir, cfg.ingest)
         timings["ingest"] = time.monotonic() - t
 
         t = time.monotonic()
-        current = None if model or retrain else reusable_model(wd, ingested.n_ok, cfg.train)
+        current = None if model or retrain or replacing else reusable_model(wd, ingested.n_ok, cfg.train)
         if model:
             trained = adopt_task(model, ingested.manifest, workdir, cfg.train)
         elif current:

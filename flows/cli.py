@@ -25,6 +25,8 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and training (defaults: the recipe in BENCHMARKS.md)")
     g.add_argument("--model", metavar="CHECKPOINT", help="use this checkpoint (model.pt) instead of training")
     g.add_argument("--retrain", action="store_true", help="train a new model even if the collection has one")
+    g.add_argument("--replace", action="store_true",
+                   help="index this folder into a workdir that holds another folder's collection (refused otherwise)")
     g.add_argument("--epochs", type=int, default=t.epochs,
                    help=f"training epochs (default: enough for {t.image_passes:,} images, at least {t.min_epochs})")
     g.add_argument("--max-minutes", type=float, default=t.max_minutes, help="stop training after this many minutes")
@@ -153,6 +155,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
         if images.is_relative_to(workdir):
             raise VaepipeError(f"the image folder {a.images} lies inside the workdir {a.workdir}: the workdir's own "
                                "outputs would be indexed; choose a workdir outside the image folder")
+        Workdir(a.workdir).check_image_root(a.images, getattr(a, "replace", False))
     if a.command in ("index", "pipeline"):
         try:
             _build_config(a).train.validate()
@@ -187,7 +190,8 @@ def _run_flow(a: argparse.Namespace) -> dict:
     if a.command == "index":
         from flows.build_index import build_index
         return build_index(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, retrain=a.retrain,
-                           config=_build_config(a), dask_address=a.dask_address, dask_workers=a.dask_workers)
+                           config=_build_config(a), dask_address=a.dask_address, dask_workers=a.dask_workers,
+                           replace=a.replace)
     if a.command == "query":
         from flows.bulk_query import bulk_query
         return bulk_query(str(a.workdir.resolve()), queries=str(a.queries.resolve()) if a.queries else None,
@@ -199,7 +203,8 @@ def _run_flow(a: argparse.Namespace) -> dict:
     if a.command == "pipeline":
         from flows.pipeline import pipeline
         return pipeline(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, retrain=a.retrain, k=a.k,
-                        n_samples=a.n, config=_build_config(a), dask_address=a.dask_address, dask_workers=a.dask_workers)
+                        n_samples=a.n, config=_build_config(a), dask_address=a.dask_address, dask_workers=a.dask_workers,
+                        replace=a.replace)
     if a.command == "demo":
         from flows.pipeline import pipeline
         from vaepipe.fashion_mnist import export_pngs, load_split

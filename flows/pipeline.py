@@ -16,9 +16,9 @@ from vaepipe.config import BuildConfig
 @flow(name="pipeline")
 def pipeline(images: str, workdir: str, model: str | None = None, retrain: bool = False, k: int = 10,
              n_samples: int = 64, config: BuildConfig | None = None, dask_address: str | None = None,
-             dask_workers: int = 0) -> dict:
+             dask_workers: int = 0, replace: bool = False) -> dict:
     built = build_index(images, workdir, model=model, retrain=retrain, config=config, dask_address=dask_address,
-                        dask_workers=dask_workers)
+                        dask_workers=dask_workers, replace=replace)
     queried = bulk_query(workdir, all_images=True, k=k)
     sampled = generate_samples(workdir, n=n_samples)
     summary = {

@@ -53,6 +53,18 @@ def test_expected_errors_exit_2_without_traceback(args, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_indexing_another_folder_into_a_built_workdir_exits_2_and_changes_nothing(tmp_path):
+    from vaepipe.store import Workdir
+
+    write_fmnist(tmp_path / "a", n=5)
+    write_fmnist(tmp_path / "b", n=5)
+    wd = Workdir(tmp_path / "wd")
+    before = wd.write_collection(tmp_path / "a", "m1").read_bytes()
+    proc = vaepipe("index", tmp_path / "b", "--workdir", wd.root, check=False)
+    assert proc.returncode == 2 and "--replace" in proc.stderr and "Traceback" not in proc.stderr
+    assert wd.collection.read_bytes() == before and not wd.manifest.exists()
+
+
 @pytest.mark.usefixtures("prefect_server")
 def test_index_query_sample_from_the_command_line(tmp_path):
     from prefect.settings import PREFECT_API_URL

@@ -36,3 +36,21 @@ def test_temporaries_left_by_a_killed_run_are_removed_when_a_build_starts(tmp_pa
         pass
     assert not stale.exists() and fresh.exists()
     assert (wd.root / "collection.json").exists() and (wd.root / "runs" / "r1" / "neighbours.parquet").exists()
+
+
+def test_indexing_another_folder_into_a_workdir_is_refused_unless_asked(tmp_path):
+    import pytest
+
+    from vaepipe.store import VaepipeError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    wd = Workdir(tmp_path / "wd")
+    assert wd.check_image_root(tmp_path / "b") is False  # no collection yet
+    wd.write_collection(tmp_path / "a", "m1")
+    assert wd.check_image_root(tmp_path / "a" / ".." / "a") is False  # the same folder, spelled otherwise
+    with pytest.raises(VaepipeError, match="holds the collection of .*--replace"):
+        wd.check_image_root(tmp_path / "b")
+    assert wd.check_image_root(tmp_path / "b", replace=True) is True
+    wd.collection.write_text("{half")  # damaged: rebuilt by the build, not a reason to refuse it
+    assert wd.check_image_root(tmp_path / "b") is False

@@ -158,6 +158,23 @@ class Workdir:
         return write_json({"image_root": str(Path(image_root).resolve()), "model_id": model_id,
                            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, self.collection)
 
+    def check_image_root(self, image_root: Path, replace: bool = False) -> bool:
+        """Whether a build of image_root replaces another folder's collection: refused (VaepipeError) unless
+        `replace`, as it would silently take the place of what the workdir answers for. A collection.json that
+        cannot be read is no collection (the build rebuilds it)."""
+        if not self.collection.exists():
+            return False
+        try:
+            current = self.read_collection().get("image_root")
+        except VaepipeError:
+            return False
+        if current is None or Path(current) == Path(image_root).resolve():
+            return False
+        if not replace:
+            raise VaepipeError(f"workdir {self.root} holds the collection of {current}; pass --replace (replace=True) "
+                               f"to index {image_root} into it instead, or use another --workdir")
+        return True
+
     def read_collection(self) -> dict[str, Any]:
         if not self.collection.exists():
             raise VaepipeError(
