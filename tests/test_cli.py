@@ -119,6 +119,30 @@ def test_without_a_prefect_server_the_cli_starts_a_temporary_one_records_the_run
     assert not _temporary_servers(home)  # and the server is gone with the command
 
 
+def test_a_killed_command_takes_its_temporary_server_with_it(tmp_path):
+    import signal
+    import time
+
+    write_fmnist(tmp_path / "photos", n=20)
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(home)
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "index", str(tmp_path / "photos"), "--workdir",
+                             str(tmp_path / "wd")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not _temporary_servers(home) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _temporary_servers(home), "the command started no temporary server"
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no atexit, no finally: only the kernel can tell the server
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while _temporary_servers(home) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _temporary_servers(home)
+
+
 def test_a_first_run_waits_long_enough_for_the_temporary_server_to_create_its_database():
     # With a new PREFECT_HOME the server runs every migration first (7-20 s here): Prefect's own 20 s wait failed a
     # CI run. Importing flows raises the wait unless the user chose one.
