@@ -202,3 +202,27 @@ def test_damaged_manifest_and_collection_file_are_reported(built_copy, fmnist_di
     built_copy.collection.write_text("{not json")
     with pytest.raises(VaepipeError, match="run `vaepipe index` again"):
         built_copy.read_collection()
+
+
+@pytest.mark.parametrize("damage", [b"", b'{"kind": "flat", "n": 3', b"[1, 2]", b'{"kind": "flat"}'])
+def test_a_damaged_index_json_is_one_line_that_says_rebuild(built_copy, damage):
+    from vaepipe.index import SearchIndex
+    from vaepipe.query import preflight
+
+    index_dir = built_copy.index_dir(json.loads(built_copy.collection.read_text())["model_id"])
+    (index_dir / "index.json").write_bytes(damage)
+    for call in (lambda: SearchIndex.open(index_dir), lambda: preflight(built_copy, 3, exclude_self=True)):
+        with pytest.raises(VaepipeError, match="rebuild with `vaepipe index`"):
+            call()
+
+
+def test_a_damaged_model_config_json_does_not_cost_the_model(built_copy, caplog):
+    """The checkpoint holds what the model needs; its config.json beside it is a record. A re-index reuses the
+    intact model rather than training a new one."""
+    from vaepipe.config import TrainConfig
+    from vaepipe.train import reusable_model
+
+    mid = json.loads(built_copy.collection.read_text())["model_id"]
+    (built_copy.model_dir(mid) / "config.json").write_bytes(b"")
+    reused = reusable_model(built_copy, 600, TrainConfig())
+    assert reused is not None and reused.model_id == mid and "unreadable" in caplog.text

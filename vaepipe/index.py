@@ -313,6 +313,25 @@ def source_fingerprint(model_id: str, ids: pa.Table) -> str:
     return fingerprint_of(strings())
 
 
+INDEX_META_KEYS = ("kind", "n", "dim", "metric", "model_id", "source_fingerprint", "params")
+
+
+def read_index_meta(index_dir: Path) -> dict:
+    """index.json, checked for the keys a search needs: a zero-byte or cut file (a disk that filled, a kill before
+    atomic writes) is one VaepipeError that says to rebuild, not a JSONDecodeError traceback."""
+    path = Path(index_dir) / "index.json"
+    if not path.exists():
+        raise VaepipeError(f"no complete index in {index_dir} (index.json missing): rebuild with `vaepipe index`")
+    try:
+        meta = read_json(path)
+        missing = [key for key in INDEX_META_KEYS if key not in meta]
+    except (OSError, ValueError, TypeError) as e:
+        raise VaepipeError(f"{path} is unreadable ({type(e).__name__}): rebuild with `vaepipe index`") from None
+    if missing:
+        raise VaepipeError(f"{path} lacks {', '.join(missing)}: rebuild with `vaepipe index`")
+    return meta
+
+
 @dataclass
 class SearchIndex:
     """A built index opened for search: the one way queries reach FAISS."""
@@ -327,9 +346,7 @@ class SearchIndex:
         paged in as searches touch them, so opening costs no RAM up front and an IVF search reads only the lists
         it probes. The HNSW graph itself is always read into RAM (BENCHMARKS.md has the figures)."""
         index_dir = Path(index_dir)
-        if not (index_dir / "index.json").exists():
-            raise VaepipeError(f"no complete index in {index_dir} (index.json missing): rebuild with `vaepipe index`")
-        meta = read_json(index_dir / "index.json")
+        meta = read_index_meta(index_dir)
         try:
             # IVF takes IO_FLAG_MMAP (on-disk inverted lists); flat and HNSW storage take IO_FLAG_MMAP_IFC.
             flags = (faiss.IO_FLAG_MMAP if meta["kind"] == "ivf" else faiss.IO_FLAG_MMAP_IFC) if mmap else 0

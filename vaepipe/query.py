@@ -22,12 +22,12 @@ import pyarrow.parquet as pq
 from vaepipe.config import EmbedConfig, IngestConfig
 from vaepipe.duplicates import calibrate_threshold, check_threshold, duplicate_groups
 from vaepipe.embed import encode_files
-from vaepipe.index import SearchIndex
+from vaepipe.index import SearchIndex, read_index_meta
 from vaepipe.ingest import inspect_file, scan
 from vaepipe.model import default_device, load_checkpoint
 from vaepipe.progress import Progress
 from vaepipe.report import write_query_report
-from vaepipe.store import (NEIGHBOURS_SCHEMA, VaepipeError, Workdir, atomic_path, new_run_id, read_json,
+from vaepipe.store import (NEIGHBOURS_SCHEMA, VaepipeError, Workdir, atomic_path, new_run_id,
                            write_json, write_parquet)
 
 log = logging.getLogger("vaepipe")
@@ -61,10 +61,7 @@ def open_index(workdir: Workdir) -> tuple[dict, SearchIndex]:
 def preflight(workdir: Workdir, k: int, exclude_self: bool) -> None:
     """The checks a query can make from the small JSON files alone, before any work starts."""
     collection = workdir.read_collection()
-    meta_path = workdir.index_dir(collection["model_id"]) / "index.json"
-    if not meta_path.exists():
-        raise VaepipeError(f"no complete index for model {collection['model_id']} in {workdir.root}: run `vaepipe index` again")
-    _check_k(k, read_json(meta_path)["n"] - (1 if exclude_self else 0))
+    _check_k(k, read_index_meta(workdir.index_dir(collection["model_id"]))["n"] - (1 if exclude_self else 0))
 
 
 def _check_k(k: int, available: int) -> None:

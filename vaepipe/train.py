@@ -298,7 +298,11 @@ def reusable_model(workdir: Workdir, n_images: int, cfg: TrainConfig = TrainConf
     except (VaepipeError, KeyError) as e:
         log.warning("train: the collection's model cannot be reused (%s); training a new one", e)
         return None
-    trained_on = read_json(d / "config.json").get("images")
+    try:
+        trained_on = read_json(d / "config.json").get("images")
+    except (OSError, ValueError, AttributeError) as e:  # the checkpoint loads: a damaged side file is no reason to retrain
+        log.warning("train: %s is unreadable (%s); reusing model %s as it is", d / "config.json", type(e).__name__, mid)
+        trained_on = None
     if cfg.retrain_when_grown is not None and trained_on and n_images > trained_on * (1 + cfg.retrain_when_grown):
         log.info("train: the collection grew from %d to %d images since model %s was trained; training a new one",
                  trained_on, n_images, mid)
