@@ -62,6 +62,29 @@ def test_rerun_reads_only_changed_files(tmp_path):
     assert rows["grey.png"]["sha256"] == sha256_file(files["png_rgb"]) and rows["grey.png"]["mode"] == "RGB"
 
 
+def test_a_rerun_with_other_rules_for_usable_files_gives_what_a_rebuild_gives(tmp_path):
+    """Rows are reused only under the rules that decided them: a lower pixel limit or no longer following links
+    out of the folder must turn rows that were ok into errors, as a first run with those settings would."""
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "outside").mkdir()
+    Image.new("RGB", (300, 300), "red").save(tmp_path / "imgs" / "big.png")
+    Image.new("RGB", (20, 20), "blue").save(tmp_path / "imgs" / "small.png")
+    Image.new("RGB", (20, 20), "green").save(tmp_path / "outside" / "x.png")
+    os.symlink(tmp_path / "outside" / "x.png", tmp_path / "imgs" / "link.png")
+    m = tmp_path / "manifest.parquet"
+    loose = IngestConfig(workers=1, follow_symlinks_outside=True)
+    assert ingest(tmp_path / "imgs", m, loose).n_ok == 3
+    strict = IngestConfig(workers=1, max_pixels=10_000)
+    again = ingest(tmp_path / "imgs", m, strict)
+    rebuilt = ingest(tmp_path / "imgs", tmp_path / "fresh.parquet", strict)
+    columns = ["path", "status", "error", "sha256"]
+    assert pq.read_table(m, columns=columns).equals(pq.read_table(tmp_path / "fresh.parquet", columns=columns))
+    assert again.n_ok == rebuilt.n_ok == 1 and again.n_reused == 0
+    assert ingest(tmp_path / "imgs", m, strict).n_reused == 1  # same rules again: the usable row is reused
+
+
 def test_parallel_ingest_matches_serial(tmp_path, fmnist_dir):
     serial = ingest(fmnist_dir, tmp_path / "a.parquet", IngestConfig(workers=1))
     parallel = ingest(fmnist_dir, tmp_path / "b.parquet", IngestConfig(workers=2))

@@ -7,6 +7,7 @@ Unchanged files (same path, size and mtime as in the previous manifest) are not 
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import os
 import shutil
@@ -181,7 +182,8 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
     n_listed = sum(1 for _ in walk(root, config.include_hidden, skip))  # for progress; a listing costs little next to reading
     if not n_listed:
         raise VaepipeError(f"no files in {root} (hidden files are skipped unless include_hidden is set)")
-    earlier = _Earlier(manifest_path, chunks_dir)
+    settings = rules_of(config)
+    earlier = _Earlier(manifest_path, chunks_dir, settings)
     # Numbered after a killed run's chunks: those are read range by range while this run writes its own.
     first_chunk = next_number(chunks_dir, "chunk")
 
@@ -203,7 +205,8 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
             n_ok += status.count("ok")
             by_kind.update(error_kind(e) for e, st in zip(table["error"].to_pylist(), status) if st != "ok")
             changes.update(_changes(previous, table))
-            written.append(write_parquet(table, chunks_dir / f"chunk-{first_chunk + len(written):05d}.parquet"))
+            written.append(write_parquet(table.replace_schema_metadata(settings),
+                                         chunks_dir / f"chunk-{first_chunk + len(written):05d}.parquet"))
             progress.update(len(chunk))
             if n_files < n_listed:
                 log.info("ingest: checkpoint after %d of %d files", n_files, n_listed)
@@ -219,7 +222,7 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
         shutil.rmtree(chunks_dir, ignore_errors=True)
         reasons = "; ".join(f"{kind}: {n}" for kind, n in by_kind.items())
         raise VaepipeError(f"no usable images in {root}: all {n_files} files failed ({reasons})")
-    with atomic_path(manifest_path) as tmp, pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as writer:
+    with atomic_path(manifest_path) as tmp, pq.ParquetWriter(tmp, MANIFEST_SCHEMA.with_metadata(settings)) as writer:
         for part in written:  # only this run's chunks: a longer killed run may have left more
             writer.write_table(pq.read_table(part, schema=MANIFEST_SCHEMA))
     shutil.rmtree(chunks_dir, ignore_errors=True)
@@ -230,17 +233,30 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
     return result
 
 
+def rules_of(config: IngestConfig) -> dict[bytes, bytes]:
+    """The settings that decide whether a file is usable, as Parquet metadata of the rows they decided: a row is
+    reused only under the same rules, so that an incremental run gives what a rebuild with its settings gives."""
+    return {b"vaepipe.ingest_rules": json.dumps({"max_pixels": config.max_pixels,
+                                                 "follow_symlinks_outside": config.follow_symlinks_outside},
+                                                sort_keys=True).encode()}
+
+
 class _Earlier:
     """Rows of the previous manifest and of a killed run's chunks, read one range of paths at a time.
 
     Chunks of files come in path order, so each asks for the rows after the previous chunk's last name up to its
     own; Arrow skips the row groups outside that range on their statistics. A file that does not read as a
-    manifest is reported once and not used (its files are read again).
+    manifest is reported once and not used (its files are read again). Rows decided under other rules (rules_of)
+    count for what changed, and are not reused.
     """
 
-    def __init__(self, manifest_path: Path, chunks_dir: Path):
+    def __init__(self, manifest_path: Path, chunks_dir: Path, rules: dict[bytes, bytes]):
         self.previous = _dataset([manifest_path])
-        self.killed = _dataset(sorted(Path(chunks_dir).glob("chunk-*.parquet")))
+        self.killed = _dataset([p for p in sorted(Path(chunks_dir).glob("chunk-*.parquet")) if _rules(p) == rules])
+        self.reuse_previous = self.previous is not None and _rules(manifest_path) == rules
+        if self.previous is not None and not self.reuse_previous:
+            log.info("ingest: the rules for usable files changed since the last run (%s); every file is read again",
+                     rules[b"vaepipe.ingest_rules"].decode())
         self.after: str | None = None
 
     def rows_up_to(self, last: str | None) -> tuple[pa.Table, _Known]:
@@ -257,7 +273,15 @@ class _Earlier:
         self.after = last
         previous, killed = (d.to_table(filter=in_range) if d is not None else MANIFEST_SCHEMA.empty_table()
                             for d in (self.previous, self.killed))
-        return previous, _Known(pa.concat_tables([previous, killed]))
+        return previous, _Known(pa.concat_tables([previous, killed] if self.reuse_previous else [killed]))
+
+
+def _rules(path: Path) -> dict[bytes, bytes] | None:
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return None
+    return {b"vaepipe.ingest_rules": metadata[b"vaepipe.ingest_rules"]} if b"vaepipe.ingest_rules" in metadata else None
 
 
 def _dataset(paths: list[Path]) -> ds.Dataset | None:
