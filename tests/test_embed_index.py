@@ -148,6 +148,40 @@ def test_index_built_part_by_part_on_disk_holds_every_row_and_survives_a_rebuild
     assert np.array_equal(SearchIndex.open(tmp_path / "moved").search(vectors[:50], 10)[0], before)
 
 
+def test_a_published_index_is_one_unit_that_a_rebuild_switches_whole(tmp_path):
+    """index.faiss, ids.parquet and index.json of one build are read together: a rebuild (finished, killed, or
+    running while a search opens the index) never pairs one build's index with another's ids."""
+    import os
+
+    vectors = _clusters(n=600)
+    parts, manifest = _write_collection(tmp_path, vectors)
+    index_dir = tmp_path / "index"
+    (index_dir).mkdir()  # an index from before versions: a plain folder, replaced by the first build
+    (index_dir / "index.json").write_text("{}")
+    build_index(parts, manifest, index_dir, "m", IndexConfig(kind="flat"))
+    assert index_dir.is_symlink() and not list(tmp_path.glob(".index-unversioned-*"))
+    old = SearchIndex.open(index_dir)
+    before = old.search(vectors[:20], 5)[0]
+
+    # A rebuild over other images: the open index keeps answering from its own files, a new open sees the new ones.
+    other = tmp_path / "other"
+    other.mkdir()
+    parts2, manifest2 = _write_collection(other, vectors[::-1][:400])
+    build_index(parts2, manifest2, index_dir, "m", IndexConfig(kind="flat"))
+    assert np.array_equal(old.search(vectors[:20], 5)[0], before) and old.meta["n"] == 600
+    assert SearchIndex.open(index_dir).meta["n"] == 400
+
+    # A killed build leaves a half-written version: not seen by searches, removed by the next publish.
+    killed = tmp_path / ".index-19990101000000-dead00"
+    killed.mkdir()
+    (killed / "index.faiss").write_bytes(b"half")
+    assert SearchIndex.open(index_dir).meta["n"] == 400
+    build_index(parts, manifest, index_dir, "m", IndexConfig(kind="flat"))
+    versions = sorted(p.name for p in tmp_path.glob(".index-*"))
+    assert not killed.exists() and len(versions) == 2  # the published one and the one before it
+    assert os.readlink(index_dir) in versions and SearchIndex.open(index_dir).meta["n"] == 600
+
+
 def test_opening_an_index_built_in_place_prints_nothing(tmp_path, capfd):
     parts, manifest = _write_collection(tmp_path, _clusters(n=3000), n_parts=3)
     build_index(parts, manifest, tmp_path / "index", "m", IndexConfig(kind="ivf-disk"))

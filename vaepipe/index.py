@@ -231,8 +231,7 @@ def build_index(embeddings_dir: Path, manifest_path: Path, index_dir: Path, mode
     if n == 0:
         raise VaepipeError("no usable images to index: every file in the manifest failed (see manifest.parquet)")
     kind = choose_kind(n, cfg)
-    index_dir = Path(index_dir)
-    index_dir.mkdir(parents=True, exist_ok=True)
+    published, index_dir = Path(index_dir), _new_version(Path(index_dir))
     sample = np.sort(np.random.default_rng(0).choice(n, size=min(cfg.recall_sample, n), replace=False))
     if kind == "ivf-disk":
         centre = _mean(source) if cfg.metric == "cosine" else np.zeros(dim, np.float32)
@@ -264,12 +263,36 @@ def build_index(embeddings_dir: Path, manifest_path: Path, index_dir: Path, mode
         "config": asdict(cfg), "build_seconds": round(time.monotonic() - t0, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_json(meta, index_dir / "index.json")  # written last: its presence means the index is whole
-    for old in index_dir.glob("lists-*.ivfdata"):  # an earlier on-disk build's lists (open searches keep theirs)
-        if old.name != params.get("lists"):
-            old.unlink()
+    write_json(meta, index_dir / "index.json")
+    _publish(index_dir, published)
     log.info("index: %s over %d x %d (%s), recall@10 %.4f, %s", kind, n, dim, cfg.metric, recall, params)
-    return IndexResult(index_dir, kind, n, dim, recall, params)
+    return IndexResult(published, kind, n, dim, recall, params)
+
+
+# An index is one unit: its files (index.faiss, ids.parquet, index.json, an on-disk index's lists) are written into
+# a new hidden folder beside the published path, and the published path is a symlink switched to it by one rename.
+# A search resolves the link once and reads every file from the folder it found: a rebuild, killed or running,
+# never gives it one version's index with another version's ids.
+
+def _new_version(published: Path) -> Path:
+    version = published.parent / f".{published.name}-{time.strftime('%Y%m%d%H%M%S')}-{os.urandom(3).hex()}"
+    version.mkdir(parents=True)
+    return version
+
+
+def _publish(version: Path, published: Path) -> None:
+    """Point `published` at `version` in one rename; keep the version it pointed at (a search may be opening it)
+    and delete older ones and the folders of killed builds."""
+    link = published.parent / f".{published.name}.link-{os.urandom(3).hex()}"
+    os.symlink(version.name, link)  # relative: the workdir can be moved
+    previous = os.readlink(published) if published.is_symlink() else None
+    if published.is_dir() and not published.is_symlink():  # an index written before versions: set aside, then gone
+        aside = published.parent / f".{published.name}-unversioned-{os.urandom(3).hex()}"
+        os.rename(published, aside)
+    os.replace(link, published)
+    for old in published.parent.glob(f".{published.name}-*"):
+        if old.name not in (version.name, previous) and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _mean(source: Source) -> np.ndarray:
@@ -345,7 +368,7 @@ class SearchIndex:
         """Memory-mapped by default: the vectors (flat, HNSW) or inverted lists (IVF) stay in the file and are
         paged in as searches touch them, so opening costs no RAM up front and an IVF search reads only the lists
         it probes. The HNSW graph itself is always read into RAM (BENCHMARKS.md has the figures)."""
-        index_dir = Path(index_dir)
+        index_dir = Path(index_dir).resolve()  # one version's folder, whatever a rebuild publishes meanwhile
         meta = read_index_meta(index_dir)
         try:
             # IVF takes IO_FLAG_MMAP (on-disk inverted lists); flat and HNSW storage take IO_FLAG_MMAP_IFC.
