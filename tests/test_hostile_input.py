@@ -72,6 +72,41 @@ def _ingest_as_nobody(root: str, manifest: str, queue) -> None:
     os.setuid(65534)
     result = ingest(Path(root), Path(manifest), IngestConfig(workers=1))
     queue.put(result.errors_by_kind)
+    queue.put((result.n_ok, result.removed, result.kept))
+
+
+def _ingest_as_a_user(root: Path, manifest: Path) -> tuple[dict, tuple[int, int, int]]:
+    """ingest's errors by kind and (ok, removed, kept), run as 'nobody' when this is root (root reads everything)."""
+    if os.geteuid() != 0:
+        r = ingest(root, manifest, IngestConfig(workers=1))
+        return r.errors_by_kind, (r.n_ok, r.removed, r.kept)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_ingest_as_nobody, args=(str(root), str(manifest), queue))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    return queue.get(timeout=5), queue.get(timeout=5)
+
+
+def test_a_folder_that_cannot_be_listed_keeps_its_rows_rather_than_leave_the_index():
+    root = Path(tempfile.mkdtemp(prefix="vaepipe-perm-"))
+    try:
+        root.chmod(0o777)
+        write_fmnist(root / "imgs" / "a", n=3)
+        write_fmnist(root / "imgs" / "b", n=2)
+        for p in [root / "imgs", *(root / "imgs").rglob("*")]:
+            p.chmod(0o777 if p.is_dir() else 0o644)
+        assert _ingest_as_a_user(root / "imgs", root / "m.parquet")[1] == (5, 0, 0)
+        before = pq.read_table(root / "m.parquet").sort_by("path")
+        (root / "imgs" / "b").chmod(0)
+        by_kind, (n_ok, removed, kept) = _ingest_as_a_user(root / "imgs", root / "m.parquet")
+        assert (n_ok, removed, kept) == (5, 0, 5) and by_kind == {}
+        after = pq.read_table(root / "m.parquet")
+        assert after.equals(before) and after["path"].to_pylist() == sorted(after["path"].to_pylist())
+    finally:
+        (root / "imgs" / "b").chmod(0o777)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_unreadable_file_is_recorded_not_fatal():

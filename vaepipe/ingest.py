@@ -51,7 +51,8 @@ class IngestResult:
     kept: int = 0
 
 
-def walk(root: Path, include_hidden: bool = False, skip: Path | None = None) -> Iterator[str]:
+def walk(root: Path, include_hidden: bool = False, skip: Path | None = None,
+         unlisted: list[str] | None = None) -> Iterator[str]:
     """The path of every file under root (as a string: ingest makes no Path of a file it has no use for), in the
     order of their relative '/'-separated names, one directory listed at a time.
 
@@ -59,13 +60,13 @@ def walk(root: Path, include_hidden: bool = False, skip: Path | None = None) -> 
     tree's relative names would, without holding the tree: a million files are not a million Paths in memory.
     Directories reached through symlinks are not entered; a directory that cannot be listed is reported and skipped;
     `skip` (a directory under root: the workdir, whose thumbnails and samples are not the collection's) is not
-    entered.
+    entered; directories that could not be listed are appended to `unlisted`.
     """
     root = Path(root)
     if not root.is_dir():
         raise VaepipeError(f"image folder {root} does not exist or is not a directory")
     skip_dir = str(skip) if skip is not None else None
-    stack = [_listing(str(root), include_hidden)]
+    stack = [_listing(str(root), include_hidden, unlisted)]
     while stack:
         entry = next(stack[-1], None)
         if entry is None:
@@ -73,10 +74,11 @@ def walk(root: Path, include_hidden: bool = False, skip: Path | None = None) -> 
         elif entry[1] is None:
             yield entry[0]
         elif entry[1] and entry[0] != skip_dir:
-            stack.append(_listing(entry[0], include_hidden))
+            stack.append(_listing(entry[0], include_hidden, unlisted))
 
 
-def _listing(directory: str, include_hidden: bool) -> Iterator[tuple[str, bool | None]]:
+def _listing(directory: str, include_hidden: bool, unlisted: list[str] | None = None
+             ) -> Iterator[tuple[str, bool | None]]:
     """A directory's entries in walk order: (path, None) for a file, (path, True) for a directory to enter,
     (path, False) for a symlink to a directory, which is not entered.
 
@@ -100,7 +102,9 @@ def _listing(directory: str, include_hidden: bool) -> Iterator[tuple[str, bool |
                     else:
                         files.append(e.name)
     except OSError as e:
-        log.warning("ingest: cannot list %s (%s); the files in it are not indexed", directory, e.strerror or e)
+        log.warning("ingest: cannot list %s (%s)", directory, e.strerror or e)
+        if unlisted is not None:
+            unlisted.append(directory)
         return
     files.sort()
     dirs.sort()
@@ -190,7 +194,8 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
     progress = Progress("ingest", n_listed, unit="files")
     n_files, n_ok, n_reused, by_kind, changes, written = 0, 0, 0, Counter(), Counter(), []
     pool = ProcessPoolExecutor(config.workers) if config.workers > 1 and n_listed > 256 else None
-    files = walk(root, config.include_hidden, skip)
+    unlisted: list[str] = []
+    files = walk(root, config.include_hidden, skip, unlisted)
     try:
         while chunk := list(islice(files, config.checkpoint_every)):
             names = [relative_name(root, p) for p in chunk]
@@ -215,6 +220,17 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
             pool.shutdown()
     progress.close()
     changes.update(_changes(earlier.rows_up_to(None)[0], MANIFEST_SCHEMA.empty_table()))  # after the last file: removed
+    kept = _rows_under(earlier.previous, [relative_name(root, d) + "/" for d in unlisted])
+    if kept.num_rows:
+        # A folder that could not be listed this time (permissions, a flaky mount) is not a folder emptied: its
+        # files keep their last rows rather than leave the index quietly.
+        log.warning("ingest: %d files under %d folders that could not be listed keep their rows from the last run",
+                    kept.num_rows, len(unlisted))
+        n_kept_ok = pc.sum(pc.equal(kept["status"], "ok")).as_py() or 0
+        changes["removed"] -= n_kept_ok
+        changes["kept"] += n_kept_ok
+        n_files, n_ok = n_files + kept.num_rows, n_ok + n_kept_ok
+        by_kind.update(error_kind(e) for e, st in zip(kept["error"].to_pylist(), kept["status"].to_pylist()) if st != "ok")
 
     by_kind = dict(by_kind.most_common())
     if n_ok == 0:
@@ -223,7 +239,10 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
         reasons = "; ".join(f"{kind}: {n}" for kind, n in by_kind.items())
         raise VaepipeError(f"no usable images in {root}: all {n_files} files failed ({reasons})")
     with atomic_path(manifest_path) as tmp, pq.ParquetWriter(tmp, MANIFEST_SCHEMA.with_metadata(settings)) as writer:
-        for part in written:  # only this run's chunks: a longer killed run may have left more
+        if kept.num_rows:  # rare: merged into path order in memory
+            merged = pa.concat_tables([pq.read_table(part, schema=MANIFEST_SCHEMA) for part in written] + [kept])
+            writer.write_table(merged.sort_by("path"), row_group_size=config.checkpoint_every)
+        for part in written if not kept.num_rows else []:  # only this run's chunks: a longer killed run may have left more
             writer.write_table(pq.read_table(part, schema=MANIFEST_SCHEMA))
     shutil.rmtree(chunks_dir, ignore_errors=True)
     result = IngestResult(manifest_path, n_files, n_ok, n_files - n_ok, n_reused, by_kind,
@@ -282,6 +301,17 @@ def _rules(path: Path) -> dict[bytes, bytes] | None:
     except (OSError, pa.ArrowException):
         return None
     return {b"vaepipe.ingest_rules": metadata[b"vaepipe.ingest_rules"]} if b"vaepipe.ingest_rules" in metadata else None
+
+
+def _rows_under(previous: ds.Dataset | None, prefixes: list[str]) -> pa.Table:
+    """The previous manifest's rows under any of these folders ('a/b/')."""
+    if previous is None or not prefixes:
+        return MANIFEST_SCHEMA.empty_table()
+    under = None
+    for prefix in prefixes:
+        match = pc.starts_with(pc.field("path"), prefix)
+        under = match if under is None else under | match
+    return previous.to_table(filter=under)
 
 
 def _dataset(paths: list[Path]) -> ds.Dataset | None:
