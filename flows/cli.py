@@ -161,6 +161,8 @@ def _dispatch(a: argparse.Namespace) -> dict:
             _build_config(a).train.validate()
         except ValueError as e:
             raise VaepipeError(str(e)) from None
+    if getattr(a, "threshold", None) is not None and not a.all:
+        raise VaepipeError("--threshold is for duplicate groups, which only `query --all` makes")
     if getattr(a, "threshold", None) is not None:
         from vaepipe.duplicates import check_threshold  # here: it imports torch, which --help need not wait for
 

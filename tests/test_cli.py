@@ -41,6 +41,7 @@ def test_help_reads_well():
     (["index", "tests", "--workdir", "."], "lies inside the workdir"),
     (["query", ".", "--all", "--threshold", "nan"], "threshold is a similarity from -1 to 1"),
     (["query", ".", "--all", "--threshold", "-5"], "threshold is a similarity from -1 to 1"),
+    (["query", ".", "--queries", ".", "--threshold", "0.9"], "--threshold is for duplicate groups"),
     (["index", ".", "--workdir", "/tmp/x", "--background", "300"], "background must be a grey level"),
     (["index", ".", "--workdir", "/tmp/x", "--invariance", "-1"], "invariance must be 0 or more"),
     (["index", ".", "--workdir", "/tmp/x", "--epochs", "0"], "epochs must be at least 1"),

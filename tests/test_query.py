@@ -67,17 +67,23 @@ def test_nearest_neighbour_of_a_copy_is_its_original(built_copy, fmnist_dir, tmp
     assert reasons["loop.png"].startswith("symlink loop") and reasons["pipe.png"].startswith("empty file")
 
 
-def test_list_query_uses_collection_paths_and_refuses_others(built_copy, tmp_path):
+def test_list_query_uses_collection_paths_and_refuses_others(built_copy, tmp_path, caplog):
     listing = tmp_path / "list.txt"
-    paths = pq.read_table(built_copy.index_dir(json.loads(built_copy.collection.read_text())["model_id"]) / "ids.parquet")["path"].to_pylist()
-    listing.write_text(f"# my picks\n{paths[3]}\n{paths[10]}\n../../etc/passwd\n/abs/x.png\nno/such.png\n")
-    result = query_list(built_copy, listing, k=4)
+    collection = json.loads(built_copy.collection.read_text())
+    paths = pq.read_table(built_copy.index_dir(collection["model_id"]) / "ids.parquet")["path"].to_pylist()
+    inside = f"{collection['image_root']}/{paths[20]}"  # absolute, inside the collection: as `sample --between` takes
+    missing = "".join(f"gone/{i}.png\n" for i in range(30))
+    listing.write_bytes(f"# my picks\n{paths[3]}\n{paths[10]}\n../../etc/passwd\n/abs/x.png\nno/such.png\n{inside}\n"
+                        f"{missing}".encode() + b"caf\xe9.png\n")
+    with caplog.at_level("WARNING", logger="vaepipe"):
+        result = query_list(built_copy, listing, k=4)
     df = _check_table(result, 4)
-    assert set(df["query_path"]) == {paths[3], paths[10]}
+    assert set(df["query_path"]) == {paths[3], paths[10], paths[20]}
     assert not (df["query_path"] == df["neighbour_path"]).any()
     reasons = dict(result.skipped)
     assert "refused" in reasons["../../etc/passwd"] and "refused" in reasons["/abs/x.png"]
-    assert "not in the index" in reasons["no/such.png"]
+    assert "not in the index" in reasons["no/such.png"] and reasons["line 38"] == "not valid UTF-8"
+    assert len(result.skipped) == 34 and caplog.text.count("query: skipped") == 11  # 10 shown, then one line
 
 
 @pytest.mark.parametrize("k", [0, -1, 10_000])

@@ -49,6 +49,9 @@ class QueryResult:
     n_duplicate_groups: int = 0
 
 
+SKIPS_SHOWN = 10  # skipped queries logged one by one; run.json has them all
+
+
 def open_index(workdir: Workdir) -> tuple[dict, SearchIndex]:
     collection = workdir.read_collection()
     index = SearchIndex.open(workdir.index_dir(collection["model_id"]))
@@ -101,23 +104,33 @@ def query_folder(workdir: Workdir, query_dir: Path, k: int = 10, cfg: EmbedConfi
 
 
 def query_list(workdir: Workdir, list_file: Path, k: int = 10) -> QueryResult:
+    """Neighbours of collection images named in a text file, one per line: relative to the collection root, or
+    absolute inside it. Lines that name nothing indexed (or are not UTF-8) are skipped with their reasons."""
     t0 = time.monotonic()
-    _, index = open_index(workdir)
+    collection, index = open_index(workdir)
     _check_k(k, index.meta["n"] - 1)
+    root = Path(collection["image_root"])
     row_of = {p: i for i, p in enumerate(index.ids["path"].to_pylist())}
     rows: list[int] = []
     skipped: list[tuple[str, str]] = []
-    for line in Path(list_file).read_text().splitlines():
-        name = line.strip()
-        if not name or name.startswith("#"):
-            continue
-        rel = Path(name)
-        if rel.is_absolute() or ".." in rel.parts:
-            skipped.append((name, "refused: paths must be relative to the collection root, without '..'"))
-        elif rel.as_posix() not in row_of:
-            skipped.append((name, "not in the index (not in the collection, or not a usable image)"))
-        else:
-            rows.append(row_of[rel.as_posix()])
+    with open(list_file, "rb") as f:  # line by line: a list of a million paths is not read whole
+        for number, raw in enumerate(f, start=1):
+            try:
+                name = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                skipped.append((f"line {number}", "not valid UTF-8"))
+                continue
+            if not name or name.startswith("#"):
+                continue
+            rel = Path(name)
+            if rel.is_absolute() and rel.is_relative_to(root) and ".." not in rel.parts:
+                rel = rel.relative_to(root)
+            if rel.is_absolute() or ".." in rel.parts:
+                skipped.append((name, "refused: paths must be inside the collection root, without '..'"))
+            elif rel.as_posix() not in row_of:
+                skipped.append((name, "not in the index (not in the collection, or not a usable image)"))
+            else:
+                rows.append(row_of[rel.as_posix()])
     if not rows:
         raise VaepipeError(f"none of the paths in {list_file} is an indexed image of the collection")
     return _query_rows(workdir, "list", index, np.asarray(rows), k, skipped, t0, {"list": str(list_file)})
@@ -177,8 +190,11 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
                 "index": {x: index.meta[x] for x in ("kind", "params", "n", "metric", "recall_at_10", "source_fingerprint")},
                 **{x: v for x, v in asdict(result).items() if x not in ("run_dir", "neighbours", "report", "duplicates")}},
                run_dir / "run.json")
-    for name, reason in skipped:
+    for name, reason in skipped[:SKIPS_SHOWN]:
         log.warning("query: skipped %s: %s", name, reason)
+    if len(skipped) > SKIPS_SHOWN:
+        log.warning("query: skipped %d more queries (%s lists every one with its reason)", len(skipped) - SKIPS_SHOWN,
+                    run_dir / "run.json")
     log.info("query: %d queries, %d neighbour rows -> %s (%.1fs)", len(names), n_rows, out, result.seconds)
     return result
 
