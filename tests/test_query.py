@@ -97,3 +97,27 @@ def test_query_without_a_built_collection_says_what_to_do(tmp_path):
     from vaepipe.store import Workdir
     with pytest.raises(VaepipeError, match="vaepipe index"):
         query_all(Workdir(tmp_path), k=3)
+
+
+def test_a_run_that_fails_leaves_no_run_folder_that_looks_finished(built_copy, monkeypatch):
+    """The disk fills while the report is written (simulated): the run folder appears whole or not at all."""
+    import errno
+
+    import vaepipe.query
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vaepipe.query, "write_query_report", disk_full)
+    runs = built_copy.root / "runs"
+    before = set(runs.iterdir()) if runs.exists() else set()
+    with pytest.raises(OSError, match="No space left"):
+        query_all(built_copy, k=3, duplicates=False)
+    new = set(runs.iterdir()) - before
+    assert new and all(p.name.startswith(".") and p.name.endswith(".partial") for p in new)
+    old = 1.0  # as if an hour ago and more: the next build deletes it
+    for p in new:
+        os.utime(p, (old, old))
+    with built_copy.lock():
+        pass
+    assert not any(p.exists() for p in new)

@@ -10,6 +10,7 @@ Searches run in batches, and rows stream to Parquet, so 1M queries need neither 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -168,7 +169,10 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
          vectors_of: Callable[[slice], tuple[np.ndarray, bool]], self_rows: np.ndarray | None, k: int,
          skipped: list[tuple[str, str]], t0: float, params: dict, query_root: Path | None = None) -> QueryResult:
     run_id = new_run_id(kind)
-    run_dir = workdir.run_dir(run_id)
+    # Written in a hidden folder and renamed when whole: a failed or killed run (and Prefect's retry of it) leaves
+    # no run folder that looks finished; the next build deletes what it left (Workdir.remove_stale_temporaries).
+    final_dir = workdir.run_dir(run_id)
+    run_dir = final_dir.with_name(f".{run_id}.partial")
     out = run_dir / "neighbours.parquet"
     n_rows = _search_and_write(index, out, names, shas, vectors_of, self_rows, k)
     result = QueryResult(run_dir, out, len(names), n_rows, k, skipped, time.monotonic() - t0)
@@ -190,11 +194,17 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
                 "index": {x: index.meta[x] for x in ("kind", "params", "n", "metric", "recall_at_10", "source_fingerprint")},
                 **{x: v for x, v in asdict(result).items() if x not in ("run_dir", "neighbours", "report", "duplicates")}},
                run_dir / "run.json")
+    os.rename(run_dir, final_dir)
+    result.run_dir, result.neighbours = final_dir, final_dir / out.name
+    result.report = final_dir / result.report.name
+    if result.duplicates is not None:
+        result.duplicates = final_dir / result.duplicates.name
+    out = result.neighbours
     for name, reason in skipped[:SKIPS_SHOWN]:
         log.warning("query: skipped %s: %s", name, reason)
     if len(skipped) > SKIPS_SHOWN:
         log.warning("query: skipped %d more queries (%s lists every one with its reason)", len(skipped) - SKIPS_SHOWN,
-                    run_dir / "run.json")
+                    final_dir / "run.json")
     log.info("query: %d queries, %d neighbour rows -> %s (%.1fs)", len(names), n_rows, out, result.seconds)
     return result
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -139,13 +140,15 @@ class Workdir:
             f.close()
 
     def remove_stale_temporaries(self, older_than_s: float = 3600) -> int:
-        """Delete the temporary files (atomic_path's) that a killed run left, if older than an hour: a query that
-        is writing its run folder while a build starts keeps its fresh ones. Returns how many were deleted."""
+        """Delete the temporary files (atomic_path's) and unfinished run folders that a killed run left, if older
+        than an hour: a query that is writing its run folder while a build starts keeps its fresh ones. Returns how
+        many were deleted."""
         cutoff, removed = time.time() - older_than_s, 0
-        for tmp in self.root.rglob(".*.tmp"):
+        partial_runs = [p for folder in ("runs", "samples") for p in (self.root / folder).glob(".*.partial")]
+        for tmp in [*self.root.rglob(".*.tmp"), *partial_runs]:
             try:
-                if tmp.is_file() and tmp.stat().st_mtime < cutoff:
-                    tmp.unlink()
+                if tmp.stat().st_mtime < cutoff:
+                    shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
                     removed += 1
             except OSError:
                 continue  # gone already, or not ours to delete: not worth failing a build for
