@@ -7,6 +7,7 @@ shows up on that server like any other.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -122,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     except VaepipeError as e:
         print(f"vaepipe: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        # What was written so far is whole (atomic writes) and the run resumes where it stopped.
+        print(f"vaepipe: error: no space left on device{f' writing {e.filename}' if e.filename else ''}: free some "
+              "space and run the same command again; it resumes where it stopped", file=sys.stderr)
+        return 1
     if args.quiet:
         return 0
     from flows.common import format_value

@@ -245,10 +245,20 @@ def model_id(model: VAE) -> str:
 
 def save_checkpoint(model: VAE, path: Path) -> None:
     """Plain tensors and a dict of primitives: loadable with weights_only=True, no code inside."""
+    save_torch({"config": asdict(model.config), "state_dict": model.state_dict()}, Path(path))
+
+
+def save_torch(obj: dict, path: Path) -> None:
+    """torch.save, atomically, serialised in memory first: torch's writer reports a full disk as "file write
+    failed", a plain write as OSError(ENOSPC), "No space left on device" (checkpoints are a few MB)."""
+    import io
+
     from vaepipe.store import atomic_path
 
-    with atomic_path(Path(path)) as tmp:
-        torch.save({"config": asdict(model.config), "state_dict": model.state_dict()}, tmp)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> VAE:

@@ -22,9 +22,9 @@ from vaepipe.config import TrainConfig
 from vaepipe.augment import composited, edited
 from vaepipe.images import ALPHA_MODES, ImageSpec, is_colour, iter_image_batches, to_float
 from vaepipe.ingest import read_ok
-from vaepipe.model import VAE, VAEConfig, default_device, exact_cudnn, load_checkpoint, model_id, save_checkpoint
+from vaepipe.model import VAE, VAEConfig, default_device, exact_cudnn, load_checkpoint, model_id, save_checkpoint, save_torch
 from vaepipe.progress import Progress
-from vaepipe.store import VaepipeError, Workdir, atomic_path, fingerprint, read_json, write_json
+from vaepipe.store import VaepipeError, Workdir, fingerprint, read_json, write_json
 
 log = logging.getLogger("vaepipe")
 
@@ -193,8 +193,7 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
                  row["val_active_units"], vcfg.latent_dim + vcfg.extra_dim, seconds)
         was_active = was_active or ev["active_units"] > 0
         good = _snapshot(model, opt, sched, gen)
-        with atomic_path(state_path) as tmp:
-            torch.save({**good, "metrics": metrics, "elapsed": time.monotonic() - start}, tmp)  # good: this epoch's end
+        save_torch({**good, "metrics": metrics, "elapsed": time.monotonic() - start}, state_path)  # good: this epoch's end
         log.info("train: saved training state after epoch %d", epoch)
         if cfg.max_minutes is not None and time.monotonic() - start > cfg.max_minutes * 60:
             log.info("train: time budget of %.1f min reached after epoch %d", cfg.max_minutes, epoch)
