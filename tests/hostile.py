@@ -81,10 +81,17 @@ def write_hostile(root: Path, outside: Path) -> dict[str, str | None]:
     expect["odd/inside.png"] = None
     os.symlink(root / "odd" / "inside.png", put("links/inside.png", None))  # inside the root: read
 
-    # A file name that is not UTF-8 (created through bytes).
+    # Names that are not UTF-8 (created through bytes), in a file and in a folder, and a folder whose name is
+    # spelled like the escaped form of another: each is indexed under its own name.
     bad_name = os.fsencode(root / "names") + b"/latin1-\xe9t\xe9.png"
     photo.save(bad_name.decode("utf-8", "surrogateescape"), format="PNG")
-    expect["names/latin1-\\xe9t\\xe9.png"] = "file name not valid UTF-8"
+    expect["names/latin1-\\xe9t\\xe9.png"] = None
+    os.makedirs(os.fsencode(root / "names") + b"/caf\xe9")
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(os.fsdecode(os.fsencode(root / "names") + b"/caf\xe9/x.png"), format="PNG")
+    expect["names/caf\\xe9/x.png"] = None
+    (root / "names" / "caf\\xe9").mkdir()  # a backslash, an x, an e and a 9
+    Image.new("RGB", (20, 20), (200, 10, 30)).save(root / "names" / "caf\\xe9" / "x.png")
+    expect["names/caf\\\\xe9/x.png"] = None  # its backslash doubled in the manifest
 
     (root / ".hidden-dir").mkdir()
     photo.save(root / ".hidden-dir" / "x.png")

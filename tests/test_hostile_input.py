@@ -167,7 +167,7 @@ def test_bad_requests_fail_cleanly_and_change_nothing(built_copy, tmp_path, case
     before = snapshot(built_copy.root)
     if case == "empty folder":
         (tmp_path / "empty").mkdir()
-        proc, message = vaepipe("index", tmp_path / "empty", "--workdir", built_copy.root, env=env), "no files in"
+        proc, message = vaepipe("index", tmp_path / "empty", "--workdir", built_copy.root, "--replace", env=env), "no files in"
     elif case == "only bad files":
         write_hostile(tmp_path / "bad", tmp_path / "outside")
         for p in (tmp_path / "bad" / "odd").rglob("*"):
@@ -175,13 +175,13 @@ def test_bad_requests_fail_cleanly_and_change_nothing(built_copy, tmp_path, case
         shutil.rmtree(tmp_path / "bad" / "names")
         (tmp_path / "bad" / "links" / "inside.png").unlink()
         (tmp_path / "bad" / "bad" / "no-permission.png").unlink()  # root could read it
-        proc, message = vaepipe("index", tmp_path / "bad", "--workdir", built_copy.root, env=env), "no usable images"
+        proc, message = vaepipe("index", tmp_path / "bad", "--workdir", built_copy.root, "--replace", env=env), "no usable images"
     elif case == "k too large":
         proc, message = vaepipe("query", built_copy.root, "--all", "-k", "100000", env=env), "use -k"
     else:
         (tmp_path / "model.pt").write_bytes(b"PK\x03\x04 not really a zip")
         write_fmnist(tmp_path / "imgs", n=5)
-        proc, message = vaepipe("index", tmp_path / "imgs", "--workdir", built_copy.root, "--model", tmp_path / "model.pt", env=env), "corrupt"
+        proc, message = vaepipe("index", tmp_path / "imgs", "--workdir", built_copy.root, "--replace", "--model", tmp_path / "model.pt", env=env), "corrupt"
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert snapshot(built_copy.root) == before

@@ -28,6 +28,7 @@ from vaepipe.config import IngestConfig
 from vaepipe.images import flatten, open_image, to_array, to_float
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
+from vaepipe.store import VaepipeError, file_path
 
 log = logging.getLogger("vaepipe")
 
@@ -69,7 +70,7 @@ def calibrate_threshold(model: VAE, index: SearchIndex, image_root: Path, n: int
     spec, rows, copies = model.config.spec, [], []
     for i in sorted(rng.choice(len(paths), size=min(n, len(paths)), replace=False)):
         try:
-            copies.append(to_array(_resaved(open_image(Path(image_root) / paths[i], IngestConfig().max_pixels), spec.background), spec))
+            copies.append(to_array(_resaved(open_image(file_path(image_root, paths[i]), IngestConfig().max_pixels), spec.background), spec))
             rows.append(i)
         except Exception:  # changed or gone since it was indexed; Pillow raises anything
             continue
@@ -89,8 +90,6 @@ def calibrate_threshold(model: VAE, index: SearchIndex, image_root: Path, n: int
 
 def check_threshold(threshold: float) -> None:
     """A similarity threshold is a number from -1 to 1 (cosine); anything else is a clear error, not NaN in run.json."""
-    from vaepipe.store import VaepipeError
-
     if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
         raise VaepipeError(f"the duplicate threshold is a similarity from -1 to 1, got {threshold}")
 

@@ -24,7 +24,7 @@ from vaepipe.config import EmbedConfig, usable_cores
 from vaepipe.images import ImageSpec, iter_image_batches, to_float
 from vaepipe.model import VAE, checkpoint_config, default_device, exact_cudnn, folded, load_checkpoint
 from vaepipe.progress import Progress
-from vaepipe.store import atomic_path, checked_row_groups, embedding_schema, next_number, row_groups
+from vaepipe.store import atomic_path, checked_row_groups, embedding_schema, file_path, next_number, row_groups
 
 log = logging.getLogger("vaepipe")
 
@@ -224,7 +224,8 @@ class UnderRoot(Sequence[str]):
         return len(self.names)
 
     def __getitem__(self, i: int) -> str:  # type: ignore[override]  # slices are not needed
-        return self.prefix + self.names[i].as_py()
+        name = self.names[i].as_py()
+        return self.prefix + name if "\\" not in name else file_path(self.prefix, name)
 
 
 def load_shard(plan: Path, number: int) -> Shard:

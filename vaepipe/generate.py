@@ -23,7 +23,7 @@ from vaepipe.images import load_array, to_float
 from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, load_checkpoint
 from vaepipe.report import write_samples_page
-from vaepipe.store import VaepipeError, atomic_path, read_json, write_json
+from vaepipe.store import VaepipeError, atomic_path, file_path, read_json, write_json
 
 log = logging.getLogger("vaepipe")
 
@@ -157,7 +157,7 @@ def _load(root: Path, rel_paths: list[str], spec, strict: bool = False) -> torch
     root = Path(root).resolve()
     arrays = []
     for rel in rel_paths:
-        path = (root / rel).resolve()
+        path = Path(file_path(root, rel)).resolve()
         if not path.is_relative_to(root):
             raise VaepipeError(f"{rel} is outside the collection root {root}")
         try:

@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 from vaepipe.config import IngestConfig
 from vaepipe.images import IMAGE_SUFFIXES, ImageError, inspect_image
 from vaepipe.progress import Progress
-from vaepipe.store import MANIFEST_SCHEMA, VaepipeError, atomic_path, checked_row_groups, next_number, sha256_and_bytes, write_parquet
+from vaepipe.store import (MANIFEST_SCHEMA, VaepipeError, atomic_path, checked_row_groups, name_of, next_number,
+                           sha256_and_bytes, write_parquet)
 
 log = logging.getLogger("vaepipe")
 
@@ -119,9 +120,8 @@ def scan(root: Path, include_hidden: bool = False) -> list[Path]:
 
 
 def relative_name(root: Path, path: str) -> str:
-    """The manifest's name for a file that `walk(root)` yielded: relative, '/'-separated; bytes that are not UTF-8
-    shown as \\xNN."""
-    return os.fsencode(path[len(os.path.join(root, "")):]).decode("utf-8", "backslashreplace")
+    """The manifest's name for a file that `walk(root)` yielded: relative, '/'-separated, reversible (store.name_of)."""
+    return name_of(path[len(os.path.join(root, "")):])
 
 
 def inspect_file(root: Path, path: str, config: IngestConfig) -> dict:
@@ -131,9 +131,6 @@ def inspect_file(root: Path, path: str, config: IngestConfig) -> dict:
            "width": None, "height": None, "mode": None, "status": "error", "error": None}
     try:
         name = os.path.basename(path)
-        if os.fsencode(name).decode("utf-8", "replace") != name:
-            # Arrow strings must be UTF-8; a lossy name could not be opened again from the manifest.
-            raise ImageError("file name not valid UTF-8: rename the file to index it")
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
             target = Path(path).resolve()

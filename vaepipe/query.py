@@ -28,7 +28,7 @@ from vaepipe.ingest import inspect_file, scan
 from vaepipe.model import default_device, load_checkpoint
 from vaepipe.progress import Progress
 from vaepipe.report import write_query_report
-from vaepipe.store import (NEIGHBOURS_SCHEMA, VaepipeError, Workdir, atomic_path, new_run_id,
+from vaepipe.store import (NEIGHBOURS_SCHEMA, VaepipeError, Workdir, atomic_path, file_path, new_run_id,
                            write_json, write_parquet)
 
 log = logging.getLogger("vaepipe")
@@ -94,7 +94,7 @@ def query_folder(workdir: Workdir, query_dir: Path, k: int = 10, cfg: EmbedConfi
     rows = [r for r in rows if r["status"] == "ok"]
     vectors = np.zeros((len(rows), index.dim), np.float32)
     good = np.zeros(len(rows), bool)
-    for idx, mu, errors in encode_files(model, [query_dir / r["path"] for r in rows], cfg.batch_size, cfg.workers):
+    for idx, mu, errors in encode_files(model, [file_path(query_dir, r["path"]) for r in rows], cfg.batch_size, cfg.workers):
         vectors[idx], good[idx] = mu, True
         skipped += [(rows[i]["path"], reason) for i, reason in errors]
     names = [r["path"] for r, g in zip(rows, good) if g]

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaepipe.images import open_image
-from vaepipe.store import atomic_path
+from vaepipe.store import atomic_path, file_path
 
 log = logging.getLogger("vaepipe")
 
@@ -107,9 +107,9 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
     n_queries = 0
     for qpath, qsha, rows in iter_queries(neighbours, max_queries):
         n_queries += 1
-        figs = [_figure(thumbs.link(qsha, query_root / qpath), qpath)]
+        figs = [_figure(thumbs.link(qsha, Path(file_path(query_root, qpath))), qpath)]
         for r in rows:
-            figs.append(_figure(thumbs.link(r["neighbour_sha256"], collection_root / r["neighbour_path"]),
+            figs.append(_figure(thumbs.link(r["neighbour_sha256"], Path(file_path(collection_root, r["neighbour_path"]))),
                                 r["neighbour_path"], f'<div class="sim">#{r["rank"]} sim {r["similarity"]:.4f}</div>'))
         blocks.append(f'<div class="query"><div class="q">{figs[0]}</div>{"".join(figs[1:])}</div>')
 
@@ -136,7 +136,7 @@ def _groups_html(groups: pa.Table, thumbs: Thumbs, root: Path, max_groups: int =
         by_group.setdefault(row["group"], []).append(row)
     parts = [f"<h2>Duplicate groups ({len(by_group):,})</h2>"]
     for gid, members in list(by_group.items())[:max_groups]:
-        figs = "".join(_figure(thumbs.link(m["sha256"], root / m["path"]), m["path"]) for m in members[:40])
+        figs = "".join(_figure(thumbs.link(m["sha256"], Path(file_path(root, m["path"]))), m["path"]) for m in members[:40])
         if len(members) > 40:
             figs += f"<p>... and {len(members) - 40:,} more (see duplicates.parquet)</p>"
         kind = members[0]["kind"]

@@ -190,6 +190,25 @@ class Workdir:
             raise VaepipeError(f"{self.collection} is unreadable ({e}); run `vaepipe index` again to rebuild it") from None
 
 
+def name_of(relative: str) -> str:
+    """The manifest's name for a file's path relative to the collection root, as os gives it (bytes that are not
+    UTF-8 arrive as surrogates): valid UTF-8 as it stands, other bytes as \\xNN and a backslash doubled, so that
+    Arrow can store every name and `file_path` gets the exact bytes back (two names never share a string)."""
+    raw = os.fsencode(relative)
+    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+_ESCAPED = re.compile(rb"\\(\\|x[0-9a-f]{2})")
+
+
+def file_path(root: str | Path, name: str) -> str:
+    """The path of a manifest name under root (the inverse of name_of)."""
+    if "\\" not in name:
+        return os.path.join(root, name)
+    raw = _ESCAPED.sub(lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1)[1:], 16)]), name.encode("utf-8"))
+    return os.path.join(root, os.fsdecode(raw))
+
+
 def new_run_id(kind: str) -> str:
     """Sortable, unique enough for one workdir: 20261125-163502-all-3f2a."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{os.urandom(2).hex()}"

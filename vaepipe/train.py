@@ -24,7 +24,7 @@ from vaepipe.images import ALPHA_MODES, ImageSpec, is_colour, iter_image_batches
 from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, VAEConfig, default_device, exact_cudnn, load_checkpoint, model_id, save_checkpoint, save_torch
 from vaepipe.progress import Progress
-from vaepipe.store import VaepipeError, Workdir, fingerprint, read_json, write_json
+from vaepipe.store import VaepipeError, Workdir, file_path, fingerprint, read_json, write_json
 
 log = logging.getLogger("vaepipe")
 
@@ -60,7 +60,7 @@ def model_config_for(ok: pa.Table, cfg: TrainConfig) -> VAEConfig:
 def load_images(root: Path, rel_paths: list[str], spec: ImageSpec, workers: int) -> torch.Tensor:
     """Decode into one uint8 tensor (N, C + 1, H, W), the last plane alpha (images.to_array(alpha=True)): training
     composites each image onto backgrounds of its choice. Files that fail now (changed since ingest) are dropped."""
-    paths = [Path(root) / p for p in rel_paths]
+    paths = [file_path(root, p) for p in rel_paths]
     out = torch.empty((len(paths), spec.channels + 1, spec.size, spec.size), dtype=torch.uint8)
     keep = torch.zeros(len(paths), dtype=torch.bool)
     progress = Progress("load training images", len(paths))
