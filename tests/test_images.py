@@ -126,6 +126,56 @@ def test_a_soft_shadow_is_cut_as_in_the_copy_flattened_on_white(tmp_path):
     assert np.abs(to_array(img, spec).astype(int) - to_array(flat, spec)).max() <= 1
 
 
+def _icon() -> Image.Image:
+    """A blue tile with a yellow bar and a black dot inside it, on transparent padding; it reaches the right edge,
+    as an arrow pointing out of its icon does."""
+    icon = np.zeros((48, 48, 4), np.uint8)
+    icon[8:40, 12:48] = (40, 120, 200, 255)
+    icon[20:28, 16:32] = (250, 200, 40, 255)
+    icon[28:36, 20:28] = (0, 0, 0, 255)  # the field's colour, but inside the picture: kept
+    return Image.fromarray(icon, "RGBA")
+
+
+@pytest.mark.parametrize("colour", [(0, 0, 0), (200, 30, 30), (255, 255, 255)])
+def test_a_transparent_icon_flattened_on_any_colour_becomes_its_own_square(colour):
+    """Saved without its transparency (on black, as PIL's convert("RGB") often shows it, or on any colour), an icon
+    is read back as a picture on a field of that colour, and the field as transparency."""
+    img = _icon()
+    flat = Image.alpha_composite(Image.new("RGBA", img.size, colour + (255,)), img).convert("RGB")
+    spec = ImageSpec(32, 3, background=255)
+    original = to_array(img, spec).astype(int)
+    assert np.abs(to_array(flat, spec) - original).max() <= 1
+    assert original.max(0).min() < 10  # the black dot is still there
+
+
+def test_a_photograph_with_a_dark_edge_is_not_read_as_a_field():
+    from vaepipe.images import field_as_transparency
+
+    arr = np.asarray(_photo(), np.uint8).copy()
+    arr[:, :30] = 0  # dark along the left third: a night sky, not a field around a picture
+    img = Image.fromarray(arr, "RGB")
+    assert field_as_transparency(img, 255) is img
+
+
+def test_a_caption_band_across_a_drawing_on_white_is_not_part_of_its_box():
+    """A banner along the bottom of a drawing on a plain field, parted from it by the field, is left out of the
+    box: the drawing becomes the same square as without it. A band over a photograph has nothing to part it."""
+    from vaepipe.images import content_box
+
+    drawing = np.full((60, 50, 3), 255, np.uint8)
+    drawing[10:40, 12:38] = (30, 90, 160)
+    captioned = drawing.copy()
+    captioned[48:60] = 20
+    captioned[52:55, 5:25:3] = 255  # white text
+    spec = ImageSpec(32, 3, background=255)
+    plain = to_array(Image.fromarray(drawing), spec).astype(int)
+    assert content_box(Image.fromarray(captioned)) == (12, 10, 38, 40)
+    assert np.abs(to_array(Image.fromarray(captioned), spec) - plain).max() <= 1
+    photo = np.asarray(_photo(), np.uint8).copy()
+    photo[50:] = 20
+    assert content_box(Image.fromarray(photo)) is None
+
+
 def test_sixteen_bit_is_scaled_to_eight(mixed):
     assert load_array(mixed["grey16"], ImageSpec(16, 1)).min() == 255
 
@@ -343,6 +393,23 @@ def test_rgb_pngs_at_the_input_take_the_exact_path_for_a_colour_model(tmp_path):
     exact = strip.array()[1]
     assert exact.flags.writeable and not strip.array()[0].any()
     assert np.array_equal(exact, to_array(open_image(p, 64_000_000), RGB32))
+
+
+def test_a_png_at_the_input_on_a_field_decodes_as_any_image_does(tmp_path):
+    """A plus that touches every edge has no border to cut, but stands on a red field: the exact path must make
+    the field transparent as the general path does."""
+    from vaepipe.images import load_batch
+
+    plus = np.zeros((32, 32, 3), np.uint8)
+    plus[:] = (200, 30, 30)
+    plus[14:18, :] = plus[:, 14:18] = (20, 200, 90)
+    p = tmp_path / "plus.png"
+    Image.fromarray(plus, "RGB").save(p)
+    spec = ImageSpec(32, 3, background=255)
+    batch, errors = load_batch([p], spec)
+    assert errors == [""]
+    assert np.array_equal(batch[0], to_array(open_image(p, 64_000_000), spec))
+    assert (batch[0][:, 0, 0] == 255).all()  # the field shows the background grey
 
 
 def test_a_batch_decodes_each_image_as_alone_and_zeroes_the_ones_that_fail(tmp_path, mixed):

@@ -157,17 +157,14 @@ def flatten(img: Image.Image, background: int) -> Image.Image:
 BORDER_TOLERANCE = 8
 
 
-def content_box(img: Image.Image, background: int = 255) -> tuple[int, int, int, int] | None:
-    """The box (left, top, right, bottom) inside a border of one colour, or None where there is no such border (or
-    nothing but border). A transparent image is looked at as embedding shows it, composited onto the background
-    grey: so it gets the same box as a copy of it flattened onto that grey (the usual way to drop transparency),
-    soft shadows and all.
+def _analysed(img: Image.Image, background: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """What the border rules look at: the image at most 256 px on a side (transparency composited onto the
+    background grey) as int16 (h, w, channels), the border colour (the median of the outermost pixels), the mask of
+    pixels further than BORDER_TOLERANCE from it, and whether the border runs along two opposite sides.
 
-    The colour is the median of the outermost pixels; rows and columns where at most 1% of the pixels differ from
-    it by more than BORDER_TOLERANCE are border, if the border runs along two opposite sides. Looked for on a copy
-    at most 256 px on a side: the box is then at most one of its pixels too large, and a large PNG costs a few
-    milliseconds, not a pass over every pixel.
-    """
+    A border runs along two opposite sides at least (a frame, or bars above and below). A picture's own edge of one
+    colour (a sky along the top) is not one: cut away, it would be cut differently in a copy cropped or made
+    brighter, and the copy would no longer become the same square as its original."""
     w, h = img.size
     small = img if max(w, h) <= 256 else img.resize((max(1, w * 256 // max(w, h)), max(1, h * 256 // max(w, h))),
                                                      Image.Resampling.BOX)
@@ -175,13 +172,41 @@ def content_box(img: Image.Image, background: int = 255) -> tuple[int, int, int,
         small = flatten(small, background)
     arr = np.asarray(small)
     p = (arr[:, :, None] if arr.ndim == 2 else arr).astype(np.int16)
-    ring = np.concatenate([p[0], p[-1], p[:, 0], p[:, -1]])
-    content = (np.abs(p - np.median(ring, axis=0)).max(axis=2) > BORDER_TOLERANCE)
-    # A border runs along two opposite sides at least (a frame, or bars above and below). A picture's own
-    # edge of one colour (a sky along the top) is not one: cut away, it would be cut differently in a copy
-    # cropped or made brighter, and the copy would no longer become the same square as its original.
-    if not ((content[0].mean() <= 0.02 and content[-1].mean() <= 0.02)
-            or (content[:, 0].mean() <= 0.02 and content[:, -1].mean() <= 0.02)):
+    colour = np.median(np.concatenate([p[0], p[-1], p[:, 0], p[:, -1]]), axis=0)
+    content = np.abs(p - colour).max(axis=2) > BORDER_TOLERANCE
+    content[_bands(content)] = False
+    bordered = bool((content[0].mean() <= 0.02 and content[-1].mean() <= 0.02)
+                    or (content[:, 0].mean() <= 0.02 and content[:, -1].mean() <= 0.02))
+    return p, colour, content, bordered
+
+
+def _bands(content: np.ndarray) -> np.ndarray:
+    """Rows of a band across the whole width along the top or bottom edge, apart from the picture by a row of
+    border: a caption or banner laid over a picture on a plain field. Counted as border, so that the box is the
+    picture's, as in the original without the band (a band over the picture itself has no border row to part it)."""
+    full = content[:, 0] & content[:, -1] & (content.mean(axis=1) >= 0.5)  # edge to edge, text and all
+    h = len(full)
+    band = np.zeros(h, bool)
+    for rows in (range(h), range(h - 1, -1, -1)):
+        n = next((i for i, r in enumerate(rows) if not full[r]), h)
+        if 0 < n <= h // 3 and content[rows[n]].mean() <= 0.02:
+            band[[rows[i] for i in range(n)]] = True
+    return band
+
+
+def content_box(img: Image.Image, background: int = 255) -> tuple[int, int, int, int] | None:
+    """The box (left, top, right, bottom) inside a border of one colour, or None where there is no such border (or
+    nothing but border). A transparent image is looked at as embedding shows it, composited onto the background
+    grey: so it gets the same box as a copy of it flattened onto that grey (the usual way to drop transparency),
+    soft shadows and all.
+
+    Rows and columns where at most 1% of the pixels differ from the border colour are border, if the border runs
+    along two opposite sides (see _analysed). Looked for on a copy at most 256 px on a side: the box is then at most
+    one of its pixels too large, and a large PNG costs a few milliseconds, not a pass over every pixel.
+    """
+    w, h = img.size
+    _, _, content, bordered = _analysed(img, background)
+    if not bordered:
         return None
     rows = np.flatnonzero(content.mean(axis=1) > 0.01)
     cols = np.flatnonzero(content.mean(axis=0) > 0.01)
@@ -192,6 +217,49 @@ def content_box(img: Image.Image, background: int = 255) -> tuple[int, int, int,
     return None if box == (0, 0, w, h) else box
 
 
+def _on_a_field(colour: np.ndarray, content: np.ndarray, background: int) -> bool:
+    """Most of the edge is one colour other than the background grey. A picture that reaches the edge on a side or
+    two is still on a field (an arrow pointing out of its icon); a photograph with a dark corner is not."""
+    ring = np.concatenate([content[0], content[-1], content[:, 0], content[:, -1]])
+    return bool(ring.mean() <= 0.25 and np.abs(colour - background).max() > BORDER_TOLERANCE)
+
+
+def field_as_transparency(img: Image.Image, background: int = 255) -> Image.Image:
+    """An opaque picture on a field of one colour other than the background grey, with the field made transparent
+    (mode RGBA or LA); any other image as it is.
+
+    A transparent icon saved without its transparency lands on white, black or whatever colour its hidden pixels
+    had (PIL's convert("RGB") shows them, often black). Read back as transparency, the field shows the background
+    grey like the original's padding, so the copy becomes the same square as its original. The field is the border
+    colour's pixels connected to the border, so the same colour inside the picture (a black outline) is kept.
+    """
+    if img.mode not in ("L", "RGB"):
+        return img
+    p, colour, content, _ = _analysed(img, background)
+    if not _on_a_field(colour, content, background):
+        return img
+    field = np.zeros_like(content)
+    field[[0, -1], :], field[:, [0, -1]] = ~content[[0, -1], :], ~content[:, [0, -1]]
+    while True:  # grow the field from the border through pixels of its colour, one pixel a step
+        grown = field.copy()
+        grown[1:] |= field[:-1]
+        grown[:-1] |= field[1:]
+        grown[:, 1:] |= field[:, :-1]
+        grown[:, :-1] |= field[:, 1:]
+        grown &= ~content
+        if np.array_equal(grown, field):
+            break
+        field = grown
+    if field.all():
+        return img
+    alpha = Image.fromarray(np.where(field, 0, 255).astype(np.uint8), "L")
+    if alpha.size != img.size:
+        alpha = alpha.resize(img.size, Image.Resampling.NEAREST)
+    out = img.convert(img.mode + "A")
+    out.putalpha(alpha)
+    return out
+
+
 def to_array(img: Image.Image, spec: ImageSpec, alpha: bool = False) -> np.ndarray:
     """The model's input: uint8 of shape (channels, size, size), fitted as spec.fit says, transparent pixels
     composited onto the background grey. With alpha=True: (channels + 1, size, size), not composited, the last
@@ -200,7 +268,7 @@ def to_array(img: Image.Image, spec: ImageSpec, alpha: bool = False) -> np.ndarr
     if spec.fit == "letterbox":
         arr = _letterbox(img, spec)
         return np.concatenate([arr, np.full_like(arr[:1], 255)]) if alpha else arr
-    img = _plain_mode(img)
+    img = field_as_transparency(_plain_mode(img), spec.background)
     # Again after a cut: a border added around a picture whose own edge is one colour (a sky) is cut first, and
     # the picture's own edge then as in the original, so both become the same square.
     for _ in range(3):
@@ -315,7 +383,7 @@ class _Strip:
 
     def fitted(self, alpha: bool, skip: Sequence[int] = ()) -> np.ndarray:
         """(n, C, S, S) uint8 (with alpha: and an opaque alpha plane), every slot not in `skip` fitted as the spec
-        says: a PNG already at the input size may still have a border to cut away."""
+        says: a PNG already at the input size may still have a border to cut away or a field to make transparent."""
         batch = self.array()
         if alpha:
             batch = np.concatenate([batch, np.full_like(batch[:, :1], 255)], axis=1)
@@ -324,7 +392,8 @@ class _Strip:
             for j in range(self.n):
                 if j not in skipped:
                     slot = self.image.crop((0, size * j, size, size * (j + 1)))
-                    if content_box(slot, self.spec.background) is not None:
+                    background = self.spec.background
+                    if content_box(slot, background) is not None or field_as_transparency(slot, background) is not slot:
                         batch[j] = to_array(slot, self.spec, alpha)
         return batch
 
