@@ -333,11 +333,19 @@ def cosine_scores(db: np.ndarray, q: np.ndarray) -> np.ndarray:
     return prepare(q, "cosine", centre) @ prepare(db, "cosine", centre).T
 
 
-def expected_recall(scores: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
-    """Per query: the chance that the true row is in the top k when ties are ordered at random."""
-    true = scores[np.arange(len(truth)), truth][:, None]
-    better = (scores > true).sum(1)
-    tied = (scores == true).sum(1)  # includes the true row
+def expected_recall(scores: np.ndarray, truth: np.ndarray, k: int, also: np.ndarray | None = None) -> np.ndarray:
+    """Per query: the chance that the true row is in the top k when ties are ordered at random. also: (queries,
+    rows) mask of other rows that count as found (the same icon drawn at another size)."""
+    if also is None:
+        true = scores[np.arange(len(truth)), truth][:, None]
+        better = (scores > true).sum(1)
+        tied = (scores == true).sum(1)  # includes the true row
+        return np.clip((k - better) / tied, 0, 1)
+    right = also.copy()
+    right[np.arange(len(truth)), truth] = True
+    best = np.where(right, scores, -np.inf).max(1, keepdims=True)
+    better = ((scores > best) & ~right).sum(1)
+    tied = ((scores == best) & ~right).sum(1) + 1
     return np.clip((k - better) / tied, 0, 1)
 
 
@@ -406,8 +414,17 @@ def evaluate_folder(name: str, base: Path, t: dict, cfg: TrainConfig, work: Path
         for edit, pairs in sorted(by_edit.items()):
             q_paths = [base / q for q, _ in pairs]
             truth = np.asarray([row_of[o] for _, o in pairs])
-            out["edits"][edit] = {m: {f"r@{k}": float(expected_recall(s, truth, k).mean()) for k in (1, 10)}
-                                  for m in all_methods for s in [score(m, q_paths)]}
+            also = None
+            if "sizes" in t:  # an icon theme draws each icon at several sizes: any of them is the same picture
+                group_of = {p: g for g, ps in t["sizes"].items() for p in ps}
+                g = np.asarray([group_of[p] for p in index.ids["path"].to_pylist()])
+                also = g[None, :] == np.asarray([group_of[o] for _, o in pairs])[:, None]
+            out["edits"][edit] = {}
+            for m in all_methods:
+                s = score(m, q_paths)
+                out["edits"][edit][m] = {f"r@{k}": float(expected_recall(s, truth, k).mean()) for k in (1, 10)}
+                if also is not None:
+                    out["edits"][edit][m]["r@1 any size"] = float(expected_recall(s, truth, 1, also).mean())
     if "sizes" in t:  # icons drawn at several sizes: do the other sizes come up among an icon's top 10?
         group_of = {p: g for g, ps in t["sizes"].items() for p in ps}
         g = np.asarray([group_of[p] for p in index.ids["path"].to_pylist()])
@@ -452,10 +469,18 @@ def _pairs(groups: list[list[str]]) -> set[tuple[str, str]]:
     return {(a, b) for g in groups for a in g for b in g if a < b}
 
 
+def _scored(pred: set[tuple[str, str]], truth: set[tuple[str, str]], copies: set[tuple[str, str]]) -> dict[str, float]:
+    """Pair precision and recall against the true groups, and copy recall: the share of known copies grouped with
+    their original (what the issue's target counts; icon sizes only count for precision and pair recall)."""
+    return {"pair precision": len(pred & truth) / max(len(pred), 1), "pair recall": len(pred & truth) / len(truth),
+            "copy recall": len(pred & copies) / len(copies)}
+
+
 def duplicates_quality(workdir: Workdir, t: dict, hash_db: dict) -> dict:
     """Pair precision and recall of the product's duplicate groups against the true groups (true_groups), at the
     default threshold, for k = 10 and 20 (they must not differ), and at fixed thresholds."""
     truth = _pairs(list(true_groups(workdir, t).values()))
+    copies = {tuple(sorted(pair)) for pair in t["copies"].items()}
     res: dict = {}
     for k in (10, 20):
         q = query_all(workdir, k=k)
@@ -464,16 +489,14 @@ def duplicates_quality(workdir: Workdir, t: dict, hash_db: dict) -> dict:
         pred = _pairs(groups)
         sizes = sorted((len(g) for g in groups), reverse=True)
         res[f"k={k}"] = {"threshold": json.loads((q.run_dir / "run.json").read_text()).get("duplicate_threshold"),
-                         "groups": len(groups), "largest": sizes[:5], "in groups": sum(sizes),
-                         "pair precision": len(pred & truth) / max(len(pred), 1), "pair recall": len(pred & truth) / len(truth)}
+                         "groups": len(groups), "largest": sizes[:5], "in groups": sum(sizes), **_scored(pred, truth, copies)}
     # The same at fixed thresholds, to see how far the calibrated one is from the best it could be.
     index = SearchIndex.open(workdir.index_dir(workdir.read_collection()["model_id"]))
     res["sweep"] = {}
     for thr in SWEEP:
         groups = [list(g["path"]) for _, g in duplicate_groups(index, thr).to_pandas().groupby("group")]
         pred = _pairs(groups)
-        res["sweep"][f"{thr:g}"] = {"pair precision": len(pred & truth) / max(len(pred), 1),
-                                    "pair recall": len(pred & truth) / len(truth), "groups": len(groups)}
+        res["sweep"][f"{thr:g}"] = {**_scored(pred, truth, copies), "groups": len(groups)}
     res["calibration"] = json.loads((q.run_dir / "run.json").read_text()).get("duplicate_calibration")
     if hash_db:  # imagededup's way: images within a Hamming distance of each other's pHash, joined into groups
         paths = index.ids["path"].to_pylist()
@@ -494,8 +517,7 @@ def duplicates_quality(workdir: Workdir, t: dict, hash_db: dict) -> dict:
             for i, p in enumerate(paths):
                 comps.setdefault(find(i), []).append(p)
             pred = _pairs([g for g in comps.values() if len(g) > 1])
-            res["phash"][f"<= {d}"] = {"pair precision": len(pred & truth) / max(len(pred), 1),
-                                       "pair recall": len(pred & truth) / len(truth)}
+            res["phash"][f"<= {d}"] = _scored(pred, truth, copies)
     return res
 
 
@@ -514,6 +536,9 @@ def summary_rows(r: dict) -> list[str]:
             lines.append(f"| {edit} | " + " | ".join(f"{m[x]['r@1']:.2f} / {m[x]['r@10']:.2f}" for x in methods) + " |")
         means = {x: (np.mean([m[x]["r@1"] for m in f["edits"].values()]), np.mean([m[x]["r@10"] for m in f["edits"].values()])) for x in methods}
         lines.append("| **mean** | " + " | ".join(f"**{a:.2f}** / {b:.2f}" for a, b in means.values()) + " |")
+        if all("r@1 any size" in m[x] for m in f["edits"].values() for x in methods):
+            lines.append("| mean r@1, the same icon at another size counting as found | "
+                         + " | ".join(f"{np.mean([m[x]['r@1 any size'] for m in f['edits'].values()]):.2f}" for x in methods) + " |")
         if "sizes" in f:
             lines += ["", "Icon sizes (the same icon drawn at other sizes): other size at rank 1 / any in top 10 / recall@10:", "",
                       "| " + " | ".join(f["sizes"]) + " |", "|" + "---:|" * len(f["sizes"]),
@@ -521,17 +546,20 @@ def summary_rows(r: dict) -> list[str]:
     if "mixed" in r["folders"]:
         d = r["folders"]["mixed"]["duplicates"]
         lines += ["", f"**mixed** ({r['folders']['mixed']['n']} images, {len(r['truth_copies'])} known copies): duplicate groups", "",
-                  "| k | threshold | groups | images in groups | largest | pair precision | pair recall |", "|---|---:|---:|---:|---|---:|---:|"]
+                  "| k | threshold | groups | images in groups | largest | pair precision | pair recall | copy recall |",
+                  "|---|---:|---:|---:|---|---:|---:|---:|"]
         for k in ("k=10", "k=20"):
             v = d[k]
             lines.append(f"| {k} | {v['threshold']:.4f} | {v['groups']} | {v['in groups']} | {v['largest']} | "
-                         f"{v['pair precision']:.3f} | {v['pair recall']:.3f} |")
-        lines += ["", "The same groups at fixed thresholds (pair precision / recall):", "",
+                         f"{v['pair precision']:.3f} | {v['pair recall']:.3f} | {v.get('copy recall', float('nan')):.3f} |")
+        lines += ["", "The same groups at fixed thresholds (pair precision / pair recall / copy recall):", "",
                   "| " + " | ".join(d["sweep"]) + " |", "|" + "---:|" * len(d["sweep"]),
-                  "| " + " | ".join(f"{v['pair precision']:.2f} / {v['pair recall']:.2f}" for v in d["sweep"].values()) + " |"]
+                  "| " + " | ".join(f"{v['pair precision']:.2f} / {v['pair recall']:.2f} / {v.get('copy recall', float('nan')):.2f}"
+                                    for v in d["sweep"].values()) + " |"]
         if "phash" in d:
-            lines += ["", "pHash groups (Hamming distance, as imagededup finds them), pair precision / recall: "
-                      + ", ".join(f"{k}: {v['pair precision']:.2f} / {v['pair recall']:.2f}" for k, v in d["phash"].items())]
+            lines += ["", "pHash groups (Hamming distance, as imagededup finds them), pair precision / pair recall / copy recall: "
+                      + ", ".join(f"{k}: {v['pair precision']:.2f} / {v['pair recall']:.2f} / {v.get('copy recall', float('nan')):.2f}"
+                                  for k, v in d["phash"].items())]
     return lines
 
 
@@ -597,7 +625,7 @@ def print_table(pattern: str = "copies-*") -> None:
         sizes = r["folders"].get("icons", {}).get("sizes", {}).get("vaepipe", {}).get("any in top 10")
         dup = r["folders"].get("mixed", {}).get("duplicates", {}).get("k=10")
         sizes_cell = "" if sizes is None else f"{sizes:.2f}"
-        dup_cell = "" if not dup else f"{dup['pair precision']:.2f} / {dup['pair recall']:.2f}"
+        dup_cell = "" if not dup else f"{dup['pair precision']:.2f} / {dup['pair recall']:.2f}" + (f" / {dup['copy recall']:.2f}" if 'copy recall' in dup else "")
         print(f"| {r['name']} | {r['split']} | {recipe} | {' | '.join(cells)} | {sizes_cell} | {dup_cell} | "
               f"{', '.join(worst)} | {'/'.join(secs)} | {'/'.join(elbo)} |")
 
