@@ -42,12 +42,14 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels", type=int, choices=(1, 3), default=t.channels, help="1 = grey, 3 = colour (default: from the data)")
     g.add_argument("--latent-dim", type=int, default=t.latent_dim, help="embedding dimension (default %(default)s)")
     g.add_argument("--beta", type=float, default=t.beta, help="KL weight (default %(default)s)")
-    g.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=t.likelihood)
+    g.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=t.likelihood,
+                   help="decoder's pixel model (default %(default)s)")
     g.add_argument("--lr", type=float, default=t.lr, help="peak learning rate (default: 4e-3 for inputs up to 32 px, else 1e-3)")
-    g.add_argument("--seed", type=int, default=t.seed)
+    g.add_argument("--seed", type=int, default=t.seed, help="training seed (default %(default)s)")
     g = p.add_argument_group("index")
-    g.add_argument("--index-kind", choices=("auto", "flat", "hnsw", "ivf", "ivf-disk"), default=i.kind)
-    g.add_argument("--metric", choices=("cosine", "l2"), default=i.metric)
+    g.add_argument("--index-kind", choices=("auto", "flat", "hnsw", "ivf", "ivf-disk"), default=i.kind,
+                   help="FAISS index (default auto: exact when small, HNSW, then IVF on disk)")
+    g.add_argument("--metric", choices=("cosine", "l2"), default=i.metric, help="similarity (default %(default)s)")
     g = p.add_argument_group("input files")
     g.add_argument("--max-pixels", type=int, default=IngestConfig().max_pixels,
                    help="images declaring more pixels are rejected unread (default %(default)s)")
@@ -72,9 +74,19 @@ def _build_config(a: argparse.Namespace) -> BuildConfig:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vaepipe")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        return "0.1.0+checkout"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vaepipe", description="Image search over a folder: VAE embeddings, FAISS index, bulk neighbour tables.")
     p.add_argument("--quiet", action="store_true", help="print only warnings and errors (for cron)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("index", help="ingest a folder, train or load a model, embed, build the index")
@@ -83,27 +95,28 @@ def parser() -> argparse.ArgumentParser:
     _build_options(s)
 
     s = sub.add_parser("query", help="bulk neighbour search against an indexed workdir")
-    s.add_argument("workdir", type=Path)
+    s.add_argument("workdir", type=Path, help="a workdir that `vaepipe index` built")
     what = s.add_mutually_exclusive_group(required=True)
     what.add_argument("--queries", type=Path, metavar="DIR", help="folder of query images (not added to the index)")
     what.add_argument("--list", type=Path, metavar="FILE", help="text file of collection paths, one per line")
     what.add_argument("--all", action="store_true", help="every indexed image against the rest")
     s.add_argument("-k", type=int, default=10, help="neighbours per query (default %(default)s)")
     s.add_argument("--threshold", type=float, help="with --all: similarity for near-duplicate pairs "
-                   "(default: calibrated so 95%% of re-saved copies of an image group with it)")
+                   "(default: 0.97 for models trained for copies, the default for photos, art and icons; for "
+                   "plain models the similarity 95%% of JPEG re-saves keep to their image)")
     s.add_argument("--no-duplicates", action="store_true", help="with --all: skip duplicate groups")
 
     s = sub.add_parser("sample", help="prior samples, reconstructions and an interpolation as PNG")
-    s.add_argument("workdir", type=Path)
+    s.add_argument("workdir", type=Path, help="a workdir that `vaepipe index` built")
     s.add_argument("-n", type=int, default=64, help="number of prior samples (default %(default)s)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed of the samples (default %(default)s)")
     s.add_argument("--between", nargs=2, metavar=("A", "B"), help="two collection paths to interpolate between")
 
     s = sub.add_parser("pipeline", help="index, then all-against-all neighbours, then samples")
-    s.add_argument("images", type=Path)
-    s.add_argument("--workdir", type=Path, required=True)
-    s.add_argument("-k", type=int, default=10)
-    s.add_argument("-n", type=int, default=64, help="number of prior samples")
+    s.add_argument("images", type=Path, help="folder of images (searched recursively)")
+    s.add_argument("--workdir", type=Path, required=True, help="where the collection's files go")
+    s.add_argument("-k", type=int, default=10, help="neighbours per image (default %(default)s)")
+    s.add_argument("-n", type=int, default=64, help="number of prior samples (default %(default)s)")
     _build_options(s)
 
     s = sub.add_parser("demo", help="the whole pipeline on the bundled Fashion-MNIST test split (10,000 images)")

@@ -26,6 +26,15 @@ def test_help_reads_well():
         assert command in out
     assert "--model CHECKPOINT" in vaepipe("index", "--help").stdout
     assert "--all" in vaepipe("query", "--help").stdout
+    assert vaepipe("--version").stdout.startswith("vaepipe ")
+    import argparse
+
+    from flows.cli import parser
+
+    commands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    bare = [(name, action.dest) for name, sub in commands.items() for action in sub._actions
+            if not action.help and not isinstance(action, argparse._HelpAction)]
+    assert not bare  # every argument of every command says what it is for
 
 
 @pytest.mark.parametrize("args,message", [
