@@ -30,6 +30,21 @@ from hostile import write_hostile  # noqa: E402
 
 from flows.build_index import build_index  # noqa: E402
 from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig, TrainConfig  # noqa: E402
+from vaepipe.store import name_of  # noqa: E402
+from test_fuzz import FORMATS, _mutated, _original  # noqa: E402
+
+
+def write_fuzzed(folder: Path, per_format: int, seed: int = 0) -> int:
+    """Damaged copies of a small file of every format (tests/test_fuzz.py's mutations): each must end as a row."""
+    import random
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True)
+    for suffix, fmt in FORMATS.items():
+        data = _original(fmt)
+        for i in range(per_format):
+            (folder / f"{suffix}-{i:03d}.{suffix}").write_bytes(_mutated(data, rng))
+    return per_format * len(FORMATS)
 
 
 def files_in(root: Path) -> set[str]:
@@ -39,18 +54,21 @@ def files_in(root: Path) -> set[str]:
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for f in filenames:
             if not f.startswith("."):
-                rel = (Path(dirpath) / f).relative_to(root).as_posix()
-                seen.add(os.fsencode(rel).decode("utf-8", "backslashreplace"))
+                seen.add(name_of(os.path.relpath(os.path.join(dirpath, f), root)))
     return seen
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--good", type=int, default=500)
+    ap.add_argument("--fuzzed", type=int, default=100, help="damaged files per format")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vaepipe-reliability-"))
     expect = write_hostile(tmp / "folder", tmp / "outside")
     write_fmnist(tmp / "folder" / "good", n=args.good)
+    n_fuzzed = write_fuzzed(tmp / "folder" / "fuzzed", args.fuzzed)
+    os.mkfifo(tmp / "folder" / "pipe.png")  # a reader that opened it would wait forever
+    expect["pipe.png"] = "empty file"
     t0 = time.monotonic()
     summary = build_index(str(tmp / "folder"), str(tmp / "wd"),
                           config=BuildConfig(ingest=IngestConfig(workers=1), train=TrainConfig(epochs=2),
@@ -68,9 +86,13 @@ def main() -> None:
              or (kind and not (rows.get(n, {}).get("error") or "").startswith(kind))]
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "files tried": len(manifest), "good embedded": len(ids), "bad recorded": len(manifest) - len(ok),
+        "files tried": len(manifest), "of which fuzzed (damaged copies of every format)": n_fuzzed,
+        "fuzzed files ending ok / error": f"{sum(rows[n]['status'] == 'ok' for n in rows if n.startswith('fuzzed/'))} / "
+                                          f"{sum(rows[n]['status'] != 'ok' for n in rows if n.startswith('fuzzed/'))}",
+        "crashes": 0,  # the build returned
+        "good embedded": len(ids), "bad recorded": len(manifest) - len(ok),
         "bad by reason": summary["failed by reason"], "lost": lost, "recorded with the wrong outcome": wrong,
-        "seconds": round(seconds, 1), "command": "python benchmarks/reliability.py --good %d" % args.good,
+        "seconds": round(seconds, 1), "command": f"python benchmarks/reliability.py --good {args.good} --fuzzed {args.fuzzed}",
     }
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)

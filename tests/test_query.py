@@ -18,6 +18,10 @@ from conftest import SERIAL
 def _check_table(result, k):
     table = pq.read_table(result.neighbours)
     assert table.schema.equals(NEIGHBOURS_SCHEMA)
+    meta = table.schema.metadata
+    assert meta[b"vaepipe.run_id"].decode() == result.run_dir.name and b"vaepipe.image_root" in meta
+    assert set(table["run_id"].to_pylist()) == {result.run_dir.name}
+    assert set(table["model_id"].to_pylist()) == {meta[b"vaepipe.model_id"].decode()}
     df = table.to_pandas()
     assert len(df) == result.n_rows == result.n_queries * k
     for _, group in df.groupby("query_path"):

@@ -174,7 +174,9 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
     final_dir = workdir.run_dir(run_id)
     run_dir = final_dir.with_name(f".{run_id}.partial")
     out = run_dir / "neighbours.parquet"
-    n_rows = _search_and_write(index, out, names, shas, vectors_of, self_rows, k)
+    about = {"run_id": run_id, "model_id": index.meta["model_id"], "kind": kind,
+             "image_root": str(workdir.read_collection()["image_root"]), "k": str(k)}
+    n_rows = _search_and_write(index, out, names, shas, vectors_of, self_rows, k, about)
     result = QueryResult(run_dir, out, len(names), n_rows, k, skipped, time.monotonic() - t0)
     groups = None
     if "duplicate_threshold" in params:
@@ -211,14 +213,17 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
 
 def _search_and_write(index: SearchIndex, out: Path, names: list[str], shas: list[str],
                       vectors_of: Callable[[slice], tuple[np.ndarray, bool]], self_rows: np.ndarray | None,
-                      k: int) -> int:
+                      k: int, about: dict[str, str]) -> int:
+    """Search in batches and write neighbours.parquet; `about` (run, model, image root) goes into its columns
+    run_id and model_id and into the file's metadata (vaepipe.*)."""
     ids_path = np.asarray(index.ids["path"].to_pylist(), dtype=object)
     ids_sha = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
     names_a, shas_a = np.asarray(names, dtype=object), np.asarray(shas, dtype=object)
     extra = 1 if self_rows is not None else 0
     progress = Progress("query", len(names), unit="queries")
     n_rows = 0
-    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, NEIGHBOURS_SCHEMA) as writer:
+    metadata = {f"vaepipe.{key}": value for key, value in about.items()}
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, NEIGHBOURS_SCHEMA.with_metadata(metadata)) as writer:
         for start in range(0, len(names), SEARCH_BATCH):
             s = slice(start, min(start + SEARCH_BATCH, len(names)))
             vectors, prepared = vectors_of(s)
@@ -239,6 +244,8 @@ def _search_and_write(index: SearchIndex, out: Path, names: list[str], shas: lis
                 "neighbour_sha256": pa.array(ids_sha[nb], pa.string()),
                 "distance": pa.array(dist[keep], pa.float32()),
                 "similarity": pa.array(sim[keep], pa.float32()),
+                "run_id": pa.array([about["run_id"]] * len(q), pa.string()),
+                "model_id": pa.array([about["model_id"]] * len(q), pa.string()),
             }, schema=NEIGHBOURS_SCHEMA))
             n_rows += len(q)
             progress.update(s.stop - s.start)

@@ -55,6 +55,8 @@ NEIGHBOURS_SCHEMA = pa.schema(
         ("neighbour_sha256", pa.string()),
         ("distance", pa.float32()),
         ("similarity", pa.float32()),
+        ("run_id", pa.string()),  # which run and model answered: rows of several runs can be read as one table
+        ("model_id", pa.string()),
     ]
 )
 
