@@ -32,6 +32,19 @@ def test_generate_writes_valid_pngs(built, fmnist_dir, tmp_path):
 
 
 
+def test_samples_that_fail_leave_no_samples_folder(built, fmnist_dir, tmp_path):
+    """--between naming a file that cannot be read fails after the samples were drawn: nothing looks finished."""
+    import pytest
+
+    from vaepipe.store import VaepipeError
+
+    mid = json.loads(built.collection.read_text())["model_id"]
+    with pytest.raises(VaepipeError, match="cannot read"):
+        generate(built.model_dir(mid) / "model.pt", fmnist_dir, built.manifest, tmp_path / "s", n=4,
+                 between=("no/such.png", "no/other.png"))
+    assert not (tmp_path / "s").exists()
+
+
 def test_fitted_latent_matches_the_collections_codes(built, fmnist_dir, tmp_path):
     """Samples are drawn with the mean and covariance of the collection's posterior means (every latent dimension),
     which for the search recipe (small KL weight) are far from the N(0, I) prior; the page shows the fitted grid."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +97,10 @@ def generate(model_path: Path, image_root: Path, manifest_path: Path, out_dir: P
     model = load_checkpoint(model_path)  # CPU: a few hundred decodes, not worth a device transfer
     spec = model.config.spec
     gen = torch.Generator().manual_seed(seed)
-    out_dir = Path(out_dir)
+    # Written in a hidden folder and renamed when whole: a run that fails (a --between file that cannot be read)
+    # leaves no samples folder that looks finished (Workdir.remove_stale_temporaries deletes it later).
+    final_dir = Path(out_dir)
+    out_dir = final_dir.with_name(f".{final_dir.name}.partial")
     files: list[Path] = []
 
     samples = model.sample(n, generator=gen)
@@ -125,8 +129,10 @@ def generate(model_path: Path, image_root: Path, manifest_path: Path, out_dir: P
     page = write_samples_page(out_dir, files, {"model": Path(model_path).parent.name, "samples": n, "seed": seed,
                                                 "likelihood": model.config.likelihood, **_elbo(Path(model_path).parent)},
                               note=_what_to_expect(model.config))
-    log.info("generate: %d files in %s, page %s", len(files), out_dir, page)
-    return GenerateResult(out_dir, files, page)
+    os.rename(out_dir, final_dir)
+    files, page = [final_dir / f.name for f in files], final_dir / page.name
+    log.info("generate: %d files in %s, page %s", len(files), final_dir, page)
+    return GenerateResult(final_dir, files, page)
 
 
 def _elbo(model_dir: Path) -> dict[str, object]:
