@@ -54,6 +54,8 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-pixels", type=int, default=IngestConfig().max_pixels,
                    help="images declaring more pixels are rejected unread (default %(default)s)")
     g.add_argument("--include-hidden", action="store_true", help="also read dot-files and dot-folders")
+    g.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="skip files whose path in the folder matches (repeatable; '*' also matches '/'), e.g. '*.json'")
     g.add_argument("--follow-symlinks-outside", action="store_true", help="read symlinked files whose target is outside the folder")
     p.add_argument("--workers", type=int, default=EmbedConfig().workers, help="processes that hash, decode and (on CPU) encode images (default: one per core, %(default)s here)")
     g = p.add_argument_group("past one machine")
@@ -65,7 +67,7 @@ def _build_options(p: argparse.ArgumentParser) -> None:
 def _build_config(a: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
         ingest=replace(IngestConfig(), workers=a.workers, max_pixels=a.max_pixels, include_hidden=a.include_hidden,
-                       follow_symlinks_outside=a.follow_symlinks_outside),
+                       follow_symlinks_outside=a.follow_symlinks_outside, exclude=tuple(a.exclude)),
         train=replace(TrainConfig(), epochs=a.epochs, max_minutes=a.max_minutes, image_size=a.image_size, fit=a.fit,
                       background=a.background, invariance=a.invariance, channels=a.channels, latent_dim=a.latent_dim,
                       beta=a.beta, likelihood=a.likelihood, lr=a.lr, seed=a.seed),

@@ -48,6 +48,16 @@ def test_a_workdir_inside_the_image_folder_is_not_indexed(tmp_path, caplog):
     assert "lies inside the image folder" in caplog.text
 
 
+def test_excluded_files_are_not_read(tmp_path):
+    files = write_mixed(tmp_path / "imgs")
+    (tmp_path / "imgs" / "meta.json").write_text("{}")
+    config = IngestConfig(workers=1, exclude=("*.json", "bad/*", "colour/photo.jpg"))
+    result = ingest(tmp_path / "imgs", tmp_path / "m.parquet", config)
+    paths = set(pq.read_table(tmp_path / "m.parquet")["path"].to_pylist())
+    assert not any(p.endswith(".json") or p.startswith("bad/") for p in paths) and "colour/photo.jpg" not in paths
+    assert result.n_error == 0 and result.n_files == len(paths) == len(files) - 4  # 3 bad files and the photo
+
+
 def test_rerun_reads_only_changed_files(tmp_path):
     files = write_mixed(tmp_path / "imgs")
     m = tmp_path / "manifest.parquet"

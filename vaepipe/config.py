@@ -19,6 +19,9 @@ def usable_cores() -> int:
 @dataclass
 class IngestConfig:
     include_hidden: bool = False  # dot-files and dot-directories are skipped unless asked for
+    # Globs matched against each file's path relative to the folder ('*' also matches '/'): matching files are not
+    # read, as if they were not there (e.g. "*.json", "thumbnails/*").
+    exclude: tuple[str, ...] = ()
     max_pixels: int = 64_000_000  # larger declared sizes are rejected before decoding (decompression bombs)
     follow_symlinks_outside: bool = False  # symlinked files whose target is outside the root are errors
     workers: int = field(default_factory=usable_cores)  # processes that hash and decode files: one per core

@@ -6,6 +6,7 @@ Unchanged files (same path, size and mtime as in the previous manifest) are not 
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
 import json
 import logging
@@ -114,6 +115,14 @@ def _listing(directory: str, include_hidden: bool, unlisted: list[str] | None = 
         yield prefix + name.rstrip("/"), enter
 
 
+def _files(root: Path, config: IngestConfig, skip: Path | None, unlisted: list[str] | None = None) -> Iterator[str]:
+    """walk(), less the files config.exclude names."""
+    files = walk(root, config.include_hidden, skip, unlisted)
+    if not config.exclude:
+        return files
+    return (p for p in files if not any(fnmatch.fnmatchcase(relative_name(root, p), g) for g in config.exclude))
+
+
 def scan(root: Path, include_hidden: bool = False) -> list[Path]:
     """Every file under root, in walk order (for small folders such as a query folder; ingest streams walk())."""
     return [Path(p) for p in walk(root, include_hidden)]
@@ -180,7 +189,7 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
     if skip is not None:
         log.warning("ingest: the workdir %s lies inside the image folder: its files (thumbnails, samples) are not indexed",
                     workdir)
-    n_listed = sum(1 for _ in walk(root, config.include_hidden, skip))  # for progress; a listing costs little next to reading
+    n_listed = sum(1 for _ in _files(root, config, skip))  # for progress; a listing costs little next to reading
     if not n_listed:
         raise VaepipeError(f"no files in {root} (hidden files are skipped unless include_hidden is set)")
     settings = rules_of(config)
@@ -192,7 +201,7 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
     n_files, n_ok, n_reused, by_kind, changes, written = 0, 0, 0, Counter(), Counter(), []
     pool = ProcessPoolExecutor(config.workers) if config.workers > 1 and n_listed > 256 else None
     unlisted: list[str] = []
-    files = walk(root, config.include_hidden, skip, unlisted)
+    files = _files(root, config, skip, unlisted)
     try:
         while chunk := list(islice(files, config.checkpoint_every)):
             names = [relative_name(root, p) for p in chunk]
