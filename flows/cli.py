@@ -114,6 +114,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed of the samples (default %(default)s)")
     s.add_argument("--between", nargs=2, metavar=("A", "B"), help="two collection paths to interpolate between")
 
+    s = sub.add_parser("duplicates", help="each duplicate group's keeper; move or link the others away (a dry run "
+                       "unless --apply), or undo")
+    s.add_argument("workdir", type=Path, help="a workdir that `vaepipe query --all` made duplicate groups in")
+    s.add_argument("--run", help="the run whose groups to use (default: the latest with duplicate groups)")
+    what = s.add_mutually_exclusive_group()
+    what.add_argument("--move-to", type=Path, metavar="DIR",
+                      help="move the files that are not their group's keeper here, keeping their paths")
+    what.add_argument("--hardlink", action="store_true", help="replace them with hard links to the keeper")
+    what.add_argument("--symlink", action="store_true", help="replace them with symbolic links to the keeper")
+    what.add_argument("--undo", type=Path, metavar="LOG", help="put back what an applied action changed")
+    s.add_argument("--apply", action="store_true", help="do it (without: a dry run that changes nothing)")
+
     s = sub.add_parser("pipeline", help="index, then all-against-all neighbours, then samples")
     s.add_argument("images", type=Path, help="folder of images (searched recursively)")
     s.add_argument("--workdir", type=Path, required=True, help="where the collection's files go")
@@ -159,8 +171,12 @@ def _dispatch(a: argparse.Namespace) -> dict:
     # Cheap checks first: a typo should not cost a server start.
     if a.command in ("index", "pipeline"):
         _require_dir(a.images, "image folder")
-    if a.command in ("query", "sample"):
+    if a.command in ("query", "sample", "duplicates"):
         _require_dir(a.workdir, "workdir")
+    if a.command == "duplicates" and a.undo and not a.undo.is_file():
+        raise VaepipeError(f"undo log {a.undo} does not exist")
+    if a.command == "duplicates" and a.apply and not (a.move_to or a.hardlink or a.symlink):
+        raise VaepipeError("--apply needs an action: --move-to DIR, --hardlink or --symlink")
     if a.command == "query" and a.queries:
         _require_dir(a.queries, "query folder")
     if a.command == "query" and a.list and not a.list.is_file():
@@ -225,6 +241,12 @@ def _run_flow(a: argparse.Namespace) -> dict:
     if a.command == "sample":
         from flows.generate_samples import generate_samples
         return generate_samples(str(a.workdir.resolve()), n=a.n, seed=a.seed, between=tuple(a.between) if a.between else None)
+    if a.command == "duplicates":
+        from flows.duplicates import clean_duplicates
+        action = "move" if a.move_to else "hardlink" if a.hardlink else "symlink" if a.symlink else None
+        return clean_duplicates(str(a.workdir.resolve()), run=a.run, action=action,
+                                quarantine=str(a.move_to.resolve()) if a.move_to else None, apply=a.apply,
+                                undo_log=str(a.undo.resolve()) if a.undo else None)
     if a.command == "pipeline":
         from flows.pipeline import pipeline
         return pipeline(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, retrain=a.retrain, k=a.k,

@@ -1,0 +1,97 @@
+"""Acting on duplicate groups as a user would, from the command line: the keeper plan, a dry run that changes
+nothing, a real move, links, a changed file that is refused, and an undo that restores the folder byte for byte."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import write_fmnist
+from test_cli import vaepipe
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()}
+
+
+@pytest.fixture
+def folder_with_copies(built, tmp_path, prefect_server):
+    """40 Fashion-MNIST images, three byte-identical copies and two upscaled ones, indexed with the suite's model,
+    and a `query --all` run that grouped them."""
+    images = tmp_path / "images"
+    originals = write_fmnist(images / "orig", n=40)
+    (images / "copies").mkdir()
+    for i in range(3):
+        shutil.copyfile(originals[i], images / "copies" / f"same-{i}.png")
+    for i in range(3, 5):  # a larger copy: the keeper, by the most-pixels rule
+        Image.open(originals[i]).resize((56, 56), Image.Resampling.NEAREST).save(images / "copies" / f"big-{i}.png")
+    model = built.model_dir(json.loads(built.collection.read_text())["model_id"]) / "model.pt"
+    wd = tmp_path / "wd"
+    vaepipe("index", images, "--workdir", wd, "--model", model)
+    vaepipe("query", wd, "--all", "-k", "3")
+    return images, wd, originals
+
+
+def test_plan_dry_run_move_and_undo(folder_with_copies, tmp_path):
+    images, wd, originals = folder_with_copies
+    before = _snapshot(images)
+
+    out = vaepipe("duplicates", wd, "--move-to", tmp_path / "quarantine").stdout
+    assert "dry run: nothing changed" in out and _snapshot(images) == before and not (tmp_path / "quarantine").exists()
+    run = sorted((wd / "runs").iterdir())[-1]
+    plan = pq.read_table(run / "duplicates-plan.parquet").to_pylist()
+    assert (run / "duplicates-plan.csv").exists() and json.loads((run / "duplicates-plan.json").read_text())
+    by_group: dict[int, list[dict]] = {}
+    for r in plan:
+        by_group.setdefault(r["group"], []).append(r)
+    assert all(sum(r["keep"] for r in g) == 1 for g in by_group.values())
+    keepers = {r["path"] for r in plan if r["keep"]}
+    with_big = [g for g in by_group.values() if any(r["path"].startswith("copies/big-") for r in g)]
+    assert with_big and all(r["keeper"].startswith("copies/big-") for g in with_big for r in g)  # the most pixels
+    exact = [g for g in by_group.values() if g[0]["kind"] == "exact"]
+    assert len(exact) == 3 and all(r["similarity_to_keeper"] > 0.999 for g in exact for r in g)
+
+    # One file changes after it was indexed: it is refused, the others move.
+    changed = next(r["path"] for r in plan if not r["keep"])
+    Image.open(images / changed).rotate(90).save(images / changed)
+    before = _snapshot(images)
+    proc = vaepipe("duplicates", wd, "--move-to", tmp_path / "quarantine", "--apply")
+    moved = [r["path"] for r in plan if not r["keep"] and r["path"] != changed]
+    assert all((tmp_path / "quarantine" / p).exists() and not (images / p).exists() for p in moved)
+    assert (images / changed).exists() and "refused: " + changed in proc.stdout
+    assert all((images / p).exists() for p in keepers)
+    log = next(line.split("--undo ", 1)[1].strip() for line in proc.stdout.splitlines() if "--undo " in line)
+
+    vaepipe("duplicates", wd, "--undo", log)
+    assert _snapshot(images) == before  # byte for byte
+    assert not any(p.is_file() for p in (tmp_path / "quarantine").rglob("*"))
+
+
+def test_links_replace_the_others_and_undo_restores_them(folder_with_copies):
+    images, wd, _ = folder_with_copies
+    before = _snapshot(images)
+    proc = vaepipe("duplicates", wd, "--symlink", "--apply")
+    plan = pq.read_table(sorted((wd / "runs").iterdir())[-1] / "duplicates-plan.parquet").to_pylist()
+    others = [r for r in plan if not r["keep"]]
+    assert others and all((images / r["path"]).is_symlink() for r in others)
+    assert all((images / r["path"]).read_bytes() == (images / r["keeper"]).read_bytes() for r in others)
+    log = next(line.split("--undo ", 1)[1].strip() for line in proc.stdout.splitlines() if "--undo " in line)
+    vaepipe("duplicates", wd, "--undo", log)
+    assert _snapshot(images) == before and not any((images / r["path"]).is_symlink() for r in others)
+
+    proc = vaepipe("duplicates", wd, "--hardlink", "--apply")
+    assert all(os.path.samefile(images / r["path"], images / r["keeper"]) for r in others)
+    log = next(line.split("--undo ", 1)[1].strip() for line in proc.stdout.splitlines() if "--undo " in line)
+    vaepipe("duplicates", wd, "--undo", log)
+    assert _snapshot(images) == before
+
+
+def test_apply_without_an_action_and_a_missing_undo_log_exit_2(tmp_path):
+    for args, message in ((["duplicates", tmp_path, "--apply"], "--apply needs an action"),
+                          (["duplicates", tmp_path, "--undo", tmp_path / "nope.jsonl"], "does not exist")):
+        proc = vaepipe(*args, check=False)
+        assert proc.returncode == 2 and message in proc.stderr
