@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -146,7 +146,7 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
         plan, numbers, n_done, quarantined = plan_task(ingested.manifest, trained.model_dir, emb_dir, cfg.embed)
         shard_cfg = cfg.embed
         if dask_address or dask_workers:  # Dask workers are daemons (no DataLoader children) and share cores
-            shard_cfg = replace(cfg.embed, workers=0, threads=cfg.embed.threads or 1)
+            shard_cfg = dataclasses.replace(cfg.embed, workers=0, threads=cfg.embed.threads or 1)
         with api_for_dask_workers(dask_address) if dask_address or dask_workers else contextlib.nullcontext():
             results = embed_shards.with_options(task_runner=task_runner(dask_address, dask_workers))(
                 images, trained.model_dir, emb_dir, plan, numbers, shard_cfg) if numbers else []
