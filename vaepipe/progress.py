@@ -27,6 +27,7 @@ class Progress:
     def __init__(self, stage: str, total: int, unit: str = "images", every_s: float = 5.0):
         self.stage, self.total, self.unit, self.every_s = stage, total, unit, every_s
         self.done = 0
+        self.logged = -1  # `done` when last logged: the end is logged once, not again by close()
         self.start = self.last = time.monotonic()
 
     def update(self, n: int = 1) -> None:
@@ -38,10 +39,12 @@ class Progress:
 
     def close(self) -> float:
         now = time.monotonic()
-        self._log(now)
+        if self.logged != self.done:
+            self._log(now)
         return now - self.start
 
     def _log(self, now: float) -> None:
+        self.logged = self.done
         elapsed = max(now - self.start, 1e-9)
         rate = self.done / elapsed
         pct = 100.0 * self.done / self.total if self.total else 100.0
