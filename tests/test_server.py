@@ -89,6 +89,9 @@ def test_deployments_run_on_a_real_server(server, tmp_path):
         ran = [r for r in runs.values() if r.deployment_id is not None and r.state.is_final()]
         assert len(ran) == 2 and all(r.state.is_completed() for r in ran), [r.state for r in ran]
         nightly = client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["nightly"])))[0]
-        assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+        assert [(s.schedule.cron, s.active) for s in nightly.schedules] == [("0 2 * * *", False)]
+        # one run at a time per deployment
+        ours = [d for d in deployments.values() if d.name in ("nightly", "on-demand")]
+        assert ours and all(d.global_concurrency_limit and d.global_concurrency_limit.limit == 1 for d in ours)
     # the library's progress reached the run logs
     assert "vaepipe - train: epoch 2/2" in (tmp_path / "worker.log").read_text()
