@@ -27,6 +27,8 @@ def folder_with_copies(built, tmp_path, prefect_server):
     (images / "copies").mkdir()
     for i in range(3):
         shutil.copyfile(originals[i], images / "copies" / f"same-{i}.png")
+    os.link(originals[5], images / "copies" / "hard-5.png")  # one file at two paths: marked, never acted on
+    os.symlink(originals[6], images / "copies" / "soft-6.png")
     for i in range(3, 5):  # a larger copy: the keeper, by the most-pixels rule
         Image.open(originals[i]).resize((56, 56), Image.Resampling.NEAREST).save(images / "copies" / f"big-{i}.png")
     model = built.model_dir(json.loads(built.collection.read_text())["model_id"]) / "model.pt"
@@ -54,13 +56,16 @@ def test_plan_dry_run_move_and_undo(folder_with_copies, tmp_path):
     assert with_big and all(r["keeper"].startswith("copies/big-") for g in with_big for r in g)  # the most pixels
     exact = [g for g in by_group.values() if g[0]["kind"] == "exact"]
     assert len(exact) == 3 and all(r["similarity_to_keeper"] > 0.999 for g in exact for r in g)
+    links = sorted(r["path"] for g in by_group.values() if g[0]["kind"] == "links" for r in g)
+    assert links == sorted(["copies/hard-5.png", "copies/soft-6.png", originals[5].relative_to(images).as_posix(),
+                            originals[6].relative_to(images).as_posix()])
 
     # One file changes after it was indexed: it is refused, the others move.
-    changed = next(r["path"] for r in plan if not r["keep"])
+    changed = next(r["path"] for r in plan if not r["keep"] and r["kind"] != "links")
     Image.open(images / changed).rotate(90).save(images / changed)
     before = _snapshot(images)
     proc = vaepipe("duplicates", wd, "--move-to", tmp_path / "quarantine", "--apply")
-    moved = [r["path"] for r in plan if not r["keep"] and r["path"] != changed]
+    moved = [r["path"] for r in plan if not r["keep"] and r["path"] != changed and r["kind"] != "links"]
     assert all((tmp_path / "quarantine" / p).exists() and not (images / p).exists() for p in moved)
     assert (images / changed).exists() and "refused: " + changed in proc.stdout
     assert all((images / p).exists() for p in keepers)
@@ -76,7 +81,7 @@ def test_links_replace_the_others_and_undo_restores_them(folder_with_copies):
     before = _snapshot(images)
     proc = vaepipe("duplicates", wd, "--symlink", "--apply")
     plan = pq.read_table(sorted((wd / "runs").iterdir())[-1] / "duplicates-plan.parquet").to_pylist()
-    others = [r for r in plan if not r["keep"]]
+    others = [r for r in plan if not r["keep"] and r["kind"] != "links"]
     assert others and all((images / r["path"]).is_symlink() for r in others)
     assert all((images / r["path"]).read_bytes() == (images / r["keeper"]).read_bytes() for r in others)
     log = next(line.split("--undo ", 1)[1].strip() for line in proc.stdout.splitlines() if "--undo " in line)

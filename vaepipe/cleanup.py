@@ -124,6 +124,9 @@ def act(workdir: Workdir, table: pa.Table, action: str, quarantine: Path | None 
         log_file = open(result.log, "a")
     try:
         for r in table.filter(pc.invert(table["keep"])).to_pylist():
+            if r["kind"] == "links":
+                result.refused.append((r["path"], "already the same file as the keeper (a link)"))
+                continue
             src = Path(file_path(root, r["path"]))
             keeper = Path(file_path(root, r["keeper"]))
             why = _refusal(src, r["sha256"]) or (_refusal(keeper, _sha_of(table, r["keeper"])) if action != "move" else None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -110,8 +111,18 @@ def near_pairs(index: SearchIndex, threshold: float) -> tuple[np.ndarray, np.nda
     return np.concatenate(a_rows), np.concatenate(b_rows)
 
 
-def duplicate_groups(index: SearchIndex, threshold: float) -> pa.Table:
-    """Exact groups (same sha256) first, then near groups; each group's files in path order, biggest groups first."""
+def _one_file(root: Path, paths: list[str]) -> bool:
+    try:
+        first = os.stat(file_path(root, paths[0]))
+        return all(os.path.samestat(first, os.stat(file_path(root, p))) for p in paths[1:])
+    except OSError:
+        return False
+
+
+def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | None = None) -> pa.Table:
+    """Exact groups (same sha256) first, then near groups; each group's files in path order, biggest groups first.
+    With image_root, an exact group whose paths are all one file on disk (hard or symbolic links) is of kind
+    "links": nothing to clean up there, and not a copy someone made."""
     paths = index.ids["path"].to_pylist()
     shas = index.ids["sha256"].to_pylist()
     paths_of: dict[str, list[str]] = {}
@@ -135,7 +146,8 @@ def duplicate_groups(index: SearchIndex, threshold: float) -> pa.Table:
     exact = [sorted(p) for p in paths_of.values() if len(p) > 1]
     near = [sorted(p for sha in members for p in paths_of[sha]) for members in components.values() if len(members) > 1]
     sha_of = dict(zip(paths, shas))
-    ordered = [(kind, members) for kind, groups in (("exact", exact), ("near", near))
+    ordered = [("links" if kind == "exact" and image_root is not None and _one_file(image_root, members) else kind,
+                members) for kind, groups in (("exact", exact), ("near", near))
                for members in sorted(groups, key=lambda g: (-len(g), g[0]))]
     rows = [{"group": gid, "kind": kind, "path": p, "sha256": sha_of[p]}
             for gid, (kind, members) in enumerate(ordered, start=1) for p in members]

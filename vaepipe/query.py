@@ -180,7 +180,7 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
     result = QueryResult(run_dir, out, len(names), n_rows, k, skipped, time.monotonic() - t0)
     groups = None
     if "duplicate_threshold" in params:
-        groups = duplicate_groups(index, params["duplicate_threshold"])
+        groups = duplicate_groups(index, params["duplicate_threshold"], Path(workdir.read_collection()["image_root"]))
         result.duplicates = write_parquet(groups, run_dir / "duplicates.parquet")
         result.n_duplicate_groups = len(set(groups["group"].to_pylist()))
     image_root = Path(workdir.read_collection()["image_root"])
