@@ -165,6 +165,7 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
         "images seen": ingested.n_files,
         "images ok": ingested.n_ok,
         "images failed": ingested.n_error + len(embedded.failed),
+        "skipped, not images": ingested.n_skipped,
         "failed by reason": ingested.errors_by_kind,
         "unchanged since last ingest": ingested.n_reused,
         "added": ingested.added,

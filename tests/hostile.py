@@ -52,7 +52,7 @@ def write_hostile(root: Path, outside: Path) -> dict[str, str | None]:
     put("bad/notes.jpg", "not an image").write_text("shopping list: milk, eggs\n")
     put("bad/page.png", "not an image").write_text("<!doctype html><html><body>404 Not Found</body></html>\n")
     _png_bomb(put("bad/bomb.png", "decompression bomb"))
-    put("bad/readme.txt", "not an image").write_text("not a picture\n")
+    put("bad/readme.txt", "skipped: not an image").write_text("not a picture\n")  # by its name: not a failure
 
     Image.new("L", (1, 1), 200).save(put("odd/one-pixel.png", None))
     Image.new("RGB", (10000, 10), (255, 0, 0)).save(put("odd/very-wide.png", None))

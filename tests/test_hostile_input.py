@@ -41,13 +41,17 @@ def test_every_bad_file_is_a_manifest_row_with_its_reason(tmp_path):
         assert name in rows, name
         if kind is None:
             assert rows[name]["status"] == "ok", (name, rows[name]["error"])
+        elif kind.startswith("skipped: "):
+            assert rows[name]["status"] == "skipped" and rows[name]["error"].startswith(kind[9:]), (name, rows[name])
         else:
             assert rows[name]["status"] == "error" and rows[name]["error"].startswith(kind), (name, rows[name]["error"])
     assert sum(1 for n in rows if n.startswith("good/")) == 50
     # hidden files and the symlinked directory loop are not read at all
     assert not any(".hidden" in n or n.startswith("links/loop") for n in rows)
-    assert result.n_error == sum(k is not None for k in expect.values())
-    assert result.errors_by_kind["not an image"] == 3 and result.errors_by_kind["corrupt or truncated image"] == 2
+    skipped = sum(k is not None and k.startswith("skipped: ") for k in expect.values())
+    assert result.n_skipped == skipped == 1
+    assert result.n_error == sum(k is not None for k in expect.values()) - skipped
+    assert result.errors_by_kind["not an image"] == 2 and result.errors_by_kind["corrupt or truncated image"] == 2
 
 
 def test_the_pixel_limit_is_configurable(tmp_path):
@@ -143,12 +147,13 @@ def test_hostile_folder_end_to_end_nothing_lost(tmp_path):
 
     expect = write_hostile(tmp_path / "root", tmp_path / "outside")
     write_fmnist(tmp_path / "root" / "good", n=200)
-    n_bad = sum(k is not None for k in expect.values())
+    n_skipped = sum(k is not None and k.startswith("skipped: ") for k in expect.values())
+    n_bad = sum(k is not None for k in expect.values()) - n_skipped
     wd = tmp_path / "wd"
     proc = vaepipe("index", tmp_path / "root", "--workdir", wd, "--epochs", "1", "--workers", "1",
                    env={"PREFECT_API_URL": PREFECT_API_URL.value()})
     assert proc.returncode == 0, proc.stderr
-    assert f"images failed: {n_bad}" in proc.stdout
+    assert f"images failed: {n_bad}" in proc.stdout and f"skipped, not images: {n_skipped}" in proc.stdout
     assert "decompression bomb: 1" in proc.stdout  # failures by reason, in the CLI output
     manifest = pq.read_table(wd / "manifest.parquet").to_pylist()
     ok = {r["path"] for r in manifest if r["status"] == "ok"}

@@ -1,6 +1,7 @@
 """Stage 1: walk a folder, hash and check every file, write manifest.parquet.
 
-A file that cannot be used is a manifest row with status="error" and the reason; the run goes on.
+A file that cannot be used is a manifest row with status="error" and the reason; the run goes on. A file that is
+plainly not an image by its name (notes.txt, index.json) is a row with status="skipped": not a failure.
 Unchanged files (same path, size and mtime as in the previous manifest) are not read again.
 """
 
@@ -47,6 +48,7 @@ class IngestResult:
     n_error: int
     n_reused: int  # files not read again: same size and mtime as in the last manifest
     errors_by_kind: dict[str, int]  # e.g. {"corrupt or truncated image": 2, "empty file": 1}
+    n_skipped: int = 0  # files that are plainly not images by their name (notes.txt, index.json): not failures
     added: int = 0  # usable images, compared with the previous manifest
     changed: int = 0
     removed: int = 0
@@ -135,7 +137,7 @@ def relative_name(root: Path, path: str) -> str:
 
 def inspect_file(root: Path, path: str, config: IngestConfig) -> dict:
     """One manifest row for a file that `walk(root)` yielded: hash and decode the whole file (`inspect_image`); any
-    failure becomes status=error with the reason."""
+    failure becomes status=error with the reason (status=skipped for a file that is not an image by its name)."""
     row = {"path": relative_name(root, path), "bytes": None, "mtime": None, "sha256": None,
            "width": None, "height": None, "mode": None, "status": "error", "error": None}
     try:
@@ -150,8 +152,10 @@ def inspect_file(root: Path, path: str, config: IngestConfig) -> dict:
             st = os.stat(path)
         row["bytes"], row["mtime"] = st.st_size, st.st_mtime
         suffix = os.path.splitext(name)[1]
-        if suffix.lower() not in IMAGE_SUFFIXES:
-            raise ImageError(f"not an image: file type {suffix if len(suffix) > 1 else '(no suffix)'} is not read")
+        if suffix.lower() not in IMAGE_SUFFIXES:  # a file of another kind beside the images: skipped, not failed
+            row["status"] = "skipped"
+            row["error"] = f"not an image: file type {suffix if len(suffix) > 1 else '(no suffix)'} is not read"
+            return row
         if st.st_size == 0:
             raise ImageError("empty file: 0 bytes")
         row["sha256"], data = sha256_and_bytes(path, keep_up_to=READ_ONCE_BYTES)
@@ -198,7 +202,7 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
     first_chunk = next_number(chunks_dir, "chunk")
 
     progress = Progress("ingest", n_listed, unit="files")
-    n_files, n_ok, n_reused, by_kind, changes, written = 0, 0, 0, Counter(), Counter(), []
+    n_files, n_ok, n_skipped, n_reused, by_kind, changes, written = 0, 0, 0, 0, Counter(), Counter(), []
     pool = ProcessPoolExecutor(config.workers) if config.workers > 1 and n_listed > 256 else None
     unlisted: list[str] = []
     files = _files(root, config, skip, unlisted)
@@ -214,7 +218,8 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
             n_reused += len(chunk) - len(todo)
             status = table["status"].to_pylist()
             n_ok += status.count("ok")
-            by_kind.update(error_kind(e) for e, st in zip(table["error"].to_pylist(), status) if st != "ok")
+            n_skipped += status.count("skipped")
+            by_kind.update(error_kind(e) for e, st in zip(table["error"].to_pylist(), status) if st == "error")
             changes.update(_changes(previous, table))
             written.append(write_parquet(table.replace_schema_metadata(settings),
                                          chunks_dir / f"chunk-{first_chunk + len(written):05d}.parquet"))
@@ -236,7 +241,8 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
         changes["removed"] -= n_kept_ok
         changes["kept"] += n_kept_ok
         n_files, n_ok = n_files + kept.num_rows, n_ok + n_kept_ok
-        by_kind.update(error_kind(e) for e, st in zip(kept["error"].to_pylist(), kept["status"].to_pylist()) if st != "ok")
+        n_skipped += pc.sum(pc.equal(kept["status"], "skipped")).as_py() or 0
+        by_kind.update(error_kind(e) for e, st in zip(kept["error"].to_pylist(), kept["status"].to_pylist()) if st == "error")
 
     by_kind = dict(by_kind.most_common())
     if n_ok == 0:
@@ -251,10 +257,11 @@ def ingest(root: Path, manifest_path: Path, config: IngestConfig = IngestConfig(
         for part in written if not kept.num_rows else []:  # only this run's chunks: a longer killed run may have left more
             writer.write_table(pq.read_table(part, schema=MANIFEST_SCHEMA))
     shutil.rmtree(chunks_dir, ignore_errors=True)
-    result = IngestResult(manifest_path, n_files, n_ok, n_files - n_ok, n_reused, by_kind,
+    result = IngestResult(manifest_path, n_files, n_ok, n_files - n_ok - n_skipped, n_reused, by_kind, n_skipped,
                           **{k: changes[k] for k in ("added", "changed", "removed", "kept")})
-    log.info("ingest: %d files, %d ok, %d error; since the last run %d added, %d changed, %d removed, %d kept",
-             result.n_files, result.n_ok, result.n_error, result.added, result.changed, result.removed, result.kept)
+    log.info("ingest: %d files, %d ok, %d error, %d skipped (not images); since the last run %d added, %d changed, "
+             "%d removed, %d kept", result.n_files, result.n_ok, result.n_error, result.n_skipped, result.added,
+             result.changed, result.removed, result.kept)
     return result
 
 

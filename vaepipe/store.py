@@ -41,7 +41,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("mode", pa.string()),
-        ("status", pa.string()),  # "ok" | "error"
+        ("status", pa.string()),  # "ok" | "error" | "skipped" (plainly not an image by its name)
         ("error", pa.string()),
     ]
 )
