@@ -266,3 +266,21 @@ def test_a_damaged_model_config_json_does_not_cost_the_model(built_copy, caplog)
     (built_copy.model_dir(mid) / "config.json").write_bytes(b"")
     reused = reusable_model(built_copy, 600, TrainConfig())
     assert reused is not None and reused.model_id == mid and "unreadable" in caplog.text
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_quiet_prints_no_decoder_warnings_on_a_hostile_folder(built, tmp_path):
+    """Under --quiet (cron) only warnings a user can act on are printed: none of Pillow's about odd files."""
+    from prefect.settings import PREFECT_API_URL
+
+    write_hostile(tmp_path / "root", tmp_path / "outside")
+    write_fmnist(tmp_path / "root" / "good", n=30)
+    model = built.model_dir(json.loads(built.collection.read_text())["model_id"]) / "model.pt"
+    env = {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    outputs = [vaepipe("--quiet", "index", tmp_path / "root", "--workdir", tmp_path / "wd", "--model", model,
+                       "--channels", "1", "--image-size", "28", env=env),
+               vaepipe("--quiet", "query", tmp_path / "wd", "--all", "-k", "3", env=env),
+               vaepipe("--quiet", "sample", tmp_path / "wd", "-n", "4", env=env)]
+    for proc in outputs:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "" and "Warning" not in proc.stderr and "PIL" not in proc.stderr, proc.stderr
