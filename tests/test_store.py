@@ -54,3 +54,27 @@ def test_indexing_another_folder_into_a_workdir_is_refused_unless_asked(tmp_path
     assert wd.check_image_root(tmp_path / "b", replace=True) is True
     wd.collection.write_text("{half")  # damaged: rebuilt by the build, not a reason to refuse it
     assert wd.check_image_root(tmp_path / "b") is False
+
+
+def test_a_full_disk_while_saving_a_model_says_so_and_leaves_the_earlier_file(tmp_path):
+    """On a 128 KB filesystem a checkpoint does not fit: the error is ENOSPC ("No space left on device", which the
+    CLI turns into one line), not torch's "file write failed", and the earlier checkpoint is still whole."""
+    import errno
+
+    import pytest
+
+    from vaepipe.model import VAE, VAEConfig, save_checkpoint
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root: the full-disk path is not exercised on this machine")
+    try:
+        (small / "model.pt").write_bytes(b"the checkpoint saved before")
+        with pytest.raises(OSError) as failure:
+            save_checkpoint(VAE(VAEConfig(image_size=32, channels=3, width=32)), small / "model.pt")
+        assert failure.value.errno == errno.ENOSPC
+        assert (small / "model.pt").read_bytes() == b"the checkpoint saved before"
+        assert [p.name for p in small.iterdir()] == ["model.pt"]  # no half-written temporary left
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
