@@ -115,6 +115,7 @@ def act(workdir: Workdir, table: pa.Table, action: str, quarantine: Path | None 
         if quarantine.is_relative_to(root.resolve()):
             raise VaepipeError(f"the quarantine folder {quarantine} lies inside the collection: a re-index would read it")
     result = ActionResult(action, apply)
+    sha_of = dict(zip(table["path"].to_pylist(), table["sha256"].to_pylist()))
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{action}-{os.urandom(2).hex()}"
     backup = workdir.root / "actions" / stamp
     log_file = None
@@ -129,7 +130,7 @@ def act(workdir: Workdir, table: pa.Table, action: str, quarantine: Path | None 
                 continue
             src = Path(file_path(root, r["path"]))
             keeper = Path(file_path(root, r["keeper"]))
-            why = _refusal(src, r["sha256"]) or (_refusal(keeper, _sha_of(table, r["keeper"])) if action != "move" else None)
+            why = _refusal(src, r["sha256"]) or (_refusal(keeper, sha_of[r["keeper"]]) if action != "move" else None)
             if why:
                 result.refused.append((r["path"], why))
                 continue
@@ -181,10 +182,6 @@ def undo(log_path: Path) -> ActionResult:
         result.done.append((str(src), "restored"))
     log.info("duplicates: undo put back %d files, %d left alone", len(result.done), len(result.refused))
     return result
-
-
-def _sha_of(table: pa.Table, path: str) -> str:
-    return table.filter(pc.equal(table["path"], path))["sha256"][0].as_py()
 
 
 def _refusal(path: Path, sha256: str) -> str | None:

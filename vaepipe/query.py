@@ -174,16 +174,16 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
     final_dir = workdir.run_dir(run_id)
     run_dir = final_dir.with_name(f".{run_id}.partial")
     out = run_dir / "neighbours.parquet"
-    about = {"run_id": run_id, "model_id": index.meta["model_id"], "kind": kind,
-             "image_root": str(workdir.read_collection()["image_root"]), "k": str(k)}
+    image_root = Path(workdir.read_collection()["image_root"])
+    about = {"run_id": run_id, "model_id": index.meta["model_id"], "kind": kind, "image_root": str(image_root),
+             "k": str(k)}
     n_rows = _search_and_write(index, out, names, shas, vectors_of, self_rows, k, about)
     result = QueryResult(run_dir, out, len(names), n_rows, k, skipped, time.monotonic() - t0)
     groups = None
     if "duplicate_threshold" in params:
-        groups = duplicate_groups(index, params["duplicate_threshold"], Path(workdir.read_collection()["image_root"]))
+        groups = duplicate_groups(index, params["duplicate_threshold"], image_root)
         result.duplicates = write_parquet(groups, run_dir / "duplicates.parquet")
         result.n_duplicate_groups = len(set(groups["group"].to_pylist()))
-    image_root = Path(workdir.read_collection()["image_root"])
     summary = {"run": run_id, "queries": f"{len(names):,} ({kind})", "k": k, "collection size": f"{index.meta['n']:,}",
                "model id": index.meta["model_id"], "index": f"{index.meta['kind']} {index.meta['params'] or ''}".strip(),
                "measured recall@10": index.meta["recall_at_10"], "metric": index.meta["metric"],

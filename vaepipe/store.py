@@ -147,7 +147,12 @@ class Workdir:
         many were deleted."""
         cutoff, removed = time.time() - older_than_s, 0
         partial_runs = [p for folder in ("runs", "samples") for p in (self.root / folder).glob(".*.partial")]
-        for tmp in [*self.root.rglob(".*.tmp"), *partial_runs]:
+        temporaries = []
+        for folder, dirs, files in os.walk(self.root):
+            # Thumbnails are written in place, never through a temporary: a report's thousands are not walked.
+            dirs[:] = [d for d in dirs if d != "thumbs"]
+            temporaries += [Path(folder) / f for f in files if f.startswith(".") and f.endswith(".tmp")]
+        for tmp in [*temporaries, *partial_runs]:
             try:
                 if tmp.stat().st_mtime < cutoff:
                     shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
