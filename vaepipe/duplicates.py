@@ -66,6 +66,8 @@ def _resaved(img: Image.Image, background: int) -> Image.Image:
 @torch.no_grad()
 @exact_cudnn()
 def calibrate_threshold(model: VAE, index: SearchIndex, image_root: Path, n: int = 256, seed: int = 0) -> Calibration:
+    if model.config.invariance > 0:  # nothing to measure: re-saving n images would only cost their decoding
+        return Calibration(COPY_THRESHOLD, "fixed for models trained for copies", 0, {})
     paths = index.ids["path"].to_pylist()
     rng = np.random.default_rng(seed)
     spec, rows, copies = model.config.spec, [], []
@@ -83,8 +85,6 @@ def calibrate_threshold(model: VAE, index: SearchIndex, image_root: Path, n: int
         centre = np.asarray(index.meta["centre"], np.float32)
         sims = (prepare(mu, index.meta["metric"], centre) * index.stored_vectors(np.asarray(rows))).sum(1)
     quantiles = {f"{p:g}": round(float(np.quantile(sims, p)), 4) for p in QUANTILES} if len(sims) else {}
-    if model.config.invariance > 0:
-        return Calibration(COPY_THRESHOLD, "fixed for models trained for copies", len(rows), quantiles)
     threshold = quantiles.get("0.05", 0.99)
     return Calibration(threshold, "5th percentile of JPEG re-saves", len(rows), quantiles)
 

@@ -150,9 +150,12 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
         calibration = calibrate_threshold(model, index, Path(collection["image_root"]))
         threshold = calibration.threshold
         params["duplicate_calibration"] = calibration.to_dict()
-        log.info("duplicates: threshold %.4f (%s); %d images re-saved as JPEG keep a similarity of median %s, "
-                 "5th percentile %s", threshold, calibration.rule, calibration.sampled,
-                 calibration.resave_similarity.get("0.5"), calibration.resave_similarity.get("0.05"))
+        if calibration.sampled:
+            log.info("duplicates: threshold %.4f (%s); %d images re-saved as JPEG keep a similarity of median %s, "
+                     "5th percentile %s", threshold, calibration.rule, calibration.sampled,
+                     calibration.resave_similarity.get("0.5"), calibration.resave_similarity.get("0.05"))
+        else:
+            log.info("duplicates: threshold %.4f (%s)", threshold, calibration.rule)
     if duplicates:
         params["duplicate_threshold"] = threshold
     return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vaepipe.config import usable_cores
 from vaepipe.images import open_image
 from vaepipe.store import atomic_path, file_path
 
@@ -46,6 +48,15 @@ class Thumbs:
 
     def __post_init__(self) -> None:
         self.done: dict[str, str | None] = {}
+
+    def make(self, items: Iterable[tuple[str, Path]], workers: int = 0) -> None:
+        """Write the thumbnails of (sha256, source) pairs not made yet, on `workers` threads (0: one per core):
+        Pillow lets go of the GIL while it decodes, scales and encodes, and a report is mostly that."""
+        todo = dict(items)
+        for sha256 in self.done:
+            todo.pop(sha256, None)
+        with ThreadPoolExecutor(workers or usable_cores()) as pool:
+            list(pool.map(self.link, todo.keys(), todo.values()))
 
     def link(self, sha256: str, source: Path) -> str | None:
         if sha256 not in self.done:
@@ -103,9 +114,14 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
                        per_page: int = 100, max_queries: int = 5_000) -> Path:
     """report.html (summary, duplicate groups, first page) and report-NNNN.html for further pages."""
     thumbs = Thumbs(run_dir / "thumbs")
+    queries = list(iter_queries(neighbours, max_queries))
+    thumbs.make([(qsha, Path(file_path(query_root, qpath))) for qpath, qsha, _ in queries]
+                + [(r["neighbour_sha256"], Path(file_path(collection_root, r["neighbour_path"])))
+                   for _, _, rows in queries for r in rows]
+                + [(m["sha256"], Path(file_path(collection_root, m["path"]))) for m in _shown_members(groups)])
     blocks: list[str] = []
     n_queries = 0
-    for qpath, qsha, rows in iter_queries(neighbours, max_queries):
+    for qpath, qsha, rows in queries:
         n_queries += 1
         figs = [_figure(thumbs.link(qsha, Path(file_path(query_root, qpath))), qpath)]
         for r in rows:
@@ -128,17 +144,32 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
     return run_dir / "report.html"
 
 
-def _groups_html(groups: pa.Table, thumbs: Thumbs, root: Path, max_groups: int = 200) -> str:
-    if groups.num_rows == 0:
-        return "<h2>Duplicate groups</h2><p>None found.</p>"
+MAX_GROUPS, MAX_MEMBERS = 200, 40  # shown in the report; duplicates.parquet has every group and member
+
+
+def _by_group(groups: pa.Table) -> dict[int, list[dict]]:
     by_group: dict[int, list[dict]] = {}
     for row in groups.to_pylist():
         by_group.setdefault(row["group"], []).append(row)
+    return by_group
+
+
+def _shown_members(groups: pa.Table | None) -> list[dict]:
+    if groups is None:
+        return []
+    return [m for members in list(_by_group(groups).values())[:MAX_GROUPS] for m in members[:MAX_MEMBERS]]
+
+
+def _groups_html(groups: pa.Table, thumbs: Thumbs, root: Path) -> str:
+    if groups.num_rows == 0:
+        return "<h2>Duplicate groups</h2><p>None found.</p>"
+    by_group = _by_group(groups)
     parts = [f"<h2>Duplicate groups ({len(by_group):,})</h2>"]
-    for gid, members in list(by_group.items())[:max_groups]:
-        figs = "".join(_figure(thumbs.link(m["sha256"], Path(file_path(root, m["path"]))), m["path"]) for m in members[:40])
-        if len(members) > 40:
-            figs += f"<p>... and {len(members) - 40:,} more (see duplicates.parquet)</p>"
+    for gid, members in list(by_group.items())[:MAX_GROUPS]:
+        figs = "".join(_figure(thumbs.link(m["sha256"], Path(file_path(root, m["path"]))), m["path"])
+                       for m in members[:MAX_MEMBERS])
+        if len(members) > MAX_MEMBERS:
+            figs += f"<p>... and {len(members) - MAX_MEMBERS:,} more (see duplicates.parquet)</p>"
         kind = members[0]["kind"]
         parts.append(f'<div class="group"><div class="kind">group {gid}: {kind}, {len(members)} files</div>'
                      f'<div class="imgs">{figs}</div></div>')

@@ -1,0 +1,235 @@
+"""The duplicates job against the tool people would otherwise use (imagededup), side by side, speed and quality.
+
+    python benchmarks/peers.py --sizes 3000 30000 --rounds 3     # the table in BENCHMARKS.md ("Against imagededup")
+    python benchmarks/peers.py --sizes 3000 --rounds 1           # a quick look
+
+One folder of 640x480 JPEG photographs per size, cut from the Debian wallpaper packages (`make bench-deps`):
+non-overlapping tiles of every wallpaper, then (where a size needs more than the wallpapers hold) tiles cut at other
+scales and positions, which look alike but are not copies. A tenth of the folder are everyday edited copies of
+other photos in it (benchmarks/copies.py's edits: JPEG q30, half size, squashed, brightness, greyscale, border,
+banner, crop, mirror, rotation), so that every job's duplicate groups are scored against known copies in the same
+run as they are timed.
+
+Each job is a whole command in a fresh process, as a user runs it, timed from start to exit, with its peak RSS:
+  imagededup PHash / DHash   encode_images(folder) + find_duplicates (its default distance, 10 bits)
+  vaepipe full               `vaepipe index` (ingest, train, embed, index) into a new workdir, then `query --all`
+  vaepipe warm               `vaepipe index --model <the full job's model>` into a new workdir, then `query --all`
+  vaepipe one image          `vaepipe index` of a one-image folder with a model: the fixed cost of a command
+Jobs alternate within a round; the table gives medians over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from copies import EDITS_BY_FOLDER, WALLPAPERS, _glob, _rgb, write_edit  # noqa: E402
+from results_io import save_results  # noqa: E402
+
+Image.MAX_IMAGE_PIXELS = None  # the packaged wallpapers are trusted, and some are large
+W, H = 640, 480
+COPY_SHARE = 0.1
+
+
+def _wallpapers() -> list[Path]:
+    """The largest file of each wallpaper (packages ship one picture at several resolutions)."""
+    best: dict[str, tuple[int, Path]] = {}
+    for p in _glob(WALLPAPERS["val"] + WALLPAPERS["test"]):
+        key = p.parent.parent.parent.name if p.parent.name == "images" else p.stem.split("_")[0].split("-l")[0]
+        try:
+            with Image.open(p) as im:
+                area = im.width * im.height
+        except Exception:
+            continue
+        if key not in best or area > best[key][0]:
+            best[key] = (area, p)
+    return [p for _, p in sorted(best.values(), key=lambda t: str(t[1]))]
+
+
+def make_folder(n: int, dest: Path, seed: int = 0) -> dict[str, str]:
+    """Write n photos into dest (once; reused while its truth file is there). Returns {copy: original}, paths
+    relative to dest."""
+    truth_file = dest.with_name(dest.name + ".truth.json")
+    if truth_file.exists() and dest.is_dir():
+        return json.loads(truth_file.read_text())
+    shutil.rmtree(dest, ignore_errors=True)
+    rng = random.Random(seed)
+    n_copies = round(n * COPY_SHARE)
+    n_photos = n - n_copies
+    photos: list[Path] = []
+    wallpapers = _wallpapers()
+
+    def save(tile: Image.Image, name: str) -> None:
+        f = dest / "photos" / f"{name}.jpg"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tile.save(f, quality=90)
+        photos.append(f)
+
+    # Non-overlapping tiles at the wallpapers' own resolution: distinct photos.
+    for s, p in enumerate(wallpapers):
+        im = _rgb(Image.open(p))
+        for r in range(im.height // H):
+            for c in range(im.width // W):
+                tile = im.crop((c * W, r * H, (c + 1) * W, (r + 1) * H))
+                if len(photos) < n_photos and np.asarray(tile.resize((16, 12), Image.Resampling.BOX), np.float32).std() >= 12:
+                    save(tile, f"w{s:03d}-{r}-{c}")
+    # More than the wallpapers hold: tiles at random scales and places (look-alikes of the tiles above, not copies).
+    per_wallpaper = -(-(n_photos - len(photos)) // len(wallpapers))
+    for s, p in enumerate(wallpapers):
+        if len(photos) >= n_photos:
+            break
+        im = _rgb(Image.open(p))
+        for _ in range(min(per_wallpaper, n_photos - len(photos))):
+            scale = rng.uniform(0.3, 1.0) * min(im.width / W, im.height / H)
+            w, h = round(W * scale), round(H * scale)
+            x, y = rng.randrange(im.width - w + 1), rng.randrange(im.height - h + 1)
+            save(im.crop((x, y, x + w, y + h)).resize((W, H), Image.Resampling.BILINEAR), f"s{s:03d}-{len(photos):06d}")
+    copies: dict[str, str] = {}
+    edits = EDITS_BY_FOLDER["photos"]
+    for i, orig in enumerate(rng.sample(photos, n_copies)):
+        edit = edits[i % len(edits)]
+        with Image.open(orig) as img:
+            img.load()
+            name = f"{i:05d}-{edit.replace(' ', '_').replace('%', 'pc').replace('°', 'deg')}"
+            out = write_edit(img, edit, dest / "copies" / name, rng)
+        copies[str(out.relative_to(dest))] = str(orig.relative_to(dest))
+    truth_file.write_text(json.dumps(copies, indent=0))
+    return copies
+
+
+# ---------------------------------------------------------------- the jobs, each a whole command in a fresh process
+
+IMAGEDEDUP = """
+import json, sys
+from imagededup.methods import DHash, PHash
+method = {"phash": PHash, "dhash": DHash}[sys.argv[1]](verbose=False)
+encodings = method.encode_images(image_dir=sys.argv[2], recursive=True)
+duplicates = method.find_duplicates(encoding_map=encodings)
+json.dump(duplicates, open(sys.argv[3], "w"))
+"""
+
+
+def timed(cmd: list[str]) -> dict:
+    """Run a command to its exit: wall seconds and the peak RSS of its largest process (GNU time's %M)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as out:
+        t0 = time.monotonic()
+        done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out.name, *cmd], capture_output=True, text=True)
+        seconds = time.monotonic() - t0
+        if done.returncode:
+            sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return {"seconds": seconds, "peak_mb": int(out.read().split()[-1]) / 1024}
+
+
+def vaepipe(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("vaepipe")), "--quiet", *args]
+
+
+def imagededup_job(kind: str, folder: Path, work: Path) -> tuple[dict, set[tuple[str, str]]]:
+    result = work / f"{kind}.json"
+    t = timed([sys.executable, "-c", IMAGEDEDUP, kind, str(folder), str(result)])
+    # imagededup names files by their path relative to the folder when it recurses
+    found = json.loads(result.read_text())
+    return t, {tuple(sorted((a, b))) for a, dups in found.items() for b in dups}
+
+
+def vaepipe_job(folder: Path, workdir: Path, model: Path | None) -> tuple[dict, set[tuple[str, str]], Path]:
+    shutil.rmtree(workdir, ignore_errors=True)
+    index = timed(vaepipe("index", str(folder), "--workdir", str(workdir), *(["--model", str(model)] if model else [])))
+    query = timed(vaepipe("query", str(workdir), "--all", "-k", "10"))
+    run = max((workdir / "runs").iterdir())
+    groups: dict[int, list[str]] = {}
+    for g, p in zip(*pq.read_table(run / "duplicates.parquet", columns=["group", "path"]).to_pydict().values()):
+        groups.setdefault(g, []).append(p)
+    pairs = {(a, b) for members in groups.values() for a in members for b in members if a < b}
+    model_id = json.loads((workdir / "collection.json").read_text())["model_id"]
+    return ({"seconds": index["seconds"] + query["seconds"], "index_s": index["seconds"], "query_s": query["seconds"],
+             "peak_mb": max(index["peak_mb"], query["peak_mb"])}, pairs, workdir / "models" / model_id / "model.pt")
+
+
+def scored(pairs: set[tuple[str, str]], copies: dict[str, str]) -> dict[str, float]:
+    """Pair precision (a pair is right when both are one photo: a copy and its original, or two copies of one) and
+    copy recall (the share of known copies paired with their original)."""
+    key = {c: o for c, o in copies.items()}
+    right = sum(1 for a, b in pairs if key.get(a, a) == key.get(b, b))
+    found = sum(1 for c, o in copies.items() if tuple(sorted((c, o))) in pairs)
+    return {"pairs": len(pairs), "precision": right / max(len(pairs), 1), "copy_recall": found / max(len(copies), 1)}
+
+
+def run_size(n: int, rounds: int, data_root: Path, work: Path) -> dict:
+    folder = data_root / str(n)
+    copies = make_folder(n, folder)
+    one = data_root / "one"
+    if not one.is_dir():
+        one.mkdir(parents=True)
+        shutil.copy(next((folder / "photos").iterdir()), one)
+    times: dict[str, list[dict]] = {}
+    quality: dict[str, dict] = {}
+    for r in range(rounds):
+        for kind in ("phash", "dhash"):
+            t, pairs = imagededup_job(kind, folder, work)
+            times.setdefault(f"imagededup {kind}", []).append(t)
+            quality[f"imagededup {kind}"] = scored(pairs, copies)
+            print(f"{n} round {r + 1}: imagededup {kind} {t['seconds']:.1f} s", flush=True)
+        t, pairs, model = vaepipe_job(folder, work / "full", None)
+        times.setdefault("vaepipe full", []).append(t)
+        quality["vaepipe full"] = scored(pairs, copies)
+        print(f"{n} round {r + 1}: vaepipe full {t['seconds']:.1f} s", flush=True)
+        t, pairs, _ = vaepipe_job(folder, work / "warm", model)
+        times.setdefault("vaepipe warm", []).append(t)
+        quality["vaepipe warm"] = scored(pairs, copies)
+        print(f"{n} round {r + 1}: vaepipe warm {t['seconds']:.1f} s", flush=True)
+        shutil.rmtree(work / "one", ignore_errors=True)
+        t = timed(vaepipe("index", str(one), "--workdir", str(work / "one"), "--model", str(model)))
+        times.setdefault("vaepipe index, one image", []).append(t)
+    return {"n": n, "copies": len(copies), "times": times, "quality": quality}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[3000, 30000])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--data-root", type=Path, default=Path("/tmp/vaepipe-peers"), help="where the folders are written")
+    p.add_argument("--name", default="peers")
+    args = p.parse_args(argv)
+    machine = (f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
+               f"{subprocess.run(['uname', '-m'], capture_output=True, text=True).stdout.strip()}")
+    record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine,
+              "command": "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:]), "sizes": []}
+    lines = ["| photos | job | median s | x PHash | peak RSS MB | rounds (s) | pair precision | copy recall |",
+             "|---:|---|---:|---:|---:|---|---:|---:|"]
+    with tempfile.TemporaryDirectory(prefix="vaepipe-peers-") as tmp:
+        for n in args.sizes:
+            r = run_size(n, args.rounds, args.data_root, Path(tmp))
+            record["sizes"].append(r)
+            phash = statistics.median(t["seconds"] for t in r["times"]["imagededup phash"])
+            for job, ts in r["times"].items():
+                med = statistics.median(t["seconds"] for t in ts)
+                q = r["quality"].get(job)
+                runs = ", ".join(f"{t['seconds']:.1f}" for t in ts)
+                extra = ""
+                if "index_s" in ts[0]:
+                    index_s = statistics.median(t["index_s"] for t in ts)
+                    extra = f" (index {index_s:.1f} + query {statistics.median(t['query_s'] for t in ts):.1f})"
+                lines.append(f"| {n:,} | {job}{extra} | {med:.1f} | {med / phash:.2f} | "
+                             f"{max(t['peak_mb'] for t in ts):,.0f} | {runs} | "
+                             + (f"{q['precision']:.2f} | {q['copy_recall']:.2f} |" if q else " | |"))
+    header = f"Run {record['date']} on {machine}; command: `{record['command']}`"
+    save_results(args.name, header, lines, record)
+    return record
+
+
+if __name__ == "__main__":
+    main()
