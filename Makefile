@@ -34,7 +34,7 @@ endef
 test-deps:
 	$(call install_debs,$(TEST_DEBS))
 
-bench-deps: setup  ## the benchmarks' Debian packages and their peers (imagehash)
+bench-deps: setup  ## the benchmarks' Debian packages and their peers (imagehash, imagededup)
 	$(call install_debs,$(BENCH_DEBS))
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
 

@@ -15,6 +15,7 @@ Each job is a whole command in a fresh process, as a user runs it, timed from st
   vaepipe full               `vaepipe index` (ingest, train, embed, index) into a new workdir, then `query --all`
   vaepipe warm               `vaepipe index --model <the full job's model>` into a new workdir, then `query --all`
   vaepipe one image          `vaepipe index` of a one-image folder with a model: the fixed cost of a command
+  vaepipe full, --max-minutes M   (with --budget M) the full job with training stopped after the epoch that crosses M
 Jobs alternate within a round; the table gives medians over rounds.
 """
 
@@ -130,11 +131,15 @@ def timed(cmd: list[str]) -> dict:
         seconds = time.monotonic() - t0
         if done.returncode:
             sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        return {"seconds": seconds, "peak_mb": int(out.read().split()[-1]) / 1024}
+        # vaepipe's summary: "<stage> seconds: <s>" for each stage of an index, "seconds: <s>" for a query
+        stages = {line.split(":")[0].strip(): float(line.split(":")[1]) for line in done.stdout.splitlines()
+                  if line.split(":")[0].strip().endswith("seconds") and ":" in line}
+        return {"seconds": seconds, "peak_mb": int(out.read().split()[-1]) / 1024, "stages": stages}
 
 
 def vaepipe(*args: str) -> list[str]:
-    return [str(Path(sys.executable).with_name("vaepipe")), "--quiet", *args]
+    # Not --quiet: the summary it prints has each stage's seconds; the flow's log goes to stderr, not timed apart.
+    return [str(Path(sys.executable).with_name("vaepipe")), *args]
 
 
 def imagededup_job(kind: str, folder: Path, work: Path) -> tuple[dict, set[tuple[str, str]]]:
@@ -145,9 +150,9 @@ def imagededup_job(kind: str, folder: Path, work: Path) -> tuple[dict, set[tuple
     return t, {tuple(sorted((a, b))) for a, dups in found.items() for b in dups}
 
 
-def vaepipe_job(folder: Path, workdir: Path, model: Path | None) -> tuple[dict, set[tuple[str, str]], Path]:
+def vaepipe_job(folder: Path, workdir: Path, *options: str) -> tuple[dict, set[tuple[str, str]], Path]:
     shutil.rmtree(workdir, ignore_errors=True)
-    index = timed(vaepipe("index", str(folder), "--workdir", str(workdir), *(["--model", str(model)] if model else [])))
+    index = timed(vaepipe("index", str(folder), "--workdir", str(workdir), *options))
     query = timed(vaepipe("query", str(workdir), "--all", "-k", "10"))
     run = max((workdir / "runs").iterdir())
     groups: dict[int, list[str]] = {}
@@ -156,7 +161,9 @@ def vaepipe_job(folder: Path, workdir: Path, model: Path | None) -> tuple[dict, 
     pairs = {(a, b) for members in groups.values() for a in members for b in members if a < b}
     model_id = json.loads((workdir / "collection.json").read_text())["model_id"]
     return ({"seconds": index["seconds"] + query["seconds"], "index_s": index["seconds"], "query_s": query["seconds"],
-             "peak_mb": max(index["peak_mb"], query["peak_mb"])}, pairs, workdir / "models" / model_id / "model.pt")
+             "peak_mb": max(index["peak_mb"], query["peak_mb"]),
+             "stages": {**index["stages"], "query task seconds": query["stages"].get("seconds")}},
+            pairs, workdir / "models" / model_id / "model.pt")
 
 
 def scored(pairs: set[tuple[str, str]], copies: dict[str, str]) -> dict[str, float]:
@@ -168,7 +175,7 @@ def scored(pairs: set[tuple[str, str]], copies: dict[str, str]) -> dict[str, flo
     return {"pairs": len(pairs), "precision": right / max(len(pairs), 1), "copy_recall": found / max(len(copies), 1)}
 
 
-def run_size(n: int, rounds: int, data_root: Path, work: Path) -> dict:
+def run_size(n: int, rounds: int, data_root: Path, work: Path, budgets: list[float]) -> dict:
     folder = data_root / str(n)
     copies = make_folder(n, folder)
     one = data_root / "one"
@@ -183,11 +190,17 @@ def run_size(n: int, rounds: int, data_root: Path, work: Path) -> dict:
             times.setdefault(f"imagededup {kind}", []).append(t)
             quality[f"imagededup {kind}"] = scored(pairs, copies)
             print(f"{n} round {r + 1}: imagededup {kind} {t['seconds']:.1f} s", flush=True)
-        t, pairs, model = vaepipe_job(folder, work / "full", None)
+        t, pairs, model = vaepipe_job(folder, work / "full")
         times.setdefault("vaepipe full", []).append(t)
         quality["vaepipe full"] = scored(pairs, copies)
         print(f"{n} round {r + 1}: vaepipe full {t['seconds']:.1f} s", flush=True)
-        t, pairs, _ = vaepipe_job(folder, work / "warm", model)
+        for minutes in budgets:  # training on a time budget: what speed it buys, what it costs
+            job = f"vaepipe full, --max-minutes {minutes:g}"
+            t, pairs, _ = vaepipe_job(folder, work / "budget", "--max-minutes", str(minutes))
+            times.setdefault(job, []).append(t)
+            quality[job] = scored(pairs, copies)
+            print(f"{n} round {r + 1}: {job} {t['seconds']:.1f} s", flush=True)
+        t, pairs, _ = vaepipe_job(folder, work / "warm", "--model", str(model))
         times.setdefault("vaepipe warm", []).append(t)
         quality["vaepipe warm"] = scored(pairs, copies)
         print(f"{n} round {r + 1}: vaepipe warm {t['seconds']:.1f} s", flush=True)
@@ -202,6 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sizes", type=int, nargs="+", default=[3000, 30000])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--data-root", type=Path, default=Path("/tmp/vaepipe-peers"), help="where the folders are written")
+    p.add_argument("--budget", type=float, nargs="*", default=[],
+                   help="also the full job with training stopped after these many minutes (--max-minutes)")
     p.add_argument("--name", default="peers")
     args = p.parse_args(argv)
     machine = (f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
@@ -212,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
              "|---:|---|---:|---:|---:|---|---:|---:|"]
     with tempfile.TemporaryDirectory(prefix="vaepipe-peers-") as tmp:
         for n in args.sizes:
-            r = run_size(n, args.rounds, args.data_root, Path(tmp))
+            r = run_size(n, args.rounds, args.data_root, Path(tmp), args.budget)
             record["sizes"].append(r)
             phash = statistics.median(t["seconds"] for t in r["times"]["imagededup phash"])
             for job, ts in r["times"].items():
@@ -226,6 +241,21 @@ def main(argv: list[str] | None = None) -> dict:
                 lines.append(f"| {n:,} | {job}{extra} | {med:.1f} | {med / phash:.2f} | "
                              f"{max(t['peak_mb'] for t in ts):,.0f} | {runs} | "
                              + (f"{q['precision']:.2f} | {q['copy_recall']:.2f} |" if q else " | |"))
+    lines += ["", "Where the vaepipe jobs' seconds go (medians; \"other\" is start-up, Prefect's temporary server and "
+              "its bookkeeping, and exit):", "",
+              "| photos | job | index: ingest | model | embed | index | other | query: search, groups, report | other |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in record["sizes"]:
+        for job, ts in r["times"].items():
+            if "index_s" not in ts[0]:
+                continue
+            med = {k: statistics.median(t["stages"].get(f"{k} seconds") or 0.0 for t in ts)
+                   for k in ("ingest", "model", "embed", "index", "query task")}
+            index_other = statistics.median(t["index_s"] - sum(t["stages"].get(f"{k} seconds") or 0.0
+                                                               for k in ("ingest", "model", "embed", "index")) for t in ts)
+            query_other = statistics.median(t["query_s"] - (t["stages"].get("query task seconds") or 0.0) for t in ts)
+            lines.append(f"| {r['n']:,} | {job} | {med['ingest']:.1f} | {med['model']:.1f} | {med['embed']:.1f} | "
+                         f"{med['index']:.1f} | {index_other:.1f} | {med['query task']:.1f} | {query_other:.1f} |")
     header = f"Run {record['date']} on {machine}; command: `{record['command']}`"
     save_results(args.name, header, lines, record)
     return record

@@ -35,7 +35,8 @@ def bulk_query(workdir: str, queries: str | None = None, list_file: str | None =
     """Neighbour table, report.html and (for all_images) duplicate groups in workdir/runs/<run_id>/."""
     with progress_artifact("bulk-query-progress", "bulk-query"):
         result = query_task(workdir, queries, list_file, all_images, k, duplicates, threshold, embed or EmbedConfig())
-    top = pq.read_table(result.neighbours).slice(0, 50).to_pylist()
+    top = next(pq.ParquetFile(result.neighbours).iter_batches(batch_size=50), None)  # not the whole table for 50 rows
+    top = top.to_pylist() if top is not None else []
     create_table_artifact(key="bulk-query-top-rows", table=top, description="first 50 rows of neighbours.parquet")
     summary = {
         "queries": result.n_queries,

@@ -41,7 +41,8 @@ background:repeating-linear-gradient(45deg,#eee,#eee 6px,#ccc 6px,#ccc 12px)}
 
 @dataclass
 class Thumbs:
-    """Writes each distinct image once as a small PNG under `folder`; returns its link relative to the page."""
+    """Writes each distinct image once as a small JPEG (PNG if transparent) under `folder`; returns its link
+    relative to the page."""
 
     folder: Path
     link_prefix: str = "thumbs"
@@ -60,13 +61,17 @@ class Thumbs:
 
     def link(self, sha256: str, source: Path) -> str | None:
         if sha256 not in self.done:
-            name = f"{sha256[:20]}.png"
             try:
                 img = open_image(source, max_pixels=64_000_000, draft_size=THUMB_SIDE)
                 img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
                 img.thumbnail((THUMB_SIDE, THUMB_SIDE))
                 self.folder.mkdir(parents=True, exist_ok=True)
-                img.save(self.folder / name, format="PNG")
+                # JPEG where there is no transparency: encoding a PNG cost more than decoding the photo.
+                name = f"{sha256[:20]}.{'png' if img.mode == 'RGBA' else 'jpg'}"
+                if img.mode == "RGBA":
+                    img.save(self.folder / name, format="PNG", compress_level=1)
+                else:
+                    img.save(self.folder / name, format="JPEG", quality=90)
                 self.done[sha256] = f"{self.link_prefix}/{name}"
             except Exception as e:  # Pillow raises anything on a damaged file: no thumbnail, the report goes on
                 log.warning("report: no thumbnail for %s (%s)", source, e)
