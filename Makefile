@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test-deps bench-deps demo test clean
+.PHONY: setup test-deps bench-deps demo lint test clean
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -38,7 +38,10 @@ bench-deps: setup  ## the benchmarks' Debian packages and their peers (imagehash
 	$(call install_debs,$(BENCH_DEBS))
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
 
-test: setup test-deps
+lint: setup  ## ruff: pyflakes and pycodestyle's error classes on the whole tree (pyproject.toml)
+	$(VENV)/bin/ruff check .
+
+test: setup test-deps lint
 	$(VENV)/bin/python -m pytest
 
 clean:

@@ -44,19 +44,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-Image.MAX_IMAGE_PIXELS = None  # the packaged wallpapers are trusted, and some are large
-
-from vaepipe.config import EmbedConfig, IndexConfig, IngestConfig, TrainConfig
+from vaepipe.build import build as build_collection
+from vaepipe.config import BuildConfig, IndexConfig, TrainConfig
 from vaepipe.duplicates import duplicate_groups
-from vaepipe.embed import embed, encode_files
-from vaepipe.index import SearchIndex, build_index, prepare
-from vaepipe.ingest import ingest
+from vaepipe.embed import encode_files
+from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import load_checkpoint
 from vaepipe.query import query_all
 from vaepipe.store import Workdir
-from vaepipe.train import train
 
-from quality import add_recipe_flags, recipe  # noqa: E402  (benchmarks/, beside this script)
+from quality import add_recipe_flags, recipe  # benchmarks/, beside this script
+
+Image.MAX_IMAGE_PIXELS = None  # the packaged wallpapers are trusted, and some are large
 
 log = logging.getLogger("vaepipe")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -352,19 +351,13 @@ def expected_recall(scores: np.ndarray, truth: np.ndarray, k: int, also: np.ndar
 # ---------------------------------------------------------------- the product
 
 def build(folder: Path, workdir: Workdir, cfg: TrainConfig) -> dict:
-    t0 = time.monotonic()
-    ingest(folder, workdir.manifest, IngestConfig())
-    t1 = time.monotonic()
-    tr = train(folder, workdir.manifest, workdir, cfg)
-    t2 = time.monotonic()
-    embed(folder, workdir.manifest, tr.model_dir, workdir.embeddings_dir(tr.model_id), EmbedConfig())
-    build_index(workdir.embeddings_dir(tr.model_id), workdir.manifest, workdir.index_dir(tr.model_id), tr.model_id,
-                IndexConfig(kind="flat"))
-    workdir.write_collection(folder, tr.model_id)
-    last = tr.metrics[-1] if tr.metrics else {}
-    return {"model_id": tr.model_id, "ingest_s": t1 - t0, "train_s": t2 - t1, "embed_index_s": time.monotonic() - t2,
-            "epochs": len(tr.metrics), "val_elbo": last.get("val_elbo"), "val_kl": last.get("val_kl"),
-            "active_units": last.get("val_active_units"), "likelihood": load_checkpoint(tr.model_dir / "model.pt").config.likelihood}
+    r = build_collection(folder, workdir, BuildConfig(train=cfg, index=IndexConfig(kind="flat")))
+    last = r.trained.metrics[-1] if r.trained.metrics else {}
+    return {"model_id": r.trained.model_id, "ingest_s": r.seconds["ingest"], "train_s": r.seconds["model"],
+            "embed_index_s": r.seconds["embed"] + r.seconds["index"],
+            "epochs": len(r.trained.metrics), "val_elbo": last.get("val_elbo"), "val_kl": last.get("val_kl"),
+            "active_units": last.get("val_active_units"),
+            "likelihood": load_checkpoint(r.trained.model_dir / "model.pt").config.likelihood}
 
 
 def product_vectors(workdir: Workdir, paths: list[Path]) -> np.ndarray:

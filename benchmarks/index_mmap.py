@@ -96,7 +96,7 @@ def main() -> None:
         for mmap in (False, True):
             out = subprocess.run([sys.executable, __file__, "--measure", str(root), kind, "1" if mmap else "0"],
                                  capture_output=True, text=True, check=True).stdout
-            rows.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:]))
+            rows.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
             print(rows[-1], flush=True)
     shutil.rmtree(root, ignore_errors=True)
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores; "

@@ -6,12 +6,11 @@
     python benchmarks/quality.py --train-images 3000 --epochs 1 --db-images 3000 --query-images 500 \
         --results-dir /tmp/q --export-root /tmp/q-data                             # quick (seconds), for tests
 
-What runs, in order (the same functions the Prefect flows call):
+What runs, in order (the same call the Prefect flow makes):
   1. vaepipe.fashion_mnist.load_split + export_pngs: the database images become a folder of class
      sub-folders of PNGs (outside the repository, --export-root; exported once and reused).
-  2. vaepipe.ingest.ingest -> vaepipe.train.train(TrainConfig from the flags; unset flags keep the
-     TrainConfig defaults) -> vaepipe.embed.embed -> vaepipe.index.build_index(kind="flat", metric
-     "cosine") -> vaepipe.index.SearchIndex.search.
+  2. vaepipe.build.build: ingest -> train (TrainConfig from the flags; unset flags keep the TrainConfig
+     defaults) -> embed -> index (kind="flat", metric "cosine"); then vaepipe.index.SearchIndex.search.
   3. Queries (test images, or held-out training images with --split val) are encoded directly from
      the uint8 arrays with model.encode(x / 255) (their posterior means), the same values embed()
      produces from the same pixels via PNG.
@@ -46,16 +45,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vaepipe.config import EmbedConfig, IndexConfig, IngestConfig, TrainConfig
-from vaepipe.embed import embed
+from vaepipe.build import build as build_collection
+from vaepipe.config import BuildConfig, IndexConfig, TrainConfig
 from vaepipe.fashion_mnist import CLASSES, DEBIAN_DIR, export_pngs, load_split
 from vaepipe.generate import fit_latent, fitted_latents, interpolate, reconstruct, save_png
 from vaepipe.images import to_array
-from vaepipe.index import SearchIndex, build_index, prepare
-from vaepipe.ingest import ingest
+from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import folded, load_checkpoint
-from vaepipe.store import VaepipeError, Workdir
-from vaepipe.train import evaluate, train
+from vaepipe.errors import VaepipeError
+from vaepipe.store import Workdir
+from vaepipe.train import evaluate
 
 log = logging.getLogger("vaepipe")
 
@@ -152,7 +151,7 @@ def train_config(args) -> TrainConfig:
 def machine() -> dict:
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name")), "?")
+        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
     except OSError:
         model = platform.processor() or "?"
     import os
@@ -178,23 +177,19 @@ def run(args) -> dict:
     export_pngs(db_x, db_y, folder)
     workdir = Workdir(Path(args.export_root) / f"work-{args.split}-db{len(db_x)}")
     workdir.root.mkdir(parents=True, exist_ok=True)
-    ing = ingest(folder, workdir.manifest, IngestConfig())
-    t_ingest = time.monotonic() - t0
-    log.info("quality: %d database images in %s (export + ingest %.1fs)", ing.n_ok, folder, t_ingest)
+    t_export = time.monotonic() - t0
 
-    # 2. Train through the product's train().
-    t0 = time.monotonic()
-    tr = train(folder, workdir.manifest, workdir, cfg)
-    train_wall = time.monotonic() - t0
+    # 2-3. Ingest, train, embed and index (exact, cosine) through the product's build(); retrain: a workdir left by
+    # an earlier run (another recipe) must not lend its model.
+    built = build_collection(folder, workdir, BuildConfig(train=cfg, index=IndexConfig(kind="flat", metric="cosine")),
+                             retrain=True)
+    ing, tr, idx = built.ingested, built.trained, built.indexed
+    t_ingest = t_export + built.seconds["ingest"]
+    log.info("quality: %d database images in %s (export + ingest %.1fs)", ing.n_ok, folder, t_ingest)
+    train_wall = built.seconds["model"]
     epoch_seconds = sum(m["seconds"] for m in tr.metrics)
     images_seen = sum(m["images_per_second"] * m["seconds"] for m in tr.metrics)
-
-    # 3. Embed the database with embed(), index it with build_index (exact, cosine), search with SearchIndex.
-    t0 = time.monotonic()
-    embed(folder, workdir.manifest, tr.model_dir, workdir.embeddings_dir(tr.model_id), EmbedConfig())
-    t_embed = time.monotonic() - t0
-    idx = build_index(workdir.embeddings_dir(tr.model_id), workdir.manifest, workdir.index_dir(tr.model_id),
-                      tr.model_id, IndexConfig(kind="flat", metric="cosine"))
+    t_embed = built.seconds["embed"]
     search = SearchIndex.open(idx.index_dir)
     db_labels = np.asarray([CLASSES.index(p.split("/", 1)[0]) for p in search.ids["path"].to_pylist()])
 

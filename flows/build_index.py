@@ -1,10 +1,9 @@
-"""build-index: ingest -> train (or adopt a checkpoint, or reuse the collection's model) -> embed -> index."""
+"""build-index: vaepipe.build.build (ingest -> train, adopt or reuse a model -> embed -> index), each stage a task."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,50 +13,47 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import progress_artifact, retry_unless_expected, summary_artifact
-from vaepipe.config import BuildConfig, EmbedConfig, IndexConfig, IngestConfig, TrainConfig
-from vaepipe.embed import EmbedResult, embed_shard, plan_shards
-from vaepipe.index import IndexResult, build_index as build_faiss_index
-from vaepipe.ingest import IngestResult, ingest
-from vaepipe.model import checkpoint_config
+from vaepipe.build import ShardRunner, Stages, build
+from vaepipe.config import BuildConfig, EmbedConfig
+from vaepipe.embed import embed_shard, plan_embedding
+from vaepipe.index import build_index as build_faiss_index
+from vaepipe.ingest import ingest
 from vaepipe.store import Workdir
-from vaepipe.train import TrainResult, adopt_checkpoint, reusable_model, train
+from vaepipe.train import adopt_checkpoint, train
 
-# The library is incremental by content hash, so Prefect's own result caching is not used.
-
-
-@task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_expected, cache_policy=NO_CACHE)
-def ingest_task(images: str, workdir: str, cfg: IngestConfig) -> IngestResult:
-    return ingest(Path(images), Workdir(Path(workdir)).manifest, cfg)
-
-
-@task(name="train", cache_policy=NO_CACHE)
-def train_task(images: str, manifest: Path, workdir: str, cfg: TrainConfig, workers: int) -> TrainResult:
-    return train(Path(images), manifest, Workdir(Path(workdir)), cfg, workers=workers)
-
-
-@task(name="adopt-model", cache_policy=NO_CACHE)
-def adopt_task(checkpoint: str, manifest: Path, workdir: str, cfg: TrainConfig) -> TrainResult:
-    return adopt_checkpoint(Path(checkpoint), manifest, Workdir(Path(workdir)), cfg)
-
-
-@task(name="plan-embedding", cache_policy=NO_CACHE)
-def plan_task(manifest: Path, model_dir: Path, embeddings_dir: Path, cfg: EmbedConfig) -> tuple[Path, list[int], int, list[Path]]:
-    dim = checkpoint_config(Path(model_dir) / "model.pt").latent_dim
-    return plan_shards(manifest, embeddings_dir, dim, cfg.part_rows)
-
-
-@task(name="embed-shard", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_expected, cache_policy=NO_CACHE)
-def embed_shard_task(images: str, model_dir: Path, embeddings_dir: Path, plan: Path, number: int, cfg: EmbedConfig
-                     ) -> tuple[int, list[tuple[str, str]]]:
-    return embed_shard(Path(images), model_dir, embeddings_dir, plan, number, cfg)
+# Each stage of vaepipe.build.build as a Prefect task (the library is incremental by content hash, so Prefect's own
+# result caching is not used); build() decides their order and the model policy.
+ingest_task = task(ingest, name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_expected,
+                   cache_policy=NO_CACHE)
+train_task = task(train, name="train", cache_policy=NO_CACHE)
+adopt_task = task(adopt_checkpoint, name="adopt-model", cache_policy=NO_CACHE)
+plan_task = task(plan_embedding, name="plan-embedding", cache_policy=NO_CACHE)
+embed_shard_task = task(embed_shard, name="embed-shard", retries=2, retry_delay_seconds=5,
+                        retry_condition_fn=retry_unless_expected, cache_policy=NO_CACHE)
+index_task = task(build_faiss_index, name="index", cache_policy=NO_CACHE)
 
 
 @flow(name="embed-shards")
-def embed_shards(images: str, model_dir: Path, embeddings_dir: Path, plan: Path, numbers: list[int], cfg: EmbedConfig
+def embed_shards(images: Path, model_dir: Path, embeddings_dir: Path, plan: Path, numbers: list[int], cfg: EmbedConfig
                  ) -> list[tuple[int, list[tuple[str, str]]]]:
     """One task per shard of the plan file; its task runner (one at a time, or Dask) is chosen by build_index."""
     futures = embed_shard_task.map(images, model_dir, embeddings_dir, plan, numbers, unmapped(cfg))
     return [f.result() for f in futures]
+
+
+def shard_runner(dask_address: str | None, dask_workers: int) -> ShardRunner:
+    """The embed-shards subflow on its task runner (see task_runner)."""
+    dask = bool(dask_address or dask_workers)
+
+    def run(images: Path, model_dir: Path, embeddings_dir: Path, plan: Path, numbers: list[int], cfg: EmbedConfig
+            ) -> list[tuple[int, list[tuple[str, str]]]]:
+        if dask:  # Dask workers are daemons (no DataLoader children) and share cores
+            cfg = dataclasses.replace(cfg, workers=0, threads=cfg.threads or 1)
+        with api_for_dask_workers(dask_address) if dask else contextlib.nullcontext():
+            return embed_shards.with_options(task_runner=task_runner(dask_address, dask_workers))(
+                images, model_dir, embeddings_dir, plan, numbers, cfg)
+
+    return run
 
 
 def task_runner(dask_address: str | None, dask_workers: int):
@@ -101,16 +97,11 @@ def on_loopback(url: str) -> bool:
     return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
-@task(name="index", cache_policy=NO_CACHE)
-def index_task(embeddings_dir: Path, manifest: Path, index_dir: Path, model_id: str, cfg: IndexConfig) -> IndexResult:
-    return build_faiss_index(embeddings_dir, manifest, index_dir, model_id, cfg)
-
-
 @flow(name="build-index")
 def build_index(images: str, workdir: str, model: str | None = None, retrain: bool = False,
                 config: BuildConfig | None = None, dask_address: str | None = None, dask_workers: int = 0,
                 replace: bool = False) -> dict:
-    """Index the image folder `images` into `workdir`.
+    """Index the image folder `images` into `workdir` (vaepipe.build.build, each stage a task).
 
     model: a checkpoint to use instead of training. Without it the collection's current model is reused
     (a nightly re-index does not retrain) unless retrain=True or there is none yet.
@@ -119,77 +110,11 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
     replace: index `images` into a workdir that holds another folder's collection (refused otherwise); the
     other folder's model is not reused.
     """
-    cfg = config or BuildConfig()
-    log = get_run_logger()
-    wd = Workdir(Path(workdir))
-    timings: dict[str, float] = {}
-
-    with wd.lock(), progress_artifact("build-index-progress", "build-index"):  # one build per workdir at a time
-        replacing = wd.check_image_root(Path(images), replace)
-        t = time.monotonic()
-        ingested = ingest_task(images, workdir, cfg.ingest)
-        timings["ingest"] = time.monotonic() - t
-
-        t = time.monotonic()
-        current = None if model or retrain or replacing else reusable_model(wd, ingested.n_ok, cfg.train)
-        if model:
-            trained = adopt_task(model, ingested.manifest, workdir, cfg.train)
-        elif current:
-            log.info("reusing the collection's model %s (pass retrain=True to train a new one)", current.model_id)
-            trained = current
-        else:
-            trained = train_task(images, ingested.manifest, workdir, cfg.train, cfg.embed.workers)
-        timings["model"] = time.monotonic() - t
-
-        t = time.monotonic()
-        emb_dir = wd.embeddings_dir(trained.model_id)
-        plan, numbers, n_done, quarantined = plan_task(ingested.manifest, trained.model_dir, emb_dir, cfg.embed)
-        shard_cfg = cfg.embed
-        if dask_address or dask_workers:  # Dask workers are daemons (no DataLoader children) and share cores
-            shard_cfg = dataclasses.replace(cfg.embed, workers=0, threads=cfg.embed.threads or 1)
-        with api_for_dask_workers(dask_address) if dask_address or dask_workers else contextlib.nullcontext():
-            results = embed_shards.with_options(task_runner=task_runner(dask_address, dask_workers))(
-                images, trained.model_dir, emb_dir, plan, numbers, shard_cfg) if numbers else []
-        embedded = EmbedResult(emb_dir, trained.model_id, sum(n for n, _ in results), n_done, quarantined,
-                               [f for _, failed in results for f in failed])
-        timings["embed"] = time.monotonic() - t
-
-        t = time.monotonic()
-        indexed = index_task(embedded.embeddings_dir, ingested.manifest, wd.index_dir(trained.model_id),
-                             trained.model_id, cfg.index)
-        timings["index"] = time.monotonic() - t
-        wd.write_collection(Path(images), trained.model_id)
-
-    last = trained.metrics[-1] if trained.metrics else {}
-    summary = {
-        "images seen": ingested.n_files,
-        "images ok": ingested.n_ok,
-        "images failed": ingested.n_error + len(embedded.failed),
-        "skipped, not images": ingested.n_skipped,
-        "failed by reason": ingested.errors_by_kind,
-        "unchanged since last ingest": ingested.n_reused,
-        "added": ingested.added,
-        "changed": ingested.changed,
-        "removed": ingested.removed,
-        "kept": ingested.kept,
-        "model id": trained.model_id,
-        "model": "adopted checkpoint" if model else ("trained" if trained.metrics else "reused"),
-        "epochs": len(trained.metrics),
-        "val ELBO (nats/image)": last.get("val_elbo", "n/a"),
-        "val KL (nats/image)": last.get("val_kl", "n/a"),
-        "active units": last.get("val_active_units", "n/a"),
-        "embedded now": embedded.n_embedded,
-        "embeddings reused": embedded.n_reused,
-        "damaged parts set aside": len(embedded.quarantined),
-        "index kind": indexed.kind,
-        "index params": indexed.params or "exact",
-        "indexed vectors": indexed.n,
-        "recall@10": indexed.recall_at_10,
-        **{f"{stage} seconds": round(s, 2) for stage, s in timings.items()},
-        "manifest": str(ingested.manifest),
-        "model dir": str(trained.model_dir),
-        "embeddings": str(embedded.embeddings_dir),
-        "index": str(indexed.index_dir),
-    }
+    stages = Stages(ingest=ingest_task, adopt=adopt_task, train=train_task, plan=plan_task,
+                    embed_shards=shard_runner(dask_address, dask_workers), index=index_task)
+    with progress_artifact("build-index-progress", "build-index"):
+        result = build(Path(images), Workdir(Path(workdir)), config or BuildConfig(), Path(model) if model else None,
+                       retrain, replace, stages)
+    summary = result.summary()
     summary_artifact("build-index-summary", "vaepipe build-index", summary)
     return summary

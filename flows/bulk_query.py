@@ -12,7 +12,8 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import progress_artifact, retry_unless_expected, summary_artifact
 from vaepipe.config import EmbedConfig
 from vaepipe.query import QueryResult, query_all, query_folder, query_list
-from vaepipe.store import VaepipeError, Workdir
+from vaepipe.errors import VaepipeError
+from vaepipe.store import Workdir
 
 
 @task(name="query", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_expected, cache_policy=NO_CACHE)

@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from vaepipe.config import BuildConfig, EmbedConfig, IndexConfig, IngestConfig, TrainConfig
-from vaepipe.store import VaepipeError, Workdir
+from vaepipe.errors import VaepipeError
+from vaepipe.store import Workdir
 
 DEMO_IMAGES = Path("demo-data/fashion-mnist-test")
 DEMO_WORKDIR = Path("work/demo")

@@ -11,7 +11,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from vaepipe import progress
-from vaepipe.store import VaepipeError
+from vaepipe.errors import VaepipeError
 
 
 @contextlib.contextmanager

@@ -13,13 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vaepipe.config import EmbedConfig, IngestConfig, TrainConfig
-from vaepipe.embed import embed
+from vaepipe.build import build
+from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig, TrainConfig
 from vaepipe.fashion_mnist import CLASSES, load_split
-from vaepipe.index import build_index
-from vaepipe.ingest import ingest
 from vaepipe.store import Workdir
-from vaepipe.train import train
 
 N_FMNIST = 600  # enough for neighbours to mean something, small enough to train in seconds
 # The default recipe, short: 6 epochs of small batches. (At 3 the latent carried ~6 nats and a resized copy of an
@@ -113,11 +110,7 @@ def fmnist_dir(tmp_path_factory) -> Path:
 def built(fmnist_dir, tmp_path_factory) -> Workdir:
     """A workdir with every stage run by the library on real Fashion-MNIST PNGs (read-only for tests)."""
     wd = Workdir(tmp_path_factory.mktemp("built"))
-    ingest(fmnist_dir, wd.manifest, IngestConfig(workers=1))
-    trained = train(fmnist_dir, wd.manifest, wd, FAST_TRAIN, workers=0)
-    embed(fmnist_dir, wd.manifest, trained.model_dir, wd.embeddings_dir(trained.model_id), SERIAL)
-    build_index(wd.embeddings_dir(trained.model_id), wd.manifest, wd.index_dir(trained.model_id), trained.model_id)
-    wd.write_collection(fmnist_dir, trained.model_id)
+    build(fmnist_dir, wd, BuildConfig(ingest=IngestConfig(workers=1), train=FAST_TRAIN, embed=SERIAL))
     return wd
 
 

@@ -101,7 +101,7 @@ def test_an_existing_cluster_by_address_runs_the_shards_and_matches_a_single_pro
     with Client(external_cluster) as client:  # the shards ran in the cluster's processes, not in this one
         prefixes = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
         ran_a_shard = client.run(lambda: "vaepipe.embed" in sys.modules and "flows.common" in sys.modules)
-    assert "embed_shard_task" in prefixes
+    assert "embed_shard" in prefixes  # the embed-shard task (vaepipe.embed.embed_shard)
     assert len(ran_a_shard) == 2 and any(ran_a_shard.values())
 
 

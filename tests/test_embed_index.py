@@ -18,7 +18,8 @@ from vaepipe.images import load_array, to_float
 from vaepipe.index import SearchIndex, build_index, load_vectors, prepare
 from vaepipe.ingest import ingest, read_ok
 from vaepipe.model import load_checkpoint
-from vaepipe.store import VaepipeError, embedding_schema
+from vaepipe.errors import VaepipeError
+from vaepipe.store import embedding_schema
 
 
 def _mid(wd):

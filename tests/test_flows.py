@@ -11,7 +11,8 @@ from PIL import Image
 
 from conftest import FAST_TRAIN, write_fmnist, write_mixed
 from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig
-from vaepipe.store import MANIFEST_SCHEMA, NEIGHBOURS_SCHEMA, VaepipeError, embedding_schema
+from vaepipe.errors import VaepipeError
+from vaepipe.store import MANIFEST_SCHEMA, NEIGHBOURS_SCHEMA, embedding_schema
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

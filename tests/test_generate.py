@@ -36,7 +36,7 @@ def test_samples_that_fail_leave_no_samples_folder(built, fmnist_dir, tmp_path):
     """--between naming a file that cannot be read fails after the samples were drawn: nothing looks finished."""
     import pytest
 
-    from vaepipe.store import VaepipeError
+    from vaepipe.errors import VaepipeError
 
     mid = json.loads(built.collection.read_text())["model_id"]
     with pytest.raises(VaepipeError, match="cannot read"):

@@ -20,7 +20,8 @@ from vaepipe.index import build_index, load_vectors
 from vaepipe.ingest import ingest, inspect_file, scan
 from vaepipe.model import VAE, VAEConfig, save_checkpoint
 from vaepipe.query import query_folder
-from vaepipe.store import VaepipeError, checked_row_groups, embedding_schema
+from vaepipe.errors import VaepipeError
+from vaepipe.store import checked_row_groups, embedding_schema
 
 
 def vaepipe(*args, env=None):

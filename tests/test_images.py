@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from conftest import write_mixed
-from vaepipe.images import ImageError, ImageSpec, load_array, open_image, to_array
+from vaepipe.errors import ImageError
+from vaepipe.images import ImageSpec, load_array, open_image, to_array
 
 GREY28 = ImageSpec(28, 1, background=0)
 RGB32 = ImageSpec(32, 3, background=0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vaepipe.model import VAE, VAEConfig, checkpoint_config, folded, load_checkpoint, model_id, save_checkpoint
-from vaepipe.store import VaepipeError
+from vaepipe.errors import VaepipeError
 
 
 @pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 3)])

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from vaepipe.query import query_all, query_folder, query_list
-from vaepipe.store import NEIGHBOURS_SCHEMA, VaepipeError
+from vaepipe.errors import VaepipeError
+from vaepipe.store import NEIGHBOURS_SCHEMA
 
 from conftest import SERIAL
 

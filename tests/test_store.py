@@ -41,7 +41,7 @@ def test_temporaries_left_by_a_killed_run_are_removed_when_a_build_starts(tmp_pa
 def test_indexing_another_folder_into_a_workdir_is_refused_unless_asked(tmp_path):
     import pytest
 
-    from vaepipe.store import VaepipeError
+    from vaepipe.errors import VaepipeError
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

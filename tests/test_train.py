@@ -13,7 +13,8 @@ from vaepipe.config import IngestConfig, TrainConfig
 from vaepipe.embed import PosteriorMean
 from vaepipe.ingest import ingest, read_ok
 from vaepipe.model import load_checkpoint, model_id
-from vaepipe.store import VaepipeError, Workdir
+from vaepipe.errors import VaepipeError
+from vaepipe.store import Workdir
 from vaepipe.train import adopt_checkpoint, model_config_for, train
 
 

@@ -11,8 +11,11 @@ The library is plain Python (no Prefect). Stages, in data order:
     report      neighbour table -> runs/<run_id>/report.html; samples -> samples/<run_id>/index.html
     generate    model -> samples/<run_id>/*.png
 
-Shared pieces: config (every knob, one place), images (file -> tensor), model (the VAE),
-store (workdir layout, atomic writes, schemas, the build lock), progress (log lines, listeners),
+build (vaepipe.build.build) runs ingest -> train -> embed -> index in order, with the model-reuse policy, and
+publishes collection.json: the one call the CLI, the flows, the tests and the benchmarks build through.
+
+Shared pieces: errors (VaepipeError, ImageError), config (every knob, one place), images (file -> tensor),
+model (the VAE), store (workdir layout, atomic writes, schemas, the build lock), progress (log lines, listeners),
 fashion_mnist (the demo and benchmark data).
 """
 

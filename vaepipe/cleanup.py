@@ -32,7 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vaepipe.index import SearchIndex
-from vaepipe.store import VaepipeError, Workdir, file_path, sha256_file, write_json, write_parquet
+from vaepipe.errors import VaepipeError
+from vaepipe.store import Workdir, file_path, sha256_file, write_json, write_parquet
 
 log = logging.getLogger("vaepipe")
 

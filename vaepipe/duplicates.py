@@ -29,7 +29,8 @@ from vaepipe.config import IngestConfig
 from vaepipe.images import flatten, open_image, to_array, to_float
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
-from vaepipe.store import VaepipeError, file_path
+from vaepipe.errors import VaepipeError
+from vaepipe.store import file_path
 
 log = logging.getLogger("vaepipe")
 

@@ -278,11 +278,17 @@ def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, n
     return n_rows, failed
 
 
+def plan_embedding(manifest_path: Path, model_dir: Path, embeddings_dir: Path, cfg: EmbedConfig = EmbedConfig()
+                   ) -> tuple[Path, list[int], int, list[Path]]:
+    """plan_shards for this model's embeddings, in parts of cfg.part_rows."""
+    dim = checkpoint_config(Path(model_dir) / "model.pt").latent_dim
+    return plan_shards(manifest_path, embeddings_dir, dim, cfg.part_rows)
+
+
 def embed(root: Path, manifest_path: Path, model_dir: Path, embeddings_dir: Path,
           cfg: EmbedConfig = EmbedConfig(), device: torch.device | None = None) -> EmbedResult:
     """Embed everything not embedded yet, one shard after another in this process."""
-    dim = checkpoint_config(Path(model_dir) / "model.pt").latent_dim
-    plan, numbers, n_done, quarantined = plan_shards(manifest_path, embeddings_dir, dim, cfg.part_rows)
+    plan, numbers, n_done, quarantined = plan_embedding(manifest_path, model_dir, embeddings_dir, cfg)
     results = [embed_shard(root, model_dir, embeddings_dir, plan, number, cfg, device) for number in numbers]
     return EmbedResult(Path(embeddings_dir), Path(model_dir).name, sum(n for n, _ in results), n_done, quarantined,
                        [f for _, failed in results for f in failed])

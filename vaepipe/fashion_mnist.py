@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vaepipe.store import VaepipeError, write_json
+from vaepipe.errors import VaepipeError
+
+from vaepipe.store import write_json
 
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "fashion-mnist"

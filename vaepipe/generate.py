@@ -24,7 +24,8 @@ from vaepipe.images import load_array, to_float
 from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, load_checkpoint
 from vaepipe.report import write_samples_page
-from vaepipe.store import VaepipeError, atomic_path, file_path, read_json, write_json
+from vaepipe.errors import VaepipeError
+from vaepipe.store import atomic_path, file_path, read_json, write_json
 
 log = logging.getLogger("vaepipe")
 

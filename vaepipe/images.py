@@ -20,6 +20,8 @@ import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from vaepipe.errors import ImageError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -41,13 +43,6 @@ class ImageSpec:
     channels: int
     background: int = 0  # grey level behind transparent pixels (and in the letterbox bars)
     fit: str = "trim"
-
-
-class ImageError(Exception):
-    """A file that is not a usable image; the message is meant for a person.
-
-    Messages read "<kind>: <detail>": the kind is stable, so errors can be counted by reason.
-    """
 
 
 def open_image(path: str | Path, max_pixels: int, draft_size: int | None = None, shorter: bool = False) -> Image.Image:

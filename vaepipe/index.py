@@ -29,7 +29,8 @@ from faiss.contrib.ondisk import merge_ondisk
 
 from vaepipe.config import IndexConfig
 from vaepipe.ingest import read_ok
-from vaepipe.store import VaepipeError, atomic_path, fingerprint_of, read_json, write_json, write_parquet
+from vaepipe.errors import VaepipeError
+from vaepipe.store import atomic_path, fingerprint_of, read_json, write_json, write_parquet
 
 log = logging.getLogger("vaepipe")
 

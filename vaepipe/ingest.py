@@ -28,10 +28,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from vaepipe.config import IngestConfig
-from vaepipe.images import IMAGE_SUFFIXES, ImageError, inspect_image
+from vaepipe.errors import ImageError
+from vaepipe.images import IMAGE_SUFFIXES, inspect_image
 from vaepipe.progress import Progress
-from vaepipe.store import (MANIFEST_SCHEMA, VaepipeError, atomic_path, checked_row_groups, name_of, next_number,
-                           sha256_and_bytes, write_parquet)
+from vaepipe.errors import VaepipeError
+from vaepipe.store import (MANIFEST_SCHEMA, atomic_path, checked_row_groups, name_of, next_number, sha256_and_bytes, write_parquet)
 
 log = logging.getLogger("vaepipe")
 

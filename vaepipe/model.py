@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import io
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
@@ -27,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaepipe.errors import VaepipeError
 from vaepipe.images import ImageSpec
+from vaepipe.store import atomic_path
 
 
 @dataclass
@@ -251,10 +254,6 @@ def save_checkpoint(model: VAE, path: Path) -> None:
 def save_torch(obj: dict, path: Path) -> None:
     """torch.save, atomically, serialised in memory first: torch's writer reports a full disk as "file write
     failed", a plain write as OSError(ENOSPC), "No space left on device" (checkpoints are a few MB)."""
-    import io
-
-    from vaepipe.store import atomic_path
-
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     with atomic_path(path) as tmp:
@@ -263,8 +262,6 @@ def save_torch(obj: dict, path: Path) -> None:
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> VAE:
     """Load weights safely: never unpickles objects; refuses files that are not complete vaepipe checkpoints."""
-    from vaepipe.store import VaepipeError
-
     obj = _read_checkpoint(path)
     config = _config_of(path, obj)
     try:
@@ -282,8 +279,6 @@ def checkpoint_config(path: Path) -> VAEConfig:
 
 
 def _read_checkpoint(path: Path) -> dict:
-    from vaepipe.store import VaepipeError
-
     try:
         obj = torch.load(Path(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -301,8 +296,6 @@ def _read_checkpoint(path: Path) -> dict:
 
 
 def _config_of(path: Path, obj: dict) -> VAEConfig:
-    from vaepipe.store import VaepipeError
-
     known = {f.name for f in fields(VAEConfig)}
     # Checkpoints from before batch norm, and from before inputs were trimmed, have no such keys.
     config = {"batch_norm": False, "fit": "letterbox", **obj["config"]}

@@ -28,8 +28,8 @@ from vaepipe.ingest import inspect_file, scan
 from vaepipe.model import default_device, load_checkpoint
 from vaepipe.progress import Progress
 from vaepipe.report import write_query_report
-from vaepipe.store import (NEIGHBOURS_SCHEMA, VaepipeError, Workdir, atomic_path, file_path, new_run_id,
-                           write_json, write_parquet)
+from vaepipe.errors import VaepipeError
+from vaepipe.store import NEIGHBOURS_SCHEMA, Workdir, atomic_path, file_path, new_run_id, write_json, write_parquet
 
 log = logging.getLogger("vaepipe")
 

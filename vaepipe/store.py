@@ -25,11 +25,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vaepipe.errors import VaepipeError
+
 log = logging.getLogger("vaepipe")
-
-
-class VaepipeError(Exception):
-    """An expected failure (bad input, missing workdir, mismatched artefacts): shown without a traceback."""
 
 
 MANIFEST_SCHEMA = pa.schema(

@@ -24,7 +24,8 @@ from vaepipe.images import ALPHA_MODES, ImageSpec, is_colour, iter_image_batches
 from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, VAEConfig, default_device, exact_cudnn, load_checkpoint, model_id, save_checkpoint, save_torch
 from vaepipe.progress import Progress
-from vaepipe.store import VaepipeError, Workdir, file_path, fingerprint, read_json, write_json
+from vaepipe.errors import VaepipeError
+from vaepipe.store import Workdir, file_path, fingerprint, read_json, write_json
 
 log = logging.getLogger("vaepipe")
 
