@@ -182,3 +182,24 @@ def test_the_threshold_follows_what_the_model_was_trained_for(tmp_path):
         else:
             assert cal.sampled == 20 and 0.5 < cal.resave_similarity["0.5"] <= 1.0001
             assert cal.threshold == cal.resave_similarity["0.05"]
+
+
+def test_images_gone_since_indexing_are_a_few_warnings_not_one_per_image(built, tmp_path, caplog):
+    """A report of a collection whose files were moved away: the pages are written, ten images are named, and the
+    rest are counted in one line."""
+    from vaepipe.build import build
+    from vaepipe.config import BuildConfig
+
+    images = tmp_path / "images"
+    paths = write_fmnist(images, n=40)
+    wd = Workdir(tmp_path / "work")
+    model = built.model_dir(json.loads(built.collection.read_text())["model_id"]) / "model.pt"
+    build(images, wd, BuildConfig(ingest=IngestConfig(workers=1), embed=SERIAL), model=model)
+    for p in paths[:30]:
+        p.unlink()
+    with caplog.at_level("WARNING", logger="vaepipe"):
+        result = query_all(wd, k=3)
+    named = [r for r in caplog.records if "no thumbnail for" in r.getMessage()]
+    assert len(named) == 10
+    assert any("20 more images without a thumbnail" in r.getMessage() for r in caplog.records)
+    assert result.report.exists() and "missing" in result.report.read_text()

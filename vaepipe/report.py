@@ -24,6 +24,7 @@ from vaepipe.store import atomic_path, file_path
 log = logging.getLogger("vaepipe")
 
 THUMB_SIDE = 96
+WARNED_FAILURES = 10
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
@@ -49,6 +50,7 @@ class Thumbs:
 
     def __post_init__(self) -> None:
         self.done: dict[str, str | None] = {}
+        self.failed = 0  # images without a thumbnail; the first WARNED_FAILURES are logged one by one
 
     def make(self, items: Iterable[tuple[str, Path]], workers: int = 0) -> None:
         """Write the thumbnails of (sha256, source) pairs not made yet, on `workers` threads (0: one per core):
@@ -74,7 +76,9 @@ class Thumbs:
                     img.save(self.folder / name, format="JPEG", quality=90)
                 self.done[sha256] = f"{self.link_prefix}/{name}"
             except Exception as e:  # Pillow raises anything on a damaged file: no thumbnail, the report goes on
-                log.warning("report: no thumbnail for %s (%s)", source, e)
+                self.failed += 1
+                if self.failed <= WARNED_FAILURES:
+                    log.warning("report: no thumbnail for %s (%s)", source, e)
                 self.done[sha256] = None
         return self.done[sha256]
 
@@ -145,6 +149,9 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
         body += f"<h2>Neighbours</h2>{''.join(page_blocks)}{nav}"
         with atomic_path(run_dir / name) as tmp:
             tmp.write_text(_page("vaepipe report", body))
+    if thumbs.failed > WARNED_FAILURES:  # a moved or deleted folder is one line, not one per image
+        log.warning("report: %d more images without a thumbnail (changed, moved or unreadable since they were "
+                    "indexed)", thumbs.failed - WARNED_FAILURES)
     log.info("report: %s (%d pages, %d thumbnails)", run_dir / "report.html", len(pages), len(thumbs.done))
     return run_dir / "report.html"
 
