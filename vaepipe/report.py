@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class Thumbs:
     def __post_init__(self) -> None:
         self.done: dict[str, str | None] = {}
         self.failed = 0  # images without a thumbnail; the first WARNED_FAILURES are logged one by one
+        self._lock = threading.Lock()  # make() runs link() on several threads
 
     def make(self, items: Iterable[tuple[str, Path]], workers: int = 0) -> None:
         """Write the thumbnails of (sha256, source) pairs not made yet, on `workers` threads (0: one per core):
@@ -76,8 +78,10 @@ class Thumbs:
                     img.save(self.folder / name, format="JPEG", quality=90)
                 self.done[sha256] = f"{self.link_prefix}/{name}"
             except Exception as e:  # Pillow raises anything on a damaged file: no thumbnail, the report goes on
-                self.failed += 1
-                if self.failed <= WARNED_FAILURES:
+                with self._lock:
+                    self.failed += 1
+                    named = self.failed <= WARNED_FAILURES
+                if named:
                     log.warning("report: no thumbnail for %s (%s)", source, e)
                 self.done[sha256] = None
         return self.done[sha256]
