@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaepipe.config import BuildConfig, EmbedConfig
-from vaepipe.embed import EmbedResult, embed_shard, plan_embedding
+from vaepipe.embed import EmbedResult, embed_shards_here, plan_embedding
 from vaepipe.index import IndexResult, build_index
 from vaepipe.ingest import IngestResult, ingest
 from vaepipe.store import Workdir
@@ -27,12 +27,6 @@ log = logging.getLogger("vaepipe")
 
 # (images, model_dir, embeddings_dir, plan, shard numbers, config) -> (rows embedded, failed files) per shard
 ShardRunner = Callable[[Path, Path, Path, Path, list[int], EmbedConfig], list[tuple[int, list[tuple[str, str]]]]]
-
-
-def embed_shards_here(images: Path, model_dir: Path, embeddings_dir: Path, plan: Path, numbers: list[int],
-                      cfg: EmbedConfig) -> list[tuple[int, list[tuple[str, str]]]]:
-    """The shards of a plan one after another in this process."""
-    return [embed_shard(images, model_dir, embeddings_dir, plan, number, cfg) for number in numbers]
 
 
 @dataclass

@@ -285,11 +285,18 @@ def plan_embedding(manifest_path: Path, model_dir: Path, embeddings_dir: Path, c
     return plan_shards(manifest_path, embeddings_dir, dim, cfg.part_rows)
 
 
+def embed_shards_here(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, numbers: list[int],
+                      cfg: EmbedConfig = EmbedConfig(), device: torch.device | None = None
+                      ) -> list[tuple[int, list[tuple[str, str]]]]:
+    """The shards of a plan one after another in this process: (rows embedded, failed files) per shard."""
+    return [embed_shard(root, model_dir, embeddings_dir, plan, number, cfg, device) for number in numbers]
+
+
 def embed(root: Path, manifest_path: Path, model_dir: Path, embeddings_dir: Path,
           cfg: EmbedConfig = EmbedConfig(), device: torch.device | None = None) -> EmbedResult:
     """Embed everything not embedded yet, one shard after another in this process."""
     plan, numbers, n_done, quarantined = plan_embedding(manifest_path, model_dir, embeddings_dir, cfg)
-    results = [embed_shard(root, model_dir, embeddings_dir, plan, number, cfg, device) for number in numbers]
+    results = embed_shards_here(root, model_dir, embeddings_dir, plan, numbers, cfg, device)
     return EmbedResult(Path(embeddings_dir), Path(model_dir).name, sum(n for n, _ in results), n_done, quarantined,
                        [f for _, failed in results for f in failed])
 
