@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test-deps bench-deps demo lint test clean
+.PHONY: setup test-deps bench-deps demo lint test test-fast clean
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -41,8 +41,11 @@ bench-deps: setup  ## the benchmarks' Debian packages and their peers (imagehash
 lint: setup  ## ruff: pyflakes and pycodestyle's error classes on the whole tree (pyproject.toml)
 	$(VENV)/bin/ruff check .
 
-test: setup test-deps lint
+test: setup test-deps lint  ## the whole suite, as CI runs it
 	$(VENV)/bin/python -m pytest
+
+test-fast: setup lint  ## the edit loop: every test but the quality guards, the server and the integration tests
+	$(VENV)/bin/python -m pytest -m "not slow and not server and not integration"
 
 clean:
 	rm -rf work demo-data

@@ -10,8 +10,17 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import write_fmnist
+from helpers import write_fmnist
 from test_cli import vaepipe
+
+pytestmark = pytest.mark.integration  # subprocesses, servers and clusters: minutes (make test-fast skips)
+
+
+@pytest.fixture(autouse=True)
+def _the_suite_s_server(prefect_server, monkeypatch):
+    """The commands report to the suite's Prefect server rather than each starting a temporary one (test_cli tests
+    that path)."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:

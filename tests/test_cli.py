@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import write_fmnist, write_mixed
+from helpers import write_fmnist, write_mixed
+
+pytestmark = pytest.mark.integration  # subprocesses, servers and clusters: minutes (make test-fast skips)
 
 
 def vaepipe(*args, env=None, check=True):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +18,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import copies
+from helpers import SERIAL
 
-import copies  # noqa: E402
-from conftest import SERIAL  # noqa: E402
-
-from vaepipe.config import IngestConfig, TrainConfig  # noqa: E402
-from vaepipe.embed import embed  # noqa: E402
-from vaepipe.index import build_index  # noqa: E402
-from vaepipe.ingest import ingest  # noqa: E402
-from vaepipe.query import query_all  # noqa: E402
-from vaepipe.store import Workdir  # noqa: E402
-from vaepipe.train import train  # noqa: E402
+from vaepipe.config import IngestConfig, TrainConfig
+from vaepipe.embed import embed
+from vaepipe.index import build_index
+from vaepipe.ingest import ingest
+from vaepipe.query import query_all
+from vaepipe.store import Workdir
+from vaepipe.train import train
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FAST_TRAIN, free_port, stop_group, write_fmnist
+from helpers import FAST_TRAIN, free_port, stop_group, write_fmnist
 from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig
 from vaepipe.index import load_vectors
 from vaepipe.query import query_all

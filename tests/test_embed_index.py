@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import SERIAL, write_fmnist
+from helpers import SERIAL, write_fmnist
 from vaepipe.config import EmbedConfig, IndexConfig, IngestConfig
 from vaepipe.embed import embed, plan_shards
 from vaepipe.images import load_array, to_float

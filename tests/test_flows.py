@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import FAST_TRAIN, write_fmnist, write_mixed
+from helpers import FAST_TRAIN, write_fmnist, write_mixed
 from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig
 from vaepipe.errors import VaepipeError
 from vaepipe.store import MANIFEST_SCHEMA, NEIGHBOURS_SCHEMA, embedding_schema

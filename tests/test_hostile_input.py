@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import SERIAL, write_fmnist
+from helpers import SERIAL, write_fmnist
 from hostile import write_hostile
 from vaepipe.config import IngestConfig
 from vaepipe.embed import content_keys, embed, embedded_contents

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_mixed
+from helpers import write_mixed
 from vaepipe.errors import ImageError
 from vaepipe.images import ImageSpec, load_array, open_image, to_array
 

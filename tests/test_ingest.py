@@ -5,7 +5,7 @@ import random
 
 import pyarrow.parquet as pq
 
-from conftest import write_fmnist, write_mixed
+from helpers import write_fmnist, write_mixed
 from vaepipe.config import IngestConfig
 from vaepipe.ingest import ingest, read_ok, scan, walk
 from vaepipe.store import MANIFEST_SCHEMA, sha256_file

@@ -7,14 +7,9 @@ precision@10. Smaller runs do not beat pixels yet (3,000 x 2 epochs: 0.621 vs 0.
 0.784, a tie), so a regression in training, embedding or search shows up here as a loss to pixels.
 """
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import quality  # noqa: E402
+import quality
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import FAST_TRAIN, write_fmnist
+from helpers import FAST_TRAIN, write_fmnist
 from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig
 from vaepipe.query import query_all
 from vaepipe.store import Workdir

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FAST_TRAIN, SERIAL, write_fmnist
+from helpers import FAST_TRAIN, SERIAL, write_fmnist
 from vaepipe.config import IngestConfig
 from vaepipe.embed import embed
 from vaepipe.generate import generate

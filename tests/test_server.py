@@ -13,7 +13,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import free_port, stop_group, write_fmnist
+from helpers import free_port, stop_group, write_fmnist
 
 pytestmark = pytest.mark.server
 REPO = Path(__file__).resolve().parents[1]
