@@ -103,6 +103,8 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument("--queries", type=Path, metavar="DIR", help="folder of query images (not added to the index)")
     what.add_argument("--list", type=Path, metavar="FILE", help="text file of collection paths, one per line")
     what.add_argument("--all", action="store_true", help="every indexed image against the rest")
+    what.add_argument("--image", type=Path, action="append", metavar="FILE",
+                      help="look up one image file (repeatable): prints its neighbours, writes no run folder")
     s.add_argument("-k", type=int, default=10, help="neighbours per query (default %(default)s)")
     s.add_argument("--threshold", type=float, help="with --all: similarity for near-duplicate pairs "
                    "(default: 0.97 for models trained for copies, the default for photos, art and icons; for "
@@ -143,6 +145,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 1 unexpected failure (with a traceback), 2 bad input or request (one line, nothing changed)."""
     args = parser().parse_args(argv)
+    if args.command == "query" and args.image:
+        return _look_up(args)
     if args.quiet:
         os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"  # read when prefect is first imported
         logging.getLogger("vaepipe").setLevel(logging.WARNING)
@@ -165,6 +169,29 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for key, value in summary.items():
         print(f"{key:>28}: {format_value(value)}")
+    return 0
+
+
+def _look_up(a: argparse.Namespace) -> int:
+    """`query --image`: a lookup, not a job; the library answers in this process (no Prefect run, no run folder)."""
+    try:
+        _require_dir(a.workdir, "workdir")
+        if a.k <= 0:
+            raise VaepipeError(f"-k must be at least 1, got {a.k}")
+        from vaepipe.query import search_files
+
+        found = search_files(Workdir(a.workdir), a.image, k=a.k)
+    except VaepipeError as e:
+        print(f"vaepipe: error: {e}", file=sys.stderr)
+        return 2
+    for name, reason in found.skipped:
+        print(f"vaepipe: skipped {name}: {reason}", file=sys.stderr)
+    rows = found.table.to_pylist()
+    for name in dict.fromkeys(r["query_path"] for r in rows):
+        print(name)
+        for r in rows:
+            if r["query_path"] == name:
+                print(f"  {r['rank']:>3}  {r['similarity']:.4f}  {r['neighbour_path']}")
     return 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_fmnist
+from helpers import write_fmnist
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -25,6 +25,10 @@ def test_the_readme_python_example_builds_and_queries_a_folder(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("40 images, model ")
-    assert "query_path" in lines[1] and "similarity" in lines[1]
-    assert len(lines) == 2 + 10  # header and the first ten neighbour rows
-    assert (tmp_path / "work" / "collection.json").exists()
+    assert lines[1].split() == ["query_path", "rank", "neighbour_path", "similarity"]
+    assert len(lines) == 2 + 10 + 1 + 3 + 1  # the first ten rows of every image's neighbours, one file's three, the report
+    first = sorted(p for p in (tmp_path / "images").rglob("*") if p.is_file())[0]
+    rank1 = lines[13].split()
+    assert rank1[1] == "1" and rank1[2] == first.relative_to(tmp_path / "images").as_posix()  # the file finds itself
+    assert float(rank1[3]) > 0.99
+    assert lines[-1].endswith("report.html") and Path(lines[-1]).is_file()

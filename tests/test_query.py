@@ -1,19 +1,22 @@
-"""Bulk queries: every image against the rest, a list of collection paths, a folder of outside images."""
+"""Bulk queries (every image against the rest, a list of collection paths, a folder of outside images) and search
+as data (search_collection, search_files), on one real model and index."""
 
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vaepipe.query import query_all, query_folder, query_list
+from vaepipe.query import query_all, query_folder, query_list, search_collection, search_files
 from vaepipe.errors import VaepipeError
 from vaepipe.store import NEIGHBOURS_SCHEMA
 
-from conftest import SERIAL
+from helpers import SERIAL
 
 
 def _check_table(result, k):
@@ -127,3 +130,51 @@ def test_a_run_that_fails_leaves_no_run_folder_that_looks_finished(built_copy, m
     with built_copy.lock():
         pass
     assert not any(p.exists() for p in new)
+
+
+def test_search_as_data_gives_the_bulk_job_s_rows_and_writes_nothing(built_copy, fmnist_dir, tmp_path):
+    before = sorted(p.relative_to(built_copy.root) for p in built_copy.root.rglob("*"))
+    every = search_collection(built_copy, k=4)
+    assert every.table.schema.equals(NEIGHBOURS_SCHEMA) and not every.skipped
+    df = every.to_pandas()
+    assert set(df["run_id"]) == {""}
+    assert sorted(p.relative_to(built_copy.root) for p in built_copy.root.rglob("*")) == before  # nothing written
+    bulk = pq.read_table(query_all(built_copy, k=4, duplicates=False).neighbours).to_pandas()
+    cols = ["query_path", "rank", "neighbour_path"]
+    assert df[cols].equals(bulk[cols]) and np.allclose(df["similarity"], bulk["similarity"])
+
+    paths = sorted(df["query_path"].unique())[:3]
+    some = search_collection(built_copy, paths + ["not/there.png", "../escape.png"], k=2)
+    assert sorted(some.to_pandas()["query_path"].unique()) == paths
+    assert [reason.split(" ")[0] for _, reason in some.skipped] == ["not", "refused:"]
+
+    # Outside files: one path, a list (each named as given, an unreadable one skipped), a folder.
+    src = fmnist_dir / paths[0]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    copy = outside / "copy.jpg"
+    Image.open(src).convert("RGB").save(copy, quality=90)
+    one = search_files(built_copy, copy, k=3).to_pandas()
+    assert list(one["query_path"]) == [str(copy)] * 3 and one["neighbour_path"].iloc[0] == paths[0]
+    (outside / "broken.png").write_bytes(b"not a picture")
+    listed = search_files(built_copy, [copy, outside / "broken.png", outside / "missing.png"], k=1)
+    assert listed.to_pandas()["query_path"].tolist() == [str(copy)]
+    assert [name for name, _ in listed.skipped] == [str(outside / "broken.png"), str(outside / "missing.png")]
+    folder = search_files(built_copy, outside, k=1).to_pandas()
+    assert folder["query_path"].tolist() == ["copy.jpg"]  # broken.png: skipped
+    with pytest.raises(VaepipeError, match="no query image could be read"):
+        search_files(built_copy, [outside / "broken.png"])
+
+
+def test_the_cli_looks_one_image_up_without_a_run(built_copy, fmnist_dir, tmp_path):
+    src = sorted(fmnist_dir.rglob("*.png"))[7]
+    copy = tmp_path / "copy.png"
+    Image.open(src).resize((56, 56)).save(copy)
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "query", str(built_copy.root), "--image", str(copy),
+                           "--image", str(tmp_path / "gone.png"), "-k", "2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == str(copy) and len(lines) == 3
+    assert lines[1].split()[0] == "1" and lines[1].split()[2] == src.relative_to(fmnist_dir).as_posix()
+    assert "skipped " + str(tmp_path / "gone.png") in done.stderr
+    assert not built_copy.root.joinpath("runs").exists() or not any(built_copy.root.joinpath("runs").iterdir())

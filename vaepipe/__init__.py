@@ -6,7 +6,8 @@ The library is plain Python (no Prefect). Stages, in data order:
     train       manifest -> models/<model_id>/ (VAE weights, config, per-epoch metrics)
     embed       manifest + model -> embeddings/<model_id>/part-*.parquet (posterior means)
     index       embeddings -> index/<model_id>/ (FAISS index, row ids, index.json)
-    query       index + queries -> runs/<run_id>/neighbours.parquet
+    query       index + queries -> neighbour rows as data (search_files, search_collection) or, as a bulk job,
+                runs/<run_id>/neighbours.parquet (query_folder, query_list, query_all)
     duplicates  an all-against-all table -> exact and near-duplicate groups
     report      neighbour table -> runs/<run_id>/report.html; samples -> samples/<run_id>/index.html
     generate    model -> samples/<run_id>/*.png

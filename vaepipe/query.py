@@ -1,10 +1,15 @@
-"""Stage 5: bulk query jobs -> runs/<run_id>/neighbours.parquet.
+"""Stage 5: search the index, as data (search_files, search_collection) or as bulk jobs (runs/<run_id>/).
 
-Three ways to say what to look for:
-  query_folder  images outside the collection, embedded with the collection's model (not added to the index);
+Search as data, for a notebook or a script: the rows come back as a `Neighbours` (an Arrow table with the columns
+of neighbours.parquet, `.to_pandas()`), nothing is written:
+  search_files       image files outside the collection (one, a list, or a folder), embedded with its model;
+  search_collection  collection images by path, or every one (paths=None), self excluded.
+Bulk jobs write a run folder (neighbours.parquet, run.json, report.html; duplicates.parquet for --all):
+  query_folder  images outside the collection (not added to the index);
   query_list    a text file naming collection images (paths relative to the collection root), self excluded;
   query_all     every indexed image against the rest, self excluded (near-duplicate hunting).
-Searches run in batches, and rows stream to Parquet, so 1M queries need neither 1M calls nor 1M rows in RAM.
+Both search in batches (_neighbour_batches); bulk jobs stream each batch to Parquet, so 1M queries need neither
+1M calls nor 1M rows in RAM.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -48,6 +54,18 @@ class QueryResult:
     report: Path | None = None
     duplicates: Path | None = None  # duplicates.parquet, for --all runs
     n_duplicate_groups: int = 0
+
+
+@dataclass
+class Neighbours:
+    """Search results as data: one row per (query, neighbour) with the columns of neighbours.parquet
+    (store.NEIGHBOURS_SCHEMA; run_id is empty, as no run wrote them), and the queries that could not be searched,
+    with the reason (an unreadable file, a path not in the index)."""
+    table: pa.Table
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_pandas(self) -> pd.DataFrame:
+        return self.table.to_pandas()
 
 
 SKIPS_SHOWN = 10  # skipped queries logged one by one; run.json has them all
@@ -83,25 +101,92 @@ def query_folder(workdir: Workdir, query_dir: Path, k: int = 10, cfg: EmbedConfi
     files = scan(query_dir)
     if not files:
         raise VaepipeError(f"no files in query folder {query_dir}")
+    names, shas, vectors, skipped = _embed_outside(workdir, collection, index, [(query_dir, f) for f in files], cfg)
+    return _run(workdir, "folder", index, names, shas, lambda s: (vectors[s], False), None, k, skipped, t0,
+                {"queries": str(query_dir)}, query_root=query_dir)
+
+
+def search_files(workdir: Workdir, files: Path | Sequence[Path], k: int = 10, cfg: EmbedConfig = EmbedConfig()
+                 ) -> Neighbours:
+    """Neighbours in the collection of image files outside it: one file, a list of files, or a folder (every file
+    under it). query_path is each file as given (in a folder: relative to it). Files that cannot be read are
+    skipped with the reason; none at all readable is a VaepipeError."""
+    collection, index = open_index(workdir)
+    _check_k(k, index.meta["n"])
+    if isinstance(files, (str, os.PathLike)) and Path(files).is_dir():
+        root = Path(files).resolve()
+        items = [(root, f) for f in scan(root)]
+        if not items:
+            raise VaepipeError(f"no files in folder {root}")
+        names, shas, vectors, skipped = _embed_outside(workdir, collection, index, items, cfg)
+    else:
+        given = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
+        # Each file vetted where it is (a link the caller named is followed), named as the caller named it.
+        names, shas, vectors, skipped = _embed_outside(workdir, collection, index,
+                                                       [(f.resolve().parent, f.resolve()) for f in given], cfg,
+                                                       names=[str(f) for f in given])
+    if not names:
+        raise VaepipeError("no query image could be read: " + "; ".join(f"{n}: {r}" for n, r in skipped[:3]))
+    return _collect(index, names, shas, lambda s: (vectors[s], False), None, k, skipped)
+
+
+def search_collection(workdir: Workdir, paths: Sequence[str] | None = None, k: int = 10) -> Neighbours:
+    """Neighbours of collection images (paths relative to the collection root, as in neighbours.parquet), or of
+    every image (paths=None), each without itself. Paths not in the index are skipped with the reason."""
+    collection, index = open_index(workdir)
+    _check_k(k, index.meta["n"] - 1)
+    if paths is None:
+        rows, skipped = np.arange(index.meta["n"]), []
+    else:
+        rows_l, skipped = _rows_of(index, Path(collection["image_root"]), paths)
+        rows = np.asarray(rows_l, dtype=np.int64)
+    all_paths, all_shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
+    return _collect(index, [all_paths[r] for r in rows], [all_shas[r] for r in rows],
+                    lambda s: (index.stored_vectors(rows[s]), True), rows, k, skipped)
+
+
+def _embed_outside(workdir: Workdir, collection: dict, index: SearchIndex, items: list[tuple[Path, Path]],
+                   cfg: EmbedConfig, names: list[str] | None = None
+                   ) -> tuple[list[str], list[str], np.ndarray, list[tuple[str, str]]]:
+    """Embed files outside the collection, (folder, file) pairs, with its model: (names, sha256s, vectors, skipped)
+    of the files read; names are relative to each folder unless given."""
     model = load_checkpoint(workdir.model_dir(collection["model_id"]) / "model.pt", default_device())
     if model.config.latent_dim != index.dim:
         raise VaepipeError(f"the model embeds in dimension {model.config.latent_dim} but the index has {index.dim}: "
                            "the index was built with another model; rebuild with `vaepipe index`")
     # Vetted as the collection's files are (ingest.inspect_file): a FIFO, a symlink loop or a name that is not UTF-8
     # is a skipped query with its reason, not a hang or a crash.
-    rows = [inspect_file(query_dir, str(f), IngestConfig()) for f in files]
-    skipped = [(r["path"], r["error"]) for r in rows if r["status"] != "ok"]
-    rows = [r for r in rows if r["status"] == "ok"]
-    vectors = np.zeros((len(rows), index.dim), np.float32)
-    good = np.zeros(len(rows), bool)
-    for idx, mu, errors in encode_files(model, [file_path(query_dir, r["path"]) for r in rows], cfg.batch_size, cfg.workers):
+    rows = [inspect_file(root, str(f), IngestConfig()) for root, f in items]
+    names = names or [r["path"] for r in rows]
+    skipped = [(n, r["error"]) for n, r in zip(names, rows) if r["status"] != "ok"]
+    ok = [i for i, r in enumerate(rows) if r["status"] == "ok"]
+    vectors = np.zeros((len(ok), index.dim), np.float32)
+    good = np.zeros(len(ok), bool)
+    workers = cfg.workers if len(ok) > cfg.batch_size else 0  # starting decoding processes costs more than a batch
+    paths = [file_path(items[i][0], rows[i]["path"]) for i in ok]
+    for idx, mu, errors in encode_files(model, paths, cfg.batch_size, workers):
         vectors[idx], good[idx] = mu, True
-        skipped += [(rows[i]["path"], reason) for i, reason in errors]
-    names = [r["path"] for r, g in zip(rows, good) if g]
-    shas = [r["sha256"] for r, g in zip(rows, good) if g]
-    vectors = vectors[good]
-    return _run(workdir, "folder", index, names, shas, lambda s: (vectors[s], False), None, k, skipped, t0,
-                {"queries": str(query_dir)}, query_root=query_dir)
+        skipped += [(names[ok[j]], reason) for j, reason in errors]
+    return ([names[i] for i, g in zip(ok, good) if g], [rows[i]["sha256"] for i, g in zip(ok, good) if g],
+            vectors[good], skipped)
+
+
+def _rows_of(index: SearchIndex, root: Path, names: Sequence[str]) -> tuple[list[int], list[tuple[str, str]]]:
+    """Index rows of collection images named relative to the root (or absolute inside it); the rest skipped."""
+    row_of = {p: i for i, p in enumerate(index.ids["path"].to_pylist())}
+    rows: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    for name in names:
+        rel = Path(name)
+        if rel.is_absolute() and rel.is_relative_to(root) and ".." not in rel.parts:
+            rel = rel.relative_to(root)
+        if rel.is_absolute() or ".." in rel.parts:
+            skipped.append((name, "refused: paths must be inside the collection root, without '..'"))
+        elif rel.as_posix() not in row_of:
+            skipped.append((name, "not in the index (not in the collection, or not a usable image)"))
+        else:
+            rows.append(row_of[rel.as_posix()])
+    return rows, skipped
 
 
 def query_list(workdir: Workdir, list_file: Path, k: int = 10) -> QueryResult:
@@ -110,9 +195,7 @@ def query_list(workdir: Workdir, list_file: Path, k: int = 10) -> QueryResult:
     t0 = time.monotonic()
     collection, index = open_index(workdir)
     _check_k(k, index.meta["n"] - 1)
-    root = Path(collection["image_root"])
-    row_of = {p: i for i, p in enumerate(index.ids["path"].to_pylist())}
-    rows: list[int] = []
+    names: list[str] = []
     skipped: list[tuple[str, str]] = []
     with open(list_file, "rb") as f:  # line by line: a list of a million paths is not read whole
         for number, raw in enumerate(f, start=1):
@@ -121,17 +204,10 @@ def query_list(workdir: Workdir, list_file: Path, k: int = 10) -> QueryResult:
             except UnicodeDecodeError:
                 skipped.append((f"line {number}", "not valid UTF-8"))
                 continue
-            if not name or name.startswith("#"):
-                continue
-            rel = Path(name)
-            if rel.is_absolute() and rel.is_relative_to(root) and ".." not in rel.parts:
-                rel = rel.relative_to(root)
-            if rel.is_absolute() or ".." in rel.parts:
-                skipped.append((name, "refused: paths must be inside the collection root, without '..'"))
-            elif rel.as_posix() not in row_of:
-                skipped.append((name, "not in the index (not in the collection, or not a usable image)"))
-            else:
-                rows.append(row_of[rel.as_posix()])
+            if name and not name.startswith("#"):
+                names.append(name)
+    rows, not_indexed = _rows_of(index, Path(collection["image_root"]), names)
+    skipped += not_indexed
     if not rows:
         raise VaepipeError(f"none of the paths in {list_file} is an indexed image of the collection")
     return _query_rows(workdir, "list", index, np.asarray(rows), k, skipped, t0, {"list": str(list_file)})
@@ -214,43 +290,60 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
     return result
 
 
+def _collect(index: SearchIndex, names: list[str], shas: list[str],
+             vectors_of: Callable[[slice], tuple[np.ndarray, bool]], self_rows: np.ndarray | None, k: int,
+             skipped: list[tuple[str, str]]) -> Neighbours:
+    batches = list(_neighbour_batches(index, names, shas, vectors_of, self_rows, k, run_id=""))
+    return Neighbours(pa.concat_tables(batches) if batches else NEIGHBOURS_SCHEMA.empty_table(), skipped)
+
+
 def _search_and_write(index: SearchIndex, out: Path, names: list[str], shas: list[str],
                       vectors_of: Callable[[slice], tuple[np.ndarray, bool]], self_rows: np.ndarray | None,
                       k: int, about: dict[str, str]) -> int:
-    """Search in batches and write neighbours.parquet; `about` (run, model, image root) goes into its columns
+    """Stream the search's batches to neighbours.parquet; `about` (run, model, image root) goes into its columns
     run_id and model_id and into the file's metadata (vaepipe.*)."""
+    n_rows = 0
+    metadata = {f"vaepipe.{key}": value for key, value in about.items()}
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, NEIGHBOURS_SCHEMA.with_metadata(metadata)) as writer:
+        for batch in _neighbour_batches(index, names, shas, vectors_of, self_rows, k, about["run_id"]):
+            writer.write_table(batch)
+            n_rows += batch.num_rows
+    return n_rows
+
+
+def _neighbour_batches(index: SearchIndex, names: list[str], shas: list[str],
+                       vectors_of: Callable[[slice], tuple[np.ndarray, bool]], self_rows: np.ndarray | None,
+                       k: int, run_id: str) -> Iterator[pa.Table]:
+    """Search SEARCH_BATCH queries at a time: the k nearest of each (without itself, where self_rows names the
+    query's own index row) as NEIGHBOURS_SCHEMA rows. vectors_of(slice) gives the queries' vectors and whether
+    they are already prepared for the index (stored vectors are)."""
     ids_path = np.asarray(index.ids["path"].to_pylist(), dtype=object)
     ids_sha = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
     names_a, shas_a = np.asarray(names, dtype=object), np.asarray(shas, dtype=object)
     extra = 1 if self_rows is not None else 0
     progress = Progress("query", len(names), unit="queries")
-    n_rows = 0
-    metadata = {f"vaepipe.{key}": value for key, value in about.items()}
-    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, NEIGHBOURS_SCHEMA.with_metadata(metadata)) as writer:
-        for start in range(0, len(names), SEARCH_BATCH):
-            s = slice(start, min(start + SEARCH_BATCH, len(names)))
-            vectors, prepared = vectors_of(s)
-            rows, dist, sim = index.search(vectors, k + extra, prepared=prepared)
-            keep = rows >= 0
-            if self_rows is not None:
-                keep &= rows != self_rows[s][:, None]
-            keep &= np.cumsum(keep, axis=1) <= k  # the first k that are not the query itself
-            q, col = np.nonzero(keep)
-            rank = (np.cumsum(keep, axis=1) * keep)[q, col]
-            nb = rows[q, col]
-            q += start
-            writer.write_table(pa.table({
-                "query_path": pa.array(names_a[q], pa.string()),
-                "query_sha256": pa.array(shas_a[q], pa.string()),
-                "rank": pa.array(rank, pa.int32()),
-                "neighbour_path": pa.array(ids_path[nb], pa.string()),
-                "neighbour_sha256": pa.array(ids_sha[nb], pa.string()),
-                "distance": pa.array(dist[keep], pa.float32()),
-                "similarity": pa.array(sim[keep], pa.float32()),
-                "run_id": pa.array([about["run_id"]] * len(q), pa.string()),
-                "model_id": pa.array([about["model_id"]] * len(q), pa.string()),
-            }, schema=NEIGHBOURS_SCHEMA))
-            n_rows += len(q)
-            progress.update(s.stop - s.start)
+    for start in range(0, len(names), SEARCH_BATCH):
+        s = slice(start, min(start + SEARCH_BATCH, len(names)))
+        vectors, prepared = vectors_of(s)
+        rows, dist, sim = index.search(vectors, k + extra, prepared=prepared)
+        keep = rows >= 0
+        if self_rows is not None:
+            keep &= rows != self_rows[s][:, None]
+        keep &= np.cumsum(keep, axis=1) <= k  # the first k that are not the query itself
+        q, col = np.nonzero(keep)
+        rank = (np.cumsum(keep, axis=1) * keep)[q, col]
+        nb = rows[q, col]
+        q += start
+        yield pa.table({
+            "query_path": pa.array(names_a[q], pa.string()),
+            "query_sha256": pa.array(shas_a[q], pa.string()),
+            "rank": pa.array(rank, pa.int32()),
+            "neighbour_path": pa.array(ids_path[nb], pa.string()),
+            "neighbour_sha256": pa.array(ids_sha[nb], pa.string()),
+            "distance": pa.array(dist[keep], pa.float32()),
+            "similarity": pa.array(sim[keep], pa.float32()),
+            "run_id": pa.array([run_id] * len(q), pa.string()),
+            "model_id": pa.array([index.meta["model_id"]] * len(q), pa.string()),
+        }, schema=NEIGHBOURS_SCHEMA)
+        progress.update(s.stop - s.start)
     progress.close()
-    return n_rows
