@@ -13,7 +13,7 @@ from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig, TrainConfig
 
 CONFIG = BuildConfig(
     ingest=IngestConfig(workers=1, checkpoint_every=50),
-    train=TrainConfig(epochs=3, batch_size=32, seed=0),
+    train=TrainConfig(epochs=3, batch_size=32, seed=0, checkpoint_minutes=0),  # state saved after every epoch
     embed=EmbedConfig(workers=0, part_rows=64, batch_size=32),
 )
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FAST_TRAIN, write_mixed
+from helpers import FAST_TRAIN, write_mixed
 from vaepipe.config import IngestConfig, TrainConfig
 from vaepipe.embed import PosteriorMean
 from vaepipe.ingest import ingest, read_ok
@@ -69,6 +69,18 @@ def test_time_budget_stops_training(fmnist_dir, built, tmp_path):
     wd = Workdir(tmp_path)
     result = train(fmnist_dir, built.manifest, wd, TrainConfig(epochs=50, max_minutes=0.0001), workers=0)
     assert len(result.metrics) == 1
+
+
+def test_training_state_is_saved_at_most_every_checkpoint_minutes(fmnist_dir, built, tmp_path, caplog, monkeypatch):
+    saved = []
+    monkeypatch.setattr("vaepipe.train.save_torch", lambda state, path: saved.append(len(state["metrics"])))
+    cfg = TrainConfig(epochs=3, batch_size=64, max_images=200, seed=0)
+    train(fmnist_dir, built.manifest, Workdir(tmp_path / "a"), cfg, workers=0)
+    assert saved == []  # three short epochs: under half a minute, nothing to lose
+    train(fmnist_dir, built.manifest, Workdir(tmp_path / "b"), replace(cfg, checkpoint_minutes=0), workers=0)
+    assert saved == [1, 2, 3]
+    with pytest.raises(VaepipeError, match="checkpoint minutes"):
+        train(fmnist_dir, built.manifest, Workdir(tmp_path / "c"), replace(cfg, checkpoint_minutes=-1))
 
 
 def test_model_shape_follows_the_data(tmp_path, fmnist_dir, built):

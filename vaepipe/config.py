@@ -63,6 +63,7 @@ class TrainConfig:
     seed: int = 0
     min_epochs: int = 11  # with epochs=None (see epochs_for)
     image_passes: int = 60_000  # with epochs=None (see epochs_for)
+    checkpoint_minutes: float = 0.5  # training state is saved at most this often: a killed run loses at most this much
     max_restarts: int = 3  # an epoch that collapses the model is redone from the state before it, at half the lr
     retrain_when_grown: float | None = None  # re-index retrains once the collection grew by this fraction (0.5 = +50%)
 
@@ -77,6 +78,8 @@ class TrainConfig:
             problems.append(f"epochs must be at least 1, not {self.epochs}")
         if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"batch size must be at least 1, not {self.batch_size}")
+        if not (math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0):
+            problems.append(f"checkpoint minutes must be 0 or more, not {self.checkpoint_minutes}")
         if not 0 <= self.background <= 255:
             problems.append(f"background must be a grey level from 0 to 255, not {self.background}")
         if self.invariance is not None and not (math.isfinite(self.invariance) and self.invariance >= 0):
