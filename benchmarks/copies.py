@@ -583,8 +583,6 @@ def main(argv: list[str] | None = None) -> dict:
         r["folders"][folder] = evaluate_folder(folder, args.data_root / args.split, truth[folder], cfg, work, not args.vae_only)
         log.info("copies: %s done", folder)
     r["seconds"] = time.monotonic() - t0
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"copies-{name}.json").write_text(json.dumps(r, indent=1, default=str) + "\n")
     md = "\n".join([f"Run `{name}` ({args.split}), {r['date']}, {r['machine']}. Command: `{r['command']}`"] + summary_rows(r)) + "\n"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"copies-{name}.json").write_text(json.dumps(r, indent=1, default=str) + "\n")
@@ -602,7 +600,8 @@ def print_table(pattern: str = "copies-*") -> None:
     print("| run | split | recipe | photos r@1 | clipart r@1 | icons r@1 | icon sizes top 10 | dup. precision / recall | worst edits (photos, clipart) | train s | ELBO |")
     print("|---|---|---|---:|---:|---:|---:|---|---|---:|---|")
     for r in sorted(runs, key=lambda r: r["date"]):
-        recipe = ", ".join(f"{k} {v}" for k, v in r["train_config"].items() if defaults.get(k) != v) or "defaults"
+        # Settings that were tried and dropped from TrainConfig since are left out.
+        recipe = ", ".join(f"{k} {v}" for k, v in r["train_config"].items() if k in defaults and defaults[k] != v) or "defaults"
         cells, worst, secs, elbo = [], [], [], []
         for folder in ("photos", "clipart", "icons"):
             f = r["folders"].get(folder)
