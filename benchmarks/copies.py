@@ -361,7 +361,7 @@ def build(folder: Path, workdir: Workdir, cfg: TrainConfig) -> dict:
 
 
 def product_vectors(workdir: Workdir, paths: list[Path]) -> np.ndarray:
-    model = load_checkpoint(workdir.model_dir(workdir.read_collection()["model_id"]) / "model.pt")
+    model = load_checkpoint(workdir.model_file(workdir.read_collection()["model_id"]))
     out = np.zeros((len(paths), model.config.latent_dim), np.float32)
     for idx, mu, errors in encode_files(model, paths, 256, 2):
         out[idx] = mu

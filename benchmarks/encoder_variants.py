@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=REPO / "work" / "demo")
     args = ap.parse_args()
     wd = Workdir(args.workdir)
-    model = load_checkpoint(wd.model_dir(wd.read_collection()["model_id"]) / "model.pt", torch.device("cpu")).eval()
+    model = load_checkpoint(wd.model_file(wd.read_collection()["model_id"]), torch.device("cpu")).eval()
     images, _ = load_split("t10k")
     x = to_float(torch.from_numpy(images[:, None]))
     batches = x.split(256)

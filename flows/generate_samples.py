@@ -17,7 +17,7 @@ def generate_task(workdir: str, n: int, seed: int, between: tuple[str, str] | No
     wd = Workdir(Path(workdir))
     collection = wd.read_collection()
     mid = collection["model_id"]
-    return generate(wd.model_dir(mid) / "model.pt", Path(collection["image_root"]), wd.manifest,
+    return generate(wd.model_file(mid), Path(collection["image_root"]), wd.manifest,
                     wd.samples_dir(new_run_id("samples")), n=n, seed=seed, between=between)
 
 

@@ -33,7 +33,7 @@ def test_embeddings_are_posterior_means_with_the_documented_schema(built, fmnist
     assert table.schema.equals(embedding_schema(32))
     assert table.num_rows == len(set(read_ok(built.manifest)["sha256"].to_pylist()))
     assert set(table["model_id"].to_pylist()) == {mid}
-    model = load_checkpoint(built.model_dir(mid) / "model.pt")
+    model = load_checkpoint(built.model_file(mid))
     row = table.slice(7, 1).to_pylist()[0]
     x = to_float(torch.from_numpy(load_array(fmnist_dir / row["path"], model.config.spec))[None])
     with torch.no_grad():
@@ -212,7 +212,7 @@ def test_encoding_in_the_decoding_workers_gives_this_process_s_means_and_restore
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
     mid = json.loads(built.collection.read_text())["model_id"]
-    model = load_checkpoint(built.model_dir(mid) / "model.pt")
+    model = load_checkpoint(built.model_file(mid))
     (tmp_path / "bad.png").write_text("not an image")
     paths = sorted(Path(fmnist_dir).rglob("*.png"))[:300]
     paths.insert(77, tmp_path / "bad.png")

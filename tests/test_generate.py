@@ -10,7 +10,7 @@ from vaepipe.generate import VIEW_SIDE, generate
 
 def test_generate_writes_valid_pngs(built, fmnist_dir, tmp_path):
     mid = json.loads(built.collection.read_text())["model_id"]
-    result = generate(built.model_dir(mid) / "model.pt", fmnist_dir, built.manifest, tmp_path / "s", n=9,
+    result = generate(built.model_file(mid), fmnist_dir, built.manifest, tmp_path / "s", n=9,
                       n_reconstructions=4)
     names = {p.name for p in result.files}
     assert {f"sample-{i:04d}.png" for i in range(9)} <= names
@@ -40,7 +40,7 @@ def test_samples_that_fail_leave_no_samples_folder(built, fmnist_dir, tmp_path):
 
     mid = json.loads(built.collection.read_text())["model_id"]
     with pytest.raises(VaepipeError, match="cannot read"):
-        generate(built.model_dir(mid) / "model.pt", fmnist_dir, built.manifest, tmp_path / "s", n=4,
+        generate(built.model_file(mid), fmnist_dir, built.manifest, tmp_path / "s", n=4,
                  between=("no/such.png", "no/other.png"))
     assert not (tmp_path / "s").exists()
 
@@ -55,7 +55,7 @@ def test_fitted_latent_matches_the_collections_codes(built, fmnist_dir, tmp_path
     from vaepipe.model import load_checkpoint
 
     mid = json.loads(built.collection.read_text())["model_id"]
-    model = load_checkpoint(built.model_dir(mid) / "model.pt")
+    model = load_checkpoint(built.model_file(mid))
     images = _load(fmnist_dir, read_ok(built.manifest)["path"].to_pylist(), model.config.spec)
     with torch.no_grad():
         codes = model.encode(images)[0].double()
@@ -66,6 +66,6 @@ def test_fitted_latent_matches_the_collections_codes(built, fmnist_dir, tmp_path
     assert torch.allclose(torch.cov(z.T), torch.cov(codes.T), atol=0.02 * scale)
     assert not torch.allclose(torch.cov(codes.T), torch.eye(len(mean), dtype=torch.float64), atol=0.1)
 
-    result = generate(built.model_dir(mid) / "model.pt", fmnist_dir, built.manifest, tmp_path / "s", n=4)
+    result = generate(built.model_file(mid), fmnist_dir, built.manifest, tmp_path / "s", n=4)
     assert "grid-fitted.png" in {p.name for p in result.files}
     assert "grid-fitted.png" in result.page.read_text()

@@ -195,7 +195,7 @@ def test_bad_requests_fail_cleanly_and_change_nothing(built_copy, tmp_path, case
 
 def test_query_with_a_model_of_another_dimension_is_refused(built_copy, fmnist_dir):
     collection = json.loads(built_copy.collection.read_text())
-    save_checkpoint(VAE(VAEConfig(latent_dim=16)), built_copy.model_dir(collection["model_id"]) / "model.pt")
+    save_checkpoint(VAE(VAEConfig(latent_dim=16)), built_copy.model_file(collection["model_id"]))
     queries = sorted(fmnist_dir.rglob("*.png"))[0].parent
     with pytest.raises(VaepipeError, match="dimension 16 but the index has 32.*rebuild"):
         query_folder(built_copy, queries, k=3, cfg=SERIAL)

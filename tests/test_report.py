@@ -150,7 +150,7 @@ def test_groups_join_pairs_above_the_threshold_whatever_k(tmp_path):
 
 def test_samples_page_shows_every_picture(built, fmnist_dir, tmp_path):
     mid = json.loads(built.collection.read_text())["model_id"]
-    result = generate(built.model_dir(mid) / "model.pt", fmnist_dir, built.manifest, tmp_path / "s", n=8)
+    result = generate(built.model_file(mid), fmnist_dir, built.manifest, tmp_path / "s", n=8)
     assert result.page == tmp_path / "s" / "index.html"
     check = render(result.page)
     assert check["broken"] == 0 and check["images"] == 4 + 8  # prior and fitted grids, reconstructions, interpolation

@@ -134,7 +134,7 @@ def test_too_few_images_is_a_clear_error(tmp_path):
 
 def test_adopting_a_checkpoint_keeps_its_id(built, tmp_path):
     mid = json.loads(built.collection.read_text())["model_id"]
-    adopted = adopt_checkpoint(built.model_dir(mid) / "model.pt", built.manifest, Workdir(tmp_path))
+    adopted = adopt_checkpoint(built.model_file(mid), built.manifest, Workdir(tmp_path))
     assert adopted.model_id == mid and (adopted.model_dir / "model.pt").exists()
 
 
@@ -143,7 +143,7 @@ def test_checkpoint_for_other_input_is_refused(built, tmp_path):
     write_mixed(tmp_path / "colour")
     ingest(tmp_path / "colour", tmp_path / "m.parquet", IngestConfig(workers=1))
     with pytest.raises(VaepipeError, match="1-channel 28x28 input, but this collection calls for 3-channel 32x32"):
-        adopt_checkpoint(built.model_dir(mid) / "model.pt", tmp_path / "m.parquet", Workdir(tmp_path / "wd"))
+        adopt_checkpoint(built.model_file(mid), tmp_path / "m.parquet", Workdir(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()
 
 

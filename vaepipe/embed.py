@@ -24,7 +24,8 @@ from vaepipe.config import EmbedConfig, usable_cores
 from vaepipe.images import ImageSpec, iter_image_batches, to_float
 from vaepipe.model import VAE, checkpoint_config, default_device, exact_cudnn, folded, load_checkpoint
 from vaepipe.progress import Progress
-from vaepipe.store import atomic_path, checked_row_groups, embedding_schema, file_path, next_number, row_groups
+from vaepipe.store import (MODEL_FILE, atomic_path, checked_row_groups, embedding_schema, file_path, next_number,
+                           row_groups)
 
 log = logging.getLogger("vaepipe")
 
@@ -241,7 +242,7 @@ def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, n
     a shard holds one row group of vectors, not one per image of the part.
     """
     shard = load_shard(plan, number)
-    model = load_checkpoint(Path(model_dir) / "model.pt", device or default_device())
+    model = load_checkpoint(Path(model_dir) / MODEL_FILE, device or default_device())
     schema = embedding_schema(model.config.latent_dim)
     part = Path(embeddings_dir) / f"part-{shard.number:05d}.parquet"
     n_rows = 0
@@ -281,7 +282,7 @@ def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, n
 def plan_embedding(manifest_path: Path, model_dir: Path, embeddings_dir: Path, cfg: EmbedConfig = EmbedConfig()
                    ) -> tuple[Path, list[int], int, list[Path]]:
     """plan_shards for this model's embeddings, in parts of cfg.part_rows."""
-    dim = checkpoint_config(Path(model_dir) / "model.pt").latent_dim
+    dim = checkpoint_config(Path(model_dir) / MODEL_FILE).latent_dim
     return plan_shards(manifest_path, embeddings_dir, dim, cfg.part_rows)
 
 

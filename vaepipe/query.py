@@ -150,7 +150,7 @@ def _embed_outside(workdir: Workdir, collection: dict, index: SearchIndex, items
                    ) -> tuple[list[str], list[str], np.ndarray, list[tuple[str, str]]]:
     """Embed files outside the collection, (folder, file) pairs, with its model: (names, sha256s, vectors, skipped)
     of the files read; names are relative to each folder unless given."""
-    model = load_checkpoint(workdir.model_dir(collection["model_id"]) / "model.pt", default_device())
+    model = load_checkpoint(workdir.model_file(collection["model_id"]), default_device())
     if model.config.latent_dim != index.dim:
         raise VaepipeError(f"the model embeds in dimension {model.config.latent_dim} but the index has {index.dim}: "
                            "the index was built with another model; rebuild with `vaepipe index`")
@@ -222,7 +222,7 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
     if threshold is not None:
         check_threshold(threshold)
     if duplicates and threshold is None:
-        model = load_checkpoint(workdir.model_dir(collection["model_id"]) / "model.pt", default_device())
+        model = load_checkpoint(workdir.model_file(collection["model_id"]), default_device())
         calibration = calibrate_threshold(model, index, Path(collection["image_root"]))
         threshold = calibration.threshold
         params["duplicate_calibration"] = calibration.to_dict()

@@ -70,6 +70,9 @@ def embedding_schema(dim: int) -> pa.Schema:
     )
 
 
+MODEL_FILE = "model.pt"  # in models/<model_id>/
+
+
 @dataclass(frozen=True)
 class Workdir:
     """Where each artefact of a collection lives. Nothing else in vaepipe builds these paths."""
@@ -87,6 +90,10 @@ class Workdir:
 
     def model_dir(self, model_id: str) -> Path:
         return self.root / "models" / model_id
+
+    def model_file(self, model_id: str) -> Path:
+        """The model's checkpoint (model.save_checkpoint), beside its config.json and metrics.json."""
+        return self.model_dir(model_id) / MODEL_FILE
 
     @property
     def training_dir(self) -> Path:
