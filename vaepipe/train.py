@@ -96,6 +96,12 @@ def evaluate(model: VAE, images: torch.Tensor, batch_size: int = 512) -> dict[st
 @exact_cudnn()  # on a GPU too, one seed trains one model
 def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = TrainConfig(),
           workers: int = 2, device: torch.device | None = None) -> TrainResult:
+    """Train a VAE on the manifest's usable images and publish it under its model id.
+
+    The steps: the training set (one copy per content, held in RAM) and its held-out split; a fresh model, or the
+    state a killed run saved; epochs until the epoch count or the time budget, each checked for divergence or
+    collapse (redone from the state before it at half the learning rate); publish.
+    """
     try:
         cfg.validate()
     except ValueError as e:
@@ -103,25 +109,9 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
     device = device or default_device()
     ok = read_ok(manifest_path)
     vcfg = model_config_for(ok, cfg)
-    # One copy per distinct content: a duplicate on both sides of the split would flatter validation.
-    seen: dict[str, str] = {}
-    for path, sha in zip(ok["path"].to_pylist(), ok["sha256"].to_pylist()):
-        seen.setdefault(sha, path)
-    rel_paths = list(seen.values())
-    if len(rel_paths) < 2:
-        raise VaepipeError(f"need at least 2 distinct usable images to train a model, found {len(rel_paths)}; "
-                           "add images or pass --model CHECKPOINT")
     gen = torch.Generator().manual_seed(cfg.seed)
-    if len(rel_paths) > cfg.max_images:
-        pick = torch.randperm(len(rel_paths), generator=gen)[: cfg.max_images].tolist()
-        rel_paths = [rel_paths[i] for i in sorted(pick)]
-    images = load_images(root, rel_paths, vcfg.spec, workers)
-
-    order = torch.randperm(len(images), generator=gen)
-    n_val = max(1, int(len(images) * cfg.val_fraction))
-    # Validation sees the images as embedding does (composited onto the background), training the originals with alpha.
-    val = composited(images[order[:n_val]], vcfg.background).mul_(255).round_().to(torch.uint8)
-    tr = images[order[n_val:]]
+    rel_paths, images = _training_set(root, ok, vcfg, cfg, gen, workers)
+    tr, val = _split(images, vcfg, cfg, gen)
     log.info("train: %d images (%d train, %d held out), %s, device %s", len(images), len(tr), len(val), vcfg, device)
 
     epochs, batch_size = cfg.epochs_for(len(tr)), cfg.batch_for(len(tr))
@@ -134,18 +124,8 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
     # Training state is saved after an epoch every cfg.checkpoint_minutes, under a key of (data, recipe): a killed
     # run resumes there. (Saved after every epoch, a small collection's many short epochs spent half their time saving.)
     state_path = workdir.training_dir / fingerprint(*rel_paths, json.dumps(asdict(cfg), sort_keys=True)) / "state.pt"
-    metrics: list[dict] = []
-    step, elapsed = 0, 0.0
-    if state_path.exists():
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-            step = _restore(state, model, opt, sched, gen)
-            metrics, elapsed = state["metrics"], state["elapsed"]
-            log.info("train: resuming after epoch %d from %s", len(metrics), state_path)
-        except Exception as e:  # a damaged state file costs the epochs it held, nothing else
-            log.warning("train: cannot resume from %s (%s); starting again", state_path, e)
-            model, opt, sched = _fresh(vcfg, cfg, epochs * steps_per_epoch, device)
-            metrics, step, elapsed = [], 0, 0.0
+    model, opt, sched, step, metrics, elapsed = _resume(state_path, model, opt, sched, gen, vcfg, cfg,
+                                                       epochs * steps_per_epoch, device)
     start = time.monotonic() - elapsed
     last_save = time.monotonic()
     good = _snapshot(model, opt, sched, gen)  # the state to go back to if an epoch collapses the model
@@ -155,45 +135,25 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
     while epoch <= epochs:
         if cfg.max_minutes is not None and metrics and time.monotonic() - start > cfg.max_minutes * 60:
             break  # a resumed run whose budget was already spent
-        model.train()
-        t0, total, invariance = time.monotonic(), 0.0, 0.0
-        for batch_idx in torch.randperm(len(tr), generator=gen).split(batch_size):
-            beta = cfg.beta * min(1.0, (step + 1) / warmup_steps)  # KL warm-up against early collapse
-            out = _loss(model, tr[batch_idx], beta, cfg, gen, device)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
-            sched.step()
-            total += out["loss"].item() * len(batch_idx)
-            invariance += out["invariance"].item() * len(batch_idx) if "invariance" in out else 0.0
-            step += 1
-        seconds = time.monotonic() - t0
+        step, row = _epoch(model, opt, sched, tr, batch_size, cfg, gen, device, step, warmup_steps)
         ev = evaluate(model, val)
         # Batch norm on the means keeps the posterior from collapsing (BN-VAE); its running statistics can make the
         # held-out means look inactive for an epoch while the model is fine, so only divergence counts there.
         if _broke(ev, untrained_elbo, was_active and not vcfg.normalised_means) and restarts < cfg.max_restarts:
-            # A learning-rate spike can throw the encoder into a state where it ignores its input (its active
-            # units fall to none; seen on 64 px colour icons at lr 4e-3) and it never comes back, or blow the
-            # loss up. Go back to the state before this epoch and continue at half the learning rate.
             restarts += 1
             log.warning("train: epoch %d broke the model (val ELBO %.2f, %d active units): diverged or collapsed; going back to the "
                         "state before it and continuing at half the learning rate (restart %d of %d)",
                         epoch, ev["elbo"], ev["active_units"], restarts, cfg.max_restarts)
             step = _restore(good, model, opt, sched, gen)
-            for group in opt.param_groups:
-                for key in ("lr", "initial_lr", "max_lr", "min_lr"):
-                    if key in group:
-                        group[key] *= 0.5
+            _halve_lr(opt)
             good = _snapshot(model, opt, sched, gen)
             continue
-        row = {"epoch": epoch, "train_loss": total / max(len(tr), 1), "train_invariance": invariance / max(len(tr), 1),
-               "beta": beta, "seconds": seconds,
-               "images_per_second": len(tr) / seconds, "restarts": restarts, "peak_lr": opt.param_groups[0]["max_lr"],
+        row = {"epoch": epoch, **row, "restarts": restarts, "peak_lr": opt.param_groups[0]["max_lr"],
                **{f"val_{k}": v for k, v in ev.items()}}
         metrics.append(row)
         log.info("train: epoch %d/%d  loss %.2f  invariance %.3f  val ELBO %.2f nats/image (%s)  KL %.2f  active units %d/%d  %.1fs",
                  epoch, epochs, row["train_loss"], row["train_invariance"], row["val_elbo"], vcfg.likelihood, row["val_kl"],
-                 row["val_active_units"], vcfg.latent_dim + vcfg.extra_dim, seconds)
+                 row["val_active_units"], vcfg.latent_dim + vcfg.extra_dim, row["seconds"])
         was_active = was_active or ev["active_units"] > 0
         good = _snapshot(model, opt, sched, gen)
         if time.monotonic() - last_save >= cfg.checkpoint_minutes * 60:
@@ -209,9 +169,82 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
                     "apart. Are the images all alike? Try a lower --lr or --beta, or more --epochs.")
     model.eval()
     result = _publish(model.cpu(), workdir, metrics, {"trained_on": str(root), "train_config": asdict(cfg),
-                                                        "images": len(images), "held_out": n_val})
+                                                        "images": len(images), "held_out": len(val)})
     shutil.rmtree(state_path.parent, ignore_errors=True)
     return result
+
+
+def _training_set(root: Path, ok: pa.Table, vcfg: VAEConfig, cfg: TrainConfig, gen: torch.Generator, workers: int
+                  ) -> tuple[list[str], torch.Tensor]:
+    """The images training sees: one copy per distinct content (a duplicate on both sides of the split would flatter
+    validation), a seeded sample of at most cfg.max_images, decoded into RAM. Returns their paths and the images."""
+    seen: dict[str, str] = {}
+    for path, sha in zip(ok["path"].to_pylist(), ok["sha256"].to_pylist()):
+        seen.setdefault(sha, path)
+    rel_paths = list(seen.values())
+    if len(rel_paths) < 2:
+        raise VaepipeError(f"need at least 2 distinct usable images to train a model, found {len(rel_paths)}; "
+                           "add images or pass --model CHECKPOINT")
+    if len(rel_paths) > cfg.max_images:
+        pick = torch.randperm(len(rel_paths), generator=gen)[: cfg.max_images].tolist()
+        rel_paths = [rel_paths[i] for i in sorted(pick)]
+    return rel_paths, load_images(root, rel_paths, vcfg.spec, workers)
+
+
+def _split(images: torch.Tensor, vcfg: VAEConfig, cfg: TrainConfig, gen: torch.Generator
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held out): training keeps the originals with alpha (it composites them itself), validation sees the
+    images as embedding does, composited onto the background."""
+    order = torch.randperm(len(images), generator=gen)
+    n_val = max(1, int(len(images) * cfg.val_fraction))
+    val = composited(images[order[:n_val]], vcfg.background).mul_(255).round_().to(torch.uint8)
+    return images[order[n_val:]], val
+
+
+def _resume(state_path: Path, model: VAE, opt: torch.optim.Optimizer, sched, gen: torch.Generator, vcfg: VAEConfig,
+            cfg: TrainConfig, total_steps: int, device: torch.device):
+    """Go on from the state a killed run saved, if any: (model, opt, sched, step, metrics, elapsed seconds)."""
+    if not state_path.exists():
+        return model, opt, sched, 0, [], 0.0
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        step = _restore(state, model, opt, sched, gen)
+        log.info("train: resuming after epoch %d from %s", len(state["metrics"]), state_path)
+        return model, opt, sched, step, state["metrics"], state["elapsed"]
+    except Exception as e:  # a damaged state file costs the epochs it held, nothing else
+        log.warning("train: cannot resume from %s (%s); starting again", state_path, e)
+        model, opt, sched = _fresh(vcfg, cfg, total_steps, device)
+        return model, opt, sched, 0, [], 0.0
+
+
+def _epoch(model: VAE, opt: torch.optim.Optimizer, sched, tr: torch.Tensor, batch_size: int, cfg: TrainConfig,
+           gen: torch.Generator, device: torch.device, step: int, warmup_steps: int) -> tuple[int, dict]:
+    """One pass over the training images in a seeded order: (step count after it, its metrics row so far)."""
+    model.train()
+    t0, total, invariance, beta = time.monotonic(), 0.0, 0.0, cfg.beta
+    for batch_idx in torch.randperm(len(tr), generator=gen).split(batch_size):
+        beta = cfg.beta * min(1.0, (step + 1) / warmup_steps)  # KL warm-up against early collapse
+        out = _loss(model, tr[batch_idx], beta, cfg, gen, device)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        sched.step()
+        total += out["loss"].item() * len(batch_idx)
+        invariance += out["invariance"].item() * len(batch_idx) if "invariance" in out else 0.0
+        step += 1
+    seconds = time.monotonic() - t0
+    return step, {"train_loss": total / max(len(tr), 1), "train_invariance": invariance / max(len(tr), 1),
+                  "beta": beta, "seconds": seconds, "images_per_second": len(tr) / seconds}
+
+
+def _halve_lr(opt: torch.optim.Optimizer) -> None:
+    """After a broken epoch: a learning-rate spike can throw the encoder into a state where it ignores its input
+    (its active units fall to none; seen on 64 px colour icons at lr 4e-3) and it never comes back, or blow the loss
+    up. Training goes on from the state before the epoch at half the learning rate, schedule included."""
+    for group in opt.param_groups:
+        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+            if key in group:
+                group[key] *= 0.5
 
 
 def _loss(model: VAE, batch: torch.Tensor, beta: float, cfg: TrainConfig, gen: torch.Generator, device: torch.device
@@ -298,7 +331,7 @@ def reusable_model(workdir: Workdir, n_images: int, cfg: TrainConfig = TrainConf
     try:
         mid = workdir.read_collection()["model_id"]
         d = workdir.model_dir(mid)
-        load_checkpoint(d / "model.pt")
+        load_checkpoint(workdir.model_file(mid))
     except (VaepipeError, KeyError) as e:
         log.warning("train: the collection's model cannot be reused (%s); training a new one", e)
         return None
@@ -317,7 +350,7 @@ def reusable_model(workdir: Workdir, n_images: int, cfg: TrainConfig = TrainConf
 def _publish(model: VAE, workdir: Workdir, metrics: list[dict], provenance: dict) -> TrainResult:
     mid = model_id(model)
     d = workdir.model_dir(mid)
-    save_checkpoint(model, d / "model.pt")
+    save_checkpoint(model, workdir.model_file(mid))
     write_json({"model_id": mid, "vae": asdict(model.config), **provenance}, d / "config.json")
     write_json({"likelihood": model.config.likelihood, "units": "nats per image", "epochs": metrics}, d / "metrics.json")
     log.info("train: model %s saved to %s", mid, d)
