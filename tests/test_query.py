@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vaepipe.query import query_all, query_folder, query_list, search_collection, search_files
+from vaepipe.query import find_duplicates, query_all, query_folder, query_list, search_collection, search_files
 from vaepipe.errors import VaepipeError
 from vaepipe.store import NEIGHBOURS_SCHEMA
 
@@ -178,3 +178,13 @@ def test_the_cli_looks_one_image_up_without_a_run(built_copy, fmnist_dir, tmp_pa
     assert lines[1].split()[0] == "1" and lines[1].split()[2] == src.relative_to(fmnist_dir).as_posix()
     assert "skipped " + str(tmp_path / "gone.png") in done.stderr
     assert not built_copy.root.joinpath("runs").exists() or not any(built_copy.root.joinpath("runs").iterdir())
+
+
+def test_duplicate_groups_as_data_are_the_bulk_job_s(built_copy):
+    groups = find_duplicates(built_copy)
+    run = query_all(built_copy, k=2)
+    assert groups.equals(pq.read_table(run.duplicates))  # the same threshold and the same groups
+    loose = find_duplicates(built_copy, threshold=0.5)
+    assert loose.num_rows > groups.num_rows  # a lower cut groups more images
+    with pytest.raises(VaepipeError, match="threshold"):
+        find_duplicates(built_copy, threshold=2.0)

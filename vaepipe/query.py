@@ -3,7 +3,8 @@
 Search as data, for a notebook or a script: the rows come back as a `Neighbours` (an Arrow table with the columns
 of neighbours.parquet, `.to_pandas()`), nothing is written:
   search_files       image files outside the collection (one, a list, or a folder), embedded with its model;
-  search_collection  collection images by path, or every one (paths=None), self excluded.
+  search_collection  collection images by path, or every one (paths=None), self excluded;
+  find_duplicates    the duplicate groups (the table of duplicates.parquet).
 Bulk jobs write a run folder (neighbours.parquet, run.json, report.html; duplicates.parquet for --all):
   query_folder  images outside the collection (not added to the index);
   query_list    a text file naming collection images (paths relative to the collection root), self excluded;
@@ -221,20 +222,38 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
     params: dict = {}
     if threshold is not None:
         check_threshold(threshold)
-    if duplicates and threshold is None:
-        model = load_checkpoint(workdir.model_file(collection["model_id"]), default_device())
-        calibration = calibrate_threshold(model, index, Path(collection["image_root"]))
-        threshold = calibration.threshold
-        params["duplicate_calibration"] = calibration.to_dict()
-        if calibration.sampled:
-            log.info("duplicates: threshold %.4f (%s); %d images re-saved as JPEG keep a similarity of median %s, "
-                     "5th percentile %s", threshold, calibration.rule, calibration.sampled,
-                     calibration.resave_similarity.get("0.5"), calibration.resave_similarity.get("0.05"))
-        else:
-            log.info("duplicates: threshold %.4f (%s)", threshold, calibration.rule)
     if duplicates:
+        threshold, calibration = _duplicate_threshold(workdir, collection, index, threshold)
         params["duplicate_threshold"] = threshold
+        if calibration is not None:
+            params["duplicate_calibration"] = calibration
     return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params)
+
+
+def find_duplicates(workdir: Workdir, threshold: float | None = None) -> pa.Table:
+    """The collection's duplicate groups as data (duplicates.duplicate_groups: group, kind, path, sha256), nothing
+    written; threshold None: the one `query --all` would use (duplicates.calibrate_threshold)."""
+    collection, index = open_index(workdir)
+    threshold, _ = _duplicate_threshold(workdir, collection, index, threshold)
+    return duplicate_groups(index, threshold, Path(collection["image_root"]))
+
+
+def _duplicate_threshold(workdir: Workdir, collection: dict, index: SearchIndex, threshold: float | None
+                         ) -> tuple[float, dict | None]:
+    """The similarity above which two images are near duplicates: the one given (checked), else calibrated for the
+    collection's model, with the calibration's record."""
+    if threshold is not None:
+        check_threshold(threshold)
+        return threshold, None
+    model = load_checkpoint(workdir.model_file(collection["model_id"]), default_device())
+    calibration = calibrate_threshold(model, index, Path(collection["image_root"]))
+    if calibration.sampled:
+        log.info("duplicates: threshold %.4f (%s); %d images re-saved as JPEG keep a similarity of median %s, "
+                 "5th percentile %s", calibration.threshold, calibration.rule, calibration.sampled,
+                 calibration.resave_similarity.get("0.5"), calibration.resave_similarity.get("0.05"))
+    else:
+        log.info("duplicates: threshold %.4f (%s)", calibration.threshold, calibration.rule)
+    return calibration.threshold, calibration.to_dict()
 
 
 def _query_rows(workdir: Workdir, kind: str, index: SearchIndex, rows: np.ndarray, k: int,
