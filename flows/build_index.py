@@ -103,12 +103,18 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
                 replace: bool = False) -> dict:
     """Index the image folder `images` into `workdir` (vaepipe.build.build, each stage a task).
 
-    model: a checkpoint to use instead of training. Without it the collection's current model is reused
-    (a nightly re-index does not retrain) unless retrain=True or there is none yet.
-    dask_address / dask_workers: embed the shards on an existing Dask cluster (tcp://host:8786) or on a
-    local one with this many worker processes.
-    replace: index `images` into a workdir that holds another folder's collection (refused otherwise); the
-    other folder's model is not reused.
+    Args:
+        images: The folder of images to index (searched recursively).
+        workdir: Where the collection's files go (manifest, models, embeddings, index, runs).
+        model: A checkpoint (model.pt) to use instead of training. Without it the collection's current model
+            is reused (a nightly re-index does not retrain) unless retrain is set or there is none yet.
+        retrain: Train a new model even if the collection has one.
+        config: Every knob of ingest, training, embedding and the index (vaepipe.config.BuildConfig); empty:
+            the defaults, the recipe measured in BENCHMARKS.md.
+        dask_address: Embed the shards on this running Dask cluster (tcp://host:8786).
+        dask_workers: Embed the shards on a local Dask cluster of this many worker processes (0: no Dask).
+        replace: Index images into a workdir that holds another folder's collection (refused otherwise); the
+            other folder's model is not reused.
     """
     stages = Stages(ingest=ingest_task, adopt=adopt_task, train=train_task, plan=plan_task,
                     embed_shards=shard_runner(dask_address, dask_workers), index=index_task)

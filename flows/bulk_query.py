@@ -33,7 +33,19 @@ def query_task(workdir: str, queries: str | None, list_file: str | None, all_ima
 def bulk_query(workdir: str, queries: str | None = None, list_file: str | None = None, all_images: bool = False,
                k: int = 10, duplicates: bool = True, threshold: float | None = None,
                embed: EmbedConfig | None = None) -> dict:
-    """Neighbour table, report.html and (for all_images) duplicate groups in workdir/runs/<run_id>/."""
+    """Neighbour table, report.html and (for all_images) duplicate groups in workdir/runs/<run_id>/.
+
+    Args:
+        workdir: A workdir that build-index built.
+        queries: A folder of query images outside the collection (not added to the index).
+        list_file: A text file of collection paths, one per line, whose neighbours to find.
+        all_images: Every indexed image against the rest (near-duplicate hunting); also writes duplicate groups.
+        k: Neighbours per query.
+        duplicates: With all_images, also find duplicate groups.
+        threshold: With all_images, the similarity from which two images are near duplicates; empty: 0.97 for
+            models trained for copies (photos, art, icons), else calibrated on JPEG re-saves.
+        embed: How query images are embedded (vaepipe.config.EmbedConfig); empty: the defaults.
+    """
     with progress_artifact("bulk-query-progress", "bulk-query"):
         result = query_task(workdir, queries, list_file, all_images, k, duplicates, threshold, embed or EmbedConfig())
     top = next(pq.ParquetFile(result.neighbours).iter_batches(batch_size=50), None)  # not the whole table for 50 rows

@@ -32,7 +32,16 @@ def act_task(workdir: str, plan_file: Path, action: str, quarantine: str | None,
 def clean_duplicates(workdir: str, run: str | None = None, action: str | None = None, quarantine: str | None = None,
                      apply: bool = False, undo_log: str | None = None) -> dict:
     """Write the keeper plan of a `query --all` run (default: the latest); with `action` ("move" to `quarantine`,
-    "hardlink", "symlink") act on the others, a dry run unless apply=True; with `undo_log`, undo an applied action."""
+    "hardlink", "symlink") act on the others, a dry run unless apply=True; with `undo_log`, undo an applied action.
+
+    Args:
+        workdir: A workdir where a bulk-query run with all_images made duplicate groups.
+        run: The run whose groups to use; empty: the latest with duplicate groups.
+        action: What to do with the files that are not their group's keeper: move, hardlink or symlink.
+        quarantine: With action move, the folder the others move to, keeping their paths.
+        apply: Do it; without it the run is a dry run that changes nothing.
+        undo_log: The undo log of an applied action, to put everything back.
+    """
     if undo_log:
         result = undo(Path(undo_log))
         summary = {"restored": len(result.done), "left alone": len(result.refused)}

@@ -23,6 +23,14 @@ def generate_task(workdir: str, n: int, seed: int, between: tuple[str, str] | No
 
 @flow(name="generate-samples")
 def generate_samples(workdir: str, n: int = 64, seed: int = 0, between: tuple[str, str] | None = None) -> dict:
+    """Prior samples, reconstructions and an interpolation as PNGs, with a page, in workdir/samples/<run_id>/.
+
+    Args:
+        workdir: A workdir that build-index built.
+        n: Number of prior samples.
+        seed: Random seed of the samples.
+        between: Two collection paths to interpolate between; empty: two images the run picks.
+    """
     result = generate_task(workdir, n, seed, between)
     summary = {"samples": n, "files": len(result.files), "samples dir": str(result.samples_dir),
                "page": str(result.page)}
