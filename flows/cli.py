@@ -145,12 +145,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 1 unexpected failure (with a traceback), 2 bad input or request (one line, nothing changed)."""
     args = parser().parse_args(argv)
-    if args.command == "query" and args.image:
-        return _look_up(args)
     if args.quiet:
         os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"  # read when prefect is first imported
         logging.getLogger("vaepipe").setLevel(logging.WARNING)
     try:
+        if args.command == "query" and args.image:
+            return _look_up(args)
         summary = _dispatch(args)
     except VaepipeError as e:
         print(f"vaepipe: error: {e}", file=sys.stderr)
@@ -174,24 +174,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _look_up(a: argparse.Namespace) -> int:
     """`query --image`: a lookup, not a job; the library answers in this process (no Prefect run, no run folder)."""
-    try:
-        _require_dir(a.workdir, "workdir")
-        if a.k <= 0:
-            raise VaepipeError(f"-k must be at least 1, got {a.k}")
-        from vaepipe.query import search_files
+    _require_dir(a.workdir, "workdir")
+    from vaepipe.query import search_files  # checks k against the collection
 
-        found = search_files(Workdir(a.workdir), a.image, k=a.k)
-    except VaepipeError as e:
-        print(f"vaepipe: error: {e}", file=sys.stderr)
-        return 2
+    found = search_files(Workdir(a.workdir), a.image, k=a.k)
     for name, reason in found.skipped:
         print(f"vaepipe: skipped {name}: {reason}", file=sys.stderr)
-    rows = found.table.to_pylist()
-    for name in dict.fromkeys(r["query_path"] for r in rows):
-        print(name)
-        for r in rows:
-            if r["query_path"] == name:
-                print(f"  {r['rank']:>3}  {r['similarity']:.4f}  {r['neighbour_path']}")
+    current = None
+    for r in found.table.to_pylist():  # in query order, each query's rows by rank
+        if r["query_path"] != current:
+            current = r["query_path"]
+            print(current)
+        print(f"  {r['rank']:>3}  {r['similarity']:.4f}  {r['neighbour_path']}")
     return 0
 
 
