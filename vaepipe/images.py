@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,6 +136,16 @@ def _plain_mode(img: Image.Image) -> Image.Image:
         if img.mode in ("PA", "RGBa"):
             return img.convert("RGBA")
         return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+
+
+def grey_rendering(img: Image.Image) -> Image.Image:
+    """The picture as a greyscale copy of it shows it: Pillow's luminance (ITU-R 601-2), transparency kept.
+
+    Fitted (to_array) like any image, so its border and field are judged as a greyscale copy's are: cutting the
+    colour image first and greying the square after keeps a hue border that the grey copy loses, and the two squares
+    then differ."""
+    img = _plain_mode(img)
+    return img.convert("LA" if img.mode in ("LA", "RGBA") else "L")
 
 
 def flatten(img: Image.Image, background: int) -> Image.Image:
@@ -329,18 +340,27 @@ def load_array(path: str | Path, spec: ImageSpec, max_pixels: int = 64_000_000, 
     return to_array(_open_for(path, spec, max_pixels), spec, alpha)
 
 
-def load_batch(paths: Sequence[str | Path], spec: ImageSpec, max_pixels: int = 64_000_000, alpha: bool = False
-               ) -> tuple[np.ndarray, list[str]]:
+def load_batch(paths: Sequence[str | Path], spec: ImageSpec, max_pixels: int = 64_000_000, alpha: bool = False,
+               grey: bool = False) -> tuple[np.ndarray, list[str]]:
     """Images as the model's input, uint8 (B, C, S, S) (see to_array for alpha), and an error per image ('' if it
     loaded). The same arrays as `load_array` one by one; a failed image's slot is zeros and its error says why.
+    grey (colour models): (B, 2, C, S, S), each image followed by its grey rendering (`grey_rendering`), decoded once.
     """
     strip = _Strip(spec, len(paths))
     general = [j for j, path in enumerate(paths) if not strip.decode_png(j, path)]
     batch = strip.fitted(alpha, skip=general)
+    if grey:
+        batch = np.stack([batch, batch], axis=1)
+        for j in sorted(set(range(len(paths))) - set(general)):
+            batch[j, 1] = to_array(grey_rendering(strip.slot(j)), spec, alpha)
     errors = [""] * len(paths)
     for j in general:
         try:
-            batch[j] = to_array(_open_for(paths[j], spec, max_pixels), spec, alpha)
+            img = _open_for(paths[j], spec, max_pixels)
+            if grey:
+                batch[j] = to_array(img, spec, alpha), to_array(grey_rendering(img), spec, alpha)
+            else:
+                batch[j] = to_array(img, spec, alpha)
         except Exception as e:  # one image's failure, whatever Pillow raised, is that image's error
             batch[j] = 0  # the PNG path may have written part of it before failing
             errors[j] = str(e) or type(e).__name__
@@ -386,11 +406,15 @@ class _Strip:
             size, skipped = self.spec.size, set(skip)
             for j in range(self.n):
                 if j not in skipped:
-                    slot = self.image.crop((0, size * j, size, size * (j + 1)))
+                    slot = self.slot(j)
                     background = self.spec.background
                     if content_box(slot, background) is not None or field_as_transparency(slot, background) is not slot:
                         batch[j] = to_array(slot, self.spec, alpha)
         return batch
+
+    def slot(self, j: int) -> Image.Image:
+        size = self.spec.size
+        return self.image.crop((0, size * j, size, size * (j + 1)))
 
     def array(self) -> np.ndarray:
         """(n, C, S, S) uint8, writable: torch.from_numpy refuses read-only buffers."""
@@ -483,36 +507,38 @@ class ImageFiles(Dataset):
     """
 
     def __init__(self, paths: Sequence[str | Path], spec: ImageSpec, max_pixels: int = 64_000_000,
-                 then: Callable[[torch.Tensor], np.ndarray] | None = None, alpha: bool = False):
+                 then: Callable[[torch.Tensor], Any] | None = None, alpha: bool = False, grey: bool = False):
         self.paths = paths
         self.spec = spec
         self.max_pixels = max_pixels
         self.then = then
         self.alpha = alpha
+        self.grey = grey
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | np.ndarray, list[int], list[str]]:
+    def __getitem__(self, i: int) -> tuple[Any, list[int], list[str]]:
         return self.__getitems__([i])
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor | np.ndarray, list[int], list[str]]:
-        batch, errors = load_batch([self.paths[i] for i in indices], self.spec, self.max_pixels, self.alpha)
+    def __getitems__(self, indices: list[int]) -> tuple[Any, list[int], list[str]]:
+        batch, errors = load_batch([self.paths[i] for i in indices], self.spec, self.max_pixels, self.alpha, self.grey)
         pixels = torch.from_numpy(batch)
         return (self.then(pixels) if self.then else pixels), list(indices), errors
 
 
 def iter_image_batches(
     paths: Sequence[str | Path], spec: ImageSpec, batch_size: int, workers: int, max_pixels: int = 64_000_000,
-    then: Callable[[torch.Tensor], np.ndarray] | None = None, alpha: bool = False,
-) -> Iterator[tuple[torch.Tensor | np.ndarray, list[int], list[str]]]:
+    then: Callable[[torch.Tensor], Any] | None = None, alpha: bool = False, grey: bool = False,
+) -> Iterator[tuple[Any, list[int], list[str]]]:
     """Yield (uint8 images, positions in `paths`, error per image or '') in order, decoded by `workers` processes.
 
     A failed image's slot in the batch is zeros; its error says why. `then`, if given, maps each uint8 batch in
-    the worker that decoded it to an array, which is yielded instead of the images. alpha: see to_array.
+    the worker that decoded it to what is yielded instead of the images (arrays: they come back pickled). alpha:
+    see to_array; grey: see load_batch.
     """
     loader = DataLoader(
-        ImageFiles(paths, spec, max_pixels, then, alpha),
+        ImageFiles(paths, spec, max_pixels, then, alpha, grey),
         batch_size=batch_size,
         num_workers=workers if len(paths) > batch_size else 0,
         shuffle=False,
@@ -521,7 +547,7 @@ def iter_image_batches(
     yield from loader
 
 
-def _as_is(batch: tuple[torch.Tensor | np.ndarray, list[int], list[str]]) -> tuple[torch.Tensor | np.ndarray, list[int], list[str]]:
+def _as_is(batch: tuple[Any, list[int], list[str]]) -> tuple[Any, list[int], list[str]]:
     return batch  # ImageFiles.__getitems__ already made the batch
 
 
