@@ -47,7 +47,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from vaepipe.build import build as build_collection
 from vaepipe.config import BuildConfig, IndexConfig, TrainConfig
 from vaepipe.duplicates import duplicate_groups
-from vaepipe.embed import encode_files
+from vaepipe.embed import Embedded, encode_files
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import load_checkpoint
 from vaepipe.query import query_all
@@ -360,12 +360,25 @@ def build(folder: Path, workdir: Workdir, cfg: TrainConfig) -> dict:
             "likelihood": load_checkpoint(r.trained.model_dir / "model.pt").config.likelihood}
 
 
-def product_vectors(workdir: Workdir, paths: list[Path]) -> np.ndarray:
+def product_embedded(workdir: Workdir, paths: list[Path]) -> Embedded:
     model = load_checkpoint(workdir.model_file(workdir.read_collection()["model_id"]))
-    out = np.zeros((len(paths), model.config.latent_dim), np.float32)
-    for idx, mu, errors in encode_files(model, paths, 256, 2):
-        out[idx] = mu
+    done, batches = [], []
+    for idx, embedded, errors in encode_files(model, paths, 256, 2):
         assert not errors, errors
+        done += idx
+        batches.append(embedded)
+    assert done == list(range(len(paths)))
+    return Embedded.concat(batches, model.config.latent_dim)
+
+
+def product_scores(index: SearchIndex, queries: Embedded, prepared: bool = False) -> np.ndarray:
+    """Each query's similarity to every collection image, as the product's search ranks them (greyscale queries
+    among the grey renderings): (Q, N), an exact search for all N."""
+    n = index.meta["n"]
+    rows, _, sim = index.search(queries, n, prepared=prepared)
+    assert (rows >= 0).all()
+    out = np.empty((len(queries), n), np.float32)
+    np.put_along_axis(out, rows, sim, axis=1)
     return out
 
 
@@ -378,11 +391,7 @@ def evaluate_folder(name: str, base: Path, t: dict, cfg: TrainConfig, work: Path
     db_paths = [coll / p for p in index.ids["path"].to_pylist()]
     row_of = {p: i for i, p in enumerate(index.ids["path"].to_pylist())}
     dim = index.dim
-    methods: dict[str, Callable[[list[Path]], np.ndarray]] = {
-        "vaepipe": lambda ps: product_vectors(workdir, ps), "pixels 32 px": naive_pixels,
-    }
-    if not baselines:
-        methods = {"vaepipe": methods["vaepipe"], "pixels 32 px": naive_pixels}
+    methods: dict[str, Callable[[list[Path]], np.ndarray]] = {"pixels 32 px": naive_pixels}
     feats = {m: fn(db_paths) for m, fn in methods.items()}
     mean = feats["pixels 32 px"].mean(0)
     _, _, vt = np.linalg.svd(feats["pixels 32 px"] - mean, full_matrices=False)
@@ -395,6 +404,8 @@ def evaluate_folder(name: str, base: Path, t: dict, cfg: TrainConfig, work: Path
         if method in ("phash", "dhash"):
             qh = hashes(q_paths, method)
             return -(qh[:, None, :] != hash_db[method][None]).sum(2).astype(np.float32)
+        if method == "vaepipe":
+            return product_scores(index, product_embedded(workdir, q_paths))
         q = (naive_pixels(q_paths) - mean) @ pca if method.startswith("PCA") else methods[method](q_paths)
         return cosine_scores(feats[method], q)
 
@@ -427,6 +438,8 @@ def evaluate_folder(name: str, base: Path, t: dict, cfg: TrainConfig, work: Path
         for m in all_methods:
             if m in ("phash", "dhash"):
                 s = -(hash_db[m][:, None, :] != hash_db[m][None]).sum(2).astype(np.float32)
+            elif m == "vaepipe":
+                s = product_scores(index, index.stored(np.arange(len(db_paths))), prepared=True)
             else:
                 s = cosine_scores(feats[m], feats[m])
             np.fill_diagonal(s, -np.inf)

@@ -23,7 +23,7 @@ from helpers import SERIAL
 
 from vaepipe.config import IngestConfig, TrainConfig
 from vaepipe.embed import embed
-from vaepipe.index import build_index
+from vaepipe.index import SearchIndex, build_index
 from vaepipe.ingest import ingest
 from vaepipe.query import query_all
 from vaepipe.store import Workdir
@@ -90,14 +90,14 @@ def collection(folder, tmp_path_factory) -> Workdir:
 
 def test_edited_copies_find_their_originals_better_than_raw_pixels(folder, collection):
     coll = folder["collection"]
-    ids = pq.read_table(collection.manifest).to_pandas()
-    db_paths = [coll / p for p in ids[ids["status"] == "ok"]["path"]]
+    index = SearchIndex.open(collection.index_dir(collection.read_collection()["model_id"]))
+    db_paths = [coll / p for p in index.ids["path"].to_pylist()]
     row_of = {p: i for i, p in enumerate(db_paths)}
     q_paths = list(folder["queries"])
     edits = np.asarray([folder["queries"][q][0] for q in q_paths])
     truth = np.asarray([row_of[folder["queries"][q][1]] for q in q_paths])
 
-    vae = copies.cosine_scores(copies.product_vectors(collection, db_paths), copies.product_vectors(collection, q_paths))
+    vae = copies.product_scores(index, copies.product_embedded(collection, q_paths))
     pixels = copies.cosine_scores(copies.naive_pixels(db_paths), copies.naive_pixels(q_paths))
     r_vae, r_pixels = (copies.expected_recall(s, truth, 1) for s in (vae, pixels))
     by_edit = {e: (r_vae[edits == e].mean(), r_pixels[edits == e].mean()) for e in PHOTO_EDITS + ICON_EDITS}
@@ -106,6 +106,8 @@ def test_edited_copies_find_their_originals_better_than_raw_pixels(folder, colle
     # A transparent icon and its copy flattened on white (the usual way to drop transparency) find each other. On
     # black, an icon's dark outline vanishes into the background; still found far above chance (1 in ~300).
     assert by_edit["flattened on white"][0] >= 0.9 and by_edit["flattened on black"][0] >= 0.25, by_edit
+    # A greyscale copy is searched among the grey renderings of the collection (pHash's 1.00 on this edit).
+    assert by_edit["greyscale"][0] >= 0.95, by_edit
 
 
 def test_duplicate_groups_hold_the_copies_and_little_else(folder, collection):

@@ -219,7 +219,7 @@ def test_encoding_in_the_decoding_workers_gives_this_process_s_means_and_restore
 
     def means(workers: int) -> tuple[list[int], np.ndarray, list[int]]:
         done = list(encode_files(model, paths, batch_size=128, workers=workers))
-        return ([i for idx, _, _ in done for i in idx], np.concatenate([mu for _, mu, _ in done]),
+        return ([i for idx, _, _ in done for i in idx], np.concatenate([e.embedding for _, e, _ in done]),
                 [i for _, _, failed in done for i, _ in failed])
 
     in_workers, here = means(2), means(0)

@@ -96,15 +96,25 @@ def check_threshold(threshold: float) -> None:
         raise VaepipeError(f"the duplicate threshold is a similarity from -1 to 1, got {threshold}")
 
 
+def grey_threshold(threshold: float) -> float:
+    """The similarity a greyscale image needs to a grey rendering to be its copy: half as far from 1 as `threshold`.
+
+    Without colour, pictures are more alike: at the images' threshold (0.97) a quarter of the pairs that greyscale
+    images added on the validation folder were different pictures, and each such pair joins two groups; from 0.98
+    to 0.995 every added pair was a copy (BENCHMARKS.md, "greyscale")."""
+    return 1.0 - (1.0 - threshold) / 2
+
+
 def near_pairs(index: SearchIndex, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Index rows (a, b), a < b, of every pair of images with similarity >= threshold, and of other content."""
+    """Index rows (a, b), a < b, of every pair of images with similarity >= threshold (for a greyscale image, to the
+    others' grey renderings: >= grey_threshold), and of other content."""
     n = index.meta["n"]
     shas = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
     batch = int(np.clip(10_000_000 // max(n, 1), 1, 4096))  # a batch's results stay bounded even if all match
     a_rows, b_rows = [], []
     for start in range(0, n, batch):
         rows = np.arange(start, min(n, start + batch))
-        lims, found = index.within(index.stored_vectors(rows), threshold, prepared=True)
+        lims, found = index.within(index.stored(rows), threshold, prepared=True, grey_similarity=grey_threshold(threshold))
         q = np.repeat(rows, np.diff(lims))
         keep = (found > q) & (shas[found] != shas[q])
         a_rows.append(q[keep])
@@ -152,5 +162,6 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
                for members in sorted(groups, key=lambda g: (-len(g), g[0]))]
     rows = [{"group": gid, "kind": kind, "path": p, "sha256": sha_of[p]}
             for gid, (kind, members) in enumerate(ordered, start=1) for p in members]
-    log.info("duplicates: %d exact and %d near groups at similarity >= %.4f", len(exact), len(near), threshold)
+    log.info("duplicates: %d exact and %d near groups at similarity >= %.4f (greyscale images: %.4f)", len(exact),
+             len(near), threshold, grey_threshold(threshold))
     return pa.Table.from_pylist(rows, schema=DUPLICATES_SCHEMA)

@@ -22,7 +22,7 @@ import torch
 
 from vaepipe.config import EmbedConfig, usable_cores
 from vaepipe.images import ImageSpec, iter_image_batches, to_float
-from vaepipe.model import VAE, checkpoint_config, default_device, exact_cudnn, folded, load_checkpoint
+from vaepipe.model import VAE, VAEConfig, checkpoint_config, default_device, exact_cudnn, folded, load_checkpoint
 from vaepipe.progress import Progress
 from vaepipe.store import (MODEL_FILE, atomic_path, checked_row_groups, embedding_schema, file_path, next_number,
                            row_groups)
@@ -42,9 +42,45 @@ class EmbedResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): changed or vanished since ingest
 
 
+GREY_TOLERANCE = 3  # grey levels between an image's channels that still make it greyscale (a JPEG's chroma noise)
+
+
+@dataclass
+class Embedded:
+    """What the encoder makes of a batch of images: each image's posterior mean (float32 (n, d)); for a colour model
+    also its grey rendering's (images.grey_rendering) and whether the image is greyscale itself.
+
+    A greyscale copy of a colour picture is searched among the collection's grey renderings, where its original
+    looks as it does (BENCHMARKS.md, "greyscale"); a grey-input model has neither (None)."""
+
+    embedding: np.ndarray
+    grey_embedding: np.ndarray | None = None
+    greyscale: np.ndarray | None = None  # bool (n,)
+
+    def __len__(self) -> int:
+        return len(self.embedding)
+
+    def take(self, rows: Sequence[int] | np.ndarray | slice) -> Embedded:
+        return Embedded(self.embedding[rows], None if self.grey_embedding is None else self.grey_embedding[rows],
+                        None if self.greyscale is None else self.greyscale[rows])
+
+    @staticmethod
+    def concat(parts: Sequence[Embedded], dim: int) -> Embedded:
+        if not parts:
+            return Embedded(np.zeros((0, dim), np.float32))
+        grey = parts[0].grey_embedding is not None
+        return Embedded(np.concatenate([p.embedding for p in parts]),
+                        np.concatenate([p.grey_embedding for p in parts]) if grey else None,  # type: ignore[misc]
+                        np.concatenate([p.greyscale for p in parts]) if grey else None)  # type: ignore[misc]
+
+
+def has_grey_renderings(config: VAEConfig) -> bool:
+    return config.spec.channels == 3
+
+
 def encode_files(model: VAE, paths: Sequence[str | Path], batch_size: int, workers: int, threads: int | None = None
-                 ) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
-    """Yield (positions in `paths`, their posterior means float32 (B, d), failures (position, reason)).
+                 ) -> Iterator[tuple[list[int], Embedded, list[tuple[int, str]]]]:
+    """Yield (positions in `paths`, what the encoder made of them, failures (position, reason)).
 
     On CPU each decoding worker also encodes its batch, on one thread: the cores then share one kind of work
     instead of decoders waiting on a main process that encodes (BENCHMARKS.md, throughput). On a GPU the
@@ -53,17 +89,18 @@ def encode_files(model: VAE, paths: Sequence[str | Path], batch_size: int, worke
     """
     encoder = PosteriorMean(folded(model))
     in_workers = encoder.device.type == "cpu"
+    grey = has_grey_renderings(model.config)
     if not in_workers:
-        batch_size = gpu_batch_size(batch_size, model.config.spec, len(paths), workers)
+        batch_size = gpu_batch_size(batch_size, model.config.spec, len(paths), workers, 2 if grey else 1)
     with encoder_threads(threads if threads else max(1, usable_cores() - workers)):
         for out, idx, errors in iter_image_batches(paths, model.config.spec, batch_size, workers,
-                                                   then=encoder if in_workers else None):
-            mu = out if in_workers else encoder(out)
+                                                   then=encoder if in_workers else None, grey=grey):
+            embedded = out if in_workers else encoder(out)
             good = [j for j, e in enumerate(errors) if not e]
-            yield [idx[j] for j in good], mu[good], [(idx[j], e) for j, e in enumerate(errors) if e]
+            yield [idx[j] for j in good], embedded.take(good), [(idx[j], e) for j, e in enumerate(errors) if e]
 
 
-def gpu_batch_size(batch_size: int, spec: ImageSpec, n: int, workers: int) -> int:
+def gpu_batch_size(batch_size: int, spec: ImageSpec, n: int, workers: int, renderings: int = 1) -> int:
     """Images per decoded batch when this process encodes on a GPU: for small images up to 4x batch_size (about
     1 MB of pixels a batch), as long as every worker still gets 4 batches of the n images.
 
@@ -71,16 +108,17 @@ def gpu_batch_size(batch_size: int, spec: ImageSpec, n: int, workers: int) -> in
     encoder's kernels for it, ~2 ms a batch whatever its size. With 16 workers decoding 28 px PNGs for an H100 that
     was the limit, and batches of 1,024 made the stage 1.4-1.6x faster. Photos (64 px colour, 3 MB a batch of 256)
     keep batch_size: fewer batches than workers leave cores idle (BENCHMARKS.md, "On a GPU machine").
+    renderings: arrays per image (2 where each comes with its grey rendering).
     """
-    pixels = spec.channels * spec.size * spec.size
+    pixels = renderings * spec.channels * spec.size * spec.size
     return max(batch_size, min(4 * batch_size, (1 << 20) // pixels, n // (4 * max(1, workers))))
 
 
 class PosteriorMean:
-    """uint8 images (B, C, H, W) -> the model's posterior means, float32 (B, d), as numpy.
+    """uint8 images (B, C, H, W), or (B, 2, C, H, W) with their grey renderings (load_batch) -> `Embedded`, numpy.
 
     A failed image's zeros are encoded with the rest: dropping them first would cost a copy of the batch. Numpy,
-    not a tensor: from a decoding worker an array comes back pickled with the batch, where a tensor goes through
+    not tensors: from a decoding worker an array comes back pickled with the batch, where a tensor goes through
     a shared-memory segment and a passed file descriptor per batch (100,000 28 px PNGs: +3-15% in five
     alternating rounds, BENCHMARKS.md).
     """
@@ -91,7 +129,16 @@ class PosteriorMean:
 
     @torch.no_grad()
     @exact_cudnn()  # a GPU's means equal the CPU's to float rounding, not to TF32's
-    def __call__(self, pixels: torch.Tensor) -> np.ndarray:
+    def __call__(self, pixels: torch.Tensor) -> Embedded:
+        if pixels.ndim == 4:
+            return Embedded(self._means(pixels))
+        mu = self._means(pixels.flatten(0, 1)).reshape(len(pixels), 2, -1)  # one pass for both renderings
+        image = pixels[:, 0].float()
+        spread = (image - image.mean(1, keepdim=True)).abs().amax(dim=(1, 2, 3))
+        return Embedded(np.ascontiguousarray(mu[:, 0]), np.ascontiguousarray(mu[:, 1]),
+                        (spread <= GREY_TOLERANCE).numpy())
+
+    def _means(self, pixels: torch.Tensor) -> np.ndarray:
         return self.model.embed(to_float(pixels.to(self.device))).float().cpu().numpy()
 
 
@@ -148,8 +195,9 @@ def content_keys(shas: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.utf8_slice_codeunits(shas, 0, 32).to_numpy(zero_copy_only=False), dtype="S32")
 
 
-def embedded_contents(embeddings_dir: Path, dim: int) -> tuple[Contents, list[Path]]:
-    """The contents already embedded, and the parts set aside because they were damaged (moved to _damaged/).
+def embedded_contents(embeddings_dir: Path, dim: int, grey: bool = False) -> tuple[Contents, list[Path]]:
+    """The contents already embedded, and the parts set aside because they were damaged (moved to _damaged/) or
+    written before this model's parts had grey renderings (moved to _outdated/).
 
     A part left damaged by a crash or a full disk is never read as whole: its images are embedded again.
     """
@@ -157,7 +205,15 @@ def embedded_contents(embeddings_dir: Path, dim: int) -> tuple[Contents, list[Pa
     quarantined: list[Path] = []
     for part in sorted(Path(embeddings_dir).glob("part-*.parquet")):
         try:
-            for group in checked_row_groups(part, embedding_schema(dim)):
+            if grey and _schema_or_none(part) == embedding_schema(dim, grey=False):
+                aside = part.parent / "_outdated" / part.name
+                aside.parent.mkdir(exist_ok=True)
+                part.rename(aside)
+                quarantined.append(aside)
+                log.warning("embed: %s was written without grey renderings (by an earlier vaepipe); set aside as %s, "
+                            "its images will be embedded again", part, aside)
+                continue
+            for group in checked_row_groups(part, embedding_schema(dim, grey)):
                 done.add(content_keys(group["sha256"]))
                 # Arrow's allocator (mimalloc) keeps the pages of every group read unless asked: reading two parts
                 # of 50,000 rows left the process 74 MB larger, 38 MB when handing them back after each group.
@@ -169,6 +225,13 @@ def embedded_contents(embeddings_dir: Path, dim: int) -> tuple[Contents, list[Pa
             quarantined.append(bad)
             log.warning("embed: %s is damaged (%s); set aside as %s, its images will be embedded again", part, e, bad.name)
     return done, quarantined
+
+
+def _schema_or_none(part: Path) -> pa.Schema | None:
+    try:
+        return pq.read_schema(part).remove_metadata()
+    except (OSError, pa.ArrowException):
+        return None  # damaged: checked_row_groups says how
 
 
 @dataclass
@@ -183,7 +246,8 @@ class Shard:
 PLAN_SCHEMA = pa.schema([("shard", pa.int32()), ("path", pa.string()), ("sha256", pa.string())])
 
 
-def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows: int) -> tuple[Path, list[int], int, list[Path]]:
+def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows: int, grey: bool = False
+                ) -> tuple[Path, list[int], int, list[Path]]:
     """Split what is not embedded yet (one image per distinct sha256, its first path) into shards of at most `shard_rows`.
 
     The plan is a file (embeddings_dir/_plan.parquet), so shard tasks are handed a path and a number, not
@@ -191,7 +255,7 @@ def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows:
     at a time and contents are held as 32-byte keys (`Contents`), so planning does not hold the manifest.
     Returns (plan path, shard numbers, number already embedded, damaged parts set aside).
     """
-    seen, quarantined = embedded_contents(embeddings_dir, dim)
+    seen, quarantined = embedded_contents(embeddings_dir, dim, grey)
     n_done = len(seen)
     first_number = next_number(embeddings_dir, "part")
     plan = Path(embeddings_dir) / "_plan.parquet"  # a leading "_": readers of the folder as a dataset skip it
@@ -243,7 +307,7 @@ def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, n
     """
     shard = load_shard(plan, number)
     model = load_checkpoint(Path(model_dir) / MODEL_FILE, device or default_device())
-    schema = embedding_schema(model.config.latent_dim)
+    schema = embedding_schema(model.config.latent_dim, has_grey_renderings(model.config))
     part = Path(embeddings_dir) / f"part-{shard.number:05d}.parquet"
     n_rows = 0
     failed: list[tuple[str, str]] = []
@@ -252,15 +316,18 @@ def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, n
     # Paths and hashes are all different: a dictionary of them would be built, held and dropped for nothing.
     with atomic_path(part) as tmp, pq.ParquetWriter(tmp, schema, use_dictionary=["model_id"]) as writer:
         files = UnderRoot(Path(root), shard.paths)
-        for idx, mu, errors in encode_files(model, files, cfg.batch_size, cfg.workers, cfg.threads):
+        for idx, embedded, errors in encode_files(model, files, cfg.batch_size, cfg.workers, cfg.threads):
             rows = pa.array(idx, pa.int64())
-            pending.append(pa.table({
+            columns = {
                 "path": shard.paths.take(rows),
                 "sha256": shard.shas.take(rows),
                 "model_id": pa.array([Path(model_dir).name] * len(idx), pa.string()),
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(mu.astype(np.float32).ravel(), pa.float32()),
-                                                               model.config.latent_dim),
-            }, schema=schema))
+                "embedding": vector_column(embedded.embedding),
+            }
+            if embedded.grey_embedding is not None:
+                columns["grey_embedding"] = vector_column(embedded.grey_embedding)
+                columns["greyscale"] = pa.array(embedded.greyscale, pa.bool_())
+            pending.append(pa.table(columns, schema=schema))
             n_rows += len(idx)
             if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
                 writer.write_table(pa.concat_tables(pending))
@@ -279,11 +346,15 @@ def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, n
     return n_rows, failed
 
 
+def vector_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel(), pa.float32()), vectors.shape[1])
+
+
 def plan_embedding(manifest_path: Path, model_dir: Path, embeddings_dir: Path, cfg: EmbedConfig = EmbedConfig()
                    ) -> tuple[Path, list[int], int, list[Path]]:
     """plan_shards for this model's embeddings, in parts of cfg.part_rows."""
-    dim = checkpoint_config(Path(model_dir) / MODEL_FILE).latent_dim
-    return plan_shards(manifest_path, embeddings_dir, dim, cfg.part_rows)
+    config = checkpoint_config(Path(model_dir) / MODEL_FILE)
+    return plan_shards(manifest_path, embeddings_dir, config.latent_dim, cfg.part_rows, has_grey_renderings(config))
 
 
 def embed_shards_here(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, numbers: list[int],

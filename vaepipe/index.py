@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from faiss.contrib.ondisk import merge_ondisk
 
 from vaepipe.config import IndexConfig
+from vaepipe.embed import Embedded
 from vaepipe.ingest import read_ok
 from vaepipe.errors import VaepipeError
 from vaepipe.store import atomic_path, fingerprint_of, read_json, write_json, write_parquet
@@ -56,7 +57,7 @@ class Source:
     """Which embedding row each index row takes: the ids (path, sha256, sorted by path) and, per Parquet part,
     the index rows it fills and the rows of the part that fill them. Vectors stay on disk until asked for."""
 
-    ids: pa.Table
+    ids: pa.Table  # with a column greyscale where the parts have grey renderings (colour models)
     dim: int
     parts: list[tuple[Path, np.ndarray, np.ndarray]]  # (part file, index rows, rows within the part)
 
@@ -64,27 +65,32 @@ class Source:
     def n(self) -> int:
         return self.ids.num_rows
 
-    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    @property
+    def spaces(self) -> list[str]:
+        """The embedding columns an index is built over: the images, and where there are, their grey renderings."""
+        return ["embedding", "grey_embedding"] if "greyscale" in self.ids.column_names else ["embedding"]
+
+    def blocks(self, column: str = "embedding") -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(index rows, their vectors float32) one part at a time."""
         for part, rows, within in self.parts:
             if len(rows):
-                table = pq.read_table(part, columns=["embedding"])
-                flat = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                table = pq.read_table(part, columns=[column])
+                flat = table[column].combine_chunks().flatten().to_numpy(zero_copy_only=False)
                 yield rows, np.ascontiguousarray(flat.reshape(-1, self.dim)[within], dtype=np.float32)
 
-    def vectors(self) -> np.ndarray:
+    def vectors(self, column: str = "embedding") -> np.ndarray:
         """Every index row's vector, float32 (n, d), in index order: all of them in RAM."""
         out = np.empty((self.n, self.dim), np.float32)
-        for rows, block in self.blocks():
+        for rows, block in self.blocks(column):
             out[rows] = block
         return out
 
-    def gather(self, rows: np.ndarray) -> np.ndarray:
+    def gather(self, rows: np.ndarray, column: str = "embedding") -> np.ndarray:
         """The vectors of some index rows (in the order given), reading one part at a time."""
         out = np.empty((len(rows), self.dim), np.float32)
         where = np.full(self.n, -1, np.int64)
         where[rows] = np.arange(len(rows))
-        for block_rows, vectors in self.blocks():
+        for block_rows, vectors in self.blocks(column):
             at = where[block_rows]
             out[at[at >= 0]] = vectors[at >= 0]
         return out
@@ -97,7 +103,11 @@ def match_embeddings(embeddings_dir: Path, manifest_path: Path) -> Source:
     if not parts:
         raise VaepipeError(f"no embeddings in {embeddings_dir}: run the embed stage first")
     shas = [pq.read_table(p, columns=["sha256"])["sha256"].combine_chunks() for p in parts]
-    dim = pq.read_schema(parts[0]).field("embedding").type.list_size
+    schema = pq.read_schema(parts[0]).remove_metadata()
+    if any(not pq.read_schema(p).remove_metadata().equals(schema) for p in parts[1:]):
+        raise VaepipeError(f"the parts in {embeddings_dir} have different columns (written by different versions): "
+                           "run the embed stage again, which sets the outdated ones aside")
+    dim = schema.field("embedding").type.list_size
     ok = read_ok(manifest_path).select(["path", "sha256"]).sort_by("path")
     # Matched in Arrow, not through a dict of Python strings (~150 bytes per image, held while the index is built).
     found = pc.index_in(ok["sha256"], value_set=pa.chunked_array(shas, pa.string()).combine_chunks())  # a sha embedded twice: the first
@@ -109,6 +119,9 @@ def match_embeddings(embeddings_dir: Path, manifest_path: Path) -> Source:
     bounds = np.searchsorted(part_of[by_part], np.arange(len(parts) + 1))
     matched = [(part, by_part[bounds[j]:bounds[j + 1]], at[by_part[bounds[j]:bounds[j + 1]]] - starts[j])
                for j, part in enumerate(parts)]
+    if "greyscale" in schema.names:  # 1 byte an image: read whole
+        flags = pa.concat_arrays([pq.read_table(p, columns=["greyscale"])["greyscale"].combine_chunks() for p in parts])
+        ids = ids.append_column("greyscale", flags.take(pa.array(at)))
     return Source(ids, dim, matched)
 
 
@@ -220,8 +233,13 @@ def choose_kind(n: int, cfg: IndexConfig) -> str:
     return "flat" if n < cfg.exact_below else "hnsw" if n < cfg.in_ram_below else "ivf-disk"
 
 
+GREY_FILE = "grey.faiss"  # the grey renderings' index, beside index.faiss
+
+
 def build_index(embeddings_dir: Path, manifest_path: Path, index_dir: Path, model_id: str,
                 cfg: IndexConfig = IndexConfig()) -> IndexResult:
+    """index.faiss over the images' embeddings and, for a colour model, grey.faiss over their grey renderings' (the
+    space greyscale queries search), with ids.parquet and index.json, published as one version."""
     t0 = time.monotonic()
     if cfg.metric not in ("cosine", "l2"):
         raise VaepipeError(f"unknown metric {cfg.metric!r}: use cosine or l2")
@@ -234,14 +252,37 @@ def build_index(embeddings_dir: Path, manifest_path: Path, index_dir: Path, mode
     kind = choose_kind(n, cfg)
     published, index_dir = Path(index_dir), _new_version(Path(index_dir))
     sample = np.sort(np.random.default_rng(0).choice(n, size=min(cfg.recall_sample, n), replace=False))
+    spaces = {column: _build_space(source, column, kind, sample, cfg, index_dir / file)
+              for column, file in zip(source.spaces, ("index.faiss", GREY_FILE))}
+    write_parquet(source.ids, index_dir / "ids.parquet")
+    main = spaces["embedding"]
+    meta = {
+        "kind": kind, "n": n, "dim": dim, "metric": cfg.metric, **main,
+        "recall_sample": len(sample) if kind != "flat" else 0, "model_id": model_id,
+        "source_fingerprint": source_fingerprint(model_id, source.ids),
+        **({"grey": {"file": GREY_FILE, **spaces["grey_embedding"]}} if "grey_embedding" in spaces else {}),
+        "config": asdict(cfg), "build_seconds": round(time.monotonic() - t0, 3),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(meta, index_dir / "index.json")
+    _publish(index_dir, published)
+    log.info("index: %s over %d x %d (%s), recall@10 %.4f, %s%s", kind, n, dim, cfg.metric, main["recall_at_10"],
+             main["params"], f"; grey renderings {spaces['grey_embedding']['recall_at_10']:.4f}" if "grey" in meta else "")
+    return IndexResult(published, kind, n, dim, main["recall_at_10"], main["params"])
+
+
+def _build_space(source: Source, column: str, kind: str, sample: np.ndarray, cfg: IndexConfig, path: Path) -> dict:
+    """One FAISS index over one embedding column, written to `path`, its search knob tuned on the sample's rows;
+    returns what index.json records of it (params, recall_at_10, centre, and lists_path for ivf-disk)."""
+    n, dim = source.n, source.dim
     if kind == "ivf-disk":
-        centre = _mean(source) if cfg.metric == "cosine" else np.zeros(dim, np.float32)
-        index, params = _build_ivf_on_disk(source, centre, cfg.metric, index_dir)
-        queries = prepare(source.gather(sample), cfg.metric, centre)
+        centre = _mean(source, column) if cfg.metric == "cosine" else np.zeros(dim, np.float32)
+        index, params = _build_ivf_on_disk(source, column, centre, cfg.metric, path.parent)
+        queries = prepare(source.gather(sample, column), cfg.metric, centre)
         blocks: Iterable[tuple[np.ndarray, np.ndarray]] = (
-            (rows, prepare(vectors, cfg.metric, centre)) for rows, vectors in source.blocks())
+            (rows, prepare(vectors, cfg.metric, centre)) for rows, vectors in source.blocks(column))
     else:
-        vectors = source.vectors()
+        vectors = source.vectors(column)
         centre = vectors.mean(0) if cfg.metric == "cosine" else np.zeros(dim, np.float32)
         x = prepare(vectors, cfg.metric, centre)
         del vectors
@@ -250,24 +291,11 @@ def build_index(embeddings_dir: Path, manifest_path: Path, index_dir: Path, mode
     truth = exact_neighbours(queries, blocks, min(10, n), cfg.metric) if kind != "flat" else None
     recall, knob = tune(index, kind, queries, truth, cfg)
     params.update(knob)
-
-    log.info("index: writing %s", index_dir)
-    with atomic_path(index_dir / "index.faiss") as tmp:
+    log.info("index: writing %s", path)
+    with atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
-    write_parquet(source.ids, index_dir / "ids.parquet")
-    meta = {
-        "kind": kind, "params": params, "n": n, "dim": dim, "metric": cfg.metric,
-        "recall_at_10": recall, "recall_sample": len(sample) if kind != "flat" else 0,
-        "model_id": model_id, "centre": centre.astype(float).tolist(),
-        "source_fingerprint": source_fingerprint(model_id, source.ids),
-        **({"lists_path": str((index_dir / params["lists"]).resolve())} if kind == "ivf-disk" else {}),
-        "config": asdict(cfg), "build_seconds": round(time.monotonic() - t0, 3),
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_json(meta, index_dir / "index.json")
-    _publish(index_dir, published)
-    log.info("index: %s over %d x %d (%s), recall@10 %.4f, %s", kind, n, dim, cfg.metric, recall, params)
-    return IndexResult(published, kind, n, dim, recall, params)
+    return {"params": params, "recall_at_10": recall, "centre": centre.astype(float).tolist(),
+            **({"lists_path": str((path.parent / params["lists"]).resolve())} if kind == "ivf-disk" else {})}
 
 
 # An index is one unit: its files (index.faiss, ids.parquet, index.json, an on-disk index's lists) are written into
@@ -296,26 +324,28 @@ def _publish(version: Path, published: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _mean(source: Source) -> np.ndarray:
+def _mean(source: Source, column: str) -> np.ndarray:
     total = np.zeros(source.dim, np.float64)
-    for _, vectors in source.blocks():
+    for _, vectors in source.blocks(column):
         total += vectors.sum(0, dtype=np.float64)
     return (total / source.n).astype(np.float32)
 
 
-def _build_ivf_on_disk(source: Source, centre: np.ndarray, metric: str, index_dir: Path) -> tuple[faiss.Index, dict]:
+def _build_ivf_on_disk(source: Source, column: str, centre: np.ndarray, metric: str, index_dir: Path
+                       ) -> tuple[faiss.Index, dict]:
     """IVF built one embedding part at a time: for collections whose vectors do not fit in RAM.
 
     The quantizer is trained on a sample (at most IVF_TRAIN_MAX vectors); each part's vectors go into their own
     small IVF index on disk, and FAISS merges those lists into one file (lists-*.ivfdata) that searches
     memory-map. RAM holds one part, the sample and the quantizer, never all vectors.
     """
-    index = _trained_ivf(prepare(source.gather(_ivf_training_rows(source.n)), metric, centre), _ivf_nlist(source.n), metric)
+    index = _trained_ivf(prepare(source.gather(_ivf_training_rows(source.n), column), metric, centre),
+                         _ivf_nlist(source.n), metric)
     lists = f"lists-{time.strftime('%Y%m%d%H%M%S')}-{os.urandom(3).hex()}.ivfdata"  # a new name: open searches keep theirs
     blocks_dir = Path(tempfile.mkdtemp(prefix=".blocks-", dir=index_dir))
     try:
         block_files = []
-        for j, (rows, vectors) in enumerate(source.blocks()):
+        for j, (rows, vectors) in enumerate(source.blocks(column)):
             block = faiss.clone_index(index)
             block.add_with_ids(prepare(vectors, metric, centre), rows.astype(np.int64))
             block_files.append(str(blocks_dir / f"block-{j:05d}.index"))
@@ -358,11 +388,16 @@ def read_index_meta(index_dir: Path) -> dict:
 
 @dataclass
 class SearchIndex:
-    """A built index opened for search: the one way queries reach FAISS."""
+    """A built index opened for search: the one way queries reach FAISS.
+
+    A colour model's index has two spaces with the same rows: `index` over the images and `grey` over their grey
+    renderings. A query that is greyscale itself (Embedded.greyscale) is searched in the grey space, where a colour
+    original looks as its greyscale copy does; every other query in the images' space."""
 
     index: faiss.Index
     ids: pa.Table
     meta: dict
+    grey: faiss.Index | None = None
 
     @classmethod
     def open(cls, index_dir: Path, mmap: bool = True) -> SearchIndex:
@@ -372,56 +407,94 @@ class SearchIndex:
         index_dir = Path(index_dir).resolve()  # one version's folder, whatever a rebuild publishes meanwhile
         meta = read_index_meta(index_dir)
         try:
-            # IVF takes IO_FLAG_MMAP (on-disk inverted lists); flat and HNSW storage take IO_FLAG_MMAP_IFC.
-            flags = (faiss.IO_FLAG_MMAP if meta["kind"] == "ivf" else faiss.IO_FLAG_MMAP_IFC) if mmap else 0
-            if meta["kind"] == "ivf-disk":  # lists always mapped from their file
-                # Where it was built, FAISS finds the file by its recorded path; in a moved index dir, beside the
-                # index file (IO_FLAG_ONDISK_SAME_DIR, which FAISS announces on stdout, so only then).
-                built_here = str((index_dir / meta["params"]["lists"]).resolve()) == meta.get("lists_path")
-                flags = 0 if built_here else faiss.IO_FLAG_ONDISK_SAME_DIR
-            index = faiss.read_index(str(index_dir / "index.faiss"), flags)
+            index = _read_space(index_dir / "index.faiss", meta["kind"], meta, mmap)
+            grey = _read_space(index_dir / meta["grey"]["file"], meta["kind"], meta["grey"], mmap) if "grey" in meta else None
             ids = pq.read_table(index_dir / "ids.parquet")
-        except Exception as e:  # FAISS raises RuntimeError, Arrow its own: both mean the files are damaged
+        except Exception as e:  # FAISS raises RuntimeError, Arrow its own, a bad index.json KeyError: all mean damage
             raise VaepipeError(f"index in {index_dir} is unreadable ({e}): rebuild with `vaepipe index`") from None
-        if index.ntotal != meta["n"] or ids.num_rows != meta["n"] or index.d != meta["dim"]:
-            raise VaepipeError(f"index in {index_dir} is inconsistent (index has {index.ntotal} rows, ids "
+        sizes = [space.ntotal for space in (index, grey) if space is not None]
+        if set(sizes) != {meta["n"]} or ids.num_rows != meta["n"] or index.d != meta["dim"] or \
+                (grey is not None) != ("greyscale" in ids.column_names):
+            raise VaepipeError(f"index in {index_dir} is inconsistent (index has {sizes} rows, ids "
                                f"{ids.num_rows}, index.json says {meta['n']}): rebuild with `vaepipe index`")
         if source_fingerprint(meta["model_id"], ids) != meta["source_fingerprint"]:
             raise VaepipeError(f"index in {index_dir} does not match its recorded source: rebuild with `vaepipe index`")
-        _set_knob(index, meta["kind"], meta["params"].get("efSearch") or meta["params"].get("nprobe") or 0)
-        if meta["kind"] in ("ivf", "ivf-disk"):
-            index.make_direct_map()  # lets stored_vectors() reconstruct rows
-        return cls(index, ids, meta)
+        return cls(index, ids, meta, grey)
 
     @property
     def dim(self) -> int:
         return int(self.meta["dim"])
 
-    def search(self, vectors: np.ndarray, k: int, prepared: bool = False
+    def search(self, queries: Embedded | np.ndarray, k: int, prepared: bool = False
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows (Q, k) with -1 where fewer were found, distance, similarity). Cosine: distance = 1 - cosine.
 
-        `vectors` are posterior means, or with prepared=True vectors already as stored (from `stored_vectors`).
+        `queries`: what the encoder made of images (greyscale ones are searched among the grey renderings), or
+        vectors searched in the images' space; posterior means, or with prepared=True as stored (`stored`).
         """
-        if vectors.shape[1] != self.dim:
-            raise VaepipeError(f"query embeddings have dimension {vectors.shape[1]} but the index has {self.dim}: "
-                               "the index was built with another model; rebuild with `vaepipe index`")
-        x = vectors if prepared else prepare(vectors, self.meta["metric"], np.asarray(self.meta["centre"], np.float32))
-        scores, rows = self.index.search(np.ascontiguousarray(x, dtype=np.float32), k)
+        n = len(queries)
+        rows, scores = np.full((n, k), -1, np.int64), np.zeros((n, k), np.float32)
+        for at, space, x in self._routes(queries, prepared):
+            scores[at], rows[at] = space.search(x, k)
         if self.meta["metric"] == "cosine":
-            return rows, (1.0 - scores).astype(np.float32), scores.astype(np.float32)
+            return rows, (1.0 - scores).astype(np.float32), scores
         distance = np.sqrt(np.maximum(scores, 0)).astype(np.float32)  # FAISS L2 scores are squared
         return rows, distance, (1.0 / (1.0 + distance)).astype(np.float32)
 
-    def within(self, vectors: np.ndarray, similarity: float, prepared: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Every stored row at least `similarity` alike to each query: (lims, rows), query i's rows being
-        rows[lims[i]:lims[i + 1]] (a FAISS range search)."""
-        x = vectors if prepared else prepare(vectors, self.meta["metric"], np.asarray(self.meta["centre"], np.float32))
-        # FAISS keeps scores above the radius for inner products, below it for (squared) L2.
-        radius = similarity if self.meta["metric"] == "cosine" else (1.0 / similarity - 1.0) ** 2
-        lims, _, rows = self.index.range_search(np.ascontiguousarray(x, dtype=np.float32), radius)
-        return lims.astype(np.int64), rows  # lims come as uint64, which numpy will not mix with row numbers
+    def within(self, queries: Embedded | np.ndarray, similarity: float, prepared: bool = False,
+               grey_similarity: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored row at least `similarity` alike to each query (greyscale queries: `grey_similarity`, if
+        given): (lims, rows), query i's rows being rows[lims[i]:lims[i + 1]] (a FAISS range search, in the space
+        `search` would use)."""
+        found: list[np.ndarray] = [np.zeros(0, np.int64)] * len(queries)
+        for at, space, x in self._routes(queries, prepared):
+            least = grey_similarity if space is self.grey and grey_similarity is not None else similarity
+            # FAISS keeps scores above the radius for inner products, below it for (squared) L2.
+            radius = least if self.meta["metric"] == "cosine" else (1.0 / least - 1.0) ** 2
+            lims, _, rows = space.range_search(x, radius)
+            for j, i in enumerate(at):
+                found[i] = rows[lims[j]:lims[j + 1]]
+        lims = np.concatenate([[0], np.cumsum([len(f) for f in found])]).astype(np.int64)
+        return lims, np.concatenate(found).astype(np.int64) if found else np.zeros(0, np.int64)
+
+    def stored(self, rows: np.ndarray) -> Embedded:
+        """Index rows as stored (prepared), in both spaces, for querying the collection against itself."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.grey is None:
+            return Embedded(self.index.reconstruct_batch(rows))
+        flags = self.ids["greyscale"].to_numpy(zero_copy_only=False)
+        return Embedded(self.index.reconstruct_batch(rows), self.grey.reconstruct_batch(rows), flags[rows])
 
     def stored_vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Vectors of index rows as stored (prepared), for querying the collection against itself."""
+        """Vectors of index rows as stored (prepared) in the images' space."""
         return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+
+    def _routes(self, queries: Embedded | np.ndarray, prepared: bool) -> Iterator[tuple[np.ndarray, faiss.Index, np.ndarray]]:
+        """(query positions, the space they search, their vectors prepared for it), for each space that has queries."""
+        if isinstance(queries, np.ndarray):
+            queries = Embedded(queries)
+        if queries.embedding.shape[1] != self.dim:
+            raise VaepipeError(f"query embeddings have dimension {queries.embedding.shape[1]} but the index has "
+                               f"{self.dim}: the index was built with another model; rebuild with `vaepipe index`")
+        grey = queries.greyscale if self.grey is not None and queries.greyscale is not None else np.zeros(len(queries), bool)
+        for space, meta, vectors, at in ((self.index, self.meta, queries.embedding, np.flatnonzero(~grey)),
+                                         (self.grey, self.meta.get("grey"), queries.grey_embedding, np.flatnonzero(grey))):
+            if len(at):
+                x = vectors[at] if prepared else prepare(vectors[at], self.meta["metric"], np.asarray(meta["centre"], np.float32))
+                yield at, space, np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _read_space(path: Path, kind: str, meta: dict, mmap: bool) -> faiss.Index:
+    """One space's FAISS index, read (mapped) for search with its tuned knob."""
+    # IVF takes IO_FLAG_MMAP (on-disk inverted lists); flat and HNSW storage take IO_FLAG_MMAP_IFC.
+    flags = (faiss.IO_FLAG_MMAP if kind == "ivf" else faiss.IO_FLAG_MMAP_IFC) if mmap else 0
+    if kind == "ivf-disk":  # lists always mapped from their file
+        # Where it was built, FAISS finds the file by its recorded path; in a moved index dir, beside the
+        # index file (IO_FLAG_ONDISK_SAME_DIR, which FAISS announces on stdout, so only then).
+        built_here = str((path.parent / meta["params"]["lists"]).resolve()) == meta.get("lists_path")
+        flags = 0 if built_here else faiss.IO_FLAG_ONDISK_SAME_DIR
+    index = faiss.read_index(str(path), flags)
+    _set_knob(index, kind, meta["params"].get("efSearch") or meta["params"].get("nprobe") or 0)
+    if kind in ("ivf", "ivf-disk"):
+        index.make_direct_map()  # lets `stored` reconstruct rows
+    return index

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaepipe.config import EmbedConfig, IngestConfig
-from vaepipe.duplicates import calibrate_threshold, check_threshold, duplicate_groups
-from vaepipe.embed import encode_files
+from vaepipe.duplicates import calibrate_threshold, check_threshold, duplicate_groups, grey_threshold
+from vaepipe.embed import Embedded, encode_files
 from vaepipe.index import SearchIndex, read_index_meta
 from vaepipe.ingest import inspect_file, scan
 from vaepipe.model import default_device, load_checkpoint
@@ -102,8 +102,8 @@ def query_folder(workdir: Workdir, query_dir: Path, k: int = 10, cfg: EmbedConfi
     files = scan(query_dir)
     if not files:
         raise VaepipeError(f"no files in query folder {query_dir}")
-    names, shas, vectors, skipped = _embed_outside(workdir, collection, index, [(query_dir, f) for f in files], cfg)
-    return _run(workdir, "folder", index, names, shas, lambda s: (vectors[s], False), None, k, skipped, t0,
+    names, shas, embedded, skipped = _embed_outside(workdir, collection, index, [(query_dir, f) for f in files], cfg)
+    return _run(workdir, "folder", index, names, shas, lambda s: (embedded.take(s), False), None, k, skipped, t0,
                 {"queries": str(query_dir)}, query_root=query_dir)
 
 
@@ -119,16 +119,16 @@ def search_files(workdir: Workdir, files: Path | Sequence[Path], k: int = 10, cf
         items = [(root, f) for f in scan(root)]
         if not items:
             raise VaepipeError(f"no files in folder {root}")
-        names, shas, vectors, skipped = _embed_outside(workdir, collection, index, items, cfg)
+        names, shas, embedded, skipped = _embed_outside(workdir, collection, index, items, cfg)
     else:
         given = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
         # Each file vetted where it is (a link the caller named is followed), named as the caller named it.
-        names, shas, vectors, skipped = _embed_outside(workdir, collection, index,
+        names, shas, embedded, skipped = _embed_outside(workdir, collection, index,
                                                        [(f.resolve().parent, f.resolve()) for f in given], cfg,
                                                        names=[str(f) for f in given])
     if not names:
         raise VaepipeError("no query image could be read: " + "; ".join(f"{n}: {r}" for n, r in skipped[:3]))
-    return _collect(index, names, shas, lambda s: (vectors[s], False), None, k, skipped)
+    return _collect(index, names, shas, lambda s: (embedded.take(s), False), None, k, skipped)
 
 
 def search_collection(workdir: Workdir, paths: Sequence[str] | None = None, k: int = 10) -> Neighbours:
@@ -143,14 +143,14 @@ def search_collection(workdir: Workdir, paths: Sequence[str] | None = None, k: i
         rows = np.asarray(rows_l, dtype=np.int64)
     all_paths, all_shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
     return _collect(index, [all_paths[r] for r in rows], [all_shas[r] for r in rows],
-                    lambda s: (index.stored_vectors(rows[s]), True), rows, k, skipped)
+                    lambda s: (index.stored(rows[s]), True), rows, k, skipped)
 
 
 def _embed_outside(workdir: Workdir, collection: dict, index: SearchIndex, items: list[tuple[Path, Path]],
                    cfg: EmbedConfig, names: list[str] | None = None
-                   ) -> tuple[list[str], list[str], np.ndarray, list[tuple[str, str]]]:
-    """Embed files outside the collection, (folder, file) pairs, with its model: (names, sha256s, vectors, skipped)
-    of the files read; names are relative to each folder unless given."""
+                   ) -> tuple[list[str], list[str], Embedded, list[tuple[str, str]]]:
+    """Embed files outside the collection, (folder, file) pairs, with its model: (names, sha256s, what the encoder
+    made of them, skipped) of the files read; names are relative to each folder unless given."""
     model = load_checkpoint(workdir.model_file(collection["model_id"]), default_device())
     if model.config.latent_dim != index.dim:
         raise VaepipeError(f"the model embeds in dimension {model.config.latent_dim} but the index has {index.dim}: "
@@ -161,15 +161,15 @@ def _embed_outside(workdir: Workdir, collection: dict, index: SearchIndex, items
     names = names or [r["path"] for r in rows]
     skipped = [(n, r["error"]) for n, r in zip(names, rows) if r["status"] != "ok"]
     ok = [i for i, r in enumerate(rows) if r["status"] == "ok"]
-    vectors = np.zeros((len(ok), index.dim), np.float32)
-    good = np.zeros(len(ok), bool)
     workers = cfg.workers if len(ok) > cfg.batch_size else 0  # starting decoding processes costs more than a batch
     paths = [file_path(items[i][0], rows[i]["path"]) for i in ok]
-    for idx, mu, errors in encode_files(model, paths, cfg.batch_size, workers):
-        vectors[idx], good[idx] = mu, True
+    done, batches = [], []
+    for idx, embedded, errors in encode_files(model, paths, cfg.batch_size, workers):
+        done += idx  # in order: batches come back in the order of `paths`
+        batches.append(embedded)
         skipped += [(names[ok[j]], reason) for j, reason in errors]
-    return ([names[i] for i, g in zip(ok, good) if g], [rows[i]["sha256"] for i, g in zip(ok, good) if g],
-            vectors[good], skipped)
+    return ([names[ok[j]] for j in done], [rows[ok[j]]["sha256"] for j in done], Embedded.concat(batches, index.dim),
+            skipped)
 
 
 def _rows_of(index: SearchIndex, root: Path, names: Sequence[str]) -> tuple[list[int], list[tuple[str, str]]]:
@@ -225,6 +225,8 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
     if duplicates:
         threshold, calibration = _duplicate_threshold(workdir, collection, index, threshold)
         params["duplicate_threshold"] = threshold
+        if index.grey is not None:
+            params["duplicate_threshold_greyscale"] = grey_threshold(threshold)
         if calibration is not None:
             params["duplicate_calibration"] = calibration
     return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params)
@@ -260,11 +262,11 @@ def _query_rows(workdir: Workdir, kind: str, index: SearchIndex, rows: np.ndarra
                 skipped: list[tuple[str, str]], t0: float, params: dict) -> QueryResult:
     paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
     return _run(workdir, kind, index, [paths[r] for r in rows], [shas[r] for r in rows],
-                lambda s: (index.stored_vectors(rows[s]), True), rows, k, skipped, t0, params)
+                lambda s: (index.stored(rows[s]), True), rows, k, skipped, t0, params)
 
 
 def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas: list[str],
-         vectors_of: Callable[[slice], tuple[np.ndarray, bool]], self_rows: np.ndarray | None, k: int,
+         vectors_of: Callable[[slice], tuple[Embedded, bool]], self_rows: np.ndarray | None, k: int,
          skipped: list[tuple[str, str]], t0: float, params: dict, query_root: Path | None = None) -> QueryResult:
     run_id = new_run_id(kind)
     # Written in a hidden folder and renamed when whole: a failed or killed run (and Prefect's retry of it) leaves
@@ -287,7 +289,9 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
                "measured recall@10": index.meta["recall_at_10"], "metric": index.meta["metric"],
                "run time": f"{result.seconds:.1f} s", "skipped queries": len(skipped)}
     if groups is not None:
-        summary["duplicate groups"] = f"{result.n_duplicate_groups:,} (similarity >= {params['duplicate_threshold']:.4f})"
+        threshold = params["duplicate_threshold"]
+        summary["duplicate groups"] = f"{result.n_duplicate_groups:,} (similarity >= {threshold:.4f}" + (
+            f"; greyscale images to grey renderings >= {grey_threshold(threshold):.4f})" if index.grey is not None else ")")
     result.report = write_query_report(run_dir, out, image_root, query_root or image_root, summary, groups)
     result.seconds = time.monotonic() - t0
     write_json({"run_id": run_id, "kind": kind, "k": k, **params, "model_id": index.meta["model_id"],
@@ -310,14 +314,14 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
 
 
 def _collect(index: SearchIndex, names: list[str], shas: list[str],
-             vectors_of: Callable[[slice], tuple[np.ndarray, bool]], self_rows: np.ndarray | None, k: int,
+             vectors_of: Callable[[slice], tuple[Embedded, bool]], self_rows: np.ndarray | None, k: int,
              skipped: list[tuple[str, str]]) -> Neighbours:
     batches = list(_neighbour_batches(index, names, shas, vectors_of, self_rows, k, run_id=""))
     return Neighbours(pa.concat_tables(batches) if batches else NEIGHBOURS_SCHEMA.empty_table(), skipped)
 
 
 def _search_and_write(index: SearchIndex, out: Path, names: list[str], shas: list[str],
-                      vectors_of: Callable[[slice], tuple[np.ndarray, bool]], self_rows: np.ndarray | None,
+                      vectors_of: Callable[[slice], tuple[Embedded, bool]], self_rows: np.ndarray | None,
                       k: int, about: dict[str, str]) -> int:
     """Stream the search's batches to neighbours.parquet; `about` (run, model, image root) goes into its columns
     run_id and model_id and into the file's metadata (vaepipe.*)."""
@@ -331,11 +335,12 @@ def _search_and_write(index: SearchIndex, out: Path, names: list[str], shas: lis
 
 
 def _neighbour_batches(index: SearchIndex, names: list[str], shas: list[str],
-                       vectors_of: Callable[[slice], tuple[np.ndarray, bool]], self_rows: np.ndarray | None,
+                       vectors_of: Callable[[slice], tuple[Embedded, bool]], self_rows: np.ndarray | None,
                        k: int, run_id: str) -> Iterator[pa.Table]:
     """Search SEARCH_BATCH queries at a time: the k nearest of each (without itself, where self_rows names the
-    query's own index row) as NEIGHBOURS_SCHEMA rows. vectors_of(slice) gives the queries' vectors and whether
-    they are already prepared for the index (stored vectors are)."""
+    query's own index row) as NEIGHBOURS_SCHEMA rows. vectors_of(slice) gives what the encoder made of the queries
+    and whether it is already prepared for the index (stored rows are); greyscale queries search the grey
+    renderings (SearchIndex.search)."""
     ids_path = np.asarray(index.ids["path"].to_pylist(), dtype=object)
     ids_sha = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
     names_a, shas_a = np.asarray(names, dtype=object), np.asarray(shas, dtype=object)

@@ -59,15 +59,14 @@ NEIGHBOURS_SCHEMA = pa.schema(
 )
 
 
-def embedding_schema(dim: int) -> pa.Schema:
-    return pa.schema(
-        [
-            ("path", pa.string()),
-            ("sha256", pa.string()),
-            ("model_id", pa.string()),
-            ("embedding", pa.list_(pa.float32(), dim)),
-        ]
-    )
+def embedding_schema(dim: int, grey: bool = False) -> pa.Schema:
+    """An embeddings part; grey (colour models): also each image's grey rendering's embedding and whether the image
+    is greyscale itself (embed.Embedded)."""
+    fields = [("path", pa.string()), ("sha256", pa.string()), ("model_id", pa.string()),
+              ("embedding", pa.list_(pa.float32(), dim))]
+    if grey:
+        fields += [("grey_embedding", pa.list_(pa.float32(), dim)), ("greyscale", pa.bool_())]
+    return pa.schema(fields)
 
 
 MODEL_FILE = "model.pt"  # in models/<model_id>/
