@@ -11,6 +11,7 @@ process (clean peak memory) on the same files:
                timed apart, so the table has the embedding stage alone and the whole way from folder to embeddings
   decode floor the same DataLoader (same files, same processes) without the model
   model floor  the encoder alone on uint8 tensors already in the memory of the device it runs on
+  (for colour images both floors include the grey rendering each image also gets, as the pipeline does)
   naive peer   a notebook loop: PIL open -> convert -> resize -> stack 256 -> encoder, one process
 
 --workers defaults to the product's default, one per usable core. The encoder runs where the product runs it:
@@ -101,7 +102,7 @@ def measure(what: str, kind: str, n: int, workers: int) -> dict:
     import torch
 
     from vaepipe.config import EmbedConfig, IngestConfig
-    from vaepipe.embed import embed
+    from vaepipe.embed import embed, has_grey_renderings
     from vaepipe.images import ImageSpec, iter_image_batches, to_float
     from vaepipe.ingest import ingest
     from vaepipe.model import VAE, default_device, folded, save_checkpoint
@@ -125,16 +126,17 @@ def measure(what: str, kind: str, n: int, workers: int) -> dict:
         save_checkpoint(model, work / "model" / "model.pt")
         t0 = time.monotonic()
         embed(folder, manifest, work / "model", work / "emb", EmbedConfig(batch_size=256, workers=workers))
-    elif what == "decode floor":
-        for _ in iter_image_batches(paths, spec, batch_size=256, workers=workers):
+    elif what == "decode floor":  # a colour model's images come with their grey renderings, as the pipeline's do
+        for _ in iter_image_batches(paths, spec, batch_size=256, workers=workers, grey=has_grey_renderings(cfg)):
             pass
-    elif what == "model floor":
-        x = torch.randint(0, 256, (min(n, 20_000), spec.channels, spec.size, spec.size), dtype=torch.uint8, device=device)
+    elif what == "model floor":  # two encodings an image for a colour model (the image and its grey rendering)
+        renderings = 2 if has_grey_renderings(cfg) else 1
+        x = torch.randint(0, 256, (min(n, 20_000) * renderings, spec.channels, spec.size, spec.size), dtype=torch.uint8, device=device)
         with torch.no_grad():
             for _ in range(max(1, n // len(x))):
                 for b in x.split(256):
                     fast.encode(to_float(b))
-        n = max(1, n // len(x)) * len(x)
+        n = max(1, n // len(x)) * len(x) // renderings
     elif what == "naive peer":
         from PIL import Image
         batch = []
