@@ -79,16 +79,18 @@ def test_a_grey_rendering_is_the_array_a_greyscale_copy_becomes(tmp_path):
     photo, small = tmp_path / "photo.png", tmp_path / "small.png"
     open_image(MATE[0], 10**9).convert("RGB").resize((200, 150)).save(photo)
     open_image(MATE[1], 10**9).convert("RGB").resize((64, 64)).save(small)  # decoded straight into the batch
-    sources = [photo, ICON, small]
+    sources = [photo, ICON, small, tmp_path / "grey.png"]
+    open_image(MATE[2], 10**9).convert("L").resize((90, 70)).save(sources[-1])
     copies = []
     for src in sources:
         copies.append(tmp_path / f"grey-{len(copies)}.png")
         grey_rendering(Image.open(src)).save(copies[-1])
     both, errors = load_batch(sources, SPEC, grey=True)
-    assert both.shape == (3, 2, 3, 64, 64) and errors == ["", "", ""]
+    assert both.shape == (4, 2, 3, 64, 64) and errors == [""] * 4
     assert np.array_equal(both[:, 0], load_batch(sources, SPEC)[0])  # the images as without renderings
     assert np.array_equal(both[:, 1], load_batch(copies, SPEC)[0])
-    assert (both[:, 1, 0] == both[:, 1, 2]).all() and not (both[:, 0, 0] == both[:, 0, 2]).all()
+    assert (both[:, 1, 0] == both[:, 1, 2]).all() and not (both[:3, 0, 0] == both[:3, 0, 2]).all()
+    assert np.array_equal(both[3, 0], both[3, 1])  # a grey file is its own grey rendering
 
 
 def test_the_encoder_tells_greyscale_images_by_their_pixels(colour, tmp_path):

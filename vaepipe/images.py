@@ -361,7 +361,9 @@ def load_batch(paths: Sequence[str | Path], spec: ImageSpec, max_pixels: int = 6
         try:
             img = _open_for(paths[j], spec, max_pixels)
             if grey:
-                batch[j] = to_array(img, spec, alpha), to_array(grey_rendering(img), spec, alpha)
+                batch[j, 0] = to_array(img, spec, alpha)
+                # A grey file is its own grey rendering: fitted once (a third of the clip art, most symbolic icons).
+                batch[j, 1] = batch[j, 0] if img.mode in GREY_MODES else to_array(grey_rendering(img), spec, alpha)
             else:
                 batch[j] = to_array(img, spec, alpha)
         except Exception as e:  # one image's failure, whatever Pillow raised, is that image's error
