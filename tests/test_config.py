@@ -13,7 +13,7 @@ from vaepipe.config import BuildConfig, EmbedConfig, IndexConfig, IngestConfig, 
 # Fields without a flag: recipe internals that BENCHMARKS.md tuned (set them from Python), or set another way.
 NOT_ON_THE_CLI = {
     "ingest": {"checkpoint_every"},
-    "train": {"extra_dim", "normalised_means", "width", "batch_norm", "temperature", "warmup_epochs", "val_fraction",
+    "train": {"extra_dim", "normalised_means", "standardised_input", "width", "batch_norm", "temperature", "warmup_epochs", "val_fraction",
               "max_images", "min_epochs", "image_passes", "max_restarts", "retrain_when_grown", "batch_size",
               "checkpoint_minutes"},
     "embed": {"batch_size", "threads"},

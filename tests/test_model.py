@@ -155,3 +155,19 @@ def test_a_checkpoint_claiming_a_huge_model_is_refused_before_it_is_built(tmp_pa
     torch.save(obj, tmp_path / "huge.pt")
     with pytest.raises(VaepipeError, match="sizes out of range: latent_dim 10000000"):
         checkpoint_config(tmp_path / "huge.pt")
+
+
+def test_a_standardised_input_makes_a_darker_or_brighter_copy_the_same_input():
+    torch.manual_seed(0)
+    x, other = torch.rand(4, 3, 32, 32) * 0.8, torch.rand(4, 3, 32, 32) * 0.8
+    # (Not exactly the same: the constant added to the deviation, which keeps a flat image finite, does not scale.)
+    plain = VAE(VAEConfig(image_size=32, channels=3, batch_norm=False)).eval()
+    standardised = VAE(VAEConfig(image_size=32, channels=3, batch_norm=False, standardised_input=True)).eval()
+    standardised.load_state_dict(plain.state_dict())  # the same weights: only the input differs
+    with torch.no_grad():
+        for model, most, least in ((standardised, 0.0, 0.15), (plain, 0.3, 10.0)):
+            apart = (model.embed(other) - model.embed(x)).norm(dim=1)  # how far different images are
+            for scale in (0.7, 1.2):
+                moved = (model.embed(x * scale) - model.embed(x)).norm(dim=1)
+                assert (moved >= most * apart).all() and (moved <= least * apart).all(), (moved / apart)
+        assert torch.isfinite(standardised.embed(torch.full((1, 3, 32, 32), 0.5))).all()  # a flat image stays finite

@@ -90,16 +90,19 @@ def test_model_shape_follows_the_data(tmp_path, fmnist_dir, built):
     cfg = model_config_for(ok, TrainConfig())
     assert cfg.channels == 3 and cfg.image_size == 32 and cfg.fit == "trim"  # colour files, median side 60
     assert cfg.invariance > 0 and cfg.extra_dim == 8 and cfg.normalised_means  # trained to find copies
+    assert cfg.standardised_input  # mostly opaque: a darker or brighter copy is the same input
+    assert not model_config_for(ok, TrainConfig(standardised_input=False)).standardised_input
     assert not cfg.batch_norm  # the 32 px copies recipe was tuned without it (BENCHMARKS.md)
     small = model_config_for(ok, TrainConfig(channels=1, image_size=28))
     assert small.channels == 1 and small.batch_norm
     assert not model_config_for(ok, TrainConfig(image_size=28, batch_norm=False)).batch_norm
     plain = model_config_for(ok, TrainConfig(invariance=0.0))
-    assert plain.invariance == 0 and plain.extra_dim == 0 and not plain.normalised_means
+    assert plain.invariance == 0 and plain.extra_dim == 0 and not plain.normalised_means and not plain.standardised_input
 
     # Small opaque images (Fashion-MNIST) are taken as framed, with the plain recipe.
     fm = model_config_for(read_ok(built.manifest), TrainConfig())
     assert (fm.image_size, fm.channels, fm.fit, fm.invariance, fm.extra_dim) == (28, 1, "letterbox", 0.0, 0)
+    assert not fm.standardised_input
 
     # Icons are small too, but transparent: trimmed, and trained to find copies.
     icons = tmp_path / "icons"
@@ -112,6 +115,7 @@ def test_model_shape_follows_the_data(tmp_path, fmnist_dir, built):
     ingest(icons, tmp_path / "icons.parquet", IngestConfig(workers=1))
     ic = model_config_for(read_ok(tmp_path / "icons.parquet"), TrainConfig())
     assert (ic.image_size, ic.fit) == (32, "trim") and ic.invariance > 0
+    assert not ic.standardised_input  # transparent: standardising cost the icons (BENCHMARKS.md)
 
 
 def test_epochs_and_batches_follow_the_collection():

@@ -39,6 +39,10 @@ class TrainConfig:
     # (model.VAEConfig); None: 8 and on when training for invariance, else 0 and off.
     extra_dim: int | None = None
     normalised_means: bool | None = None
+    # The encoder sees each image minus its mean, over its standard deviation (model.VAEConfig). None: on for folders
+    # trained for copies that are mostly opaque (photos: darker and brighter copies 0.88 -> 0.98 / 0.95 on the
+    # validation photos), off for transparent ones (icons 0.80 -> 0.76) and small framed images (BENCHMARKS.md).
+    standardised_input: bool | None = None
     width: int = 16  # 16 matches 32 on search quality at ~2.7x the speed on CPU (BENCHMARKS.md)
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     batch_norm: bool | None = None  # after every convolution; None: see use_batch_norm()

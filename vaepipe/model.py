@@ -44,6 +44,9 @@ class VAEConfig:
     # Batch norm on the posterior means (without a learned scale; Zhu et al. 2020, "BN-VAE"): the means keep a spread
     # that the decoder can read. Without it, training for invariance shrank them until the decoder ignored them.
     normalised_means: bool = False
+    # The encoder sees each image standardised (minus its mean, over its standard deviation, over all its pixels):
+    # a copy made brighter, darker or of other contrast is then the same input. The decoder still draws the image.
+    standardised_input: bool = False
     # Weight of the invariance term training used (TrainConfig.invariance_for; 0: a plain VAE). Recorded because it
     # sets what a similarity means: duplicates.calibrate_threshold reads it.
     invariance: float = 0.0
@@ -128,6 +131,9 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance of every latent dimension, (B, latent_dim + extra_dim) each."""
+        if self.config.standardised_input:
+            flat = x.flatten(1)
+            x = (x - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 0.05)
         h = self.to_hidden(self.encoder(x))
         return self.mu_norm(self.mu(h)), self.logvar(h).clamp(-12.0, 8.0)
 

@@ -47,14 +47,17 @@ def model_config_for(ok: pa.Table, cfg: TrainConfig) -> VAEConfig:
     modes = ok["mode"].to_pylist()
     channels = cfg.channels or (3 if any(is_colour(m) for m in modes) else 1)
     sides = [max(w, h) for w, h in zip(ok["width"].to_pylist(), ok["height"].to_pylist())]
-    framed = bool(sides) and statistics.median(sides) <= 32 and sum(m in ALPHA_MODES for m in modes) < len(modes) / 2
+    opaque = sum(m in ALPHA_MODES for m in modes) < len(modes) / 2
+    framed = bool(sides) and statistics.median(sides) <= 32 and opaque
     size = cfg.image_size or (28 if framed else 32)
     fit = cfg.fit or ("letterbox" if framed else "trim")
     invariance = cfg.invariance_for(fit)
     extra_dim = cfg.extra_dim if cfg.extra_dim is not None else (8 if invariance else 0)
     normalised_means = cfg.normalised_means if cfg.normalised_means is not None else invariance > 0
+    standardised = cfg.standardised_input if cfg.standardised_input is not None else invariance > 0 and opaque
     return VAEConfig(image_size=size, channels=channels, fit=fit, latent_dim=cfg.latent_dim, extra_dim=extra_dim,
-                     normalised_means=normalised_means, invariance=invariance, width=cfg.width,
+                     normalised_means=normalised_means, standardised_input=standardised,
+                     invariance=invariance, width=cfg.width,
                      likelihood=cfg.likelihood, background=cfg.background, batch_norm=cfg.use_batch_norm(size))
 
 
