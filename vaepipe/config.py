@@ -40,8 +40,8 @@ class TrainConfig:
     extra_dim: int | None = None
     normalised_means: bool | None = None
     # The encoder sees each image minus its mean, over its standard deviation (model.VAEConfig). None: on for folders
-    # trained for copies that are mostly opaque (photos: darker and brighter copies 0.88 -> 0.98 / 0.95 on the
-    # validation photos), off for transparent ones (icons 0.80 -> 0.76) and small framed images (BENCHMARKS.md).
+    # trained for copies that are mostly opaque (photos, whose darker and brighter copies it finds again), off for
+    # transparent ones (it cost icons more than it gave) and small framed images (BENCHMARKS.md, tuning table).
     standardised_input: bool | None = None
     width: int = 16  # 16 matches 32 on search quality at ~2.7x the speed on CPU (BENCHMARKS.md)
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"

@@ -99,9 +99,9 @@ def check_threshold(threshold: float) -> None:
 def grey_threshold(threshold: float) -> float:
     """The similarity a greyscale image needs to a grey rendering to be its copy: half as far from 1 as `threshold`.
 
-    Without colour, pictures are more alike: at the images' threshold (0.97) a quarter of the pairs that greyscale
-    images added on the validation folder were different pictures, and each such pair joins two groups; from 0.98
-    to 0.995 every added pair was a copy (BENCHMARKS.md, "greyscale")."""
+    Without colour, pictures are more alike: at the images' threshold greyscale images joined different pictures,
+    and each such pair joins two groups; half as far from 1, the pairs they added on the validation folders were all
+    copies (BENCHMARKS.md, "Greyscale copies")."""
     return 1.0 - (1.0 - threshold) / 2
 
 

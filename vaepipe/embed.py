@@ -51,7 +51,7 @@ class Embedded:
     also its grey rendering's (images.grey_rendering) and whether the image is greyscale itself.
 
     A greyscale copy of a colour picture is searched among the collection's grey renderings, where its original
-    looks as it does (BENCHMARKS.md, "greyscale"); a grey-input model has neither (None)."""
+    looks as it does (BENCHMARKS.md, "Greyscale copies"); a grey-input model has neither (None)."""
 
     embedding: np.ndarray
     grey_embedding: np.ndarray | None = None

@@ -179,7 +179,7 @@ def _analysed(img: Image.Image, background: int) -> tuple[np.ndarray, np.ndarray
     arr = np.asarray(small)
     p = (arr[:, :, None] if arr.ndim == 2 else arr).astype(np.int16)
     colour = np.median(np.concatenate([p[0], p[-1], p[:, 0], p[:, -1]]), axis=0)
-    # Channel by channel: a max over the short last axis of (h, w, 3) made this ~9x slower, most of a photo's fitting.
+    # Channel by channel: a max over the short last axis of (h, w, 3) was most of a photo's fitting (BENCHMARKS.md).
     content = np.abs(p[:, :, 0] - colour[0]) > BORDER_TOLERANCE
     for c in range(1, p.shape[2]):
         content |= np.abs(p[:, :, c] - colour[c]) > BORDER_TOLERANCE
