@@ -408,7 +408,7 @@ class _Strip:
         if alpha:
             batch = np.concatenate([batch, np.full_like(batch[:, :1], 255)], axis=1)
         if self.spec.fit == "trim":
-            size, skipped = self.spec.size, set(skip)
+            skipped = set(skip)
             for j in range(self.n):
                 if j not in skipped:
                     slot = self.slot(j)
