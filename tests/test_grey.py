@@ -157,6 +157,7 @@ def test_parts_written_without_grey_renderings_are_embedded_again(colour, tmp_pa
     result = build(colour["base"] / "collection", wd, QUICK)
     assert (wd.embeddings_dir(mid) / "_outdated" / part.name).exists()
     assert result.embedded.n_embedded == old.num_rows
+    assert result.summary()["parts set aside (damaged or outdated)"] == 1
     assert SearchIndex.open(wd.index_dir(mid)).grey is not None
 
 

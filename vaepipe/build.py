@@ -73,7 +73,7 @@ class BuildResult:
             "active units": last.get("val_active_units", "n/a"),
             "embedded now": embedded.n_embedded,
             "embeddings reused": embedded.n_reused,
-            "damaged parts set aside": len(embedded.quarantined),
+            "parts set aside (damaged or outdated)": len(embedded.quarantined),
             "index kind": indexed.kind,
             "index params": indexed.params or "exact",
             "indexed vectors": indexed.n,

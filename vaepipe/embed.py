@@ -38,7 +38,7 @@ class EmbedResult:
     model_id: str
     n_embedded: int  # newly embedded now
     n_reused: int  # already embedded by an earlier run
-    quarantined: list[Path] = field(default_factory=list)  # damaged parts found and set aside
+    quarantined: list[Path] = field(default_factory=list)  # damaged or outdated parts found and set aside
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): changed or vanished since ingest
 
 
