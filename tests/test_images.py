@@ -467,3 +467,30 @@ def test_a_file_is_hashed_and_kept_up_to_the_size_asked_for(tmp_path):
     assert sha256_and_bytes(path, keep_up_to=len(content)) == (digest, content)
     assert sha256_and_bytes(path, keep_up_to=len(content) - 1) == (digest, None)
     assert sha256_file(path) == digest
+
+
+def test_edited_views_are_the_edits_a_copy_may_have_had_fitted_as_any_image(tmp_path, mixed):
+    from vaepipe.images import VIEWS, edited_views, load_views
+
+    spec = ImageSpec(32, 3, background=255)
+    pic = np.zeros((80, 120, 3), np.uint8)
+    pic[:, :60] = (200, 30, 30)  # red left half, a blue bar along the bottom
+    pic[68:] = (20, 40, 220)
+    Image.fromarray(pic).save(tmp_path / "pic.png")
+    views, errors = load_views([tmp_path / "pic.png", mixed["corrupt"], mixed["rgba"]], spec)
+    assert views.shape == (3, len(VIEWS), 2, 3, 32, 32) and errors[0] == errors[2] == "" and errors[1]
+    assert not views[1].any()  # a failed image's slot is zeros, the others are whole
+    as_views = dict(zip(VIEWS, views[0]))
+    mirrored = to_array(Image.fromarray(pic).transpose(Image.Transpose.FLIP_LEFT_RIGHT), spec)
+    assert np.array_equal(as_views["mirrored"][0], mirrored)
+    assert as_views["mirrored"][0][0, 16, 2] < 100 < as_views["mirrored"][0][0, 16, 29]  # red went right
+    assert not np.array_equal(as_views["turned left"][0], as_views["turned right"][0])
+    assert as_views["top"][0][2, 31].max() < 100  # the bottom bar is not in the top view
+    # The grey rendering of a view is its luminance; an opaque picture is the same on black.
+    r, g, b = as_views["centre"][0].astype(int)
+    assert np.abs(as_views["centre"][1][0] - (r * 299 + g * 587 + b * 114) / 1000).max() <= 1
+    assert np.array_equal(as_views["on black"][0], to_array(Image.fromarray(pic), spec))
+    icon = Image.new("RGBA", (48, 48), (0, 0, 0, 0))
+    icon.paste((250, 250, 250, 255), (8, 8, 40, 40))
+    flat_black = Image.alpha_composite(Image.new("RGBA", icon.size, (0, 0, 0, 255)), icon).convert("RGB")
+    assert np.array_equal(to_array(edited_views(icon)[VIEWS.index("on black")], spec), to_array(flat_black, spec))

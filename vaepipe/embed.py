@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from vaepipe.config import EmbedConfig, usable_cores
-from vaepipe.images import ImageSpec, iter_image_batches, to_float
+from vaepipe.images import VIEWS, ImageSpec, iter_image_batches, to_float
 from vaepipe.model import VAE, VAEConfig, checkpoint_config, default_device, exact_cudnn, folded, load_checkpoint
 from vaepipe.progress import Progress
 from vaepipe.store import (MODEL_FILE, atomic_path, checked_row_groups, embedding_schema, file_path, next_number,
@@ -100,6 +100,30 @@ def encode_files(model: VAE, paths: Sequence[str | Path], batch_size: int, worke
             yield [idx[j] for j in good], embedded.take(good), [(idx[j], e) for j, e in enumerate(errors) if e]
 
 
+def encode_views(model: VAE, paths: Sequence[str | Path], batch_size: int = 64, workers: int | None = None
+                 ) -> tuple[list[int], Embedded]:
+    """(positions in `paths` that loaded, what the encoder made of their images.VIEWS): an `Embedded` of
+    len(positions) * len(VIEWS) rows, image by image, each view with its grey rendering. Decoded and encoded as
+    encode_files does, by `workers` processes (default: one per core)."""
+    workers = usable_cores() if workers is None else workers
+    encoder = PosteriorMean(folded(model))
+    in_workers = encoder.device.type == "cpu"
+    positions: list[int] = []
+    parts: list[Embedded] = []
+    n_views = len(VIEWS)
+    with encoder_threads(1 if workers else usable_cores()):
+        for out, idx, errors in iter_image_batches(paths, model.config.spec, batch_size, workers,
+                                                   then=encoder if in_workers else None, views=True):
+            embedded = out if in_workers else encoder(out)
+            for j, e in enumerate(errors):
+                if e:
+                    log.info("duplicates: %s not checked with edited views (%s)", paths[idx[j]], e)
+            good = [j for j, e in enumerate(errors) if not e]
+            positions += [idx[j] for j in good]
+            parts.append(embedded.take([j * n_views + v for j in good for v in range(n_views)]))
+    return positions, Embedded.concat(parts, model.config.latent_dim)
+
+
 def gpu_batch_size(batch_size: int, spec: ImageSpec, n: int, workers: int, renderings: int = 1) -> int:
     """Images per decoded batch when this process encodes on a GPU: for small images up to 4x batch_size (about
     1 MB of pixels a batch), as long as every worker still gets 4 batches of the n images.
@@ -132,6 +156,8 @@ class PosteriorMean:
     def __call__(self, pixels: torch.Tensor) -> Embedded:
         if pixels.ndim == 4:
             return Embedded(self._means(pixels))
+        if pixels.ndim == 6:  # images' views (B, V, 2, C, H, W): the views image by image
+            pixels = pixels.flatten(0, 1)
         mu = self._means(pixels.flatten(0, 1)).reshape(len(pixels), 2, -1)  # one pass for both renderings
         image = pixels[:, 0].float()
         spread = (image - image.mean(1, keepdim=True)).abs().amax(dim=(1, 2, 3))
