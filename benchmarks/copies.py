@@ -497,10 +497,13 @@ def duplicates_quality(workdir: Workdir, t: dict, hash_db: dict) -> dict:
         res[f"k={k}"] = {"threshold": json.loads((q.run_dir / "run.json").read_text()).get("duplicate_threshold"),
                          "groups": len(groups), "largest": sizes[:5], "in groups": sum(sizes), **_scored(pred, truth, copies)}
     # The same at fixed thresholds, to see how far the calibrated one is from the best it could be.
-    index = SearchIndex.open(workdir.index_dir(workdir.read_collection()["model_id"]))
+    collection = workdir.read_collection()
+    index = SearchIndex.open(workdir.index_dir(collection["model_id"]))
+    model = load_checkpoint(workdir.model_file(collection["model_id"]))
     res["sweep"] = {}
-    for thr in SWEEP:
-        groups = [list(g["path"]) for _, g in duplicate_groups(index, thr).to_pandas().groupby("group")]
+    for thr in SWEEP:  # as the product groups them: with the edited views of models trained for copies
+        groups = [list(g["path"]) for _, g in
+                  duplicate_groups(index, thr, Path(collection["image_root"]), model).to_pandas().groupby("group")]
         pred = _pairs(groups)
         res["sweep"][f"{thr:g}"] = {**_scored(pred, truth, copies), "groups": len(groups)}
     res["calibration"] = json.loads((q.run_dir / "run.json").read_text()).get("duplicate_calibration")

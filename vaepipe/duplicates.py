@@ -26,7 +26,8 @@ import torch
 from PIL import Image
 
 from vaepipe.config import IngestConfig
-from vaepipe.images import flatten, open_image, to_array, to_float
+from vaepipe.embed import encode_views
+from vaepipe.images import ONE_SIDED_VIEWS, VIEWS, flatten, open_image, to_array, to_float
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
 from vaepipe.errors import VaepipeError
@@ -38,6 +39,9 @@ DUPLICATES_SCHEMA = pa.schema([("group", pa.int32()), ("kind", pa.string()), ("p
 
 
 COPY_THRESHOLD = 0.97
+# Pairs at least this alike are looked at again through edited views (view_checked_pairs); below it, pairs were not
+# copies on the validation folders, and every image in a candidate pair costs its views' decoding and encoding.
+CANDIDATE_SIMILARITY = 0.8
 
 
 @dataclass
@@ -122,6 +126,58 @@ def near_pairs(index: SearchIndex, threshold: float) -> tuple[np.ndarray, np.nda
     return np.concatenate(a_rows), np.concatenate(b_rows)
 
 
+def checks_views(model: VAE, index: SearchIndex) -> bool:
+    """Whether duplicate groups also join pairs through edited views: for models trained for copies, on cosine."""
+    return model.config.invariance > 0 and index.meta["metric"] == "cosine"
+
+
+def view_checked_pairs(index: SearchIndex, model: VAE, image_root: Path, threshold: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Index rows (a, b), a < b, of the pairs at least CANDIDATE_SIMILARITY alike whose similarity reaches
+    `threshold` (grey_threshold where either image is greyscale, in the grey renderings' space) once one image is
+    seen through an edited view (images.VIEWS: mirrored, turned, cropped, flattened on black, against the other as
+    stored) or both through the same view ("top").
+
+    The code is taught to see through everyday edits, but a copy mirrored, turned, cropped or captioned still lies
+    further from its original than some pictures lie from others; doing the edit to the original closes most of that
+    distance and a different picture's much less (BENCHMARKS.md, "Duplicate groups"). Images that fail to load now
+    are left out of the check."""
+    a, b = near_pairs(index, CANDIDATE_SIMILARITY)
+    rows = np.unique(np.concatenate([a, b]))
+    if not len(rows):
+        return a, b
+    paths = index.ids["path"].to_pylist()
+    loaded, views = encode_views(model, [file_path(image_root, paths[r]) for r in rows])
+    at = np.full(index.meta["n"], -1, np.int64)
+    at[rows[loaded]] = np.arange(len(loaded))
+    ok = (at[a] >= 0) & (at[b] >= 0)
+    a, b = a[ok], b[ok]
+    n_views, one_sided = len(VIEWS), len(ONE_SIDED_VIEWS)
+    stored = index.stored(rows[loaded])
+    spaces = [(index.meta, views.embedding, stored.embedding)]
+    if index.grey is not None:
+        spaces.append((index.meta["grey"], views.grey_embedding, stored.grey_embedding))
+    best = np.full((len(spaces), len(a)), -np.inf, np.float32)
+    for s, (meta, viewed, as_stored) in enumerate(spaces):
+        v = prepare(viewed, "cosine", np.asarray(meta["centre"], np.float32)).reshape(len(loaded), n_views, -1)
+        va, vb, sa, sb = v[at[a]], v[at[b]], as_stored[at[a]], as_stored[at[b]]
+        best[s] = np.maximum.reduce([
+            (va[:, :one_sided] @ sb[:, :, None]).max((1, 2)),  # a's views against b as stored
+            (vb[:, :one_sided] @ sa[:, :, None]).max((1, 2)),
+            (va[:, one_sided:] * vb[:, one_sided:]).sum(2).max(1),  # the same view of both
+        ])
+    if index.grey is not None:
+        flags = index.ids["greyscale"].to_numpy(zero_copy_only=False)
+        grey = flags[a] | flags[b]
+        similarity, least = np.where(grey, best[1], best[0]), np.where(grey, grey_threshold(threshold), threshold)
+    else:
+        similarity, least = best[0], np.full(len(a), threshold)
+    keep = similarity >= least
+    log.info("duplicates: %d of %d pairs above %.2f checked with edited views of %d images reach the threshold",
+             keep.sum(), len(a), CANDIDATE_SIMILARITY, len(loaded))
+    return a[keep], b[keep]
+
+
 def _one_file(root: Path, paths: list[str]) -> bool:
     try:
         first = os.stat(file_path(root, paths[0]))
@@ -130,10 +186,12 @@ def _one_file(root: Path, paths: list[str]) -> bool:
         return False
 
 
-def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | None = None) -> pa.Table:
+def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | None = None, model: VAE | None = None
+                     ) -> pa.Table:
     """Exact groups (same sha256) first, then near groups; each group's files in path order, biggest groups first.
     With image_root, an exact group whose paths are all one file on disk (hard or symbolic links) is of kind
-    "links": nothing to clean up there, and not a copy someone made."""
+    "links": nothing to clean up there, and not a copy someone made. With image_root and the collection's model
+    (if trained for copies: checks_views), near pairs also come from view_checked_pairs."""
     paths = index.ids["path"].to_pylist()
     shas = index.ids["sha256"].to_pylist()
     paths_of: dict[str, list[str]] = {}
@@ -149,7 +207,10 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
             x = parent[x]
         return x
 
-    for a, b in zip(*near_pairs(index, threshold)):
+    pairs = [near_pairs(index, threshold)]
+    if image_root is not None and model is not None and checks_views(model, index):
+        pairs.append(view_checked_pairs(index, model, image_root, threshold))
+    for a, b in zip(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])):
         parent[find(shas[a])] = find(shas[b])
     components: dict[str, list[str]] = {}
     for sha in parent:

@@ -28,11 +28,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaepipe.config import EmbedConfig, IngestConfig
-from vaepipe.duplicates import calibrate_threshold, check_threshold, duplicate_groups, grey_threshold
+from vaepipe.duplicates import (CANDIDATE_SIMILARITY, calibrate_threshold, check_threshold, checks_views, duplicate_groups,
+                                grey_threshold)
+from vaepipe.images import VIEWS
 from vaepipe.embed import Embedded, encode_files
 from vaepipe.index import SearchIndex, read_index_meta
 from vaepipe.ingest import inspect_file, scan
-from vaepipe.model import default_device, load_checkpoint
+from vaepipe.model import VAE, default_device, load_checkpoint
 from vaepipe.progress import Progress
 from vaepipe.report import write_query_report
 from vaepipe.errors import VaepipeError
@@ -229,6 +231,8 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
             params["duplicate_threshold_greyscale"] = grey_threshold(threshold)
         if calibration is not None:
             params["duplicate_calibration"] = calibration
+        if checks_views(_model(workdir, index), index):
+            params["duplicate_views"] = {"views": list(VIEWS), "pairs from similarity": CANDIDATE_SIMILARITY}
     return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params)
 
 
@@ -237,7 +241,7 @@ def find_duplicates(workdir: Workdir, threshold: float | None = None) -> pa.Tabl
     written; threshold None: the one `query --all` would use (duplicates.calibrate_threshold)."""
     collection, index = open_index(workdir)
     threshold, _ = _duplicate_threshold(workdir, collection, index, threshold)
-    return duplicate_groups(index, threshold, Path(collection["image_root"]))
+    return duplicate_groups(index, threshold, Path(collection["image_root"]), _model(workdir, index))
 
 
 def _duplicate_threshold(workdir: Workdir, collection: dict, index: SearchIndex, threshold: float | None
@@ -247,8 +251,7 @@ def _duplicate_threshold(workdir: Workdir, collection: dict, index: SearchIndex,
     if threshold is not None:
         check_threshold(threshold)
         return threshold, None
-    model = load_checkpoint(workdir.model_file(collection["model_id"]), default_device())
-    calibration = calibrate_threshold(model, index, Path(collection["image_root"]))
+    calibration = calibrate_threshold(_model(workdir, index), index, Path(collection["image_root"]))
     if calibration.sampled:
         log.info("duplicates: threshold %.4f (%s); %d images re-saved as JPEG keep a similarity of median %s, "
                  "5th percentile %s", calibration.threshold, calibration.rule, calibration.sampled,
@@ -256,6 +259,10 @@ def _duplicate_threshold(workdir: Workdir, collection: dict, index: SearchIndex,
     else:
         log.info("duplicates: threshold %.4f (%s)", calibration.threshold, calibration.rule)
     return calibration.threshold, calibration.to_dict()
+
+
+def _model(workdir: Workdir, index: SearchIndex) -> VAE:
+    return load_checkpoint(workdir.model_file(index.meta["model_id"]), default_device())
 
 
 def _query_rows(workdir: Workdir, kind: str, index: SearchIndex, rows: np.ndarray, k: int,
@@ -281,7 +288,7 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
     result = QueryResult(run_dir, out, len(names), n_rows, k, skipped, time.monotonic() - t0)
     groups = None
     if "duplicate_threshold" in params:
-        groups = duplicate_groups(index, params["duplicate_threshold"], image_root)
+        groups = duplicate_groups(index, params["duplicate_threshold"], image_root, _model(workdir, index))
         result.duplicates = write_parquet(groups, run_dir / "duplicates.parquet")
         result.n_duplicate_groups = len(set(groups["group"].to_pylist()))
     summary = {"run": run_id, "queries": f"{len(names):,} ({kind})", "k": k, "collection size": f"{index.meta['n']:,}",
@@ -291,7 +298,8 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
     if groups is not None:
         threshold = params["duplicate_threshold"]
         summary["duplicate groups"] = f"{result.n_duplicate_groups:,} (similarity >= {threshold:.4f}" + (
-            f"; greyscale images to grey renderings >= {grey_threshold(threshold):.4f})" if index.grey is not None else ")")
+            f"; greyscale images to grey renderings >= {grey_threshold(threshold):.4f}" if index.grey is not None else "") + (
+            "; also through edited views)" if "duplicate_views" in params else ")")
     result.report = write_query_report(run_dir, out, image_root, query_root or image_root, summary, groups)
     result.seconds = time.monotonic() - t0
     write_json({"run_id": run_id, "kind": kind, "k": k, **params, "model_id": index.meta["model_id"],
