@@ -42,6 +42,9 @@ COPY_THRESHOLD = 0.97
 # Pairs at least this alike are looked at again through edited views (view_checked_pairs); below it, pairs were not
 # copies on the validation folders, and every image in a candidate pair costs its views' decoding and encoding.
 CANDIDATE_SIMILARITY = 0.8
+# How much less alike than each other the next nearest image of both must be for two images to be one picture and
+# its only copy (only_copy_pairs); chosen on the validation folders for pair precision.
+MARGIN = 0.2
 
 
 @dataclass
@@ -124,6 +127,35 @@ def near_pairs(index: SearchIndex, threshold: float) -> tuple[np.ndarray, np.nda
         a_rows.append(q[keep])
         b_rows.append(found[keep])
     return np.concatenate(a_rows), np.concatenate(b_rows)
+
+
+def only_copy_pairs(index: SearchIndex, least: float = CANDIDATE_SIMILARITY, margin: float = MARGIN
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Index rows (a, b), a < b, of images that are each other's nearest other image, at least `least` alike, while
+    the next nearest image of each is at least `margin` less alike than they are to each other: a picture and its
+    one copy, told apart by how much closer they are to each other than to anything else (a ratio test, as in
+    matching local features) rather than by one similarity for every collection. A copy saved as a small JPEG, or
+    with a caption over it, often lands below the threshold but still far nearer its original than any other
+    picture (BENCHMARKS.md, "Duplicate groups")."""
+    n = index.meta["n"]
+    shas = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
+    if n < 3:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    nearest, best, second = np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    for start in range(0, n, 4096):
+        rows = np.arange(start, min(n, start + 4096))
+        found, _, sim = index.search(index.stored(rows), 3, prepared=True)
+        others = found != rows[:, None]  # itself is among its 3 nearest, and may tie with an identical file
+        first = others.argmax(1)
+        after = np.where(others & (np.arange(3) > first[:, None]), np.arange(3), 3).min(1)
+        nearest[rows] = found[np.arange(len(rows)), first]
+        best[rows] = sim[np.arange(len(rows)), first]
+        second[rows] = sim[np.arange(len(rows)), np.minimum(after, 2)]
+    a = np.arange(n)
+    b = nearest
+    clear = (best >= least) & (best - second >= margin) & (b >= 0)
+    keep = clear & (a < b) & (nearest[np.maximum(b, 0)] == a) & clear[np.maximum(b, 0)] & (shas[a] != shas[np.maximum(b, 0)])
+    return a[keep], b[keep]
 
 
 def checks_views(model: VAE, index: SearchIndex) -> bool:
@@ -210,6 +242,7 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
     pairs = [near_pairs(index, threshold)]
     if image_root is not None and model is not None and checks_views(model, index):
         pairs.append(view_checked_pairs(index, model, image_root, threshold))
+        pairs.append(only_copy_pairs(index))
     for a, b in zip(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])):
         parent[find(shas[a])] = find(shas[b])
     components: dict[str, list[str]] = {}

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaepipe.config import EmbedConfig, IngestConfig
-from vaepipe.duplicates import (CANDIDATE_SIMILARITY, calibrate_threshold, check_threshold, checks_views, duplicate_groups,
+from vaepipe.duplicates import (CANDIDATE_SIMILARITY, MARGIN, calibrate_threshold, check_threshold, checks_views, duplicate_groups,
                                 grey_threshold)
 from vaepipe.images import VIEWS
 from vaepipe.embed import Embedded, encode_files
@@ -232,7 +232,8 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
         if calibration is not None:
             params["duplicate_calibration"] = calibration
         if checks_views(_model(workdir, index), index):
-            params["duplicate_views"] = {"views": list(VIEWS), "pairs from similarity": CANDIDATE_SIMILARITY}
+            params["duplicate_views"] = {"views": list(VIEWS), "pairs from similarity": CANDIDATE_SIMILARITY,
+                                         "only copy margin": MARGIN}
     return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params)
 
 
@@ -299,7 +300,7 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
         threshold = params["duplicate_threshold"]
         summary["duplicate groups"] = f"{result.n_duplicate_groups:,} (similarity >= {threshold:.4f}" + (
             f"; greyscale images to grey renderings >= {grey_threshold(threshold):.4f}" if index.grey is not None else "") + (
-            "; also through edited views)" if "duplicate_views" in params else ")")
+            "; also through edited views, and a picture with its only copy)" if "duplicate_views" in params else ")")
     result.report = write_query_report(run_dir, out, image_root, query_root or image_root, summary, groups)
     result.seconds = time.monotonic() - t0
     write_json({"run_id": run_id, "kind": kind, "k": k, **params, "model_id": index.meta["model_id"],
