@@ -31,7 +31,7 @@ from vaepipe.images import ONE_SIDED_VIEWS, VIEWS, flatten, open_image, to_array
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
 from vaepipe.errors import VaepipeError
-from vaepipe.store import file_path
+from vaepipe.store import file_path, sha256_file
 
 log = logging.getLogger("vaepipe")
 
@@ -158,6 +158,13 @@ def only_copy_pairs(index: SearchIndex, least: float = CANDIDATE_SIMILARITY, mar
     return a[keep], b[keep]
 
 
+def _unchanged(path: Path, sha256: str) -> bool:
+    try:
+        return sha256_file(path) == sha256
+    except OSError:
+        return False
+
+
 def checks_views(model: VAE, index: SearchIndex) -> bool:
     """Whether duplicate groups also join pairs through edited views: for models trained for copies, on cosine."""
     return model.config.invariance > 0 and index.meta["metric"] == "cosine"
@@ -178,7 +185,13 @@ def view_checked_pairs(index: SearchIndex, model: VAE, image_root: Path, thresho
     rows = np.unique(np.concatenate([a, b]))
     if not len(rows):
         return a, b
-    paths = index.ids["path"].to_pylist()
+    paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
+    # A file changed since it was indexed would be compared as it is now with the others as they were then.
+    unchanged = np.asarray([_unchanged(file_path(image_root, paths[r]), shas[r]) for r in rows], bool)
+    if not unchanged.all():
+        log.info("duplicates: %d images changed or gone since they were indexed are not checked with edited views",
+                 (~unchanged).sum())
+    rows = rows[unchanged]
     loaded, views = encode_views(model, [file_path(image_root, paths[r]) for r in rows])
     at = np.full(index.meta["n"], -1, np.int64)
     at[rows[loaded]] = np.arange(len(loaded))
