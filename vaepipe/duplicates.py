@@ -173,9 +173,9 @@ def checks_views(model: VAE, index: SearchIndex) -> bool:
 def view_checked_pairs(index: SearchIndex, model: VAE, image_root: Path, threshold: float
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Index rows (a, b), a < b, of the pairs at least CANDIDATE_SIMILARITY alike whose similarity reaches
-    `threshold` (grey_threshold where either image is greyscale, in the grey renderings' space) once one image is
-    seen through an edited view (images.VIEWS: mirrored, turned, cropped, flattened on black, against the other as
-    stored) or both through the same view ("top").
+    grey_threshold(threshold), half as far from 1 as the threshold (where either image is greyscale, half as far
+    again, in the grey renderings' space), once one image is seen through an edited view (images.VIEWS: mirrored,
+    turned, cropped, flattened on black, against the other as stored) or both through the same view ("top").
 
     The code is taught to see through everyday edits, but a copy mirrored, turned, cropped or captioned still lies
     further from its original than some pictures lie from others; doing the edit to the original closes most of that
@@ -211,12 +211,16 @@ def view_checked_pairs(index: SearchIndex, model: VAE, image_root: Path, thresho
             (vb[:, :one_sided] @ sa[:, :, None]).max((1, 2)),
             (va[:, one_sided:] * vb[:, one_sided:]).sum(2).max(1),  # the same view of both
         ])
+    # Half as far from 1 as the threshold: a view also brings look-alikes closer (tiles of one wallpaper, mirrored
+    # or cropped, are tiles of one wallpaper), and at the threshold itself the groups of a folder of photographs
+    # grew by chains of them (BENCHMARKS.md, "Duplicate groups").
+    viewed = grey_threshold(threshold)
     if index.grey is not None:
         flags = index.ids["greyscale"].to_numpy(zero_copy_only=False)
         grey = flags[a] | flags[b]
-        similarity, least = np.where(grey, best[1], best[0]), np.where(grey, grey_threshold(threshold), threshold)
+        similarity, least = np.where(grey, best[1], best[0]), np.where(grey, grey_threshold(viewed), viewed)
     else:
-        similarity, least = best[0], np.full(len(a), threshold)
+        similarity, least = best[0], np.full(len(a), viewed)
     keep = similarity >= least
     log.info("duplicates: %d of %d pairs above %.2f checked with edited views of %d images reach the threshold",
              keep.sum(), len(a), CANDIDATE_SIMILARITY, len(loaded))

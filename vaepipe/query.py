@@ -233,7 +233,7 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
             params["duplicate_calibration"] = calibration
         if checks_views(_model(workdir, index), index):
             params["duplicate_views"] = {"views": list(VIEWS), "pairs from similarity": CANDIDATE_SIMILARITY,
-                                         "only copy margin": MARGIN}
+                                         "similarity in a view": grey_threshold(threshold), "only copy margin": MARGIN}
     return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params)
 
 
