@@ -205,6 +205,9 @@ def test_edited_views_pair_a_copy_and_leave_a_file_changed_since_indexing_alone(
     assert ("p0.png", "p6.png") in pairs()
     Image.fromarray(pictures[3]).save(images / "p6.png")  # p6 now holds another picture: its code is stale
     assert not any("p6.png" in pair for pair in pairs())
+    for name in names:  # every file gone: nothing to check, nothing paired, no error
+        (images / name).unlink()
+    assert pairs() == set()
 
 
 def test_samples_page_shows_every_picture(built, fmnist_dir, tmp_path):

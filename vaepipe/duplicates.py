@@ -193,6 +193,8 @@ def view_checked_pairs(index: SearchIndex, model: VAE, image_root: Path, thresho
                  (~unchanged).sum())
     rows = rows[unchanged]
     loaded, views = encode_views(model, [file_path(image_root, paths[r]) for r in rows])
+    if not loaded:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     at = np.full(index.meta["n"], -1, np.int64)
     at[rows[loaded]] = np.arange(len(loaded))
     ok = (at[a] >= 0) & (at[b] >= 0)
@@ -222,8 +224,8 @@ def view_checked_pairs(index: SearchIndex, model: VAE, image_root: Path, thresho
     else:
         similarity, least = best[0], np.full(len(a), viewed)
     keep = similarity >= least
-    log.info("duplicates: %d of %d pairs above %.2f checked with edited views of %d images reach the threshold",
-             keep.sum(), len(a), CANDIDATE_SIMILARITY, len(loaded))
+    log.info("duplicates: %d of %d pairs above %.2f reach %.4f in a view (edited views of %d images)",
+             keep.sum(), len(a), CANDIDATE_SIMILARITY, viewed, len(loaded))
     return a[keep], b[keep]
 
 
