@@ -207,12 +207,14 @@ def view_checked_pairs(index: SearchIndex, model: VAE, image_root: Path, thresho
     best = np.full((len(spaces), len(a)), -np.inf, np.float32)
     for s, (meta, viewed, as_stored) in enumerate(spaces):
         v = prepare(viewed, "cosine", np.asarray(meta["centre"], np.float32)).reshape(len(loaded), n_views, -1)
-        va, vb, sa, sb = v[at[a]], v[at[b]], as_stored[at[a]], as_stored[at[b]]
-        best[s] = np.maximum.reduce([
-            (va[:, :one_sided] @ sb[:, :, None]).max((1, 2)),  # a's views against b as stored
-            (vb[:, :one_sided] @ sa[:, :, None]).max((1, 2)),
-            (va[:, one_sided:] * vb[:, one_sided:]).sum(2).max(1),  # the same view of both
-        ])
+        for start in range(0, len(a), 65536):  # a folder of look-alikes has millions of pairs: a bounded block each
+            ia, ib = at[a[start:start + 65536]], at[b[start:start + 65536]]
+            va, vb, sa, sb = v[ia], v[ib], as_stored[ia], as_stored[ib]
+            best[s, start:start + 65536] = np.maximum.reduce([
+                (va[:, :one_sided] @ sb[:, :, None]).max((1, 2)),  # a's views against b as stored
+                (vb[:, :one_sided] @ sa[:, :, None]).max((1, 2)),
+                (va[:, one_sided:] * vb[:, one_sided:]).sum(2).max(1),  # the same view of both
+            ])
     # Half as far from 1 as the threshold: a view also brings look-alikes closer (tiles of one wallpaper, mirrored
     # or cropped, are tiles of one wallpaper), and at the threshold itself the groups of a folder of photographs
     # grew by chains of them (BENCHMARKS.md, "Duplicate groups").
