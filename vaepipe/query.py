@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaepipe.config import EmbedConfig, IngestConfig
-from vaepipe.duplicates import (CANDIDATE_SIMILARITY, MARGIN, calibrate_threshold, check_threshold, checks_views, duplicate_groups,
-                                grey_threshold)
+from vaepipe.duplicates import (CANDIDATE_SIMILARITY, MARGIN, calibrate_threshold, check_threshold, checks_views,
+                                duplicate_groups, grey_threshold)
 from vaepipe.images import VIEWS
 from vaepipe.embed import Embedded, encode_files
 from vaepipe.index import SearchIndex, read_index_meta
@@ -224,35 +224,38 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
     params: dict = {}
     if threshold is not None:
         check_threshold(threshold)
+    model = None
     if duplicates:
-        threshold, calibration = _duplicate_threshold(workdir, collection, index, threshold)
+        model = _model(workdir, index)
+        threshold, calibration = _duplicate_threshold(model, collection, index, threshold)
         params["duplicate_threshold"] = threshold
         if index.grey is not None:
             params["duplicate_threshold_greyscale"] = grey_threshold(threshold)
         if calibration is not None:
             params["duplicate_calibration"] = calibration
-        if checks_views(_model(workdir, index), index):
+        if checks_views(model, index):
             params["duplicate_views"] = {"views": list(VIEWS), "pairs from similarity": CANDIDATE_SIMILARITY,
                                          "similarity in a view": grey_threshold(threshold), "only copy margin": MARGIN}
-    return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params)
+    return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params, model)
 
 
 def find_duplicates(workdir: Workdir, threshold: float | None = None) -> pa.Table:
     """The collection's duplicate groups as data (duplicates.duplicate_groups: group, kind, path, sha256), nothing
     written; threshold None: the one `query --all` would use (duplicates.calibrate_threshold)."""
     collection, index = open_index(workdir)
-    threshold, _ = _duplicate_threshold(workdir, collection, index, threshold)
-    return duplicate_groups(index, threshold, Path(collection["image_root"]), _model(workdir, index))
+    model = _model(workdir, index)
+    threshold, _ = _duplicate_threshold(model, collection, index, threshold)
+    return duplicate_groups(index, threshold, Path(collection["image_root"]), model)
 
 
-def _duplicate_threshold(workdir: Workdir, collection: dict, index: SearchIndex, threshold: float | None
+def _duplicate_threshold(model: VAE, collection: dict, index: SearchIndex, threshold: float | None
                          ) -> tuple[float, dict | None]:
     """The similarity above which two images are near duplicates: the one given (checked), else calibrated for the
     collection's model, with the calibration's record."""
     if threshold is not None:
         check_threshold(threshold)
         return threshold, None
-    calibration = calibrate_threshold(_model(workdir, index), index, Path(collection["image_root"]))
+    calibration = calibrate_threshold(model, index, Path(collection["image_root"]))
     if calibration.sampled:
         log.info("duplicates: threshold %.4f (%s); %d images re-saved as JPEG keep a similarity of median %s, "
                  "5th percentile %s", calibration.threshold, calibration.rule, calibration.sampled,
@@ -267,15 +270,17 @@ def _model(workdir: Workdir, index: SearchIndex) -> VAE:
 
 
 def _query_rows(workdir: Workdir, kind: str, index: SearchIndex, rows: np.ndarray, k: int,
-                skipped: list[tuple[str, str]], t0: float, params: dict) -> QueryResult:
+                skipped: list[tuple[str, str]], t0: float, params: dict, model: VAE | None = None) -> QueryResult:
     paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
     return _run(workdir, kind, index, [paths[r] for r in rows], [shas[r] for r in rows],
-                lambda s: (index.stored(rows[s]), True), rows, k, skipped, t0, params)
+                lambda s: (index.stored(rows[s]), True), rows, k, skipped, t0, params, model=model)
 
 
 def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas: list[str],
          vectors_of: Callable[[slice], tuple[Embedded, bool]], self_rows: np.ndarray | None, k: int,
-         skipped: list[tuple[str, str]], t0: float, params: dict, query_root: Path | None = None) -> QueryResult:
+         skipped: list[tuple[str, str]], t0: float, params: dict, query_root: Path | None = None,
+         model: VAE | None = None) -> QueryResult:
+    """model: the collection's, for the duplicate groups' check through edited views (params has a threshold)."""
     run_id = new_run_id(kind)
     # Written in a hidden folder and renamed when whole: a failed or killed run (and Prefect's retry of it) leaves
     # no run folder that looks finished; the next build deletes what it left (Workdir.remove_stale_temporaries).
@@ -289,7 +294,7 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
     result = QueryResult(run_dir, out, len(names), n_rows, k, skipped, time.monotonic() - t0)
     groups = None
     if "duplicate_threshold" in params:
-        groups = duplicate_groups(index, params["duplicate_threshold"], image_root, _model(workdir, index))
+        groups = duplicate_groups(index, params["duplicate_threshold"], image_root, model)
         result.duplicates = write_parquet(groups, run_dir / "duplicates.parquet")
         result.n_duplicate_groups = len(set(groups["group"].to_pylist()))
     summary = {"run": run_id, "queries": f"{len(names):,} ({kind})", "k": k, "collection size": f"{index.meta['n']:,}",
