@@ -52,6 +52,7 @@ from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import load_checkpoint
 from vaepipe.query import query_all
 from vaepipe.store import Workdir
+from vaepipe import views
 
 from quality import add_recipe_flags, recipe  # benchmarks/, beside this script
 
@@ -61,6 +62,7 @@ log = logging.getLogger("vaepipe")
 RESULTS = Path(__file__).resolve().parent / "results"
 N_QUERIES = 60  # originals edited per folder
 TILE = 256
+RERANK_DEPTHS: list[int] = []  # tuning (--rerank-depths): views.RERANK_DEPTH of extra "vaepipe depth N" methods
 
 # ---------------------------------------------------------------- sources (Debian packages, split by source)
 
@@ -399,17 +401,40 @@ def evaluate_folder(name: str, base: Path, t: dict, cfg: TrainConfig, work: Path
     feats[f"PCA-{dim}"] = (feats["pixels 32 px"] - mean) @ pca
     hash_db = {h: hashes(db_paths, h) for h in ("phash", "dhash")} if baselines else {}
     out: dict = {"build": built, "n": len(db_paths)}
+    model = load_checkpoint(workdir.model_file(built["model_id"]))
+    views_model = model if views.uses_views(model, index) else None
 
     def score(method: str, q_paths: list[Path]) -> np.ndarray:
         if method in ("phash", "dhash"):
             qh = hashes(q_paths, method)
             return -(qh[:, None, :] != hash_db[method][None]).sum(2).astype(np.float32)
-        if method == "vaepipe":
+        if method == "vaepipe as stored":
             return product_scores(index, product_embedded(workdir, q_paths))
+        if method.startswith("vaepipe depth "):
+            saved, views.RERANK_DEPTH = views.RERANK_DEPTH, int(method.split()[-1])
+            try:
+                return score("vaepipe", q_paths)
+            finally:
+                views.RERANK_DEPTH = saved
+        if method == "vaepipe":
+            queries = product_embedded(workdir, q_paths)
+            s = product_scores(index, queries)
+            if views_model is not None:  # as search_files orders its shortlist: again through edited views
+                top = np.argsort(-s, axis=1, kind="stable")[:, :views.RERANK_DEPTH]
+                t = time.monotonic()
+                rows, sim = views.rerank(index, views_model, coll, q_paths, queries, top,
+                                         np.take_along_axis(s, top, 1))
+                timing = out.setdefault("rerank", {}).setdefault(str(views.RERANK_DEPTH), {"queries": 0, "seconds": 0.0})
+                timing["queries"] += len(q_paths)
+                timing["seconds"] += time.monotonic() - t
+                np.put_along_axis(s, rows, sim, axis=1)
+            return s
         q = (naive_pixels(q_paths) - mean) @ pca if method.startswith("PCA") else methods[method](q_paths)
         return cosine_scores(feats[method], q)
 
-    all_methods = ["vaepipe", "pixels 32 px", f"PCA-{dim}", "phash", "dhash"] if baselines else ["vaepipe"]
+    all_methods = ["vaepipe"] + (["vaepipe as stored"] + [f"vaepipe depth {d}" for d in RERANK_DEPTHS]
+                                 if views_model is not None else []) + (
+        ["pixels 32 px", f"PCA-{dim}", "phash", "dhash"] if baselines else [])
     if "queries" in t:
         by_edit: dict[str, list[tuple[str, str]]] = {}
         for q, orig in t["queries"].items():
@@ -438,7 +463,7 @@ def evaluate_folder(name: str, base: Path, t: dict, cfg: TrainConfig, work: Path
         for m in all_methods:
             if m in ("phash", "dhash"):
                 s = -(hash_db[m][:, None, :] != hash_db[m][None]).sum(2).astype(np.float32)
-            elif m == "vaepipe":
+            elif m.startswith("vaepipe"):
                 s = product_scores(index, index.stored(np.arange(len(db_paths))), prepared=True)
             else:
                 s = cosine_scores(feats[m], feats[m])
@@ -581,7 +606,10 @@ def main(argv: list[str] | None = None) -> dict:
     add_recipe_flags(p)
     p.add_argument("--vae-only", action="store_true", help="tuning: skip the baselines (they do not change between runs)")
     p.add_argument("--table", action="store_true", help="print the table of every copies-* run in benchmarks/results and exit")
+    p.add_argument("--rerank-depths", nargs="*", type=int, default=[],
+                   help="tuning: also rank through views with views.RERANK_DEPTH set to each")
     args = p.parse_args(argv)
+    RERANK_DEPTHS[:] = args.rerank_depths
     if args.table:
         print_table()
         return {}

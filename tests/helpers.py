@@ -11,11 +11,14 @@ import socket
 import subprocess
 from pathlib import Path
 
+import faiss
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 from vaepipe.config import EmbedConfig, TrainConfig
 from vaepipe.fashion_mnist import CLASSES, load_split
+from vaepipe.index import SearchIndex
 
 N_FMNIST = 600  # enough for neighbours to mean something, small enough to train in seconds
 # The default recipe, short: 6 epochs of small batches. (At 3 the latent carried ~6 nats and a resized copy of an
@@ -96,3 +99,13 @@ def write_mixed(folder: Path) -> dict[str, Path]:
     files["text"].write_text("this is not a picture\n")
     files["empty"].write_bytes(b"")
     return files
+
+
+def flat_index(vectors: np.ndarray, paths: list[str], shas: list[str]) -> SearchIndex:
+    """A real flat FAISS index over the vectors made unit length, opened as search sees it (centre 0)."""
+    x = np.ascontiguousarray(vectors, np.float32)
+    faiss.normalize_L2(x)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    meta = {"n": len(x), "dim": x.shape[1], "metric": "cosine", "centre": [0.0] * x.shape[1], "kind": "flat", "params": {}}
+    return SearchIndex(index, pa.table({"path": paths, "sha256": shas}), meta)

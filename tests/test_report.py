@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import FAST_TRAIN, SERIAL, write_fmnist
+from helpers import FAST_TRAIN, SERIAL, flat_index, write_fmnist
 from vaepipe.config import IngestConfig
 from vaepipe.embed import embed
 from vaepipe.generate import generate
@@ -114,21 +114,6 @@ def test_duplicate_groups_exact_and_near(with_copies):
     assert render(result.report)["groups"] == groups["group"].nunique()
 
 
-def _index_of(vectors: np.ndarray, paths: list[str], shas: list[str]):
-    """A real flat FAISS index over unit vectors, opened as search sees it."""
-    import faiss
-    import pyarrow as pa
-
-    from vaepipe.index import SearchIndex
-
-    x = np.ascontiguousarray(vectors, np.float32)
-    faiss.normalize_L2(x)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    meta = {"n": len(x), "dim": x.shape[1], "metric": "cosine", "centre": [0.0] * x.shape[1], "kind": "flat", "params": {}}
-    return SearchIndex(index, pa.table({"path": paths, "sha256": shas}), meta)
-
-
 def test_groups_join_pairs_above_the_threshold_whatever_k(tmp_path):
     from vaepipe.duplicates import duplicate_groups
 
@@ -138,13 +123,13 @@ def test_groups_join_pairs_above_the_threshold_whatever_k(tmp_path):
     vectors = np.vstack([copies, base[1], base[1] + 0.05 * rng.normal(size=16), base[2], base[3], base[3]])
     paths = [f"copy-{i:02d}" for i in range(12)] + ["b", "b2", "c", "d1", "d2"]
     shas = [f"s{i}" for i in range(14)] + ["sc", "sd", "sd"]  # d1 and d2: the same bytes
-    groups = duplicate_groups(_index_of(vectors, paths, shas), threshold=0.95).to_pylist()
+    groups = duplicate_groups(flat_index(vectors, paths, shas), threshold=0.95).to_pylist()
     by_group: dict[int, tuple[str, set]] = {}
     for g in groups:
         by_group.setdefault(g["group"], (g["kind"], set()))[1].add(g["path"])
     assert sorted((kind, sorted(members)) for kind, members in by_group.values()) == [
         ("exact", ["d1", "d2"]), ("near", ["b", "b2"]), ("near", [f"copy-{i:02d}" for i in range(12)])]
-    assert duplicate_groups(_index_of(vectors, paths, shas), threshold=0.9999).to_pylist() == [
+    assert duplicate_groups(flat_index(vectors, paths, shas), threshold=0.9999).to_pylist() == [
         {"group": 1, "kind": "exact", "path": p, "sha256": "sd"} for p in ("d1", "d2")]
 
 
@@ -167,47 +152,8 @@ def test_a_picture_and_its_only_copy_pair_up_below_the_threshold(tmp_path):
                basis[10], basis[10]]  # identical files: an exact group, not a near pair
     paths = [f"p{i:02d}" for i in range(len(vectors))]
     shas = paths[:-1] + ["p10"]
-    a, b = only_copy_pairs(_index_of(np.array(vectors), paths, shas))
+    a, b = only_copy_pairs(flat_index(np.array(vectors), paths, shas))
     assert [(paths[i], paths[j]) for i, j in zip(a, b)] == [("p00", "p01")]
-
-
-def test_edited_views_pair_a_copy_and_leave_a_file_changed_since_indexing_alone(tmp_path):
-    """view_checked_pairs on real files: two pictures that differ in their bottom band only are one picture in the
-    "top" view; once one of them is replaced by another picture after indexing, its stored code no longer says what
-    the file holds, and it is not checked (nor paired) through views."""
-    import torch
-
-    from vaepipe.duplicates import view_checked_pairs
-    from vaepipe.images import load_array
-    from vaepipe.model import VAE, VAEConfig
-    from vaepipe.store import sha256_file
-
-    rng = np.random.default_rng(0)
-    images = tmp_path / "images"
-    images.mkdir()
-    pictures = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1) for _ in range(6)]
-    pictures.append(pictures[0].copy())
-    pictures[6][56:] = (20, 20, 20)  # a dark band over the bottom of a copy of the first
-    names = [f"p{i}.png" for i in range(len(pictures))]
-    for name, pic in zip(names, pictures):
-        Image.fromarray(pic).save(images / name)
-    torch.manual_seed(0)
-    model = VAE(VAEConfig(image_size=32, channels=3, latent_dim=8, invariance=0.03, background=255)).eval()
-    with torch.no_grad():
-        x = torch.stack([torch.from_numpy(load_array(images / n, model.config.spec)) for n in names]).float() / 255
-        vectors = model.embed(x).numpy()
-    index = _index_of(vectors, names, [sha256_file(images / n) for n in names])
-
-    def pairs() -> set[tuple[str, str]]:
-        a, b = view_checked_pairs(index, model, images, threshold=0.999)
-        return {(names[i], names[j]) for i, j in zip(a, b)}
-
-    assert ("p0.png", "p6.png") in pairs()
-    Image.fromarray(pictures[3]).save(images / "p6.png")  # p6 now holds another picture: its code is stale
-    assert not any("p6.png" in pair for pair in pairs())
-    for name in names:  # every file gone: nothing to check, nothing paired, no error
-        (images / name).unlink()
-    assert pairs() == set()
 
 
 def test_samples_page_shows_every_picture(built, fmnist_dir, tmp_path):
@@ -235,7 +181,7 @@ def test_the_threshold_follows_what_the_model_was_trained_for(tmp_path):
         with torch.no_grad():
             x = torch.stack([torch.from_numpy(load_array(p, model.config.spec)) for p in paths]).float() / 255
             vectors = model.embed(x).numpy()
-        index = _index_of(vectors - vectors.mean(0), rel, [f"sha{i}" for i in range(len(rel))])
+        index = flat_index(vectors - vectors.mean(0), rel, [f"sha{i}" for i in range(len(rel))])
         index.meta["centre"] = vectors.mean(0).tolist()
         cal = calibrate_threshold(model, index, tmp_path / "images")
         assert cal.rule == rule

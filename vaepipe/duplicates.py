@@ -26,12 +26,12 @@ import torch
 from PIL import Image
 
 from vaepipe.config import IngestConfig
-from vaepipe.embed import encode_views
-from vaepipe.images import ONE_SIDED_VIEWS, VIEWS, flatten, open_image, to_array, to_float
+from vaepipe.images import flatten, open_image, to_array, to_float
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
 from vaepipe.errors import VaepipeError
-from vaepipe.store import file_path, sha256_file
+from vaepipe.store import file_path
+from vaepipe.views import collection_views, prepared_views, uses_views, view_similarity
 
 log = logging.getLogger("vaepipe")
 
@@ -158,63 +158,31 @@ def only_copy_pairs(index: SearchIndex, least: float = CANDIDATE_SIMILARITY, mar
     return a[keep], b[keep]
 
 
-def _unchanged(path: Path, sha256: str) -> bool:
-    try:
-        return sha256_file(path) == sha256
-    except OSError:
-        return False
-
-
-def checks_views(model: VAE, index: SearchIndex) -> bool:
-    """Whether duplicate groups also join pairs through edited views: for models trained for copies, on cosine."""
-    return model.config.invariance > 0 and index.meta["metric"] == "cosine"
-
-
 def view_checked_pairs(index: SearchIndex, model: VAE, image_root: Path, threshold: float
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Index rows (a, b), a < b, of the pairs at least CANDIDATE_SIMILARITY alike whose similarity reaches
     grey_threshold(threshold), half as far from 1 as the threshold (where either image is greyscale, half as far
-    again, in the grey renderings' space), once one image is seen through an edited view (images.VIEWS: mirrored,
-    turned, cropped, flattened on black, against the other as stored) or both through the same view ("top").
-
-    The code is taught to see through everyday edits, but a copy mirrored, turned, cropped or captioned still lies
-    further from its original than some pictures lie from others; doing the edit to the original closes most of that
-    distance and a different picture's much less (BENCHMARKS.md, "Duplicate groups"). Images that fail to load now
-    are left out of the check."""
+    again, in the grey renderings' space), once one image is seen through an edited view (views.view_similarity).
+    Images changed since indexing, or that fail to load now, are left out of the check."""
     a, b = near_pairs(index, CANDIDATE_SIMILARITY)
     rows = np.unique(np.concatenate([a, b]))
     if not len(rows):
         return a, b
-    paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
-    # A file changed since it was indexed would be compared as it is now with the others as they were then.
-    unchanged = np.asarray([_unchanged(file_path(image_root, paths[r]), shas[r]) for r in rows], bool)
-    if not unchanged.all():
-        log.info("duplicates: %d images changed or gone since they were indexed are not checked with edited views",
-                 (~unchanged).sum())
-    rows = rows[unchanged]
-    loaded, views = encode_views(model, [file_path(image_root, paths[r]) for r in rows])
-    if not loaded:
+    rows, views = collection_views(index, model, image_root, rows)
+    if not len(rows):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     at = np.full(index.meta["n"], -1, np.int64)
-    at[rows[loaded]] = np.arange(len(loaded))
+    at[rows] = np.arange(len(rows))
     ok = (at[a] >= 0) & (at[b] >= 0)
     a, b = a[ok], b[ok]
-    n_views, one_sided = len(VIEWS), len(ONE_SIDED_VIEWS)
-    stored = index.stored(rows[loaded])
-    spaces = [(index.meta, views.embedding, stored.embedding)]
+    stored = index.stored(rows)
+    spaces = [(False, stored.embedding)]
     if index.grey is not None:
-        spaces.append((index.meta["grey"], views.grey_embedding, stored.grey_embedding))
+        spaces.append((True, stored.grey_embedding))
     best = np.full((len(spaces), len(a)), -np.inf, np.float32)
-    for s, (meta, viewed, as_stored) in enumerate(spaces):
-        v = prepare(viewed, "cosine", np.asarray(meta["centre"], np.float32)).reshape(len(loaded), n_views, -1)
-        for start in range(0, len(a), 65536):  # a folder of look-alikes has millions of pairs: a bounded block each
-            ia, ib = at[a[start:start + 65536]], at[b[start:start + 65536]]
-            va, vb, sa, sb = v[ia], v[ib], as_stored[ia], as_stored[ib]
-            best[s, start:start + 65536] = np.maximum.reduce([
-                (va[:, :one_sided] @ sb[:, :, None]).max((1, 2)),  # a's views against b as stored
-                (vb[:, :one_sided] @ sa[:, :, None]).max((1, 2)),
-                (va[:, one_sided:] * vb[:, one_sided:]).sum(2).max(1),  # the same view of both
-            ])
+    for s, (grey, as_stored) in enumerate(spaces):
+        v = prepared_views(index, views, grey)
+        best[s] = view_similarity(v[at[a]], as_stored[at[a]], v[at[b]], as_stored[at[b]])
     # Half as far from 1 as the threshold: a view also brings look-alikes closer (tiles of one wallpaper, mirrored
     # or cropped, are tiles of one wallpaper), and at the threshold itself the groups of a folder of photographs
     # grew by chains of them (BENCHMARKS.md, "Duplicate groups").
@@ -227,7 +195,7 @@ def view_checked_pairs(index: SearchIndex, model: VAE, image_root: Path, thresho
         similarity, least = best[0], np.full(len(a), viewed)
     keep = similarity >= least
     log.info("duplicates: %d of %d pairs above %.2f reach %.4f in a view (edited views of %d images)",
-             keep.sum(), len(a), CANDIDATE_SIMILARITY, viewed, len(loaded))
+             keep.sum(), len(a), CANDIDATE_SIMILARITY, viewed, len(rows))
     return a[keep], b[keep]
 
 
@@ -244,7 +212,7 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
     """Exact groups (same sha256) first, then near groups; each group's files in path order, biggest groups first.
     With image_root, an exact group whose paths are all one file on disk (hard or symbolic links) is of kind
     "links": nothing to clean up there, and not a copy someone made. With image_root and the collection's model
-    (if trained for copies: checks_views), near pairs also come from view_checked_pairs."""
+    (if trained for copies: views.uses_views), near pairs also come from view_checked_pairs."""
     paths = index.ids["path"].to_pylist()
     shas = index.ids["sha256"].to_pylist()
     paths_of: dict[str, list[str]] = {}
@@ -261,7 +229,7 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
         return x
 
     pairs = [near_pairs(index, threshold)]
-    if image_root is not None and model is not None and checks_views(model, index):
+    if image_root is not None and model is not None and uses_views(model, index):
         pairs.append(view_checked_pairs(index, model, image_root, threshold))
         pairs.append(only_copy_pairs(index))
     for a, b in zip(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])):

@@ -104,8 +104,9 @@ def encode_views(model: VAE, paths: Sequence[str | Path], batch_size: int = 64, 
                  ) -> tuple[list[int], Embedded]:
     """(positions in `paths` that loaded, what the encoder made of their images.VIEWS): an `Embedded` of
     len(positions) * len(VIEWS) rows, image by image, each view with its grey rendering. Decoded and encoded as
-    encode_files does, by `workers` processes (default: one per core)."""
-    workers = usable_cores() if workers is None else workers
+    encode_files does, by `workers` processes (default: one per core, none for one batch)."""
+    if workers is None:  # starting decoding processes costs more than one batch
+        workers = usable_cores() if len(paths) > batch_size else 0
     encoder = PosteriorMean(folded(model))
     in_workers = encoder.device.type == "cpu"
     positions: list[int] = []
@@ -117,7 +118,7 @@ def encode_views(model: VAE, paths: Sequence[str | Path], batch_size: int = 64, 
             embedded = out if in_workers else encoder(out)
             for j, e in enumerate(errors):
                 if e:
-                    log.info("duplicates: %s not checked with edited views (%s)", paths[idx[j]], e)
+                    log.info("views: %s not looked at through edited views (%s)", paths[idx[j]], e)
             good = [j for j, e in enumerate(errors) if not e]
             positions += [idx[j] for j in good]
             parts.append(embedded.take([j * n_views + v for j in good for v in range(n_views)]))

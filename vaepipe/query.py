@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaepipe.config import EmbedConfig, IngestConfig
-from vaepipe.duplicates import (CANDIDATE_SIMILARITY, MARGIN, calibrate_threshold, check_threshold, checks_views,
+from vaepipe.duplicates import (CANDIDATE_SIMILARITY, MARGIN, calibrate_threshold, check_threshold,
                                 duplicate_groups, grey_threshold)
 from vaepipe.images import VIEWS
 from vaepipe.embed import Embedded, encode_files
@@ -38,6 +38,7 @@ from vaepipe.model import VAE, default_device, load_checkpoint
 from vaepipe.progress import Progress
 from vaepipe.report import write_query_report
 from vaepipe.errors import VaepipeError
+from vaepipe.views import RERANK_DEPTH, rerank, uses_views
 from vaepipe.store import NEIGHBOURS_SCHEMA, Workdir, atomic_path, file_path, new_run_id, write_json, write_parquet
 
 log = logging.getLogger("vaepipe")
@@ -69,6 +70,18 @@ class Neighbours:
 
     def to_pandas(self) -> pd.DataFrame:
         return self.table.to_pandas()
+
+
+@dataclass
+class _Queries:
+    """What a search runs over: each query's name and sha256, its vectors by slice (and whether they are already
+    prepared for the index, as stored rows are), its own index row to leave out (collection images), and how to
+    order a batch's shortlist again (images outside the collection, for a model trained for copies: views.rerank)."""
+    names: list[str]
+    shas: list[str]
+    vectors_of: Callable[[slice], tuple[Embedded, bool]]
+    self_rows: np.ndarray | None = None
+    reorder: Callable[[slice, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 SKIPS_SHOWN = 10  # skipped queries logged one by one; run.json has them all
@@ -104,9 +117,12 @@ def query_folder(workdir: Workdir, query_dir: Path, k: int = 10, cfg: EmbedConfi
     files = scan(query_dir)
     if not files:
         raise VaepipeError(f"no files in query folder {query_dir}")
-    names, shas, embedded, skipped = _embed_outside(workdir, collection, index, [(query_dir, f) for f in files], cfg)
-    return _run(workdir, "folder", index, names, shas, lambda s: (embedded.take(s), False), None, k, skipped, t0,
-                {"queries": str(query_dir)}, query_root=query_dir)
+    model = _model(workdir, index)
+    queries, skipped = _outside(workdir, collection, index, model, [(query_dir, f) for f in files], cfg)
+    params: dict = {"queries": str(query_dir)}
+    if queries.reorder is not None:
+        params["search_views"] = {"views": list(VIEWS), "neighbours looked at again": RERANK_DEPTH}
+    return _run(workdir, "folder", index, queries, k, skipped, t0, params, query_root=query_dir)
 
 
 def search_files(workdir: Workdir, files: Path | Sequence[Path], k: int = 10, cfg: EmbedConfig = EmbedConfig()
@@ -116,21 +132,21 @@ def search_files(workdir: Workdir, files: Path | Sequence[Path], k: int = 10, cf
     skipped with the reason; none at all readable is a VaepipeError."""
     collection, index = open_index(workdir)
     _check_k(k, index.meta["n"])
+    model = _model(workdir, index)
     if isinstance(files, (str, os.PathLike)) and Path(files).is_dir():
         root = Path(files).resolve()
         items = [(root, f) for f in scan(root)]
         if not items:
             raise VaepipeError(f"no files in folder {root}")
-        names, shas, embedded, skipped = _embed_outside(workdir, collection, index, items, cfg)
+        queries, skipped = _outside(workdir, collection, index, model, items, cfg)
     else:
         given = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
         # Each file vetted where it is (a link the caller named is followed), named as the caller named it.
-        names, shas, embedded, skipped = _embed_outside(workdir, collection, index,
-                                                       [(f.resolve().parent, f.resolve()) for f in given], cfg,
-                                                       names=[str(f) for f in given])
-    if not names:
+        queries, skipped = _outside(workdir, collection, index, model, [(f.resolve().parent, f.resolve()) for f in given],
+                                    cfg, names=[str(f) for f in given])
+    if not queries.names:
         raise VaepipeError("no query image could be read: " + "; ".join(f"{n}: {r}" for n, r in skipped[:3]))
-    return _collect(index, names, shas, lambda s: (embedded.take(s), False), None, k, skipped)
+    return _collect(index, queries, k, skipped)
 
 
 def search_collection(workdir: Workdir, paths: Sequence[str] | None = None, k: int = 10) -> Neighbours:
@@ -143,17 +159,14 @@ def search_collection(workdir: Workdir, paths: Sequence[str] | None = None, k: i
     else:
         rows_l, skipped = _rows_of(index, Path(collection["image_root"]), paths)
         rows = np.asarray(rows_l, dtype=np.int64)
-    all_paths, all_shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
-    return _collect(index, [all_paths[r] for r in rows], [all_shas[r] for r in rows],
-                    lambda s: (index.stored(rows[s]), True), rows, k, skipped)
+    return _collect(index, _collection_queries(index, rows), k, skipped)
 
 
-def _embed_outside(workdir: Workdir, collection: dict, index: SearchIndex, items: list[tuple[Path, Path]],
-                   cfg: EmbedConfig, names: list[str] | None = None
-                   ) -> tuple[list[str], list[str], Embedded, list[tuple[str, str]]]:
-    """Embed files outside the collection, (folder, file) pairs, with its model: (names, sha256s, what the encoder
-    made of them, skipped) of the files read; names are relative to each folder unless given."""
-    model = load_checkpoint(workdir.model_file(collection["model_id"]), default_device())
+def _outside(workdir: Workdir, collection: dict, index: SearchIndex, model: VAE, items: list[tuple[Path, Path]],
+             cfg: EmbedConfig, names: list[str] | None = None) -> tuple[_Queries, list[tuple[str, str]]]:
+    """Files outside the collection, (folder, file) pairs, embedded with its model, as queries (named relative to
+    each folder unless names are given; for a model trained for copies, each batch's shortlist ordered again
+    through edited views), and the files skipped with the reason."""
     if model.config.latent_dim != index.dim:
         raise VaepipeError(f"the model embeds in dimension {model.config.latent_dim} but the index has {index.dim}: "
                            "the index was built with another model; rebuild with `vaepipe index`")
@@ -170,8 +183,16 @@ def _embed_outside(workdir: Workdir, collection: dict, index: SearchIndex, items
         done += idx  # in order: batches come back in the order of `paths`
         batches.append(embedded)
         skipped += [(names[ok[j]], reason) for j, reason in errors]
-    return ([names[ok[j]] for j in done], [rows[ok[j]]["sha256"] for j in done], Embedded.concat(batches, index.dim),
-            skipped)
+    embedded = Embedded.concat(batches, index.dim)
+    files = [paths[j] for j in done]
+    reorder = None
+    if uses_views(model, index):
+        image_root = Path(collection["image_root"])
+
+        def reorder(s: slice, rows: np.ndarray, similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return rerank(index, model, image_root, files[s], embedded.take(s), rows, similarity)
+    return _Queries([names[ok[j]] for j in done], [rows[ok[j]]["sha256"] for j in done],
+                    lambda s: (embedded.take(s), False), reorder=reorder), skipped
 
 
 def _rows_of(index: SearchIndex, root: Path, names: Sequence[str]) -> tuple[list[int], list[tuple[str, str]]]:
@@ -233,7 +254,7 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
             params["duplicate_threshold_greyscale"] = grey_threshold(threshold)
         if calibration is not None:
             params["duplicate_calibration"] = calibration
-        if checks_views(model, index):
+        if uses_views(model, index):
             params["duplicate_views"] = {"views": list(VIEWS), "pairs from similarity": CANDIDATE_SIMILARITY,
                                          "similarity in a view": grey_threshold(threshold), "only copy margin": MARGIN}
     return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params, model)
@@ -269,15 +290,18 @@ def _model(workdir: Workdir, index: SearchIndex) -> VAE:
     return load_checkpoint(workdir.model_file(index.meta["model_id"]), default_device())
 
 
+def _collection_queries(index: SearchIndex, rows: np.ndarray) -> _Queries:
+    """Collection images (index rows) as queries: their vectors as stored, each without itself."""
+    paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
+    return _Queries([paths[r] for r in rows], [shas[r] for r in rows], lambda s: (index.stored(rows[s]), True), rows)
+
+
 def _query_rows(workdir: Workdir, kind: str, index: SearchIndex, rows: np.ndarray, k: int,
                 skipped: list[tuple[str, str]], t0: float, params: dict, model: VAE | None = None) -> QueryResult:
-    paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
-    return _run(workdir, kind, index, [paths[r] for r in rows], [shas[r] for r in rows],
-                lambda s: (index.stored(rows[s]), True), rows, k, skipped, t0, params, model=model)
+    return _run(workdir, kind, index, _collection_queries(index, rows), k, skipped, t0, params, model=model)
 
 
-def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas: list[str],
-         vectors_of: Callable[[slice], tuple[Embedded, bool]], self_rows: np.ndarray | None, k: int,
+def _run(workdir: Workdir, kind: str, index: SearchIndex, queries: _Queries, k: int,
          skipped: list[tuple[str, str]], t0: float, params: dict, query_root: Path | None = None,
          model: VAE | None = None) -> QueryResult:
     """model: the collection's, for the duplicate groups' check through edited views (params has a threshold)."""
@@ -290,17 +314,20 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
     image_root = Path(workdir.read_collection()["image_root"])
     about = {"run_id": run_id, "model_id": index.meta["model_id"], "kind": kind, "image_root": str(image_root),
              "k": str(k)}
-    n_rows = _search_and_write(index, out, names, shas, vectors_of, self_rows, k, about)
-    result = QueryResult(run_dir, out, len(names), n_rows, k, skipped, time.monotonic() - t0)
+    n_rows = _search_and_write(index, out, queries, k, about)
+    result = QueryResult(run_dir, out, len(queries.names), n_rows, k, skipped, time.monotonic() - t0)
     groups = None
     if "duplicate_threshold" in params:
         groups = duplicate_groups(index, params["duplicate_threshold"], image_root, model)
         result.duplicates = write_parquet(groups, run_dir / "duplicates.parquet")
         result.n_duplicate_groups = len(set(groups["group"].to_pylist()))
-    summary = {"run": run_id, "queries": f"{len(names):,} ({kind})", "k": k, "collection size": f"{index.meta['n']:,}",
+    summary = {"run": run_id, "queries": f"{len(queries.names):,} ({kind})", "k": k, "collection size": f"{index.meta['n']:,}",
                "model id": index.meta["model_id"], "index": f"{index.meta['kind']} {index.meta['params'] or ''}".strip(),
                "measured recall@10": index.meta["recall_at_10"], "metric": index.meta["metric"],
                "run time": f"{result.seconds:.1f} s", "skipped queries": len(skipped)}
+    if "search_views" in params:
+        summary["ordered"] = (f"the first {params['search_views']['neighbours looked at again']} neighbours of each "
+                              "query looked at again through edited views (mirrored, turned, cropped, flattened on black)")
     if groups is not None:
         threshold = params["duplicate_threshold"]
         summary["duplicate groups"] = f"{result.n_duplicate_groups:,} (similarity >= {threshold:.4f}" + (
@@ -323,38 +350,32 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, names: list[str], shas
     if len(skipped) > SKIPS_SHOWN:
         log.warning("query: skipped %d more queries (%s lists every one with its reason)", len(skipped) - SKIPS_SHOWN,
                     final_dir / "run.json")
-    log.info("query: %d queries, %d neighbour rows -> %s (%.1fs)", len(names), n_rows, out, result.seconds)
+    log.info("query: %d queries, %d neighbour rows -> %s (%.1fs)", len(queries.names), n_rows, out, result.seconds)
     return result
 
 
-def _collect(index: SearchIndex, names: list[str], shas: list[str],
-             vectors_of: Callable[[slice], tuple[Embedded, bool]], self_rows: np.ndarray | None, k: int,
-             skipped: list[tuple[str, str]]) -> Neighbours:
-    batches = list(_neighbour_batches(index, names, shas, vectors_of, self_rows, k, run_id=""))
+def _collect(index: SearchIndex, queries: _Queries, k: int, skipped: list[tuple[str, str]]) -> Neighbours:
+    batches = list(_neighbour_batches(index, queries, k, run_id=""))
     return Neighbours(pa.concat_tables(batches) if batches else NEIGHBOURS_SCHEMA.empty_table(), skipped)
 
 
-def _search_and_write(index: SearchIndex, out: Path, names: list[str], shas: list[str],
-                      vectors_of: Callable[[slice], tuple[Embedded, bool]], self_rows: np.ndarray | None,
-                      k: int, about: dict[str, str]) -> int:
+def _search_and_write(index: SearchIndex, out: Path, queries: _Queries, k: int, about: dict[str, str]) -> int:
     """Stream the search's batches to neighbours.parquet; `about` (run, model, image root) goes into its columns
     run_id and model_id and into the file's metadata (vaepipe.*)."""
     n_rows = 0
     metadata = {f"vaepipe.{key}": value for key, value in about.items()}
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, NEIGHBOURS_SCHEMA.with_metadata(metadata)) as writer:
-        for batch in _neighbour_batches(index, names, shas, vectors_of, self_rows, k, about["run_id"]):
+        for batch in _neighbour_batches(index, queries, k, about["run_id"]):
             writer.write_table(batch)
             n_rows += batch.num_rows
     return n_rows
 
 
-def _neighbour_batches(index: SearchIndex, names: list[str], shas: list[str],
-                       vectors_of: Callable[[slice], tuple[Embedded, bool]], self_rows: np.ndarray | None,
-                       k: int, run_id: str) -> Iterator[pa.Table]:
-    """Search SEARCH_BATCH queries at a time: the k nearest of each (without itself, where self_rows names the
-    query's own index row) as NEIGHBOURS_SCHEMA rows. vectors_of(slice) gives what the encoder made of the queries
-    and whether it is already prepared for the index (stored rows are); greyscale queries search the grey
-    renderings (SearchIndex.search)."""
+def _neighbour_batches(index: SearchIndex, queries: _Queries, k: int, run_id: str) -> Iterator[pa.Table]:
+    """Search SEARCH_BATCH queries at a time: the k nearest of each (without itself, for collection images) as
+    NEIGHBOURS_SCHEMA rows; greyscale queries search the grey renderings (SearchIndex.search). With a reorder, the
+    first RERANK_DEPTH are searched at least and ordered again before the first k are kept."""
+    names, shas, self_rows = queries.names, queries.shas, queries.self_rows
     ids_path = np.asarray(index.ids["path"].to_pylist(), dtype=object)
     ids_sha = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
     names_a, shas_a = np.asarray(names, dtype=object), np.asarray(shas, dtype=object)
@@ -362,8 +383,11 @@ def _neighbour_batches(index: SearchIndex, names: list[str], shas: list[str],
     progress = Progress("query", len(names), unit="queries")
     for start in range(0, len(names), SEARCH_BATCH):
         s = slice(start, min(start + SEARCH_BATCH, len(names)))
-        vectors, prepared = vectors_of(s)
-        rows, dist, sim = index.search(vectors, k + extra, prepared=prepared)
+        vectors, prepared = queries.vectors_of(s)
+        rows, dist, sim = index.search(vectors, max(k, RERANK_DEPTH) if queries.reorder else k + extra, prepared=prepared)
+        if queries.reorder is not None:
+            rows, sim = queries.reorder(s, rows, sim)
+            dist = (1.0 - sim).astype(np.float32)  # reordered only on cosine
         keep = rows >= 0
         if self_rows is not None:
             keep &= rows != self_rows[s][:, None]

@@ -1,0 +1,92 @@
+"""Seeing one image through edited views of another (vaepipe.views), on real files with a real (untrained) model:
+the duplicate groups' check of close pairs, and search's second look at a shortlist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import flat_index
+from vaepipe.duplicates import view_checked_pairs
+from vaepipe.embed import Embedded
+from vaepipe.images import load_array
+from vaepipe.model import VAE, VAEConfig
+from vaepipe.store import sha256_file
+from vaepipe.views import rerank
+
+
+@pytest.fixture
+def pictures(tmp_path) -> dict:
+    """Six random block pictures in a collection folder, and outside it a copy of the first with a dark band over
+    its bottom eighth: one picture in the "top" view (the top 85 %), another as stored. A model trained for copies
+    (invariance > 0), untrained: what it makes of an image is a fixed function of the pixels."""
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    images.mkdir()
+    blocks = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1) for _ in range(6)]
+    names = [f"p{i}.png" for i in range(len(blocks))]
+    for name, pic in zip(names, blocks):
+        Image.fromarray(pic).save(images / name)
+    banded = blocks[0].copy()
+    banded[56:] = (20, 20, 20)
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(image_size=32, channels=3, latent_dim=8, invariance=0.03, background=255)).eval()
+    return {"images": images, "names": names, "blocks": blocks, "banded": banded, "model": model}
+
+
+def _embed(model: VAE, files: list[Path]) -> np.ndarray:
+    with torch.no_grad():
+        x = torch.stack([torch.from_numpy(load_array(f, model.config.spec)) for f in files]).float() / 255
+        return model.embed(x).numpy()
+
+
+def test_edited_views_pair_a_copy_and_leave_a_file_changed_since_indexing_alone(pictures):
+    """view_checked_pairs: the banded copy inside the collection pairs with its original through the "top" view;
+    once it is replaced by another picture after indexing, its stored code no longer says what the file holds, and
+    it is not checked (nor paired) through views."""
+    images, model = pictures["images"], pictures["model"]
+    Image.fromarray(pictures["banded"]).save(images / "p6.png")
+    names = pictures["names"] + ["p6.png"]
+    index = flat_index(_embed(model, [images / n for n in names]), names, [sha256_file(images / n) for n in names])
+
+    def pairs() -> set[tuple[str, str]]:
+        a, b = view_checked_pairs(index, model, images, threshold=0.999)
+        return {(names[i], names[j]) for i, j in zip(a, b)}
+
+    assert ("p0.png", "p6.png") in pairs()
+    Image.fromarray(pictures["blocks"][3]).save(images / "p6.png")  # p6 now holds another picture: its code is stale
+    assert not any("p6.png" in pair for pair in pairs())
+    for name in names:  # every file gone: nothing to check, nothing paired, no error
+        (images / name).unlink()
+    assert pairs() == set()
+
+
+def test_rerank_brings_the_original_seen_through_a_view_to_the_top(pictures, tmp_path):
+    """A query outside the collection (the banded copy) whose shortlist puts another picture first: seen through
+    the views, its original comes first, at a similarity near 1; a file gone since indexing keeps its similarity
+    as stored, and so does everything for a query whose file cannot be read now."""
+    images, model, names = pictures["images"], pictures["model"], pictures["names"]
+    index = flat_index(_embed(model, [images / n for n in names]), names, [sha256_file(images / n) for n in names])
+    query = tmp_path / "query.png"
+    Image.fromarray(pictures["banded"]).save(query)
+    queries = Embedded(_embed(model, [query]))
+    # The shortlist as a search might have given it: p3 first, the original p0 second, then p5; -1: nothing more.
+    shortlist, similarity = np.array([[3, 0, 5, -1]]), np.array([[0.9, 0.5, 0.4, 0.0]], np.float32)
+
+    rows, sim = rerank(index, model, images, [query], queries, shortlist, similarity)
+    assert rows[0, 0] == 0 and sim[0, 0] > 0.99, (rows, sim)
+    assert sorted(rows[0, :3]) == [0, 3, 5] and rows[0, 3] == -1  # the same neighbours; nothing found stays last
+    assert (np.diff(sim[0, :3]) <= 0).all()  # in order of the similarity given
+    assert sim[0, list(rows[0]).index(3)] >= 0.9  # never less alike than as stored
+
+    (images / "p0.png").unlink()  # the original gone since indexing: not looked at through views
+    rows, sim = rerank(index, model, images, [query], queries, shortlist, similarity)
+    assert rows[0, 0] != 0 and sim[0, list(rows[0]).index(0)] == pytest.approx(0.5)
+
+    query.unlink()  # the query unreadable now: the shortlist as it was
+    rows, sim = rerank(index, model, images, [query], queries, shortlist, similarity)
+    assert rows.tolist() == shortlist.tolist() and np.allclose(sim, similarity)
