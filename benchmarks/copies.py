@@ -521,6 +521,13 @@ def duplicates_quality(workdir: Workdir, t: dict, hash_db: dict) -> dict:
         sizes = sorted((len(g) for g in groups), reverse=True)
         res[f"k={k}"] = {"threshold": json.loads((q.run_dir / "run.json").read_text()).get("duplicate_threshold"),
                          "groups": len(groups), "largest": sizes[:5], "in groups": sum(sizes), **_scored(pred, truth, copies)}
+        if k == 10:  # what is missed and what is wrong, to look at: copy recall by edit, and the pairs that are not
+            by_edit: dict[str, list[bool]] = {}
+            for pair in copies:
+                copy = pair[0] if pair[0].startswith("copies/") else pair[1]
+                by_edit.setdefault(copy.split("/")[1].split("-", 1)[1].rsplit(".", 1)[0], []).append(pair in pred)
+            res["copy recall by edit"] = {e: f"{sum(v)}/{len(v)}" for e, v in sorted(by_edit.items())}
+            res["wrong pairs"] = sorted(pred - truth)
     # The same at fixed thresholds, to see how far the calibrated one is from the best it could be.
     collection = workdir.read_collection()
     index = SearchIndex.open(workdir.index_dir(collection["model_id"]))

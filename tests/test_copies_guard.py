@@ -22,6 +22,7 @@ from PIL import Image
 import copies
 from helpers import SERIAL
 
+from vaepipe.cleanup import plan
 from vaepipe.config import IngestConfig, TrainConfig
 from vaepipe.duplicates import COPY_THRESHOLD, duplicate_groups
 from vaepipe.embed import embed
@@ -189,3 +190,20 @@ def test_edited_views_group_the_copies_the_code_alone_leaves_apart(folder, colle
     assert np.mean(hard_viewed) >= np.mean(hard_plain) + 0.25 and np.mean(hard_viewed) >= 0.4, (hard_plain, hard_viewed)
     assert all(_grouped(viewed, root, folder["known"])[i] for i, ok in enumerate(_grouped(plain, root, folder["known"])) if ok)
     assert viewed[viewed["kind"] == "near"].groupby("group").size().max() <= 4
+
+
+def test_the_cleanup_plan_says_how_alike_through_views(folder, collection):
+    """The keeper plan's similarity_to_keeper of a near group's member is the better of as stored and through an
+    edited view, as the groups join them: never below the code's, and above it for hard copies found by a view."""
+    run = query_all(collection, k=3)
+    table = plan(collection, run.run_dir).to_pandas()
+    near = table[(table["kind"] == "near") & ~table["keep"]]
+    index = SearchIndex.open(collection.index_dir(collection.read_collection()["model_id"]))
+    row_of = {p: i for i, p in enumerate(index.ids["path"].to_pylist())}
+    stored = index.stored(np.arange(index.meta["n"]))
+    plain = np.asarray([stored.embedding[row_of[p]] @ stored.embedding[row_of[k]] for p, k in zip(near["path"], near["keeper"])])
+    grey = stored.greyscale[[row_of[p] for p in near["path"]]] | stored.greyscale[[row_of[k] for k in near["keeper"]]]
+    seen = near["similarity_to_keeper"].to_numpy()
+    assert (seen[~grey] >= plain[~grey] - 1e-5).all()
+    hard = near["path"].isin([str(c.relative_to(folder["collection"])) for c in folder["hard"]]).to_numpy()
+    assert (seen[hard & ~grey] > plain[hard & ~grey] + 0.005).sum() >= 2, (seen[hard], plain[hard])

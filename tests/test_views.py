@@ -16,7 +16,8 @@ from vaepipe.embed import Embedded
 from vaepipe.images import load_array
 from vaepipe.model import VAE, VAEConfig
 from vaepipe.store import sha256_file
-from vaepipe.views import rerank
+from vaepipe.images import VIEWS
+from vaepipe.views import ViewCache, collection_views, rerank
 
 
 @pytest.fixture
@@ -90,3 +91,36 @@ def test_rerank_brings_the_original_seen_through_a_view_to_the_top(pictures, tmp
     query.unlink()  # the query unreadable now: the shortlist as it was
     rows, sim = rerank(index, model, images, [query], queries, shortlist, similarity)
     assert rows.tolist() == shortlist.tolist() and np.allclose(sim, similarity)
+
+
+def _by_row(rows: np.ndarray, views: Embedded) -> dict[int, np.ndarray]:
+    n = len(VIEWS)
+    return {int(r): np.concatenate([views.embedding[i * n:(i + 1) * n], views.grey_embedding[i * n:(i + 1) * n]])
+            for i, r in enumerate(rows)}
+
+
+def test_views_are_kept_by_content_and_a_damaged_cache_only_costs_time(pictures, tmp_path, caplog):
+    """collection_views with a ViewCache: the second look needs no file (they are all moved away), and gives the
+    same views; a cache part that cannot be read is said in the log and the views are computed again."""
+    images, model, names = pictures["images"], pictures["model"], pictures["names"]
+    index = flat_index(_embed(model, [images / n for n in names]), names, [sha256_file(images / n) for n in names])
+    cache = ViewCache(tmp_path / "views")
+    rows, views = collection_views(index, model, images, np.arange(6), cache)
+    first = _by_row(rows, views)
+    assert sorted(first) == list(range(6)) and len(list(cache.folder.glob("part-*.parquet"))) == 1
+
+    (images / "away").mkdir()
+    for name in names:
+        (images / name).rename(images / "away" / name)
+    rows, views = collection_views(index, model, images, np.arange(6), cache)
+    again = _by_row(rows, views)
+    assert sorted(again) == list(range(6)) and all(np.array_equal(first[r], again[r]) for r in first)
+    assert collection_views(index, model, images, np.arange(6))[0].size == 0  # without the cache: nothing to load
+
+    for name in names:
+        (images / "away" / name).rename(images / name)
+    next(cache.folder.glob("part-*.parquet")).write_bytes(b"PAR1 not a parquet file")
+    rows, views = collection_views(index, model, images, np.arange(6), cache)
+    assert "cache part" in caplog.text
+    computed = _by_row(rows, views)
+    assert sorted(computed) == list(range(6)) and all(np.allclose(first[r], computed[r], atol=1e-5) for r in first)

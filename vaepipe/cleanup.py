@@ -1,7 +1,8 @@
 """Acting on duplicate groups: which file of each group to keep, and moving or linking the others away, undoably.
 
   plan(workdir)                    one row per file in a duplicate group of the latest `query --all` run: its group,
-                                   whether it is the keeper, the keeper's path and the similarity to it
+                                   whether it is the keeper, the keeper's path and the similarity to it (as
+                                   stored, or through an edited view where that is closer, as the groups join them)
   write_plan(plan, run_dir)        duplicates-plan.parquet, .csv and .json beside the run's duplicates.parquet
   act(workdir, plan, action, ...)  move the others to a quarantine folder (keeping their relative paths), or replace
                                    them with hard or symbolic links to the keeper; a dry run unless apply=True
@@ -32,8 +33,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vaepipe.index import SearchIndex
+from vaepipe.model import default_device, load_checkpoint
 from vaepipe.errors import VaepipeError
 from vaepipe.store import Workdir, file_path, sha256_file, write_json, write_parquet
+from vaepipe.views import ViewCache, seen_similarity, uses_views
 
 log = logging.getLogger("vaepipe")
 
@@ -68,7 +71,9 @@ def plan(workdir: Workdir, run_dir: Path | None = None) -> pa.Table:
     groups = pq.read_table(run_dir / "duplicates.parquet")
     manifest = pq.read_table(workdir.manifest, columns=["path", "width", "height", "bytes"])
     facts = {p: (w or 0, h or 0, b or 0) for p, w, h, b in zip(*(manifest[c].to_pylist() for c in manifest.column_names))}
-    index = SearchIndex.open(workdir.index_dir(workdir.read_collection()["model_id"]))
+    collection = workdir.read_collection()
+    index = SearchIndex.open(workdir.index_dir(collection["model_id"]))
+    model = load_checkpoint(workdir.model_file(collection["model_id"]), default_device())
     row_of = {p: i for i, p in enumerate(index.ids["path"].to_pylist())}
     rows = []
     for gid in sorted(set(groups["group"].to_pylist())):
@@ -85,6 +90,14 @@ def plan(workdir: Workdir, run_dir: Path | None = None) -> pa.Table:
             rows.append({"group": gid, "kind": m["kind"], "path": m["path"], "sha256": m["sha256"],
                          "keep": m is keeper, "keeper": keeper["path"], "similarity_to_keeper": float(sim),
                          "width": m["width"], "height": m["height"], "bytes": m["bytes"]})
+    if uses_views(model, index):  # near groups also join pairs through edited views: say how alike they are so
+        near = [i for i, r in enumerate(rows) if r["kind"] == "near" and not r["keep"]]
+        seen = seen_similarity(index, model, Path(collection["image_root"]),
+                               np.asarray([row_of[rows[i]["path"]] for i in near], np.int64),
+                               np.asarray([row_of[rows[i]["keeper"]] for i in near], np.int64),
+                               ViewCache(workdir.views_dir(collection["model_id"])))
+        for i, sim in zip(near, seen):
+            rows[i]["similarity_to_keeper"] = max(rows[i]["similarity_to_keeper"], float(sim))
     return pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
 
 

@@ -31,7 +31,7 @@ from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
 from vaepipe.errors import VaepipeError
 from vaepipe.store import file_path
-from vaepipe.views import collection_views, prepared_views, uses_views, view_similarity
+from vaepipe.views import ViewCache, seen_similarity, uses_views
 
 log = logging.getLogger("vaepipe")
 
@@ -158,44 +158,25 @@ def only_copy_pairs(index: SearchIndex, least: float = CANDIDATE_SIMILARITY, mar
     return a[keep], b[keep]
 
 
-def view_checked_pairs(index: SearchIndex, model: VAE, image_root: Path, threshold: float
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def view_checked_pairs(index: SearchIndex, model: VAE, image_root: Path, threshold: float,
+                       cache: ViewCache | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Index rows (a, b), a < b, of the pairs at least CANDIDATE_SIMILARITY alike whose similarity reaches
     grey_threshold(threshold), half as far from 1 as the threshold (where either image is greyscale, half as far
     again, in the grey renderings' space), once one image is seen through an edited view (views.view_similarity).
     Images changed since indexing, or that fail to load now, are left out of the check."""
     a, b = near_pairs(index, CANDIDATE_SIMILARITY)
-    rows = np.unique(np.concatenate([a, b]))
-    if not len(rows):
-        return a, b
-    rows, views = collection_views(index, model, image_root, rows)
-    if not len(rows):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    at = np.full(index.meta["n"], -1, np.int64)
-    at[rows] = np.arange(len(rows))
-    ok = (at[a] >= 0) & (at[b] >= 0)
-    a, b = a[ok], b[ok]
-    stored = index.stored(rows)
-    spaces = [(False, stored.embedding)]
-    if index.grey is not None:
-        spaces.append((True, stored.grey_embedding))
-    best = np.full((len(spaces), len(a)), -np.inf, np.float32)
-    for s, (grey, as_stored) in enumerate(spaces):
-        v = prepared_views(index, views, grey)
-        best[s] = view_similarity(v[at[a]], as_stored[at[a]], v[at[b]], as_stored[at[b]])
+    similarity = seen_similarity(index, model, image_root, a, b, cache)
     # Half as far from 1 as the threshold: a view also brings look-alikes closer (tiles of one wallpaper, mirrored
     # or cropped, are tiles of one wallpaper), and at the threshold itself the groups of a folder of photographs
     # grew by chains of them (BENCHMARKS.md, "Duplicate groups").
     viewed = grey_threshold(threshold)
+    least = np.full(len(a), viewed)
     if index.grey is not None:
         flags = index.ids["greyscale"].to_numpy(zero_copy_only=False)
-        grey = flags[a] | flags[b]
-        similarity, least = np.where(grey, best[1], best[0]), np.where(grey, grey_threshold(viewed), viewed)
-    else:
-        similarity, least = best[0], np.full(len(a), viewed)
+        least[flags[a] | flags[b]] = grey_threshold(viewed)
     keep = similarity >= least
-    log.info("duplicates: %d of %d pairs above %.2f reach %.4f in a view (edited views of %d images)",
-             keep.sum(), len(a), CANDIDATE_SIMILARITY, viewed, len(rows))
+    log.info("duplicates: %d of %d pairs above %.2f reach %.4f in a view", keep.sum(), len(a), CANDIDATE_SIMILARITY,
+             viewed)
     return a[keep], b[keep]
 
 
@@ -207,8 +188,8 @@ def _one_file(root: Path, paths: list[str]) -> bool:
         return False
 
 
-def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | None = None, model: VAE | None = None
-                     ) -> pa.Table:
+def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | None = None, model: VAE | None = None,
+                     cache: ViewCache | None = None) -> pa.Table:
     """Exact groups (same sha256) first, then near groups; each group's files in path order, biggest groups first.
     With image_root, an exact group whose paths are all one file on disk (hard or symbolic links) is of kind
     "links": nothing to clean up there, and not a copy someone made. With image_root and the collection's model
@@ -230,7 +211,7 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
 
     pairs = [near_pairs(index, threshold)]
     if image_root is not None and model is not None and uses_views(model, index):
-        pairs.append(view_checked_pairs(index, model, image_root, threshold))
+        pairs.append(view_checked_pairs(index, model, image_root, threshold, cache))
         pairs.append(only_copy_pairs(index))
     for a, b in zip(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])):
         parent[find(shas[a])] = find(shas[b])

@@ -38,7 +38,7 @@ from vaepipe.model import VAE, default_device, load_checkpoint
 from vaepipe.progress import Progress
 from vaepipe.report import write_query_report
 from vaepipe.errors import VaepipeError
-from vaepipe.views import RERANK_DEPTH, rerank, uses_views
+from vaepipe.views import RERANK_DEPTH, ViewCache, rerank, uses_views
 from vaepipe.store import NEIGHBOURS_SCHEMA, Workdir, atomic_path, file_path, new_run_id, write_json, write_parquet
 
 log = logging.getLogger("vaepipe")
@@ -190,7 +190,8 @@ def _outside(workdir: Workdir, collection: dict, index: SearchIndex, model: VAE,
         image_root = Path(collection["image_root"])
 
         def reorder(s: slice, rows: np.ndarray, similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return rerank(index, model, image_root, files[s], embedded.take(s), rows, similarity)
+            return rerank(index, model, image_root, files[s], embedded.take(s), rows, similarity,
+                          cache=ViewCache(workdir.views_dir(index.meta["model_id"])))
     return _Queries([names[ok[j]] for j in done], [rows[ok[j]]["sha256"] for j in done],
                     lambda s: (embedded.take(s), False), reorder=reorder), skipped
 
@@ -266,7 +267,8 @@ def find_duplicates(workdir: Workdir, threshold: float | None = None) -> pa.Tabl
     collection, index = open_index(workdir)
     model = _model(workdir, index)
     threshold, _ = _duplicate_threshold(model, collection, index, threshold)
-    return duplicate_groups(index, threshold, Path(collection["image_root"]), model)
+    return duplicate_groups(index, threshold, Path(collection["image_root"]), model,
+                            ViewCache(workdir.views_dir(index.meta["model_id"])))
 
 
 def _duplicate_threshold(model: VAE, collection: dict, index: SearchIndex, threshold: float | None
@@ -318,7 +320,8 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, queries: _Queries, k: 
     result = QueryResult(run_dir, out, len(queries.names), n_rows, k, skipped, time.monotonic() - t0)
     groups = None
     if "duplicate_threshold" in params:
-        groups = duplicate_groups(index, params["duplicate_threshold"], image_root, model)
+        groups = duplicate_groups(index, params["duplicate_threshold"], image_root, model,
+                                  ViewCache(workdir.views_dir(index.meta["model_id"])))
         result.duplicates = write_parquet(groups, run_dir / "duplicates.parquet")
         result.n_duplicate_groups = len(set(groups["group"].to_pylist()))
     summary = {"run": run_id, "queries": f"{len(queries.names):,} ({kind})", "k": k, "collection size": f"{index.meta['n']:,}",

@@ -104,6 +104,10 @@ class Workdir:
     def index_dir(self, model_id: str) -> Path:
         return self.root / "index" / model_id
 
+    def views_dir(self, model_id: str) -> Path:
+        """The model's embeddings of collection images seen through edited views (views.ViewCache)."""
+        return self.root / "views" / model_id
+
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
 

@@ -11,15 +11,21 @@ Two uses:
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from vaepipe.embed import Embedded, encode_views
 from vaepipe.images import ONE_SIDED_VIEWS, VIEWS
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE
-from vaepipe.store import file_path, sha256_file
+from vaepipe.store import file_path, sha256_file, write_parquet
 
 log = logging.getLogger("vaepipe")
 
@@ -57,6 +63,48 @@ def prepared_views(index: SearchIndex, views: Embedded, grey: bool) -> np.ndarra
     return prepare(x, "cosine", np.asarray(meta["centre"], np.float32)).reshape(-1, len(VIEWS), index.dim)
 
 
+@dataclass
+class ViewCache:
+    """Collection images' views as the model embeds them, kept in `folder` (Workdir.views_dir) by sha256: a
+    nightly re-run of the duplicate groups, or the next query folder, decodes only images not looked at before.
+    Keyed by content, so a renamed file is found again and a changed one is another key; written in parts that
+    are never rewritten. The cache only saves work: a part that cannot be read is ignored (and computed again)."""
+
+    folder: Path
+
+    def get(self, shas: list[str], dim: int) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """{sha256: (views (len(VIEWS), dim), grey renderings' views or None)} of those in the cache."""
+        found: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        wanted = set(shas)
+        for part in sorted(self.folder.glob("part-*.parquet")):
+            try:
+                table = pq.read_table(part)
+                keep = pc.is_in(table["sha256"], pa.array(list(wanted - found.keys()), pa.string()))
+                table = table.filter(keep)
+                views = table["views"].combine_chunks().flatten().to_numpy().reshape(-1, len(VIEWS), dim)
+                grey = (table["grey_views"].combine_chunks().flatten().to_numpy().reshape(-1, len(VIEWS), dim)
+                        if "grey_views" in table.column_names else None)
+            except Exception as e:  # damaged or from another version: only work saved is lost
+                log.warning("views: cache part %s not read (%s: %s)", part, type(e).__name__, e)
+                continue
+            for i, sha in enumerate(table["sha256"].to_pylist()):
+                found[sha] = (views[i], None if grey is None else grey[i])
+        return found
+
+    def put(self, shas: list[str], views: Embedded) -> None:
+        """Add encode_views' rows of the images with these sha256s (in order)."""
+        if not shas:
+            return
+        width = len(VIEWS) * views.embedding.shape[1]
+        columns = {"sha256": pa.array(shas, pa.string()),
+                   "views": pa.FixedSizeListArray.from_arrays(pa.array(views.embedding.ravel(), pa.float32()), width)}
+        if views.grey_embedding is not None:
+            columns["grey_views"] = pa.FixedSizeListArray.from_arrays(
+                pa.array(views.grey_embedding.ravel(), pa.float32()), width)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_parquet(pa.table(columns), self.folder / f"part-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet")
+
+
 def unchanged(path: Path, sha256: str) -> bool:
     """Whether a collection file still holds what was indexed: a changed file would be compared as it is now."""
     try:
@@ -65,22 +113,60 @@ def unchanged(path: Path, sha256: str) -> bool:
         return False
 
 
-def collection_views(index: SearchIndex, model: VAE, image_root: Path, rows: np.ndarray
-                     ) -> tuple[np.ndarray, Embedded]:
-    """The views of collection images (index rows) that are unchanged since indexing and load now:
-    (their rows, encode_views' Embedded for them)."""
+def collection_views(index: SearchIndex, model: VAE, image_root: Path, rows: np.ndarray,
+                     cache: ViewCache | None = None) -> tuple[np.ndarray, Embedded]:
+    """The views of collection images (index rows): from the cache, else of files unchanged since indexing that
+    load now (added to the cache): (the rows that have views, in order, and their encode_views' Embedded)."""
     paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
-    same = np.asarray([unchanged(file_path(image_root, paths[r]), shas[r]) for r in rows], bool)
+    cached = cache.get([shas[r] for r in rows], index.dim) if cache is not None else {}
+    known = np.asarray([shas[r] in cached for r in rows], bool)
+    todo = rows[~known]
+    same = np.asarray([unchanged(file_path(image_root, paths[r]), shas[r]) for r in todo], bool)
     if not same.all():
         log.info("views: %d images changed or gone since they were indexed are not looked at through edited views",
                  (~same).sum())
-    rows = rows[same]
-    loaded, views = encode_views(model, [file_path(image_root, paths[r]) for r in rows])
-    return rows[loaded], views
+    todo = todo[same]
+    loaded, views = encode_views(model, [file_path(image_root, paths[r]) for r in todo])
+    if cache is not None:
+        cache.put([shas[r] for r in todo[loaded]], views)
+    if not cached:
+        return todo[loaded], views
+    hits = rows[known]
+    grey = views.grey_embedding is not None or next(iter(cached.values()))[1] is not None
+    from_cache = Embedded(np.concatenate([cached[shas[r]][0] for r in hits]),
+                          np.concatenate([cached[shas[r]][1] for r in hits]) if grey else None,  # type: ignore[misc]
+                          np.zeros(len(hits) * len(VIEWS), bool) if grey else None)
+    return np.concatenate([hits, todo[loaded]]), Embedded.concat([from_cache, views], index.dim) if len(loaded) else from_cache
+
+
+def seen_similarity(index: SearchIndex, model: VAE, image_root: Path, a: np.ndarray, b: np.ndarray,
+                    cache: ViewCache | None = None) -> np.ndarray:
+    """Pairs of collection images (index rows a[i], b[i]) -> their view_similarity, in the space they are compared
+    in (the grey renderings' where either is greyscale); -inf where either could not be looked at (changed since
+    indexing, or unreadable now)."""
+    out = np.full(len(a), -np.inf, np.float32)
+    if not len(a):
+        return out
+    rows, views = collection_views(index, model, image_root, np.unique(np.concatenate([a, b])), cache)
+    at = np.full(index.meta["n"], -1, np.int64)
+    at[rows] = np.arange(len(rows))
+    ok = (at[a] >= 0) & (at[b] >= 0)
+    grey = np.zeros(len(a), bool)
+    if index.grey is not None:
+        flags = index.ids["greyscale"].to_numpy(zero_copy_only=False)
+        grey = flags[a] | flags[b]
+    stored = index.stored(rows)
+    for in_grey, as_stored in ((False, stored.embedding), (True, stored.grey_embedding)):
+        pick = ok & (grey == in_grey)
+        if pick.any():
+            v, ia, ib = prepared_views(index, views, in_grey), at[a[pick]], at[b[pick]]
+            out[pick] = view_similarity(v[ia], as_stored[ia], v[ib], as_stored[ib])
+    return out
 
 
 def rerank(index: SearchIndex, model: VAE, image_root: Path, query_files: list[Path], queries: Embedded,
-           rows: np.ndarray, similarity: np.ndarray, depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+           rows: np.ndarray, similarity: np.ndarray, depth: int | None = None, cache: ViewCache | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
     """A search's results for images outside the collection (rows, similarity: (Q, R) as SearchIndex.search gives
     them) ordered again: each query's first `depth` neighbours get the better of their similarity as stored and
     their view_similarity to the query; the rest keep theirs, which is no higher. Queries
@@ -91,7 +177,7 @@ def rerank(index: SearchIndex, model: VAE, image_root: Path, query_files: list[P
     if not len(candidates) or not len(query_files):
         return rows, similarity
     q_loaded, q_views = encode_views(model, query_files)
-    c_rows, c_views = collection_views(index, model, image_root, candidates)
+    c_rows, c_views = collection_views(index, model, image_root, candidates, cache)
     if not q_loaded or not len(c_rows):
         return rows, similarity
     at_q = np.full(len(query_files), -1, np.int64)
