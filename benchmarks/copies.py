@@ -535,7 +535,8 @@ def duplicates_quality(workdir: Workdir, t: dict, hash_db: dict) -> dict:
     res["sweep"] = {}
     for thr in SWEEP:  # as the product groups them: with the edited views of models trained for copies
         groups = [list(g["path"]) for _, g in
-                  duplicate_groups(index, thr, Path(collection["image_root"]), model).to_pandas().groupby("group")]
+                  duplicate_groups(index, thr, Path(collection["image_root"]), model,
+                                   views.ViewCache(workdir.views_dir(collection["model_id"]))).to_pandas().groupby("group")]
         pred = _pairs(groups)
         res["sweep"][f"{thr:g}"] = {**_scored(pred, truth, copies), "groups": len(groups)}
     res["calibration"] = json.loads((q.run_dir / "run.json").read_text()).get("duplicate_calibration")

@@ -15,6 +15,7 @@ Each job is a whole command in a fresh process, as a user runs it, timed from st
   imagededup PHash / DHash   encode_images(folder) + find_duplicates (its default distance, 10 bits)
   vaepipe full               `vaepipe index` (ingest, train, embed, index) into a new workdir, then `query --all`
   vaepipe warm               `vaepipe index --model <the full job's model>` into a new workdir, then `query --all`
+  vaepipe nightly            the warm job's commands again on its workdir, nothing changed (a scheduled re-index)
   vaepipe one image          `vaepipe index` of a one-image folder with a model: the fixed cost of a command
   vaepipe full, --max-minutes M   (with --budget M) the full job with training stopped after the epoch that crosses M
 Jobs alternate within a round; the table gives medians over rounds.
@@ -163,8 +164,10 @@ def imagededup_job(kind: str, folder: Path, work: Path) -> tuple[dict, set[tuple
     return t, {tuple(sorted((a, b))) for a, dups in found.items() for b in dups}
 
 
-def vaepipe_job(folder: Path, workdir: Path, *options: str) -> tuple[dict, set[tuple[str, str]], Path]:
-    shutil.rmtree(workdir, ignore_errors=True)
+def vaepipe_job(folder: Path, workdir: Path, *options: str, fresh: bool = True
+                ) -> tuple[dict, set[tuple[str, str]], Path]:
+    if fresh:
+        shutil.rmtree(workdir, ignore_errors=True)
     index = timed(vaepipe("index", str(folder), "--workdir", str(workdir), *options))
     query = timed(vaepipe("query", str(workdir), "--all", "-k", "10"))
     run = max((workdir / "runs").iterdir())
@@ -226,6 +229,10 @@ def run_size(n: int, rounds: int, data_root: Path, work: Path, budgets: list[flo
         times.setdefault("vaepipe warm", []).append(t)
         quality["vaepipe warm"] = scored(pairs, copies)
         print(f"{n} round {r + 1}: vaepipe warm {t['seconds']:.1f} s", flush=True)
+        t, pairs, _ = vaepipe_job(folder, work / "warm", fresh=False)
+        times.setdefault("vaepipe nightly", []).append(t)
+        quality["vaepipe nightly"] = scored(pairs, copies)
+        print(f"{n} round {r + 1}: vaepipe nightly {t['seconds']:.1f} s", flush=True)
         shutil.rmtree(work / "one", ignore_errors=True)
         t = timed(vaepipe("index", str(one), "--workdir", str(work / "one"), "--model", str(model)))
         times.setdefault("vaepipe index, one image", []).append(t)
