@@ -134,10 +134,11 @@ def test_groups_join_pairs_above_the_threshold_whatever_k(tmp_path):
 
 
 def test_a_picture_and_its_only_copy_pair_up_below_the_threshold(tmp_path):
-    """The ratio test (duplicates.only_copy_pairs): two images each other's nearest, clearly nearer than anything
-    else, pair up below the threshold; three look-alikes, a picture with two copies (for the threshold and the views
-    to group), a pair not alike enough and identical files do not."""
-    from vaepipe.duplicates import only_copy_pairs
+    """The ratio test (duplicates.only_copy_pairs): two images each other's most alike, clearly more alike than
+    anything else, pair up below the threshold; three look-alikes, a picture with two copies (for the threshold and
+    the views to group), a pair not alike enough and identical files do not; a pair not alike enough as stored
+    pairs up once a view finds them alike."""
+    from vaepipe.duplicates import candidate_pairs, only_copy_pairs
 
     rng = np.random.default_rng(1)
     basis = np.linalg.qr(rng.normal(size=(64, 64)))[0].T  # orthonormal: unrelated pictures have similarity 0
@@ -145,15 +146,21 @@ def test_a_picture_and_its_only_copy_pair_up_below_the_threshold(tmp_path):
     def at(cos: float, a: int, b: int) -> np.ndarray:  # a vector with cosine `cos` to basis[a]
         return cos * basis[a] + np.sqrt(1 - cos ** 2) * basis[b]
 
-    vectors = [basis[0], at(0.9, 0, 1),  # a picture and its only copy
-               basis[2], at(0.9, 2, 3), at(0.9, 2, 4),  # three look-alikes: none is clearly the other's only copy
-               basis[5], at(0.7, 5, 6),  # nearest to each other, but not alike enough
+    vectors = [basis[0], at(0.95, 0, 1),  # a picture and its only copy
+               basis[2], at(0.95, 2, 3), at(0.95, 2, 4),  # three look-alikes: none is clearly the other's only copy
+               basis[5], at(0.85, 5, 6),  # most alike to each other, but not alike enough
                basis[7], at(0.85, 7, 8), at(0.97, 7, 9),  # two copies: neither is the only one
                basis[10], basis[10]]  # identical files: an exact group, not a near pair
     paths = [f"p{i:02d}" for i in range(len(vectors))]
     shas = paths[:-1] + ["p10"]
-    a, b = only_copy_pairs(flat_index(np.array(vectors), paths, shas))
+    index = flat_index(np.array(vectors), paths, shas)
+    candidates = candidate_pairs(index)  # no model: nothing seen through views
+    a, b = only_copy_pairs(index, candidates)
     assert [(paths[i], paths[j]) for i, j in zip(a, b)] == [("p00", "p01")]
+
+    candidates.seen[(candidates.a == 5) & (candidates.b == 6)] = 0.97  # as if a view showed p06 is p05 turned
+    a, b = only_copy_pairs(index, candidates)
+    assert [(paths[i], paths[j]) for i, j in zip(a, b)] == [("p00", "p01"), ("p05", "p06")]
 
 
 def test_samples_page_shows_every_picture(built, fmnist_dir, tmp_path):

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from helpers import flat_index
-from vaepipe.duplicates import view_checked_pairs
+from vaepipe.duplicates import candidate_pairs, view_checked_pairs
 from vaepipe.embed import Embedded
 from vaepipe.images import load_array
 from vaepipe.model import VAE, VAEConfig
@@ -55,7 +55,7 @@ def test_edited_views_pair_a_copy_and_leave_a_file_changed_since_indexing_alone(
     index = flat_index(_embed(model, [images / n for n in names]), names, [sha256_file(images / n) for n in names])
 
     def pairs() -> set[tuple[str, str]]:
-        a, b = view_checked_pairs(index, model, images, threshold=0.999)
+        a, b = view_checked_pairs(index, candidate_pairs(index, model, images), threshold=0.999)
         return {(names[i], names[j]) for i, j in zip(a, b)}
 
     assert ("p0.png", "p6.png") in pairs()

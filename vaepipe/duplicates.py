@@ -42,9 +42,10 @@ COPY_THRESHOLD = 0.97
 # Pairs at least this alike are looked at again through edited views (view_checked_pairs); below it, pairs were not
 # copies on the validation folders, and every image in a candidate pair costs its views' decoding and encoding.
 CANDIDATE_SIMILARITY = 0.8
-# How much less alike than each other the next nearest image of both must be for two images to be one picture and
-# its only copy (only_copy_pairs); chosen on the validation folders for pair precision.
-MARGIN = 0.2
+# How alike two images must be, and how much less alike than each other the next most alike image of both, for them
+# to be one picture and its only copy (only_copy_pairs); chosen on the validation folders for pair precision.
+ONLY_COPY_SIMILARITY = 0.9
+MARGIN = 0.15
 
 
 @dataclass
@@ -129,43 +130,80 @@ def near_pairs(index: SearchIndex, threshold: float) -> tuple[np.ndarray, np.nda
     return np.concatenate(a_rows), np.concatenate(b_rows)
 
 
-def only_copy_pairs(index: SearchIndex, least: float = CANDIDATE_SIMILARITY, margin: float = MARGIN
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Index rows (a, b), a < b, of images that are each other's nearest other image, at least `least` alike, while
-    the next nearest image of each is at least `margin` less alike than they are to each other: a picture and its
-    one copy, told apart by how much closer they are to each other than to anything else (a ratio test, as in
-    matching local features) rather than by one similarity for every collection. A copy saved as a small JPEG, or
-    with a caption over it, often lands below the threshold but still far nearer its original than any other
-    picture (BENCHMARKS.md, "Duplicate groups")."""
+@dataclass
+class CandidatePairs:
+    """Pairs of index rows (a[i] < b[i]) at least CANDIDATE_SIMILARITY alike as stored: their similarity as stored
+    and at best through edited views (views.seen_similarity; -inf where not looked at), each in the space the pair
+    is compared in (the grey renderings' where either image is greyscale)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    stored: np.ndarray
+    seen: np.ndarray
+
+
+def candidate_pairs(index: SearchIndex, model: VAE | None = None, image_root: Path | None = None,
+                    cache: ViewCache | None = None) -> CandidatePairs:
+    """The pairs the duplicate check looks at again; through views only with a model and the image root."""
+    a, b = near_pairs(index, CANDIDATE_SIMILARITY)
+    rows = np.unique(np.concatenate([a, b]))
+    at = np.full(index.meta["n"], -1, np.int64)
+    at[rows] = np.arange(len(rows))
+    stored = index.stored(rows)
+    similarity = (stored.embedding[at[a]] * stored.embedding[at[b]]).sum(1)
+    if stored.greyscale is not None:
+        grey = stored.greyscale[at[a]] | stored.greyscale[at[b]]
+        similarity[grey] = (stored.grey_embedding[at[a[grey]]] * stored.grey_embedding[at[b[grey]]]).sum(1)
+    seen = (seen_similarity(index, model, image_root, a, b, cache) if model is not None and image_root is not None
+            else np.full(len(a), -np.inf, np.float32))
+    return CandidatePairs(a, b, similarity, seen)
+
+
+def only_copy_pairs(index: SearchIndex, candidates: CandidatePairs, least: float = ONLY_COPY_SIMILARITY,
+                    margin: float = MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """Index rows (a, b), a < b, of candidate pairs that are each other's most alike, at least `least`, while the
+    next most alike image of each (another candidate, or its next nearest as stored) is at least `margin` less alike:
+    a picture and its one copy, told apart by how much closer they are to each other than to anything else (a ratio
+    test, as in matching local features) rather than by one similarity for every collection. How alike a pair is:
+    the better of as stored and through edited views. A copy saved as a small JPEG, turned, or with a caption over
+    it, often lands below the threshold but still far nearer its original than any other picture (BENCHMARKS.md,
+    "Duplicate groups")."""
     n = index.meta["n"]
-    shas = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
-    if n < 3:
+    if n < 3 or not len(candidates.a):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    nearest, best, second = np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    alike = np.maximum(candidates.stored, candidates.seen)
+    me = np.concatenate([candidates.a, candidates.b])
+    other = np.concatenate([candidates.b, candidates.a])
+    value = np.concatenate([alike, alike])
+    order = np.lexsort((-value, me))  # each image's candidates, most alike first
+    me, other, value = me[order], other[order], value[order]
+    first = np.ones(len(me), bool)
+    first[1:] = me[1:] != me[:-1]
+    partner, best, second = np.full(n, -1), np.full(n, -np.inf), np.full(n, -np.inf)
+    partner[me[first]], best[me[first]] = other[first], value[first]
+    after = np.flatnonzero(first) + 1
+    after = after[after < len(me)]
+    after = after[me[after] == me[after - 1]]
+    second[me[after]] = value[after]
+    # The next nearest as stored counts too: a look-alike below CANDIDATE_SIMILARITY is not among the candidates.
     for start in range(0, n, 4096):
         rows = np.arange(start, min(n, start + 4096))
         found, _, sim = index.search(index.stored(rows), 3, prepared=True)
-        others = found != rows[:, None]  # itself is among its 3 nearest, and may tie with an identical file
-        first = others.argmax(1)
-        after = np.where(others & (np.arange(3) > first[:, None]), np.arange(3), 3).min(1)
-        nearest[rows] = found[np.arange(len(rows)), first]
-        best[rows] = sim[np.arange(len(rows)), first]
-        second[rows] = sim[np.arange(len(rows)), np.minimum(after, 2)]
-    a = np.arange(n)
-    b = nearest
-    clear = (best >= least) & (best - second >= margin) & (b >= 0)
-    keep = clear & (a < b) & (nearest[np.maximum(b, 0)] == a) & clear[np.maximum(b, 0)] & (shas[a] != shas[np.maximum(b, 0)])
-    return a[keep], b[keep]
+        others = np.where(found != rows[:, None], sim, -np.inf)  # itself is among its 3 nearest (or an identical file)
+        second[rows] = np.maximum(second[rows], np.sort(others, axis=1)[:, -2])
+    i = np.arange(n)
+    clear = (best >= least) & (best - second >= margin) & (partner >= 0)
+    p = np.maximum(partner, 0)
+    keep = clear & (i < partner) & (partner[p] == i) & clear[p]
+    return i[keep], partner[keep]
 
 
-def view_checked_pairs(index: SearchIndex, model: VAE, image_root: Path, threshold: float,
-                       cache: ViewCache | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Index rows (a, b), a < b, of the pairs at least CANDIDATE_SIMILARITY alike whose similarity reaches
+def view_checked_pairs(index: SearchIndex, candidates: CandidatePairs, threshold: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Index rows (a, b), a < b, of the candidate pairs whose similarity through an edited view reaches
     grey_threshold(threshold), half as far from 1 as the threshold (where either image is greyscale, half as far
-    again, in the grey renderings' space), once one image is seen through an edited view (views.view_similarity).
-    Images changed since indexing, or that fail to load now, are left out of the check."""
-    a, b = near_pairs(index, CANDIDATE_SIMILARITY)
-    similarity = seen_similarity(index, model, image_root, a, b, cache)
+    again, in the grey renderings' space)."""
+    a, b = candidates.a, candidates.b
     # Half as far from 1 as the threshold: a view also brings look-alikes closer (tiles of one wallpaper, mirrored
     # or cropped, are tiles of one wallpaper), and at the threshold itself the groups of a folder of photographs
     # grew by chains of them (BENCHMARKS.md, "Duplicate groups").
@@ -174,7 +212,7 @@ def view_checked_pairs(index: SearchIndex, model: VAE, image_root: Path, thresho
     if index.grey is not None:
         flags = index.ids["greyscale"].to_numpy(zero_copy_only=False)
         least[flags[a] | flags[b]] = grey_threshold(viewed)
-    keep = similarity >= least
+    keep = candidates.seen >= least
     log.info("duplicates: %d of %d pairs above %.2f reach %.4f in a view", keep.sum(), len(a), CANDIDATE_SIMILARITY,
              viewed)
     return a[keep], b[keep]
@@ -193,7 +231,7 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
     """Exact groups (same sha256) first, then near groups; each group's files in path order, biggest groups first.
     With image_root, an exact group whose paths are all one file on disk (hard or symbolic links) is of kind
     "links": nothing to clean up there, and not a copy someone made. With image_root and the collection's model
-    (if trained for copies: views.uses_views), near pairs also come from view_checked_pairs."""
+    (if trained for copies: views.uses_views), near pairs also come from view_checked_pairs and only_copy_pairs."""
     paths = index.ids["path"].to_pylist()
     shas = index.ids["sha256"].to_pylist()
     paths_of: dict[str, list[str]] = {}
@@ -211,8 +249,9 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
 
     pairs = [near_pairs(index, threshold)]
     if image_root is not None and model is not None and uses_views(model, index):
-        pairs.append(view_checked_pairs(index, model, image_root, threshold, cache))
-        pairs.append(only_copy_pairs(index))
+        candidates = candidate_pairs(index, model, image_root, cache)
+        pairs.append(view_checked_pairs(index, candidates, threshold))
+        pairs.append(only_copy_pairs(index, candidates))
     for a, b in zip(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])):
         parent[find(shas[a])] = find(shas[b])
     components: dict[str, list[str]] = {}

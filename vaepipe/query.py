@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaepipe.config import EmbedConfig, IngestConfig
-from vaepipe.duplicates import (CANDIDATE_SIMILARITY, MARGIN, calibrate_threshold, check_threshold,
+from vaepipe.duplicates import (CANDIDATE_SIMILARITY, MARGIN, ONLY_COPY_SIMILARITY, calibrate_threshold, check_threshold,
                                 duplicate_groups, grey_threshold)
 from vaepipe.images import VIEWS
 from vaepipe.embed import Embedded, encode_files
@@ -257,7 +257,8 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
             params["duplicate_calibration"] = calibration
         if uses_views(model, index):
             params["duplicate_views"] = {"views": list(VIEWS), "pairs from similarity": CANDIDATE_SIMILARITY,
-                                         "similarity in a view": grey_threshold(threshold), "only copy margin": MARGIN}
+                                         "similarity in a view": grey_threshold(threshold),
+                                         "only copy similarity": ONLY_COPY_SIMILARITY, "only copy margin": MARGIN}
     return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params, model)
 
 
