@@ -105,7 +105,7 @@ class ViewCache:
         write_parquet(pa.table(columns), self.folder / f"part-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet")
 
 
-def unchanged(path: Path, sha256: str) -> bool:
+def _unchanged(path: str, sha256: str) -> bool:
     """Whether a collection file still holds what was indexed: a changed file would be compared as it is now."""
     try:
         return sha256_file(path) == sha256
@@ -116,27 +116,30 @@ def unchanged(path: Path, sha256: str) -> bool:
 def collection_views(index: SearchIndex, model: VAE, image_root: Path, rows: np.ndarray,
                      cache: ViewCache | None = None) -> tuple[np.ndarray, Embedded]:
     """The views of collection images (index rows): from the cache, else of files unchanged since indexing that
-    load now (added to the cache): (the rows that have views, in order, and their encode_views' Embedded)."""
+    load now (then added to the cache). Returns the rows that have views, in the order given, and their views as
+    encode_views gives them."""
     paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
-    cached = cache.get([shas[r] for r in rows], index.dim) if cache is not None else {}
-    known = np.asarray([shas[r] in cached for r in rows], bool)
-    todo = rows[~known]
-    same = np.asarray([unchanged(file_path(image_root, paths[r]), shas[r]) for r in todo], bool)
+    found = cache.get([shas[r] for r in rows], index.dim) if cache is not None else {}
+    todo = np.asarray([r for r in rows if shas[r] not in found], np.int64)
+    same = np.asarray([_unchanged(file_path(image_root, paths[r]), shas[r]) for r in todo], bool)
     if not same.all():
         log.info("views: %d images changed or gone since they were indexed are not looked at through edited views",
                  (~same).sum())
-    todo = todo[same]
+    todo = todo[same] if len(todo) else todo
     loaded, views = encode_views(model, [file_path(image_root, paths[r]) for r in todo])
     if cache is not None:
         cache.put([shas[r] for r in todo[loaded]], views)
-    if not cached:
-        return todo[loaded], views
-    hits = rows[known]
-    grey = views.grey_embedding is not None or next(iter(cached.values()))[1] is not None
-    from_cache = Embedded(np.concatenate([cached[shas[r]][0] for r in hits]),
-                          np.concatenate([cached[shas[r]][1] for r in hits]) if grey else None,  # type: ignore[misc]
-                          np.zeros(len(hits) * len(VIEWS), bool) if grey else None)
-    return np.concatenate([hits, todo[loaded]]), Embedded.concat([from_cache, views], index.dim) if len(loaded) else from_cache
+    n = len(VIEWS)
+    for i, r in enumerate(todo[loaded]):
+        found[shas[r]] = (views.embedding[i * n:(i + 1) * n],
+                          None if views.grey_embedding is None else views.grey_embedding[i * n:(i + 1) * n])
+    have = np.asarray([r for r in rows if shas[r] in found], np.int64)
+    if not len(have):
+        return have, Embedded(np.zeros((0, index.dim), np.float32))
+    grey = [found[shas[r]][1] for r in have]
+    return have, Embedded(np.concatenate([found[shas[r]][0] for r in have]),
+                          None if grey[0] is None else np.concatenate(grey),  # type: ignore[arg-type]
+                          None if grey[0] is None else np.zeros(len(have) * n, bool))
 
 
 def seen_similarity(index: SearchIndex, model: VAE, image_root: Path, a: np.ndarray, b: np.ndarray,
@@ -186,6 +189,7 @@ def rerank(index: SearchIndex, model: VAE, image_root: Path, query_files: list[P
     at_c[c_rows] = np.arange(len(c_rows))
     grey_query = queries.greyscale if queries.greyscale is not None else np.zeros(len(queries), bool)
     q, col = np.nonzero((top >= 0) & (at_q[:, None] >= 0) & (at_c[np.maximum(top, 0)] >= 0))
+    stored = index.stored(c_rows)
     for grey in (False, True):
         pick = grey_query[q] == grey
         if not pick.any() or (grey and index.grey is None):
@@ -193,8 +197,7 @@ def rerank(index: SearchIndex, model: VAE, image_root: Path, query_files: list[P
         meta = index.meta["grey"] if grey else index.meta
         q_as_stored = prepare(queries.grey_embedding[q_loaded] if grey else queries.embedding[q_loaded], "cosine",
                               np.asarray(meta["centre"], np.float32))
-        c_as_stored = index.stored(c_rows)
-        c_as_stored = c_as_stored.grey_embedding if grey else c_as_stored.embedding
+        c_as_stored = stored.grey_embedding if grey else stored.embedding
         qi, ci = at_q[q[pick]], at_c[top[q[pick], col[pick]]]
         seen = view_similarity(prepared_views(index, q_views, grey)[qi], q_as_stored[qi],
                                prepared_views(index, c_views, grey)[ci], c_as_stored[ci])
