@@ -129,7 +129,9 @@ def search_files(workdir: Workdir, files: Path | Sequence[Path], k: int = 10, cf
                  ) -> Neighbours:
     """Neighbours in the collection of image files outside it: one file, a list of files, or a folder (every file
     under it). query_path is each file as given (in a folder: relative to it). Files that cannot be read are
-    skipped with the reason; none at all readable is a VaepipeError."""
+    skipped with the reason; none at all readable is a VaepipeError. For a model trained for copies, each file's
+    first views.RERANK_DEPTH neighbours are ordered again through edited views (views.rerank), and their
+    similarity is the better of as stored and through a view."""
     collection, index = open_index(workdir)
     _check_k(k, index.meta["n"])
     model = _model(workdir, index)
@@ -191,7 +193,7 @@ def _outside(workdir: Workdir, collection: dict, index: SearchIndex, model: VAE,
 
         def reorder(s: slice, rows: np.ndarray, similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return rerank(index, model, image_root, files[s], embedded.take(s), rows, similarity,
-                          cache=ViewCache(workdir.views_dir(index.meta["model_id"])))
+                          cache=_view_cache(workdir, index))
     return _Queries([names[ok[j]] for j in done], [rows[ok[j]]["sha256"] for j in done],
                     lambda s: (embedded.take(s), False), reorder=reorder), skipped
 
@@ -269,7 +271,7 @@ def find_duplicates(workdir: Workdir, threshold: float | None = None) -> pa.Tabl
     model = _model(workdir, index)
     threshold, _ = _duplicate_threshold(model, collection, index, threshold)
     return duplicate_groups(index, threshold, Path(collection["image_root"]), model,
-                            ViewCache(workdir.views_dir(index.meta["model_id"])))
+                            _view_cache(workdir, index))
 
 
 def _duplicate_threshold(model: VAE, collection: dict, index: SearchIndex, threshold: float | None
@@ -291,6 +293,10 @@ def _duplicate_threshold(model: VAE, collection: dict, index: SearchIndex, thres
 
 def _model(workdir: Workdir, index: SearchIndex) -> VAE:
     return load_checkpoint(workdir.model_file(index.meta["model_id"]), default_device())
+
+
+def _view_cache(workdir: Workdir, index: SearchIndex) -> ViewCache:
+    return ViewCache(workdir.views_dir(index.meta["model_id"]))
 
 
 def _collection_queries(index: SearchIndex, rows: np.ndarray) -> _Queries:
@@ -322,7 +328,7 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, queries: _Queries, k: 
     groups = None
     if "duplicate_threshold" in params:
         groups = duplicate_groups(index, params["duplicate_threshold"], image_root, model,
-                                  ViewCache(workdir.views_dir(index.meta["model_id"])))
+                                  _view_cache(workdir, index))
         result.duplicates = write_parquet(groups, run_dir / "duplicates.parquet")
         result.n_duplicate_groups = len(set(groups["group"].to_pylist()))
     summary = {"run": run_id, "queries": f"{len(queries.names):,} ({kind})", "k": k, "collection size": f"{index.meta['n']:,}",
