@@ -81,11 +81,8 @@ def plan(workdir: Workdir, run_dir: Path | None = None) -> pa.Table:
         for m in members:
             m["width"], m["height"], m["bytes"] = facts.get(m["path"], (0, 0, 0))
         keeper = min(members, key=lambda m: (-m["width"] * m["height"], -m["bytes"], len(m["path"]), m["path"]))
-        stored, at = index.stored(np.asarray([row_of[m["path"]] for m in members])), members.index(keeper)
-        sims = stored.embedding @ stored.embedding[at]
-        if stored.greyscale is not None:  # a greyscale member was grouped in the grey renderings' space
-            either = stored.greyscale | stored.greyscale[at]
-            sims = np.where(either, stored.grey_embedding @ stored.grey_embedding[at], sims)
+        sims = index.pair_similarity(np.asarray([row_of[m["path"]] for m in members]),
+                                     np.full(len(members), row_of[keeper["path"]]))
         for m, sim in zip(members, sims):
             rows.append({"group": gid, "kind": m["kind"], "path": m["path"], "sha256": m["sha256"],
                          "keep": m is keeper, "keeper": keeper["path"], "similarity_to_keeper": float(sim),

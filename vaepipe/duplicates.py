@@ -146,17 +146,9 @@ def candidate_pairs(index: SearchIndex, model: VAE | None = None, image_root: Pa
                     cache: ViewCache | None = None) -> CandidatePairs:
     """The pairs the duplicate check looks at again; through views only with a model and the image root."""
     a, b = near_pairs(index, CANDIDATE_SIMILARITY)
-    rows = np.unique(np.concatenate([a, b]))
-    at = np.full(index.meta["n"], -1, np.int64)
-    at[rows] = np.arange(len(rows))
-    stored = index.stored(rows)
-    similarity = (stored.embedding[at[a]] * stored.embedding[at[b]]).sum(1)
-    if stored.greyscale is not None:
-        grey = stored.greyscale[at[a]] | stored.greyscale[at[b]]
-        similarity[grey] = (stored.grey_embedding[at[a[grey]]] * stored.grey_embedding[at[b[grey]]]).sum(1)
     seen = (seen_similarity(index, model, image_root, a, b, cache) if model is not None and image_root is not None
             else np.full(len(a), -np.inf, np.float32))
-    return CandidatePairs(a, b, similarity, seen)
+    return CandidatePairs(a, b, index.pair_similarity(a, b), seen)
 
 
 def only_copy_pairs(index: SearchIndex, candidates: CandidatePairs, least: float = ONLY_COPY_SIMILARITY,

@@ -465,6 +465,19 @@ class SearchIndex:
         flags = self.ids["greyscale"].to_numpy(zero_copy_only=False)
         return Embedded(self.index.reconstruct_batch(rows), self.grey.reconstruct_batch(rows), flags[rows])
 
+    def pair_similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Pairs of index rows (a[i], b[i]) -> the inner product of their stored vectors (cosine for the cosine
+        metric), in the grey renderings' space where either image is greyscale, as duplicate pairs are compared."""
+        a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+        rows = np.unique(np.concatenate([a, b]))
+        at = np.searchsorted(rows, a), np.searchsorted(rows, b)
+        stored = self.stored(rows)
+        similarity = (stored.embedding[at[0]] * stored.embedding[at[1]]).sum(1)
+        if stored.greyscale is not None:
+            grey = stored.greyscale[at[0]] | stored.greyscale[at[1]]
+            similarity[grey] = (stored.grey_embedding[at[0][grey]] * stored.grey_embedding[at[1][grey]]).sum(1)
+        return similarity
+
     def stored_vectors(self, rows: np.ndarray) -> np.ndarray:
         """Vectors of index rows as stored (prepared) in the images' space."""
         return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
