@@ -129,6 +129,11 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument("--undo", type=Path, metavar="LOG", help="put back what an applied action changed")
     s.add_argument("--apply", action="store_true", help="do it (without: a dry run that changes nothing)")
 
+    s = sub.add_parser("serve", help="show the workdir's reports and samples pages at http://127.0.0.1 (browsers "
+                       "do not open file:// links from the Prefect UI)")
+    s.add_argument("workdir", type=Path, help="a workdir with query runs or samples")
+    s.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default %(default)s; 0: any free port)")
+
     s = sub.add_parser("pipeline", help="index, then all-against-all neighbours, then samples")
     s.add_argument("images", type=Path, help="folder of images (searched recursively)")
     s.add_argument("--workdir", type=Path, required=True, help="where the collection's files go")
@@ -151,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "query" and args.image:
             return _look_up(args)
+        if args.command == "serve":
+            return _serve(args)
         summary = _dispatch(args)
     except VaepipeError as e:
         print(f"vaepipe: error: {e}", file=sys.stderr)
@@ -186,6 +193,31 @@ def _look_up(a: argparse.Namespace) -> int:
             current = r["query_path"]
             print(current)
         print(f"  {r['rank']:>3}  {r['similarity']:.4f}  {r['neighbour_path']}")
+    return 0
+
+
+def _serve(a: argparse.Namespace) -> int:
+    """`serve`: pages over HTTP until Ctrl+C; no flow (it changes nothing)."""
+    _require_dir(a.workdir, "workdir")
+    from vaepipe.serve import latest_pages, make_server, page_url
+
+    workdir = Workdir(a.workdir)
+    try:
+        server = make_server(workdir, a.port)
+    except OSError as e:
+        raise VaepipeError(f"cannot serve on 127.0.0.1:{a.port} ({e.strerror or e}): choose another --port, or "
+                           "--port 0 for any free one") from None
+    port = server.server_address[1]
+    print(f"serving the pages of {a.workdir} at http://127.0.0.1:{port}/ (Ctrl+C to stop)", flush=True)
+    for page in latest_pages(workdir):
+        print(f"  latest {'report' if page.name == 'report.html' else 'samples'}: "
+              f"{page_url(page, workdir.root, port)}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 

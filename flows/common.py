@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 
 from vaepipe import progress
 from vaepipe.errors import VaepipeError
+from vaepipe.serve import page_url
 
 
 @contextlib.contextmanager
@@ -34,7 +35,11 @@ def summary_artifact(key: str, title: str, rows: dict[str, object], link: Path |
     """The flow's figures as a Prefect markdown artifact (and in the run log), with a link to the page to open."""
     lines = [f"# {title}", ""]
     if link:
-        lines += [f"Open the report: [{link.name}]({Path(link).resolve().as_uri()})", ""]
+        # Browsers do not follow file:// links from a web page such as the Prefect UI: the page's address is where
+        # `vaepipe serve` shows it (the workdir is two folders up: runs/<id>/ or samples/<id>/).
+        workdir = Path(link).resolve().parents[2]
+        lines += [f"Open [{link.name}]({page_url(link, workdir)}) after starting `vaepipe serve {workdir}` on the "
+                  f"machine that ran this (the file: `{Path(link).resolve()}`)", ""]
     lines += ["| | |", "|---|---|"]
     lines += [f"| {name} | {format_value(value)} |" for name, value in rows.items()]
     markdown = "\n".join(lines)

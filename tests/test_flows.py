@@ -12,6 +12,7 @@ from PIL import Image
 from helpers import FAST_TRAIN, write_fmnist, write_mixed
 from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig
 from vaepipe.errors import VaepipeError
+from vaepipe.serve import page_url
 from vaepipe.store import MANIFEST_SCHEMA, NEIGHBOURS_SCHEMA, embedding_schema
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -37,14 +38,15 @@ def pipeline_run(collection, tmp_path_factory):
     return workdir, summary
 
 
-def _artifact_keys() -> set[str]:
+def _artifacts() -> dict[str, object]:
+    """The latest artifact of each key: its data."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts()
     progress = [a for a in artifacts if a.type == "progress"]
     assert progress and all(a.data == 100.0 for a in progress)  # finished stages end at 100%
-    return {a.key for a in artifacts}
+    return {a.key: a.data for a in sorted(artifacts, key=lambda a: a.created)}
 
 
 def test_pipeline_writes_every_artefact(pipeline_run, collection):
@@ -72,9 +74,14 @@ def test_pipeline_writes_every_artefact(pipeline_run, collection):
     for p in pngs:
         with Image.open(p) as img:
             img.verify()
+    artifacts = _artifacts()
     assert {"build-index-summary", "bulk-query-summary", "generate-samples-summary", "pipeline-summary",
-            "bulk-query-top-rows", "build-index-progress", "bulk-query-progress"} <= _artifact_keys()
+            "bulk-query-top-rows", "build-index-progress", "bulk-query-progress"} <= artifacts.keys()
     assert Path(summary["report"]).exists() and Path(summary["samples page"]).exists()
+    # The pages open from the Prefect UI through `vaepipe serve` (browsers do not follow file:// links from it).
+    assert f"({page_url(Path(summary['report']), workdir)})" in artifacts["pipeline-summary"]
+    assert f"vaepipe serve {workdir.resolve()}" in artifacts["pipeline-summary"]
+    assert f"({page_url(Path(summary['samples page']), workdir)})" in artifacts["generate-samples-summary"]
 
 
 def test_bulk_query_flow_finds_the_original_of_a_copy(pipeline_run, collection, tmp_path):

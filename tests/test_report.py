@@ -18,6 +18,7 @@ from vaepipe.generate import generate
 from vaepipe.index import build_index
 from vaepipe.ingest import ingest
 from vaepipe.query import query_all
+from vaepipe.report import outliers, same_group_rows
 from vaepipe.store import Workdir
 from vaepipe.train import train
 
@@ -112,6 +113,48 @@ def test_duplicate_groups_exact_and_near(with_copies):
     found = sum(any({rel[50 + i], f"resaved-{i}.jpg"} <= g for g in near) for i in range(3))
     assert found >= 2  # the threshold is calibrated to catch 95% of such copies
     assert render(result.report)["groups"] == groups["group"].nunique()
+
+    # The likely duplicates only: every query with a neighbour in its own group, with those neighbours alone.
+    group_of = dict(zip(groups["path"], groups["group"]))
+    rows = pq.read_table(result.neighbours).to_pandas()
+    same = rows[[group_of.get(q, -1) == group_of.get(n, -2) for q, n in zip(rows.query_path, rows.neighbour_path)]]
+    assert len(same) and len(same) < len(rows)
+    likely = same_group_rows(result.neighbours, pq.read_table(result.duplicates))
+    assert {(q, r["neighbour_path"]) for q, _, rs in likely for r in rs} == set(zip(same.query_path, same.neighbour_path))
+    page = render(result.run_dir / "likely-duplicates.html")
+    assert page["broken"] == 0 and page["queries"] == same.query_path.nunique() == len(likely)
+    assert page["images"] == len(likely) + len(same)
+
+
+def test_outliers_are_the_images_least_like_any_other(built_copy):
+    result = query_all(built_copy, k=3)
+    rows = pq.read_table(result.neighbours).to_pandas()
+    firsts = rows[rows["rank"] == 1].sort_values("similarity")
+    shown = outliers(result.neighbours, n=20)
+    assert len(shown) == 20 and [r["similarity"] for r in shown] == sorted(r["similarity"] for r in shown)
+    assert shown[0]["similarity"] == firsts.similarity.iloc[0]
+    # Every rank-1 row less alike than the last one shown is shown, or is the other half of a pair shown.
+    pairs = {frozenset((r["query_path"], r["neighbour_path"])) for r in shown}
+    below = firsts[firsts.similarity < shown[-1]["similarity"]]
+    assert all(frozenset(pair) in pairs for pair in zip(below.query_path, below.neighbour_path))
+    assert len(pairs) == len(shown)  # two images each other's nearest: shown once
+    html_text = result.report.read_text()
+    assert 'id="outliers"' in html_text and shown[0]["query_path"] in html_text
+
+
+def test_thumbnails_keep_palette_transparency(tmp_path):
+    """A palette PNG with a transparent colour (as many icons and clip art are) keeps its transparency in the
+    report: read as plain RGB, its transparent field turned black."""
+    from vaepipe.report import Thumbs
+
+    img = Image.new("P", (64, 64), 0)
+    img.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)
+    img.paste(1, (16, 16, 48, 48))
+    img.save(tmp_path / "icon.png", transparency=0)
+    thumbs = Thumbs(tmp_path / "thumbs")
+    link = thumbs.link("abc", tmp_path / "icon.png")
+    with Image.open(tmp_path / link) as thumb:
+        assert thumb.mode == "RGBA" and thumb.getpixel((0, 0))[3] == 0 and thumb.getpixel((32, 32))[:3] == (200, 30, 30)
 
 
 def test_groups_join_pairs_above_the_threshold_whatever_k(tmp_path):

@@ -118,7 +118,7 @@ def _open(path: str | Path | io.BytesIO, max_pixels: int, draft_size: int | None
         raise ImageError(f"corrupt or truncated image: {type(e).__name__}: {e}") from None
 
 
-def _plain_mode(img: Image.Image) -> Image.Image:
+def plain_mode(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 'L', 'LA', 'RGB' or 'RGBA' (alpha kept where the image has any)."""
     if img.mode.startswith("I") or img.mode == "F":
         # 16/32-bit grey: scale to 8 bits by the type's range, not the image's own max.
@@ -144,13 +144,13 @@ def grey_rendering(img: Image.Image) -> Image.Image:
     Fitted (to_array) like any image, so its border and field are judged as a greyscale copy's are: cutting the
     colour image first and greying the square after keeps a hue border that the grey copy loses, and the two squares
     then differ."""
-    img = _plain_mode(img)
+    img = plain_mode(img)
     return img.convert("LA" if img.mode in ("LA", "RGBA") else "L")
 
 
 def flatten(img: Image.Image, background: int) -> Image.Image:
     """Any PIL mode -> 'L' or 'RGB', alpha composited onto the background grey."""
-    img = _plain_mode(img)
+    img = plain_mode(img)
     if img.mode in ("LA", "RGBA"):
         canvas = Image.new("RGBA", img.size, (background, background, background, 255))
         flat = Image.alpha_composite(canvas, img.convert("RGBA")).convert("RGB")
@@ -277,7 +277,7 @@ def to_array(img: Image.Image, spec: ImageSpec, alpha: bool = False) -> np.ndarr
     if spec.fit == "letterbox":
         arr = _letterbox(img, spec)
         return np.concatenate([arr, np.full_like(arr[:1], 255)]) if alpha else arr
-    img = field_as_transparency(_plain_mode(img), spec.background)
+    img = field_as_transparency(plain_mode(img), spec.background)
     # Again after a cut: a border added around a picture whose own edge is one colour (a sky) is cut first, and
     # the picture's own edge then as in the original, so both become the same square.
     for _ in range(3):
@@ -385,7 +385,7 @@ VIEWS = ONE_SIDED_VIEWS + BOTH_SIDED_VIEWS
 
 def edited_views(img: Image.Image) -> list[Image.Image]:
     """The VIEWS of one image, in that order; "on black" only changes a transparent image (others: as they are)."""
-    img = _plain_mode(img)
+    img = plain_mode(img)
     w, h = img.size
     return [
         ImageOps.mirror(img),
@@ -408,7 +408,7 @@ def load_views(paths: Sequence[str | Path], spec: ImageSpec, max_pixels: int = 6
     errors = [""] * len(paths)
     for j, path in enumerate(paths):
         try:
-            img = _plain_mode(_open_for(path, spec, max_pixels))
+            img = plain_mode(_open_for(path, spec, max_pixels))
             # Twice the square's size is enough to fit the square from, and 6 fits of a 256 px icon would cost
             # more than decoding a photo.
             factor = min(img.size) // (2 * spec.size)

@@ -1,4 +1,5 @@
-"""Pages a person looks at: report.html for a query run (thumbnails, pages, duplicate groups), and the samples page.
+"""Pages a person looks at: report.html for a query run (thumbnails, pages, duplicate groups, outliers, a page of
+likely duplicates only), and the samples page.
 
 Self-contained: thumbnails go to a sibling `thumbs/` folder (one per distinct content, relative links),
 so a report opens from disk with no server and no network. Large runs are split into pages of
@@ -7,19 +8,21 @@ so a report opens from disk with no server and no network. Large runs are split 
 
 from __future__ import annotations
 
+import heapq
 import html
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vaepipe.config import usable_cores
-from vaepipe.images import open_image
+from vaepipe.images import open_image, plain_mode
 from vaepipe.store import atomic_path, file_path
 
 log = logging.getLogger("vaepipe")
@@ -38,6 +41,8 @@ figcaption{font-size:11px;word-break:break-all} .sim{font-weight:bold;font-size:
 background:repeating-linear-gradient(45deg,#eee,#eee 6px,#ccc 6px,#ccc 12px)}
 .group{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;margin:10px 0}
 .group .imgs{display:flex;flex-wrap:wrap;gap:8px} .kind{font-size:12px;color:#555}
+.outlier{display:flex;gap:12px;background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;margin:10px 0}
+.outliers{display:flex;flex-wrap:wrap;gap:4px} .same{color:#a40;font-size:11px}
 """
 
 
@@ -66,7 +71,8 @@ class Thumbs:
     def link(self, sha256: str, source: Path) -> str | None:
         if sha256 not in self.done:
             try:
-                img = open_image(source, max_pixels=64_000_000, draft_size=THUMB_SIDE)
+                # A palette with a transparent colour is transparent too (a plain convert("RGB") paints it black).
+                img = plain_mode(open_image(source, max_pixels=64_000_000, draft_size=THUMB_SIDE))
                 img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
                 img.thumbnail((THUMB_SIDE, THUMB_SIDE))
                 self.folder.mkdir(parents=True, exist_ok=True)
@@ -122,37 +128,103 @@ def iter_queries(neighbours: Path, limit: int) -> Iterator[tuple[str, str, list[
         yield current[0], current[1], rows
 
 
+MAX_OUTLIERS = 50  # shown in the report
+MAX_LIKELY = 2_000  # queries shown on the page of likely duplicates
+
+
+def outliers(neighbours: Path, n: int = MAX_OUTLIERS) -> list[dict]:
+    """The n queries whose nearest neighbour is least alike (their rank-1 rows, least alike first): in an
+    all-against-all run the images farthest from everything else, in a query folder the queries most unlike the
+    collection; two queries each other's nearest are shown once. Reads the table in batches, keeping 2n rows."""
+    kept: list[dict] = []
+    for batch in pq.ParquetFile(neighbours).iter_batches(batch_size=65_536):
+        firsts = pa.Table.from_batches([batch]).filter(pc.equal(batch["rank"], 1))
+        if firsts.num_rows:  # 2n: two images each other's nearest are one outlier pair, shown once
+            least = firsts.take(pc.select_k_unstable(firsts, min(2 * n, firsts.num_rows), [("similarity", "ascending")]))
+            kept = heapq.nsmallest(2 * n, kept + least.to_pylist(), key=lambda r: r["similarity"])
+    shown, pairs = [], set()
+    for r in kept:
+        pair = frozenset((r["query_path"], r["neighbour_path"]))
+        if pair not in pairs:
+            pairs.add(pair)
+            shown.append(r)
+    return shown[:n]
+
+
+def same_group_rows(neighbours: Path, groups: pa.Table, limit: int = MAX_LIKELY) -> list[tuple[str, str, list[dict]]]:
+    """The likely duplicates only: (query path, sha256, rows) of the first `limit` queries that have neighbours in
+    their own duplicate group, with those rows only. The table is filtered in Arrow, batch by batch."""
+    grouped = pa.array(groups["path"].to_pylist(), pa.string())
+    group_of = dict(zip(groups["path"].to_pylist(), groups["group"].to_pylist()))
+    found: dict[tuple[str, str], list[dict]] = {}
+    for batch in pq.ParquetFile(neighbours).iter_batches(batch_size=65_536):
+        table = pa.Table.from_batches([batch])
+        table = table.filter(pc.and_(pc.is_in(table["query_path"], grouped), pc.is_in(table["neighbour_path"], grouped)))
+        for row in table.to_pylist():
+            if group_of[row["query_path"]] == group_of[row["neighbour_path"]]:
+                key = (row["query_path"], row["query_sha256"])
+                if key in found or len(found) < limit:
+                    found.setdefault(key, []).append(row)
+    return [(path, sha, rows) for (path, sha), rows in found.items()]
+
+
 def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, query_root: Path,
                        summary: dict[str, object], groups: pa.Table | None = None,
                        per_page: int = 100, max_queries: int = 5_000) -> Path:
-    """report.html (summary, duplicate groups, first page) and report-NNNN.html for further pages."""
+    """report.html (summary, duplicate groups, outliers, first page of neighbours), report-NNNN.html for further
+    pages and, with duplicate groups, likely-duplicates.html: each query's neighbours in its own group only."""
     thumbs = Thumbs(run_dir / "thumbs")
     queries = list(iter_queries(neighbours, max_queries))
-    thumbs.make([(qsha, Path(file_path(query_root, qpath))) for qpath, qsha, _ in queries]
-                + [(r["neighbour_sha256"], Path(file_path(collection_root, r["neighbour_path"])))
-                   for _, _, rows in queries for r in rows]
-                + [(m["sha256"], Path(file_path(collection_root, m["path"]))) for m in _shown_members(groups)])
-    blocks: list[str] = []
-    n_queries = 0
-    for qpath, qsha, rows in queries:
-        n_queries += 1
-        figs = [_figure(thumbs.link(qsha, Path(file_path(query_root, qpath))), qpath)]
-        for r in rows:
-            figs.append(_figure(thumbs.link(r["neighbour_sha256"], Path(file_path(collection_root, r["neighbour_path"]))),
-                                r["neighbour_path"], f'<div class="sim">#{r["rank"]} sim {r["similarity"]:.4f}</div>'))
-        blocks.append(f'<div class="query"><div class="q">{figs[0]}</div>{"".join(figs[1:])}</div>')
+    likely = same_group_rows(neighbours, groups) if groups is not None else []
+    odd = outliers(neighbours)
+    group_of = dict(zip(groups["path"].to_pylist(), groups["group"].to_pylist())) if groups is not None else {}
 
+    def query_src(path: str) -> Path:
+        return Path(file_path(query_root, path))
+
+    def image_src(path: str) -> Path:
+        return Path(file_path(collection_root, path))
+
+    thumbs.make([(qsha, query_src(qpath)) for qpath, qsha, _ in queries + likely]
+                + [(r["neighbour_sha256"], image_src(r["neighbour_path"])) for _, _, rows in queries + likely for r in rows]
+                + [(r["query_sha256"], query_src(r["query_path"])) for r in odd]
+                + [(r["neighbour_sha256"], image_src(r["neighbour_path"])) for r in odd]
+                + [(m["sha256"], image_src(m["path"])) for m in _shown_members(groups)])
+
+    def block(qpath: str, qsha: str, rows: list[dict]) -> str:
+        figs = [_figure(thumbs.link(qsha, query_src(qpath)), qpath)]
+        same = group_of.get(qpath)
+        for r in rows:
+            note = ('<div class="same">same duplicate group</div>'
+                    if same is not None and group_of.get(r["neighbour_path"]) == same else "")
+            figs.append(_figure(thumbs.link(r["neighbour_sha256"], image_src(r["neighbour_path"])), r["neighbour_path"],
+                                f'<div class="sim">#{r["rank"]} sim {r["similarity"]:.4f}</div>{note}'))
+        return f'<div class="query"><div class="q">{figs[0]}</div>{"".join(figs[1:])}</div>'
+
+    blocks = [block(*q) for q in queries]
+    n_queries = len(blocks)
     pages = [blocks[i : i + per_page] for i in range(0, len(blocks), per_page)] or [[]]
     names = ["report.html"] + [f"report-{i + 1:04d}.html" for i in range(1, len(pages))]
     nav = '<p class="nav">Pages: ' + "".join(f'<a href="{n}">{i + 1}</a>' for i, n in enumerate(names)) + "</p>"
+    views = ('<p class="nav">' + ('<a href="likely-duplicates.html">Likely duplicates only</a>'
+                                  if groups is not None else "")
+             + '<a href="report.html#outliers">Outliers</a><a href="report.html#neighbours">Neighbours</a></p>')
     shown = f"<p>Showing {n_queries:,} queries" + (f" (the first {max_queries:,}; all are in neighbours.parquet)" if n_queries >= max_queries else "") + ".</p>"
-    head = f"<h1>vaepipe similarity report</h1>{_summary_table(summary)}{shown}"
+    head = f"<h1>vaepipe similarity report</h1>{_summary_table(summary)}{shown}{views}"
     group_html = _groups_html(groups, thumbs, collection_root) if groups is not None else ""
+    outlier_html = _outliers_html(odd, thumbs, query_src, image_src)
     for i, (name, page_blocks) in enumerate(zip(names, pages)):
-        body = (head + group_html if i == 0 else f"<h1>vaepipe similarity report, page {i + 1}</h1>") + nav
-        body += f"<h2>Neighbours</h2>{''.join(page_blocks)}{nav}"
+        body = (head + group_html + outlier_html if i == 0 else f"<h1>vaepipe similarity report, page {i + 1}</h1>{views}") + nav
+        body += f'<h2 id="neighbours">Neighbours</h2>{"".join(page_blocks)}{nav}'
         with atomic_path(run_dir / name) as tmp:
             tmp.write_text(_page("vaepipe report", body))
+    if groups is not None:
+        more = f" (the first {MAX_LIKELY:,}; duplicates.parquet has every group)" if len(likely) >= MAX_LIKELY else ""
+        body = (f"<h1>vaepipe: likely duplicates only</h1>{views}<p>{len(likely):,} images{more} with their neighbours "
+                "in the same duplicate group; look-alikes that are not in it are left out.</p>"
+                + ("".join(block(*q) for q in likely) or "<p>None.</p>"))
+        with atomic_path(run_dir / "likely-duplicates.html") as tmp:
+            tmp.write_text(_page("vaepipe likely duplicates", body))
     if thumbs.failed > WARNED_FAILURES:  # a moved or deleted folder is one line, not one per image
         log.warning("report: %d more images without a thumbnail (changed, moved or unreadable since they were "
                     "indexed)", thumbs.failed - WARNED_FAILURES)
@@ -190,6 +262,20 @@ def _groups_html(groups: pa.Table, thumbs: Thumbs, root: Path) -> str:
         parts.append(f'<div class="group"><div class="kind">group {gid}: {kind}, {len(members)} files</div>'
                      f'<div class="imgs">{figs}</div></div>')
     return "".join(parts)
+
+
+def _outliers_html(rows: list[dict], thumbs: Thumbs, query_src: Callable[[str], Path],
+                   image_src: Callable[[str], Path]) -> str:
+    if not rows:
+        return ""
+    pairs = []
+    for r in rows:
+        query = _figure(thumbs.link(r["query_sha256"], query_src(r["query_path"])), r["query_path"])
+        nearest = _figure(thumbs.link(r["neighbour_sha256"], image_src(r["neighbour_path"])), r["neighbour_path"],
+                          f'<div class="sim">nearest, sim {r["similarity"]:.4f}</div>')
+        pairs.append(f'<div class="outlier">{query}{nearest}</div>')
+    return (f'<h2 id="outliers">Outliers ({len(rows)})</h2><p>The images least like anything else: their nearest '
+            f'neighbour is the least alike of all.</p><div class="outliers">{"".join(pairs)}</div>')
 
 
 def write_samples_page(samples_dir: Path, files: list[Path], summary: dict[str, object], note: str = "") -> Path:
