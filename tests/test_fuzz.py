@@ -1,6 +1,7 @@
 """Damaged files of every format the product reads: each one ends as an ok or an error row, never as an
 exception that stops the run (Pillow's plugins raise struct.error, TypeError, IndexError and more on bad bytes)."""
 
+import gzip
 import io
 import random
 from pathlib import Path
@@ -12,11 +13,15 @@ from vaepipe.config import IngestConfig
 from vaepipe.images import ImageSpec, load_batch
 from vaepipe.ingest import inspect_file
 
-FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "tif": "TIFF", "bmp": "BMP"}
+FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "tif": "TIFF", "bmp": "BMP", "svg": "SVG",
+           "svgz": "SVGZ"}
 MUTATIONS_PER_FORMAT = 150
+SVG = Path("/usr/share/icons/Tango/scalable/actions/go-up.svg")  # a real icon (tango-icon-theme, `make test`)
 
 
 def _original(fmt: str) -> bytes:
+    if fmt in ("SVG", "SVGZ"):
+        return SVG.read_bytes() if fmt == "SVG" else gzip.compress(SVG.read_bytes())
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), "RGB").resize((40, 30), Image.Resampling.BICUBIC)
     if fmt == "GIF":

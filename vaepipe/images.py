@@ -23,7 +23,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from vaepipe.errors import ImageError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+SVG_SUFFIXES = {".svg", ".svgz"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"} | SVG_SUFFIXES
+# An SVG has no pixels of its own: it is drawn to fit a square of this side (the largest icon size themes ship),
+# or a smaller one where a smaller picture will do; its manifest width and height are that drawing's.
+SVG_SIDE = 256
+MAX_SVG_BYTES = 16 << 20  # the markup, after gunzip for .svgz: past it the file is refused, not read
 ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
@@ -55,6 +60,53 @@ def open_image(path: str | Path, max_pixels: int, draft_size: int | None = None,
     return _open(path, max_pixels, draft_size, shorter)[0]
 
 
+def is_svg(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in SVG_SUFFIXES
+
+
+def _svg_markup(source: str | Path | bytes) -> str:
+    if isinstance(source, bytes):
+        data = source
+    else:
+        if os.stat(source).st_size > MAX_SVG_BYTES:
+            raise ImageError(f"SVG larger than {MAX_SVG_BYTES >> 20} MB: not read")
+        data = Path(source).read_bytes()
+    if data[:2] == b"\x1f\x8b":  # .svgz: gunzipped no further than the limit (a small file can unpack to gigabytes)
+        try:
+            unzip = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            data = unzip.decompress(data, MAX_SVG_BYTES + 1)
+        except zlib.error as e:
+            raise ImageError(f"corrupt SVGZ: {e}") from None
+        if len(data) > MAX_SVG_BYTES or unzip.unconsumed_tail:
+            raise ImageError(f"SVGZ unpacks to more than {MAX_SVG_BYTES >> 20} MB: not read")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ImageError("SVG that is not UTF-8 text") from None
+
+
+def render_svg(source: str | Path | bytes, side: int = SVG_SIDE) -> Image.Image:
+    """An SVG (or SVGZ) file, or its bytes, drawn by resvg to fit a side x side square, aspect kept: RGBA,
+    transparent where nothing is drawn. resvg fetches nothing over the network, and the square bounds the work
+    whatever size the file declares. ImageError if it cannot be drawn."""
+    import resvg_py  # here: only SVGs need it
+
+    markup = _svg_markup(source)
+    try:
+        png = resvg_py.svg_to_bytes(svg_string=markup, width=side, height=side)
+        img = Image.open(io.BytesIO(bytes(png)))
+        img.load()
+    except Exception as e:  # resvg raises ValueError for what it cannot parse or draw; anything else is the file's too
+        raise ImageError(f"SVG that cannot be drawn: {e}") from None
+    return img.convert("RGBA")
+
+
+def _svg_size(img: Image.Image) -> tuple[int, int]:
+    """The size an SVG drawn at some side has at SVG_SIDE: its manifest width and height."""
+    scale = SVG_SIDE / max(img.size)
+    return max(1, round(img.width * scale)), max(1, round(img.height * scale))
+
+
 def inspect_image(path: str | Path, max_pixels: int, data: bytes | None = None) -> tuple[int, int, str]:
     """(width, height, mode) of a usable image, upright, after decoding all of it; ImageError if it is not usable.
     data: the file's bytes, if the caller has read them (ingest, which hashes them): the file is not read again.
@@ -65,6 +117,9 @@ def inspect_image(path: str | Path, max_pixels: int, data: bytes | None = None) 
     fails as at full size, for a fraction of the work (the scale only spares the inverse DCT and the pixels; a
     640x480 photo ~0.5 ms against ~3.5 ms, BENCHMARKS.md).
     """
+    if is_svg(path):  # drawn small: enough to show it can be drawn, and its shape
+        width, height = _svg_size(render_svg(path if data is None else data, side=64))
+        return width, height, "RGBA"
     # Only small PNGs: the probe holds a whole file and its IDAT stream in memory, where PIL streams a large one,
     # whose decoding costs far more than the ~40 us the probe saves.
     png = _plain_png(path if data is None else data,
@@ -81,6 +136,10 @@ def inspect_image(path: str | Path, max_pixels: int, data: bytes | None = None) 
 def _open(path: str | Path | io.BytesIO, max_pixels: int, draft_size: int | None, shorter: bool = False
           ) -> tuple[Image.Image, tuple[int, int]]:
     """The decoded image (smaller than the file's own size if drafted) and the file's own size, upright."""
+    if not isinstance(path, io.BytesIO) and is_svg(path):
+        # Drawn at twice the side asked for (the shorter side may be half the longer), at most SVG_SIDE.
+        img = render_svg(path, SVG_SIDE if not draft_size else min(SVG_SIDE, max(2 * draft_size, 16)))
+        return img, _svg_size(img)
     try:
         with warnings.catch_warnings():
             # Size is checked below; PIL's other warnings (odd EXIF, palette transparency) say nothing a user can act on.
