@@ -8,6 +8,7 @@ Measured, each in a fresh process (the median of --repeats runs, alternating so 
   index, 1 photo     `vaepipe index` of one 640x480 JPEG with --model (no training): all fixed cost
   index, 500 photos  the same with 500 photos, as the CLI runs it (the temporary server's process started
                      before Prefect is imported, no flow heartbeats to a server that ends with the command)
+  --no-prefect       the same two without Prefect: the library calls of the flow's tasks, in the CLI's process
   ... settings first the same flow with the server's process started after Prefect's settings are read, and
                      flow heartbeats on (what the CLI did until 2026-11-26 03:00)
   ... Prefect class  the same flow with the server started by Prefect's own class in a thread, after importing
@@ -105,7 +106,7 @@ def main() -> None:
     one.mkdir()
     shutil.copy(next(photos.rglob("*.jpg")), one / "photo.jpg")
     model = scratch / "model.pt"
-    save_checkpoint(VAE(VAEConfig(image_size=64, channels=3)), model)  # untrained: the cost does not depend on weights
+    save_checkpoint(VAE(VAEConfig(image_size=32, channels=3)), model)  # untrained: the cost does not depend on weights
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     import flows  # noqa: F401  (Prefect settings as the CLI has them)
     from prefect.server.api.server import SubprocessASGIServer
@@ -114,15 +115,18 @@ def main() -> None:
     server.start()
     with_server = {**env, "PREFECT_API_URL": server.api_url}
 
-    def index(folder: Path, script: str | None = None) -> list[str]:
+    def index(folder: Path, script: str | None = None, prefect: bool = True) -> list[str]:
         work = scratch / f"work-{time.monotonic_ns()}"
-        rest = ["--quiet", "index", str(folder), "--workdir", str(work), "--model", str(model)]
+        rest = ["--quiet", *([] if prefect else ["--no-prefect"]), "index", str(folder), "--workdir", str(work),
+                "--model", str(model)]
         return [sys.executable, "-c", script, *rest] if script else [sys.executable, "-m", "flows.cli", *rest]
 
     cases = {
         "imports (python -c 'import flows.build_index')": lambda: [sys.executable, "-c", "import flows.build_index"],
         "`vaepipe index`, 1 photo, --model": lambda: index(one),
         "`vaepipe index`, 500 photos, --model": lambda: index(photos),
+        "`vaepipe --no-prefect index`, 1 photo, --model (no flow: the library in this process)": lambda: index(one, prefect=False),
+        "`vaepipe --no-prefect index`, 500 photos, --model": lambda: index(photos, prefect=False),
         "same flow, 500 photos, server started after Prefect's settings, heartbeats on (the CLI until 2026-11-26 03:00)": lambda: index(photos, SETTINGS_FIRST_START),
         "same flow, 500 photos, Prefect's server class started before torch (the CLI until early 2026-11-26)": lambda: index(photos, PREFECT_CLASS_START),
         "same flow, 500 photos, server started at the first API call (the CLI until 2026-11-25)": lambda: index(photos, LATE_START),

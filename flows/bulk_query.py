@@ -11,22 +11,15 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import progress_artifact, retry_unless_expected, summary_artifact
 from vaepipe.config import EmbedConfig
-from vaepipe.query import QueryResult, query_all, query_folder, query_list
-from vaepipe.errors import VaepipeError
+from vaepipe.query import QueryResult, run_query
 from vaepipe.store import Workdir
 
 
 @task(name="query", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_expected, cache_policy=NO_CACHE)
 def query_task(workdir: str, queries: str | None, list_file: str | None, all_images: bool, k: int,
                duplicates: bool, threshold: float | None, cfg: EmbedConfig) -> QueryResult:
-    wd = Workdir(Path(workdir))
-    if sum([queries is not None, list_file is not None, all_images]) != 1:
-        raise VaepipeError("say what to query with exactly one of: queries (a folder), list_file, all_images=True")
-    if queries is not None:
-        return query_folder(wd, Path(queries), k, cfg)
-    if list_file is not None:
-        return query_list(wd, Path(list_file), k)
-    return query_all(wd, k, duplicates=duplicates, threshold=threshold)
+    return run_query(Workdir(Path(workdir)), Path(queries) if queries else None, Path(list_file) if list_file else None,
+                     all_images, k, duplicates, threshold, cfg)
 
 
 @flow(name="bulk-query")
@@ -51,17 +44,6 @@ def bulk_query(workdir: str, queries: str | None = None, list_file: str | None =
     top = next(pq.ParquetFile(result.neighbours).iter_batches(batch_size=50), None)  # not the whole table for 50 rows
     top = top.to_pylist() if top is not None else []
     create_table_artifact(key="bulk-query-top-rows", table=top, description="first 50 rows of neighbours.parquet")
-    summary = {
-        "queries": result.n_queries,
-        "skipped": len(result.skipped),
-        "k": result.k,
-        "rows written": result.n_rows,
-        "seconds": round(result.seconds, 2),
-        "neighbours": str(result.neighbours),
-        "report": str(result.report),
-    }
-    if result.duplicates:
-        summary["duplicate groups"] = result.n_duplicate_groups
-        summary["duplicates"] = str(result.duplicates)
+    summary = result.summary()
     summary_artifact("bulk-query-summary", "vaepipe bulk-query", summary, link=result.report)
     return summary

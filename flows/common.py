@@ -10,6 +10,7 @@ from pathlib import Path
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
+from flows.text import format_value
 from vaepipe import progress
 from vaepipe.errors import VaepipeError
 from vaepipe.serve import page_url
@@ -74,14 +75,3 @@ def hide_expected_tracebacks() -> None:
         for handler in getattr(logger, "handlers", []):
             if not any(isinstance(f, _HideExpectedTracebacks) for f in handler.filters):
                 handler.addFilter(_HideExpectedTracebacks())
-
-
-def format_value(value: object) -> str:
-    """How summaries show a value, in artifacts, logs and the CLI alike."""
-    if isinstance(value, float):
-        return f"{value:,.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) or "none"
-    return str(value)

@@ -8,17 +8,13 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import summary_artifact
-from vaepipe.generate import GenerateResult, generate
-from vaepipe.store import Workdir, new_run_id
+from vaepipe.generate import GenerateResult, generate_for
+from vaepipe.store import Workdir
 
 
 @task(name="generate", cache_policy=NO_CACHE)
 def generate_task(workdir: str, n: int, seed: int, between: tuple[str, str] | None) -> GenerateResult:
-    wd = Workdir(Path(workdir))
-    collection = wd.read_collection()
-    mid = collection["model_id"]
-    return generate(wd.model_file(mid), Path(collection["image_root"]), wd.manifest,
-                    wd.samples_dir(new_run_id("samples")), n=n, seed=seed, between=between)
+    return generate_for(Workdir(Path(workdir)), n=n, seed=seed, between=between)
 
 
 @flow(name="generate-samples")
@@ -32,7 +28,6 @@ def generate_samples(workdir: str, n: int = 64, seed: int = 0, between: tuple[st
         between: Two collection paths to interpolate between; empty: two images the run picks.
     """
     result = generate_task(workdir, n, seed, between)
-    summary = {"samples": n, "files": len(result.files), "samples dir": str(result.samples_dir),
-               "page": str(result.page)}
+    summary = result.summary()
     summary_artifact("generate-samples-summary", "vaepipe generate-samples", summary, link=result.page)
     return summary

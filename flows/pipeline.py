@@ -11,6 +11,7 @@ from flows.build_index import build_index
 from flows.bulk_query import bulk_query
 from flows.generate_samples import generate_samples
 from vaepipe.config import BuildConfig
+from vaepipe.pipeline import pipeline_summary
 
 
 @flow(name="pipeline")
@@ -35,21 +36,6 @@ def pipeline(images: str, workdir: str, model: str | None = None, retrain: bool 
                         dask_workers=dask_workers, replace=replace)
     queried = bulk_query(workdir, all_images=True, k=k)
     sampled = generate_samples(workdir, n=n_samples)
-    summary = {
-        "images ok": built["images ok"],
-        "images failed": built["images failed"],
-        "model id": built["model id"],
-        "val ELBO (nats/image)": built["val ELBO (nats/image)"],
-        "index kind": built["index kind"],
-        "recall@10": built["recall@10"],
-        "manifest": built["manifest"],
-        "embeddings": built["embeddings"],
-        "index": built["index"],
-        "neighbours": queried["neighbours"],
-        "report": queried["report"],
-        "duplicate groups": queried.get("duplicate groups", 0),
-        "samples": sampled["samples dir"],
-        "samples page": sampled["page"],
-    }
+    summary = pipeline_summary(built, queried, sampled)
     summary_artifact("pipeline-summary", "vaepipe pipeline", summary, link=Path(queried["report"]))
     return summary

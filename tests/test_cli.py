@@ -1,6 +1,7 @@
 """The `vaepipe` command as a user runs it: real subprocesses, real Prefect runs."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,50 @@ def test_without_a_prefect_server_the_cli_starts_a_temporary_one_records_the_run
     # without heartbeats, which a server that ends with the command has no use for (they cost each flow run ~1 s)
     assert "prefect.flow-run.Running" in events and "prefect.flow-run.heartbeat" not in events
     assert not _temporary_servers(home)  # and the server is gone with the command
+
+
+def test_no_prefect_runs_each_job_in_the_process_with_the_same_outcome(built, tmp_path, prefect_server):
+    """--no-prefect: the library calls the flows' tasks make, in this process: no server, no run recorded; the same
+    files and summary as a flow run (the model given, so both index the same way)."""
+    import json
+
+    photos = tmp_path / "photos"
+    write_fmnist(photos, n=30)
+    shutil.copy(next(photos.rglob("*.png")), photos / "copy.png")
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(home)
+    model = built.model_dir(json.loads(built.collection.read_text())["model_id"]) / "model.pt"
+    outputs = {}
+    for how, flags in (("here", ["--no-prefect"]), ("flow", [])):
+        wd = tmp_path / f"wd-{how}"
+        if how == "flow":  # the flows on the test server (a temporary one of their own would cost its start-up)
+            env = {**env, "PREFECT_API_URL": prefect_server}
+        lines = vaepipe(*flags, "index", photos, "--workdir", wd, "--model", model, env=env).stdout
+        lines += vaepipe(*flags, "query", wd, "--all", "-k", "3", env=env).stdout
+        lines += vaepipe(*flags, "sample", wd, "-n", "4", env=env).stdout
+        lines += vaepipe(*flags, "duplicates", wd, "--hardlink", env=env).stdout
+        if how == "here":
+            assert not home.exists() and not _temporary_servers(home)  # no Prefect at all
+        summary = dict(line.strip().split(": ", 1) for line in lines.splitlines() if ": " in line)
+        outputs[how] = summary
+    a, b = outputs["here"], outputs["flow"]
+    assert a.keys() == b.keys()
+    for key in ("images ok", "model id", "queries", "rows written", "duplicate groups", "groups", "files in groups",
+                "files it would act on", "samples", "files"):
+        assert a[key] == b[key], key
+    neighbours = [pq.read_table(s["neighbours"]).select(["query_path", "rank", "neighbour_path"]) for s in (a, b)]
+    assert neighbours[0].equals(neighbours[1])
+    assert Path(a["page"]).is_file() and Path(a["report"]).is_file() and "dry run" in a["action"]
+    out = vaepipe("--no-prefect", "pipeline", photos, "--workdir", tmp_path / "wd-pipe", "--model", model, "-k", "3",
+                  "-n", "4", env=env).stdout
+    whole = dict(line.strip().split(": ", 1) for line in out.splitlines() if ": " in line)
+    assert whole["images ok"] == a["images ok"] and whole["duplicate groups"] == a["duplicate groups"]
+    assert Path(whole["report"]).is_file() and Path(whole["samples page"]).is_file()
+    # Dask shards are Prefect tasks: asked for without Prefect, one line and exit 2.
+    proc = vaepipe("--no-prefect", "index", photos, "--workdir", tmp_path / "wd-dask", "--dask-workers", "2",
+                   env=env, check=False)
+    assert proc.returncode == 2 and "--no-prefect" in proc.stderr and not (tmp_path / "wd-dask").exists()
 
 
 def test_a_killed_command_takes_its_temporary_server_with_it(tmp_path):

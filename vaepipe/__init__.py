@@ -14,6 +14,8 @@ The library is plain Python (no Prefect). Stages, in data order:
 
 build (vaepipe.build.build) runs ingest -> train -> embed -> index in order, with the model-reuse policy, and
 publishes collection.json: the one call the CLI, the flows, the tests and the benchmarks build through.
+pipeline (vaepipe.pipeline.run_pipeline) is the whole job in one call: build, query_all, generate_for.
+cleanup acts on duplicate groups (keeper plan, move or link, undo); serve shows a workdir's pages over HTTP.
 
 Shared pieces: errors (VaepipeError, ImageError), config (every knob, one place), images (file -> tensor),
 model (the VAE), store (workdir layout, atomic writes, schemas, the build lock), progress (log lines, listeners),

@@ -208,3 +208,29 @@ def _refusal(path: Path, sha256: str) -> str | None:
     except OSError as e:
         return f"cannot be read: {e.strerror or e}"
     return None
+
+
+def clean(workdir: Workdir, run: str | None = None, action: str | None = None, quarantine: Path | None = None,
+          apply: bool = False, undo_log: Path | None = None) -> dict:
+    """The duplicates job: with `undo_log`, undo an applied action; else write the keeper plan of a `query --all`
+    run (default: the latest with groups) and, with `action`, act on the others (a dry run unless apply). Returns
+    what a person reads after it (the CLI prints it, the flow makes it an artifact)."""
+    if undo_log is not None:
+        result = undo(undo_log)
+        summary: dict = {"restored": len(result.done), "left alone": len(result.refused)}
+        summary.update({f"left alone: {p}": why for p, why in result.refused[:10]})
+        return summary
+    run_dir = workdir.run_dir(run) if run else latest_run_with_duplicates(workdir)
+    table = plan(workdir, run_dir)
+    files = write_plan(table, run_dir)
+    summary = {"run": run_dir.name, "groups": len(set(table["group"].to_pylist())), "files in groups": table.num_rows,
+               "plan": ", ".join(str(f) for f in files)}
+    if action:
+        result = act(workdir, table, action, quarantine, apply)
+        summary.update({"action": action if apply else f"{action} (dry run: nothing changed; add --apply)",
+                        "files acted on" if apply else "files it would act on": len(result.done),
+                        "refused": len(result.refused)})
+        summary.update({f"refused: {p}": why for p, why in result.refused[:10]})
+        if result.log:
+            summary["undo with"] = f"vaepipe duplicates {workdir.root} --undo {result.log}"
+    return summary

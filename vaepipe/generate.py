@@ -25,7 +25,7 @@ from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, load_checkpoint
 from vaepipe.report import write_samples_page
 from vaepipe.errors import VaepipeError
-from vaepipe.store import atomic_path, file_path, read_json, write_json
+from vaepipe.store import Workdir, atomic_path, file_path, new_run_id, read_json, write_json
 
 log = logging.getLogger("vaepipe")
 
@@ -37,6 +37,11 @@ class GenerateResult:
     samples_dir: Path
     files: list[Path]
     page: Path  # index.html showing them all
+    n: int = 0  # prior samples drawn
+
+    def summary(self) -> dict:
+        """What a person reads after a samples run (the CLI prints it, the flow makes it an artifact)."""
+        return {"samples": self.n, "files": len(self.files), "samples dir": str(self.samples_dir), "page": str(self.page)}
 
 
 def save_png(images: torch.Tensor, path: Path, nrow: int) -> Path:
@@ -133,7 +138,15 @@ def generate(model_path: Path, image_root: Path, manifest_path: Path, out_dir: P
     os.rename(out_dir, final_dir)
     files, page = [final_dir / f.name for f in files], final_dir / page.name
     log.info("generate: %d files in %s, page %s", len(files), final_dir, page)
-    return GenerateResult(final_dir, files, page)
+    return GenerateResult(final_dir, files, page, n)
+
+
+def generate_for(workdir: Workdir, n: int = 64, seed: int = 0, between: tuple[str, str] | None = None
+                 ) -> GenerateResult:
+    """`generate` with the collection's current model, into a new samples/<run_id>/ folder of the workdir."""
+    collection = workdir.read_collection()
+    return generate(workdir.model_file(collection["model_id"]), Path(collection["image_root"]), workdir.manifest,
+                    workdir.samples_dir(new_run_id("samples")), n=n, seed=seed, between=between)
 
 
 def _elbo(model_dir: Path) -> dict[str, object]:

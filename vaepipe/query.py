@@ -59,6 +59,15 @@ class QueryResult:
     duplicates: Path | None = None  # duplicates.parquet, for --all runs
     n_duplicate_groups: int = 0
 
+    def summary(self) -> dict:
+        """What a person reads after a bulk query (the CLI prints it, the flow makes it an artifact)."""
+        out = {"queries": self.n_queries, "skipped": len(self.skipped), "k": self.k, "rows written": self.n_rows,
+               "seconds": round(self.seconds, 2), "neighbours": str(self.neighbours), "report": str(self.report)}
+        if self.duplicates:
+            out["duplicate groups"] = self.n_duplicate_groups
+            out["duplicates"] = str(self.duplicates)
+        return out
+
 
 @dataclass
 class Neighbours:
@@ -105,6 +114,8 @@ def preflight(workdir: Workdir, k: int, exclude_self: bool) -> None:
 def _check_k(k: int, available: int) -> None:
     if k <= 0:
         raise VaepipeError(f"k must be at least 1, got {k}")
+    if available == 0:
+        raise VaepipeError("the collection has no other image to return (an image is not its own neighbour)")
     if k > available:
         raise VaepipeError(f"k={k} is more than the {available} images that can be returned; use -k {available} or less")
 
@@ -238,6 +249,19 @@ def query_list(workdir: Workdir, list_file: Path, k: int = 10) -> QueryResult:
     if not rows:
         raise VaepipeError(f"none of the paths in {list_file} is an indexed image of the collection")
     return _query_rows(workdir, "list", index, np.asarray(rows), k, skipped, t0, {"list": str(list_file)})
+
+
+def run_query(workdir: Workdir, queries: Path | None = None, list_file: Path | None = None, all_images: bool = False,
+              k: int = 10, duplicates: bool = True, threshold: float | None = None,
+              cfg: EmbedConfig = EmbedConfig()) -> QueryResult:
+    """The bulk job of exactly one kind: a folder of query images, a list of collection paths, or all images."""
+    if sum([queries is not None, list_file is not None, all_images]) != 1:
+        raise VaepipeError("say what to query with exactly one of: queries (a folder), list_file, all_images=True")
+    if queries is not None:
+        return query_folder(workdir, Path(queries), k, cfg)
+    if list_file is not None:
+        return query_list(workdir, Path(list_file), k)
+    return query_all(workdir, k, duplicates=duplicates, threshold=threshold)
 
 
 def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold: float | None = None) -> QueryResult:
