@@ -176,6 +176,22 @@ def test_groups_join_pairs_above_the_threshold_whatever_k(tmp_path):
         {"group": 1, "kind": "exact", "path": p, "sha256": "sd"} for p in ("d1", "d2")]
 
 
+def test_groups_of_one_size_come_closest_first():
+    from vaepipe.duplicates import duplicate_groups
+
+    basis = np.eye(8)
+
+    def at(cos: float, a: int, b: int) -> np.ndarray:
+        return cos * basis[a] + np.sqrt(1 - cos ** 2) * basis[b]
+
+    vectors = np.array([basis[0], at(0.96, 0, 1), basis[2], at(0.995, 2, 3), basis[4], at(0.98, 4, 5),
+                        basis[6], at(0.97, 6, 7), at(0.97, 6, 5)])
+    paths = ["a", "a2", "b", "b2", "c", "c2", "d", "d2", "d3"]
+    groups = duplicate_groups(flat_index(vectors, paths, paths), threshold=0.95).to_pandas()
+    order = [sorted(g) for _, g in groups.groupby("group", sort=True)["path"]]
+    assert order == [["d", "d2", "d3"], ["b", "b2"], ["c", "c2"], ["a", "a2"]]  # the largest, then the closest
+
+
 def test_a_picture_and_its_only_copy_pair_up_below_the_threshold(tmp_path):
     """The ratio test (duplicates.only_copy_pairs): two images each other's most alike, clearly more alike than
     anything else, pair up below the threshold; three look-alikes, a picture with two copies (for the threshold and

@@ -220,7 +220,8 @@ def _one_file(root: Path, paths: list[str]) -> bool:
 
 def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | None = None, model: VAE | None = None,
                      cache: ViewCache | None = None) -> pa.Table:
-    """Exact groups (same sha256) first, then near groups; each group's files in path order, biggest groups first.
+    """Exact groups (same sha256) first, then near groups; each group's files in path order, biggest groups first,
+    then the closest (the mean similarity of the pairs that joined it).
     With image_root, an exact group whose paths are all one file on disk (hard or symbolic links) is of kind
     "links": nothing to clean up there, and not a copy someone made. With image_root and the collection's model
     (if trained for copies: views.uses_views), near pairs also come from view_checked_pairs and only_copy_pairs."""
@@ -244,17 +245,23 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
         candidates = candidate_pairs(index, model, image_root, cache)
         pairs.append(view_checked_pairs(index, candidates, threshold))
         pairs.append(only_copy_pairs(index, candidates))
-    for a, b in zip(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])):
+    a_rows, b_rows = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    for a, b in zip(a_rows, b_rows):
         parent[find(shas[a])] = find(shas[b])
     components: dict[str, list[str]] = {}
     for sha in parent:
         components.setdefault(find(sha), []).append(sha)
-    exact = [sorted(p) for p in paths_of.values() if len(p) > 1]
-    near = [sorted(p for sha in members for p in paths_of[sha]) for members in components.values() if len(members) > 1]
+    # How close a near group is: the mean similarity as stored of the pairs that joined it (its surest first).
+    joined: dict[str, list[float]] = {}
+    for a, sim in zip(a_rows, index.pair_similarity(a_rows, b_rows) if len(a_rows) else []):
+        joined.setdefault(find(shas[a]), []).append(float(sim))
+    exact = [(sorted(p), 1.0) for p in paths_of.values() if len(p) > 1]
+    near = [(sorted(p for sha in members for p in paths_of[sha]), float(np.mean(joined[root])))
+            for root, members in components.items() if len(members) > 1]
     sha_of = dict(zip(paths, shas))
     ordered = [("links" if kind == "exact" and image_root is not None and _one_file(image_root, members) else kind,
                 members) for kind, groups in (("exact", exact), ("near", near))
-               for members in sorted(groups, key=lambda g: (-len(g), g[0]))]
+               for members, _ in sorted(groups, key=lambda g: (-len(g[0]), -g[1], g[0][0]))]
     rows = [{"group": gid, "kind": kind, "path": p, "sha256": sha_of[p]}
             for gid, (kind, members) in enumerate(ordered, start=1) for p in members]
     log.info("duplicates: %d exact and %d near groups at similarity >= %.4f (greyscale images: %.4f)", len(exact),
