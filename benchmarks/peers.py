@@ -164,12 +164,14 @@ def imagededup_job(kind: str, folder: Path, work: Path) -> tuple[dict, set[tuple
     return t, {tuple(sorted((a, b))) for a, dups in found.items() for b in dups}
 
 
-def vaepipe_job(folder: Path, workdir: Path, *options: str, fresh: bool = True
+def vaepipe_job(folder: Path, workdir: Path, *options: str, fresh: bool = True, prefect: bool = True
                 ) -> tuple[dict, set[tuple[str, str]], Path]:
+    """`vaepipe index` then `vaepipe query --all`; prefect=False: both with --no-prefect (no flow, no server)."""
     if fresh:
         shutil.rmtree(workdir, ignore_errors=True)
-    index = timed(vaepipe("index", str(folder), "--workdir", str(workdir), *options))
-    query = timed(vaepipe("query", str(workdir), "--all", "-k", "10"))
+    how = [] if prefect else ["--no-prefect"]
+    index = timed(vaepipe(*how, "index", str(folder), "--workdir", str(workdir), *options))
+    query = timed(vaepipe(*how, "query", str(workdir), "--all", "-k", "10"))
     run = max((workdir / "runs").iterdir())
     groups: dict[int, list[str]] = {}
     for g, p in zip(*pq.read_table(run / "duplicates.parquet", columns=["group", "path"]).to_pydict().values()):
@@ -178,7 +180,8 @@ def vaepipe_job(folder: Path, workdir: Path, *options: str, fresh: bool = True
     model_id = json.loads((workdir / "collection.json").read_text())["model_id"]
     return ({"seconds": index["seconds"] + query["seconds"], "index_s": index["seconds"], "query_s": query["seconds"],
              "peak_mb": max(index["peak_mb"], query["peak_mb"]),
-             "stages": {**index["stages"], "query task seconds": query["stages"].get("seconds")}},
+             "stages": {**index["stages"], "query task seconds": query["stages"].get("seconds", 0.0)
+                        + query["stages"].get("report seconds", 0.0)}},
             pairs, workdir / "models" / model_id / "model.pt")
 
 
@@ -233,9 +236,16 @@ def run_size(n: int, rounds: int, data_root: Path, work: Path, budgets: list[flo
         times.setdefault("vaepipe nightly", []).append(t)
         quality["vaepipe nightly"] = scored(pairs, copies)
         print(f"{n} round {r + 1}: vaepipe nightly {t['seconds']:.1f} s", flush=True)
-        shutil.rmtree(work / "one", ignore_errors=True)
-        t = timed(vaepipe("index", str(one), "--workdir", str(work / "one"), "--model", str(model)))
-        times.setdefault("vaepipe index, one image", []).append(t)
+        for job, fresh in (("vaepipe warm, --no-prefect", True), ("vaepipe nightly, --no-prefect", False)):
+            t, pairs, _ = vaepipe_job(folder, work / "warm-here", *(["--model", str(model)] if fresh else []),
+                                      fresh=fresh, prefect=False)
+            times.setdefault(job, []).append(t)
+            quality[job] = scored(pairs, copies)
+            print(f"{n} round {r + 1}: {job} {t['seconds']:.1f} s", flush=True)
+        for job, how in (("vaepipe index, one image", []), ("vaepipe index, one image, --no-prefect", ["--no-prefect"])):
+            shutil.rmtree(work / "one", ignore_errors=True)
+            t = timed(vaepipe(*how, "index", str(one), "--workdir", str(work / "one"), "--model", str(model)))
+            times.setdefault(job, []).append(t)
     return {"n": n, "copies": len(copies), "times": times, "quality": quality}
 
 

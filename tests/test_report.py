@@ -140,6 +140,8 @@ def test_outliers_are_the_images_least_like_any_other(built_copy):
     assert len(pairs) == len(shown)  # two images each other's nearest: shown once
     html_text = result.report.read_text()
     assert 'id="outliers"' in html_text and shown[0]["query_path"] in html_text
+    # The run time on the report is the one the command prints; writing the report is counted apart.
+    assert f"{result.summary()['seconds']:.2f} s (search and groups" in html_text and result.report_seconds > 0
 
 
 def test_thumbnails_keep_palette_transparency(tmp_path):
