@@ -3,6 +3,7 @@
 import io
 import json
 from dataclasses import replace
+from pathlib import Path
 import shutil
 import subprocess
 
@@ -142,6 +143,30 @@ def test_outliers_are_the_images_least_like_any_other(built_copy):
     assert 'id="outliers"' in html_text and shown[0]["query_path"] in html_text
     # The run time on the report is the one the command prints; writing the report is counted apart.
     assert f"{result.summary()['seconds']:.2f} s (search and groups" in html_text and result.report_seconds > 0
+
+
+def test_thumbnails_are_kept_by_content_for_the_next_run(built_copy):
+    """A second report links the first one's thumbnails instead of making them again; the run folder stays whole
+    on its own; a file changed since it was indexed gets a thumbnail of what it is now, which is not kept."""
+    first = query_all(built_copy, k=3)
+    kept = {p.name: p.stat().st_ino for p in built_copy.thumbs_dir.iterdir()}
+    assert kept and kept.keys() == {p.name for p in (first.run_dir / "thumbs").iterdir()}
+    root = Path(json.loads(built_copy.collection.read_text())["image_root"])
+    shutil.rmtree(built_copy.thumbs_dir)  # start the cache again, with one file changed since indexing
+    victim = sorted(root.rglob("*.png"))[0]
+    original = victim.read_bytes()
+    try:
+        Image.open(victim).transpose(Image.Transpose.ROTATE_90).save(victim)
+        second = query_all(built_copy, k=3)
+        again = query_all(built_copy, k=3)
+    finally:
+        victim.write_bytes(original)
+    thumbs = {p.name: p.stat() for p in (again.run_dir / "thumbs").iterdir()}
+    assert thumbs.keys() == {p.name for p in (second.run_dir / "thumbs").iterdir()}
+    cached = {p.name: p.stat().st_ino for p in built_copy.thumbs_dir.iterdir()}
+    assert len(cached) == len(thumbs) - 1  # all but the changed file's
+    assert all(thumbs[name].st_ino == ino for name, ino in cached.items())  # linked, not made again
+    assert render(again.report)["broken"] == 0
 
 
 def test_thumbnails_keep_palette_transparency(tmp_path):

@@ -373,7 +373,8 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, queries: _Queries, k: 
             f"; greyscale images to grey renderings >= {grey_threshold(threshold):.4f}" if index.grey is not None else "") + (
             "; also through edited views, and a picture with its only copy)" if "duplicate_views" in params else ")")
     t_report = time.monotonic()
-    result.report = write_query_report(run_dir, out, image_root, query_root or image_root, summary, groups)
+    result.report = write_query_report(run_dir, out, image_root, query_root or image_root, summary, groups,
+                                       thumbs_cache=workdir.thumbs_dir)
     result.report_seconds = time.monotonic() - t_report
     write_json({"run_id": run_id, "kind": kind, "k": k, **params, "model_id": index.meta["model_id"],
                 "index": {x: index.meta[x] for x in ("kind", "params", "n", "metric", "recall_at_10", "source_fingerprint")},

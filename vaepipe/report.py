@@ -8,9 +8,12 @@ so a report opens from disk with no server and no network. Large runs are split 
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import html
 import logging
+import os
+import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +26,7 @@ import pyarrow.parquet as pq
 
 from vaepipe.config import usable_cores
 from vaepipe.images import open_image, plain_mode
-from vaepipe.store import atomic_path, file_path
+from vaepipe.store import atomic_path, file_path, sha256_file
 
 log = logging.getLogger("vaepipe")
 
@@ -49,10 +52,13 @@ background:repeating-linear-gradient(45deg,#eee,#eee 6px,#ccc 6px,#ccc 12px)}
 @dataclass
 class Thumbs:
     """Writes each distinct image once as a small JPEG (PNG if transparent) under `folder`; returns its link
-    relative to the page."""
+    relative to the page. With `cache` (Workdir.thumbs_dir), thumbnails are kept there by content and linked into
+    `folder`: a nightly report of the same collection makes only the new ones (the folder stays whole, so a run
+    folder can still be moved or mailed on its own)."""
 
     folder: Path
     link_prefix: str = "thumbs"
+    cache: Path | None = None
 
     def __post_init__(self) -> None:
         self.done: dict[str, str | None] = {}
@@ -71,17 +77,8 @@ class Thumbs:
     def link(self, sha256: str, source: Path) -> str | None:
         if sha256 not in self.done:
             try:
-                # A palette with a transparent colour is transparent too (a plain convert("RGB") paints it black).
-                img = plain_mode(open_image(source, max_pixels=64_000_000, draft_size=THUMB_SIDE))
-                img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
-                img.thumbnail((THUMB_SIDE, THUMB_SIDE))
                 self.folder.mkdir(parents=True, exist_ok=True)
-                # JPEG where there is no transparency: encoding a PNG cost more than decoding the photo.
-                name = f"{sha256[:20]}.{'png' if img.mode == 'RGBA' else 'jpg'}"
-                if img.mode == "RGBA":
-                    img.save(self.folder / name, format="PNG", compress_level=1)
-                else:
-                    img.save(self.folder / name, format="JPEG", quality=90)
+                name = self._from_cache(sha256) or self._make(sha256, source)
                 self.done[sha256] = f"{self.link_prefix}/{name}"
             except Exception as e:  # Pillow raises anything on a damaged file: no thumbnail, the report goes on
                 with self._lock:
@@ -91,6 +88,49 @@ class Thumbs:
                     log.warning("report: no thumbnail for %s (%s)", source, e)
                 self.done[sha256] = None
         return self.done[sha256]
+
+    def _make(self, sha256: str, source: Path) -> str:
+        # A palette with a transparent colour is transparent too (a plain convert("RGB") paints it black).
+        img = plain_mode(open_image(source, max_pixels=64_000_000, draft_size=THUMB_SIDE))
+        img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+        img.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        # JPEG where there is no transparency: encoding a PNG cost more than decoding the photo.
+        name = f"{sha256[:20]}.{'png' if img.mode == 'RGBA' else 'jpg'}"
+        if img.mode == "RGBA":
+            img.save(self.folder / name, format="PNG", compress_level=1)
+        else:
+            img.save(self.folder / name, format="JPEG", quality=90)
+        # Kept for later runs only if the file is still the content it was indexed as: a file changed since then
+        # would put its new picture under the old content's name.
+        if self.cache is not None and sha256_file(source) == sha256:
+            self.cache.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # another thread or run kept it first: the same picture
+                _link_or_copy(self.folder / name, self.cache / name)
+        return name
+
+    def _from_cache(self, sha256: str) -> str | None:
+        if self.cache is None:
+            return None
+        for name in (f"{sha256[:20]}.jpg", f"{sha256[:20]}.png"):
+            try:
+                _link_or_copy(self.cache / name, self.folder / name)
+                return name
+            except FileNotFoundError:
+                continue
+        return None
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    """dest as a hard link to src, or a copy where links are refused (another file system); whole or not at all."""
+    try:
+        os.link(src, dest)
+    except FileExistsError:
+        raise
+    except OSError:
+        if not src.exists():
+            raise FileNotFoundError(src) from None
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(src, tmp)
 
 
 def _figure(link: str | None, caption: str, extra: str = "") -> str:
@@ -170,10 +210,11 @@ def same_group_rows(neighbours: Path, groups: pa.Table, limit: int = MAX_LIKELY)
 
 def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, query_root: Path,
                        summary: dict[str, object], groups: pa.Table | None = None,
-                       per_page: int = 100, max_queries: int = 5_000) -> Path:
+                       per_page: int = 100, max_queries: int = 5_000, thumbs_cache: Path | None = None) -> Path:
     """report.html (summary, duplicate groups, outliers, first page of neighbours), report-NNNN.html for further
-    pages and, with duplicate groups, likely-duplicates.html: each query's neighbours in its own group only."""
-    thumbs = Thumbs(run_dir / "thumbs")
+    pages and, with duplicate groups, likely-duplicates.html: each query's neighbours in its own group only.
+    thumbs_cache: where thumbnails are kept across runs (Thumbs.cache)."""
+    thumbs = Thumbs(run_dir / "thumbs", cache=thumbs_cache)
     queries = list(iter_queries(neighbours, max_queries))
     likely = same_group_rows(neighbours, groups) if groups is not None else []
     odd = outliers(neighbours)

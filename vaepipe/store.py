@@ -108,6 +108,11 @@ class Workdir:
         """The model's embeddings of collection images seen through edited views (views.ViewCache)."""
         return self.root / "views" / model_id
 
+    @property
+    def thumbs_dir(self) -> Path:
+        """Report thumbnails kept across runs by content (report.Thumbs.cache); safe to delete."""
+        return self.root / "thumbs"
+
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
 
@@ -157,7 +162,8 @@ class Workdir:
         partial_runs = [p for folder in ("runs", "samples") for p in (self.root / folder).glob(".*.partial")]
         temporaries = []
         for folder, dirs, files in os.walk(self.root):
-            # Thumbnails are written in place, never through a temporary: a report's thousands are not walked.
+            # Thumbnails are written in place (or linked), not through a temporary: a report's thousands, and the
+            # ones kept in thumbs/, are not walked.
             dirs[:] = [d for d in dirs if d != "thumbs"]
             temporaries += [Path(folder) / f for f in files if f.startswith(".") and f.endswith(".tmp")]
         for tmp in [*temporaries, *partial_runs]:
