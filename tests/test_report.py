@@ -169,6 +169,28 @@ def test_thumbnails_are_kept_by_content_for_the_next_run(built_copy):
     assert render(again.report)["broken"] == 0
 
 
+def test_links_and_identical_files_are_marked_among_the_neighbours(tmp_path):
+    """A symbolic and a hard link to an image are that image: the report says so beside them, and an identical
+    copy is marked as identical bytes (the duplicate groups call them links and exact)."""
+    from vaepipe.build import build
+    from vaepipe.config import BuildConfig
+
+    images = tmp_path / "images"
+    paths = write_fmnist(images, n=40)
+    (images / "symlink.png").symlink_to(paths[0])
+    (images / "hardlink.png").hardlink_to(paths[0])
+    shutil.copy(paths[5], images / "copy.png")
+    wd = Workdir(tmp_path / "wd")
+    build(images, wd, BuildConfig(ingest=IngestConfig(workers=1), train=FAST_TRAIN, embed=SERIAL))
+    result = query_all(wd, k=3)
+    page = result.report.read_text()
+    first = paths[0].relative_to(images).as_posix()
+    assert page.count("the same file (a link)") == 6  # each of the three with the other two
+    assert page.count("identical bytes") == 2  # the copy and its original, each the other's
+    kinds = pq.read_table(result.duplicates).to_pandas().groupby("kind")["path"].apply(set).to_dict()
+    assert kinds["links"] == {first, "symlink.png", "hardlink.png"} and kinds["exact"] == {paths[5].relative_to(images).as_posix(), "copy.png"}
+
+
 def test_thumbnails_keep_palette_transparency(tmp_path):
     """A palette PNG with a transparent colour (as many icons and clip art are) keeps its transparency in the
     report: read as plain RGB, its transparent field turned black."""

@@ -120,6 +120,14 @@ class Thumbs:
         return None
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths are one file on disk (hard or symbolic links); False if either cannot be looked at."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _link_or_copy(src: Path, dest: Path) -> None:
     """dest as a hard link to src, or a copy where links are refused (another file system); whole or not at all."""
     try:
@@ -238,6 +246,10 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
         for r in rows:
             note = ('<div class="same">same duplicate group</div>'
                     if same is not None and group_of.get(r["neighbour_path"]) == same else "")
+            if r["neighbour_sha256"] == qsha:  # identical bytes: another copy, or the very file through a link
+                note = ('<div class="same">the same file (a link)</div>'
+                        if _same_file(query_src(qpath), image_src(r["neighbour_path"]))
+                        else '<div class="same">identical bytes</div>')
             figs.append(_figure(thumbs.link(r["neighbour_sha256"], image_src(r["neighbour_path"])), r["neighbour_path"],
                                 f'<div class="sim">#{r["rank"]} sim {r["similarity"]:.4f}</div>{note}'))
         return f'<div class="query"><div class="q">{figs[0]}</div>{"".join(figs[1:])}</div>'
