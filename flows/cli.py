@@ -65,6 +65,20 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shard-size", type=int, default=EmbedConfig().part_rows, help="images per shard task and Parquet part (default %(default)s)")
 
 
+# Fields of BuildConfig the CLI leaves at their defaults: the recipe's inner knobs, chosen by measurement
+# (BENCHMARKS.md) and set, when at all, through the flows' `config` parameter or from Python. Every other field has a
+# flag (_build_config); tests/test_cli.py fails on a field in neither, so that flags and config cannot drift apart.
+NOT_ON_THE_CLI = {
+    "ingest.checkpoint_every",
+    "train.extra_dim", "train.normalised_means", "train.standardised_input", "train.width", "train.batch_norm",
+    "train.temperature", "train.batch_size", "train.warmup_epochs", "train.val_fraction", "train.max_images",
+    "train.min_epochs", "train.image_passes", "train.checkpoint_minutes", "train.max_restarts",
+    "train.retrain_when_grown",
+    "embed.batch_size", "embed.threads",
+    "index.exact_below", "index.in_ram_below", "index.target_recall", "index.recall_sample",
+}
+
+
 def _build_config(a: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
         ingest=replace(IngestConfig(), workers=a.workers, max_pixels=a.max_pixels, include_hidden=a.include_hidden,

@@ -132,6 +132,40 @@ def test_without_a_prefect_server_the_cli_starts_a_temporary_one_records_the_run
     assert not _temporary_servers(home)  # and the server is gone with the command
 
 
+def test_every_config_field_has_a_flag_or_is_declared_off_the_cli():
+    """Each flag of `index` reaches the config, and each BuildConfig field is set by a flag or listed in
+    NOT_ON_THE_CLI: a new field (or flag) without the other fails here."""
+    import argparse
+    import dataclasses
+
+    from flows.cli import NOT_ON_THE_CLI, _build_config, parser
+    from vaepipe.config import BuildConfig
+
+    index = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["index"]
+    argv = ["images", "--workdir", "w"]
+    for action in index._actions:  # every flag set to something other than its default
+        if not action.option_strings or action.dest in ("help", "workdir", "model", "retrain", "replace",
+                                                        "dask_address", "dask_workers"):
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            argv.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            argv += [flag, "*.txt"]
+        elif action.choices:
+            argv += [flag, str(next(c for c in action.choices if c != action.default))]
+        else:
+            argv += [flag, str((action.default or 0) + 3)]
+    built, default = _build_config(parser().parse_args(["index", *argv])), BuildConfig()
+    fields = {f"{part.name}.{f.name}" for part in dataclasses.fields(BuildConfig)
+              for f in dataclasses.fields(getattr(default, part.name))}
+    changed = {name for name in fields
+               if getattr(getattr(built, name.split(".")[0]), name.split(".")[1])
+               != getattr(getattr(default, name.split(".")[0]), name.split(".")[1])}
+    assert NOT_ON_THE_CLI <= fields  # no stale names
+    assert changed == fields - NOT_ON_THE_CLI
+
+
 def test_no_prefect_runs_each_job_in_the_process_with_the_same_outcome(built, tmp_path, prefect_server):
     """--no-prefect: the library calls the flows' tasks make, in this process: no server, no run recorded; the same
     files and summary as a flow run (the model given, so both index the same way)."""
