@@ -288,19 +288,30 @@ def _dispatch(a: argparse.Namespace) -> dict:
 
     api_ready = start_api_early()  # boots on the other core while the checks below import Prefect, torch and FAISS
     from flows.common import hide_expected_tracebacks
+
+    _checks_that_import_torch(a)
+    hide_expected_tracebacks()
+    with api_ready():
+        return _run_flow(a)
+
+
+def _checks_that_import_torch(a: argparse.Namespace) -> None:
+    """A bad model, k or workdir refused before any work starts (after the cheap checks: these import torch)."""
     from vaepipe.query import preflight
 
     if getattr(a, "model", None):
         from vaepipe.model import load_checkpoint
 
-        load_checkpoint(Path(a.model))  # a damaged or unsafe file is refused before any work starts
+        load_checkpoint(Path(a.model))  # a damaged or unsafe file
     if a.command == "query":
         preflight(Workdir(a.workdir), a.k, exclude_self=not a.queries)
     if a.command == "sample":
         Workdir(a.workdir).read_collection()
-    hide_expected_tracebacks()
-    with api_ready():
-        return _run_flow(a)
+
+
+def _action(a: argparse.Namespace) -> str | None:
+    """`duplicates`: what to do with the files that are not their group's keeper."""
+    return "move" if a.move_to else "hardlink" if a.hardlink else "symlink" if a.symlink else None
 
 
 def _run_flow(a: argparse.Namespace) -> dict:
@@ -319,8 +330,7 @@ def _run_flow(a: argparse.Namespace) -> dict:
         return generate_samples(str(a.workdir.resolve()), n=a.n, seed=a.seed, between=tuple(a.between) if a.between else None)
     if a.command == "duplicates":
         from flows.duplicates import clean_duplicates
-        action = "move" if a.move_to else "hardlink" if a.hardlink else "symlink" if a.symlink else None
-        return clean_duplicates(str(a.workdir.resolve()), run=a.run, action=action,
+        return clean_duplicates(str(a.workdir.resolve()), run=a.run, action=_action(a),
                                 quarantine=str(a.move_to.resolve()) if a.move_to else None, apply=a.apply,
                                 undo_log=str(a.undo.resolve()) if a.undo else None)
     if a.command == "pipeline":
@@ -342,19 +352,14 @@ def _run_here(a: argparse.Namespace) -> dict:
     if not a.quiet:
         logging.basicConfig(format="%(asctime)s | %(levelname)-7s | %(message)s", datefmt="%H:%M:%S")
         logging.getLogger("vaepipe").setLevel(logging.INFO)
-    if getattr(a, "model", None):
-        from vaepipe.model import load_checkpoint
-
-        load_checkpoint(Path(a.model))  # a damaged or unsafe file is refused before any work starts
+    _checks_that_import_torch(a)
     workdir = Workdir(a.workdir.resolve())
     model = Path(a.model) if getattr(a, "model", None) else None
     if a.command == "index":
         from vaepipe.build import build
         return build(a.images.resolve(), workdir, _build_config(a), model, a.retrain, a.replace).summary()
     if a.command == "query":
-        from vaepipe.query import preflight, run_query
-
-        preflight(workdir, a.k, exclude_self=not a.queries)
+        from vaepipe.query import run_query
         return run_query(workdir, a.queries.resolve() if a.queries else None, a.list.resolve() if a.list else None,
                          a.all, a.k, not a.no_duplicates, a.threshold).summary()
     if a.command == "sample":
@@ -362,8 +367,7 @@ def _run_here(a: argparse.Namespace) -> dict:
         return generate_for(workdir, n=a.n, seed=a.seed, between=tuple(a.between) if a.between else None).summary()
     if a.command == "duplicates":
         from vaepipe.cleanup import clean
-        action = "move" if a.move_to else "hardlink" if a.hardlink else "symlink" if a.symlink else None
-        return clean(workdir, a.run, action, a.move_to.resolve() if a.move_to else None, a.apply,
+        return clean(workdir, a.run, _action(a), a.move_to.resolve() if a.move_to else None, a.apply,
                      a.undo.resolve() if a.undo else None)
     from vaepipe.pipeline import run_pipeline
 

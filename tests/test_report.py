@@ -19,7 +19,7 @@ from vaepipe.generate import generate
 from vaepipe.index import build_index
 from vaepipe.ingest import ingest
 from vaepipe.query import query_all
-from vaepipe.report import outliers, same_group_rows
+from vaepipe.report import group_of, outliers, same_group_rows
 from vaepipe.store import Workdir
 from vaepipe.train import train
 
@@ -116,11 +116,11 @@ def test_duplicate_groups_exact_and_near(with_copies):
     assert render(result.report)["groups"] == groups["group"].nunique()
 
     # The likely duplicates only: every query with a neighbour in its own group, with those neighbours alone.
-    group_of = dict(zip(groups["path"], groups["group"]))
+    expected = dict(zip(groups["path"], groups["group"]))
     rows = pq.read_table(result.neighbours).to_pandas()
-    same = rows[[group_of.get(q, -1) == group_of.get(n, -2) for q, n in zip(rows.query_path, rows.neighbour_path)]]
+    same = rows[[expected.get(q, -1) == expected.get(n, -2) for q, n in zip(rows.query_path, rows.neighbour_path)]]
     assert len(same) and len(same) < len(rows)
-    likely = same_group_rows(result.neighbours, pq.read_table(result.duplicates))
+    likely = same_group_rows(result.neighbours, group_of(pq.read_table(result.duplicates)))
     assert {(q, r["neighbour_path"]) for q, _, rs in likely for r in rs} == set(zip(same.query_path, same.neighbour_path))
     page = render(result.run_dir / "likely-duplicates.html")
     assert page["broken"] == 0 and page["queries"] == same.query_path.nunique() == len(likely)

@@ -199,11 +199,16 @@ def outliers(neighbours: Path, n: int = MAX_OUTLIERS) -> list[dict]:
     return shown[:n]
 
 
-def same_group_rows(neighbours: Path, groups: pa.Table, limit: int = MAX_LIKELY) -> list[tuple[str, str, list[dict]]]:
+def group_of(groups: pa.Table) -> dict[str, int]:
+    """Each grouped path's duplicate group (duplicates.parquet's rows)."""
+    return dict(zip(groups["path"].to_pylist(), groups["group"].to_pylist()))
+
+
+def same_group_rows(neighbours: Path, group_of: dict[str, int], limit: int = MAX_LIKELY
+                    ) -> list[tuple[str, str, list[dict]]]:
     """The likely duplicates only: (query path, sha256, rows) of the first `limit` queries that have neighbours in
-    their own duplicate group, with those rows only. The table is filtered in Arrow, batch by batch."""
-    grouped = pa.array(groups["path"].to_pylist(), pa.string())
-    group_of = dict(zip(groups["path"].to_pylist(), groups["group"].to_pylist()))
+    their own duplicate group (`group_of`), with those rows only. The table is filtered in Arrow, batch by batch."""
+    grouped = pa.array(list(group_of), pa.string())
     found: dict[tuple[str, str], list[dict]] = {}
     for batch in pq.ParquetFile(neighbours).iter_batches(batch_size=65_536):
         table = pa.Table.from_batches([batch])
@@ -224,9 +229,9 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
     thumbs_cache: where thumbnails are kept across runs (Thumbs.cache)."""
     thumbs = Thumbs(run_dir / "thumbs", cache=thumbs_cache)
     queries = list(iter_queries(neighbours, max_queries))
-    likely = same_group_rows(neighbours, groups) if groups is not None else []
+    grouped = group_of(groups) if groups is not None else {}
+    likely = same_group_rows(neighbours, grouped) if groups is not None else []
     odd = outliers(neighbours)
-    group_of = dict(zip(groups["path"].to_pylist(), groups["group"].to_pylist())) if groups is not None else {}
 
     def query_src(path: str) -> Path:
         return Path(file_path(query_root, path))
@@ -242,10 +247,10 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
 
     def block(qpath: str, qsha: str, rows: list[dict]) -> str:
         figs = [_figure(thumbs.link(qsha, query_src(qpath)), qpath)]
-        same = group_of.get(qpath)
+        same = grouped.get(qpath)
         for r in rows:
             note = ('<div class="same">same duplicate group</div>'
-                    if same is not None and group_of.get(r["neighbour_path"]) == same else "")
+                    if same is not None and grouped.get(r["neighbour_path"]) == same else "")
             if r["neighbour_sha256"] == qsha:  # identical bytes: another copy, or the very file through a link
                 note = ('<div class="same">the same file (a link)</div>'
                         if _same_file(query_src(qpath), image_src(r["neighbour_path"]))
