@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from vaepipe.config import IngestConfig
+from vaepipe.detail import FINE_LEAST, FINE_MARGIN, Signatures, nearest_pairs
 from vaepipe.images import flatten, open_image, to_array, to_float
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
@@ -151,43 +152,64 @@ def candidate_pairs(index: SearchIndex, model: VAE | None = None, image_root: Pa
     return CandidatePairs(a, b, index.pair_similarity(a, b), seen)
 
 
-def only_copy_pairs(index: SearchIndex, candidates: CandidatePairs, least: float = ONLY_COPY_SIMILARITY,
-                    margin: float = MARGIN) -> tuple[np.ndarray, np.ndarray]:
-    """Index rows (a, b), a < b, of candidate pairs that are each other's most alike, at least `least`, while the
-    next most alike image of each (another candidate, or its next nearest as stored) is at least `margin` less alike:
-    a picture and its one copy, told apart by how much closer they are to each other than to anything else (a ratio
-    test, as in matching local features) rather than by one similarity for every collection. How alike a pair is:
-    the better of as stored and through edited views. A copy saved as a small JPEG, turned, or with a caption over
-    it, often lands below the threshold but still far nearer its original than any other picture (BENCHMARKS.md,
-    "Duplicate groups")."""
-    n = index.meta["n"]
-    if n < 3 or not len(candidates.a):
+def ratio_test(n: int, a: np.ndarray, b: np.ndarray, alike: np.ndarray, least: float, margin: float,
+               second: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of index rows (a[i] < b[i]) and how alike each pair is -> the pairs (a, b) that are each other's most
+    alike, at least `least`, while the next most alike image of each (among the pairs, or `second` (n,) where that is
+    more) is at least `margin` less alike: a picture and its one copy, told apart by how much closer they are to each
+    other than to anything else (a ratio test, as in matching local features)."""
+    if not len(a):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    alike = np.maximum(candidates.stored, candidates.seen)
-    me = np.concatenate([candidates.a, candidates.b])
-    other = np.concatenate([candidates.b, candidates.a])
+    me = np.concatenate([a, b])
+    other = np.concatenate([b, a])
     value = np.concatenate([alike, alike])
-    order = np.lexsort((-value, me))  # each image's candidates, most alike first
+    order = np.lexsort((-value, me))  # each image's pairs, most alike first
     me, other, value = me[order], other[order], value[order]
     first = np.ones(len(me), bool)
     first[1:] = me[1:] != me[:-1]
-    partner, best, second = np.full(n, -1), np.full(n, -np.inf), np.full(n, -np.inf)
+    partner, best = np.full(n, -1), np.full(n, -np.inf)
+    nearest_other = np.full(n, -np.inf) if second is None else second.astype(np.float64)
     partner[me[first]], best[me[first]] = other[first], value[first]
     after = np.flatnonzero(first) + 1
     after = after[after < len(me)]
     after = after[me[after] == me[after - 1]]
-    second[me[after]] = value[after]
-    # The next nearest as stored counts too: a look-alike below CANDIDATE_SIMILARITY is not among the candidates.
+    nearest_other[me[after]] = np.maximum(nearest_other[me[after]], value[after])
+    i = np.arange(n)
+    clear = (best >= least) & (best - nearest_other >= margin) & (partner >= 0)
+    p = np.maximum(partner, 0)
+    keep = clear & (i < partner) & (partner[p] == i) & clear[p]
+    return i[keep], partner[keep]
+
+
+def only_copy_pairs(index: SearchIndex, candidates: CandidatePairs, least: float = ONLY_COPY_SIMILARITY,
+                    margin: float = MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """Index rows (a, b), a < b, of candidate pairs that pass the ratio test (`ratio_test`) on how alike they are:
+    the better of as stored and through edited views; the next nearest as stored counts too. Not one similarity for
+    every collection: a copy saved as a small JPEG, turned, or with a caption over it, often lands below the
+    threshold but still far nearer its original than any other picture (BENCHMARKS.md, "Duplicate groups")."""
+    n = index.meta["n"]
+    if n < 3 or not len(candidates.a):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    # The next nearest as stored: a look-alike below CANDIDATE_SIMILARITY is not among the candidates.
+    second = np.full(n, -np.inf)
     for start in range(0, n, 4096):
         rows = np.arange(start, min(n, start + 4096))
         found, _, sim = index.search(index.stored(rows), 3, prepared=True)
         others = np.where(found != rows[:, None], sim, -np.inf)  # itself is among its 3 nearest (or an identical file)
-        second[rows] = np.maximum(second[rows], np.sort(others, axis=1)[:, -2])
-    i = np.arange(n)
-    clear = (best >= least) & (best - second >= margin) & (partner >= 0)
-    p = np.maximum(partner, 0)
-    keep = clear & (i < partner) & (partner[p] == i) & clear[p]
-    return i[keep], partner[keep]
+        second[rows] = np.sort(others, axis=1)[:, -2]
+    return ratio_test(n, candidates.a, candidates.b, np.maximum(candidates.stored, candidates.seen), least, margin,
+                      second)
+
+
+def fine_detail_pairs(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray], signatures: Signatures
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Index rows (a, b), a < b, of images and their nearest as stored (`nearest`: detail.nearest_pairs) that pass the ratio
+    test on the correlation of their fine detail: a darker, captioned or half-size copy of a small icon, which the
+    code puts no nearer its original than the icon's look-alikes, is clearly nearest in its edges (BENCHMARKS.md,
+    "Duplicate groups")."""
+    a, b = nearest
+    alike = signatures.correlation(a, b, fine_detail=True)
+    return ratio_test(index.meta["n"], a, b, alike, FINE_LEAST, FINE_MARGIN)
 
 
 def view_checked_pairs(index: SearchIndex, candidates: CandidatePairs, threshold: float
@@ -210,6 +232,21 @@ def view_checked_pairs(index: SearchIndex, candidates: CandidatePairs, threshold
     return a[keep], b[keep]
 
 
+def _checked_in_pixels(index: SearchIndex, image_root: Path, pairs: list[tuple[np.ndarray, np.ndarray]],
+                       cache: ViewCache | None) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs the code joined and those fine_detail_pairs joins, less pairs of near-plain look-alikes
+    (detail.Signatures.plain_look_alikes)."""
+    near = nearest_pairs(index)
+    rows = np.unique(np.concatenate([r for p in [*pairs, near] for r in p]))
+    signatures = Signatures.of(index, image_root, rows, cache)
+    pairs = [*pairs, fine_detail_pairs(index, near, signatures)]
+    a, b = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    plain = signatures.plain_look_alikes(a, b)
+    log.info("duplicates: %d pairs joined by their fine detail; %d pairs of near-plain pictures whose pixels differ "
+             "left apart", len(pairs[-1][0]), plain.sum())
+    return a[~plain], b[~plain]
+
+
 def _one_file(root: Path, paths: list[str]) -> bool:
     try:
         first = os.stat(file_path(root, paths[0]))
@@ -224,7 +261,8 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
     then the closest (the mean similarity of the pairs that joined it).
     With image_root, an exact group whose paths are all one file on disk (hard or symbolic links) is of kind
     "links": nothing to clean up there, and not a copy someone made. With image_root and the collection's model
-    (if trained for copies: views.uses_views), near pairs also come from view_checked_pairs and only_copy_pairs."""
+    (if trained for copies: views.uses_views), near pairs also come from view_checked_pairs, only_copy_pairs and
+    fine_detail_pairs, and pairs of near-plain pictures whose pixels differ are left apart (detail.py)."""
     paths = index.ids["path"].to_pylist()
     shas = index.ids["sha256"].to_pylist()
     paths_of: dict[str, list[str]] = {}
@@ -245,6 +283,7 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
         candidates = candidate_pairs(index, model, image_root, cache)
         pairs.append(view_checked_pairs(index, candidates, threshold))
         pairs.append(only_copy_pairs(index, candidates))
+        pairs = [_checked_in_pixels(index, image_root, pairs, cache)]
     a_rows, b_rows = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
     for a, b in zip(a_rows, b_rows):
         parent[find(shas[a])] = find(shas[b])

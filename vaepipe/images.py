@@ -12,7 +12,7 @@ import os
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -482,6 +482,32 @@ def load_views(paths: Sequence[str | Path], spec: ImageSpec, max_pixels: int = 6
     else:
         batch[:, :, 1] = batch[:, :, 0]
     return batch, errors
+
+
+# An image's pixel signature, which the duplicate check compares beside the code (detail.py): its model input greyed,
+# at 32 px, with transparent pixels on black and on white (a copy saved as JPEG was flattened on white).
+SIGNATURE_SIDE = 32
+SIGNATURE_BACKGROUNDS = (0, 255)
+SIGNATURE_SHAPE = (len(SIGNATURE_BACKGROUNDS), SIGNATURE_SIDE, SIGNATURE_SIDE)
+
+
+def load_signatures(paths: Sequence[str | Path], max_pixels: int = 64_000_000) -> tuple[np.ndarray, list[str]]:
+    """Each image as the model sees it (trimmed to its content), greyed, (n, *SIGNATURE_SHAPE) float32
+    grey levels, and an error per image ('' if it loaded; a failed image's signature is zeros)."""
+    out = np.zeros((len(paths), *SIGNATURE_SHAPE), np.float32)
+    errors = [""] * len(paths)
+    for j, path in enumerate(paths):
+        try:
+            spec = ImageSpec(2 * SIGNATURE_SIDE, 1, 0, "trim")
+            img = plain_mode(_open_for(path, spec, max_pixels))
+            for k, background in enumerate(SIGNATURE_BACKGROUNDS):
+                # Fitted at twice the side and averaged down: the fitting's own resize aliases at 32 px.
+                grey = to_array(img, replace(spec, background=background))[0].astype(np.float32)
+                out[j, k] = grey.reshape(SIGNATURE_SIDE, 2, SIGNATURE_SIDE, 2).mean((1, 3))
+        except Exception as e:  # one image's failure, whatever Pillow raised, is that image's error
+            out[j] = 0
+            errors[j] = str(e) or type(e).__name__
+    return out, errors
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vaepipe.embed import Embedded, encode_views
-from vaepipe.images import ONE_SIDED_VIEWS, VIEWS
+from vaepipe.images import ONE_SIDED_VIEWS, SIGNATURE_SHAPE, VIEWS
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE
 from vaepipe.store import file_path, sha256_file, write_parquet
@@ -65,27 +66,40 @@ def prepared_views(index: SearchIndex, views: Embedded, grey: bool) -> np.ndarra
 
 @dataclass
 class ViewCache:
-    """Collection images' views as the model embeds them, kept in `folder` (Workdir.views_dir) by sha256: a
-    nightly re-run of the duplicate groups, or the next query folder, decodes only images not looked at before.
-    Keyed by content, so a renamed file is found again and a changed one is another key; written in parts that
-    are never rewritten. The cache only saves work: a part that cannot be read is ignored (and computed again)."""
+    """What the duplicate check and the search computed of collection images beyond their code, kept in `folder`
+    (Workdir.views_dir) by sha256: the images' views as the model embeds them (`get`, `put`), and their pixel
+    signatures (`get_signatures`, `put_signatures`, images.load_signatures). A nightly re-run of the duplicate groups, or
+    the next query folder, decodes only images not looked at before. Keyed by content, so a renamed file is found
+    again and a changed one is another key; written in parts that are never rewritten. The cache only saves work: a
+    part that cannot be read is ignored (and computed again)."""
 
     folder: Path
+
+    def _read(self, prefix: str, shas: list[str]) -> Iterator[pa.Table]:
+        """Each readable part's rows of these sha256s."""
+        wanted = pa.array(sorted(set(shas)), pa.string())
+        for part in sorted(self.folder.glob(f"{prefix}-*.parquet")):
+            try:
+                table = pq.read_table(part)
+                yield table.filter(pc.is_in(table["sha256"], wanted)).combine_chunks()
+            except Exception as e:  # damaged or from another version: only work saved is lost
+                log.warning("views: cache part %s not read (%s: %s)", part, type(e).__name__, e)
+
+    def _write(self, prefix: str, columns: dict[str, pa.Array]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_parquet(pa.table(columns),
+                      self.folder / f"{prefix}-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet")
 
     def get(self, shas: list[str], dim: int) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         """{sha256: (views (len(VIEWS), dim), grey renderings' views or None)} of those in the cache."""
         found: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-        wanted = set(shas)
-        for part in sorted(self.folder.glob("part-*.parquet")):
+        for table in self._read("part", shas):
             try:
-                table = pq.read_table(part)
-                keep = pc.is_in(table["sha256"], pa.array(list(wanted - found.keys()), pa.string()))
-                table = table.filter(keep)
                 views = table["views"].combine_chunks().flatten().to_numpy().reshape(-1, len(VIEWS), dim)
                 grey = (table["grey_views"].combine_chunks().flatten().to_numpy().reshape(-1, len(VIEWS), dim)
                         if "grey_views" in table.column_names else None)
-            except Exception as e:  # damaged or from another version: only work saved is lost
-                log.warning("views: cache part %s not read (%s: %s)", part, type(e).__name__, e)
+            except Exception as e:  # a part of another model size or version
+                log.warning("views: cache part not used (%s: %s)", type(e).__name__, e)
                 continue
             for i, sha in enumerate(table["sha256"].to_pylist()):
                 found[sha] = (views[i], None if grey is None else grey[i])
@@ -101,11 +115,32 @@ class ViewCache:
         if views.grey_embedding is not None:
             columns["grey_views"] = pa.FixedSizeListArray.from_arrays(
                 pa.array(views.grey_embedding.ravel(), pa.float32()), width)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_parquet(pa.table(columns), self.folder / f"part-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet")
+        self._write("part", columns)
+
+    def get_signatures(self, shas: list[str]) -> dict[str, np.ndarray]:
+        """{sha256: images.load_signatures' row} of those in the cache."""
+        found: dict[str, np.ndarray] = {}
+        for table in self._read("detail", shas):
+            try:
+                sigs = table["signature"].combine_chunks().flatten().to_numpy().astype(np.float32)
+                sigs = sigs.reshape(len(table), *SIGNATURE_SHAPE)
+            except Exception as e:  # a part of another version
+                log.warning("views: cache part not used (%s: %s)", type(e).__name__, e)
+                continue
+            found.update(zip(table["sha256"].to_pylist(), sigs))
+        return found
+
+    def put_signatures(self, shas: list[str], sigs: np.ndarray) -> None:
+        """Add images.load_signatures' rows of the images with these sha256s (in order)."""
+        if not shas:
+            return
+        # float16 holds the signatures' grey levels (quarters from 0 to 255) exactly, in half the room.
+        values = pa.array(sigs.astype(np.float16).ravel(), pa.float16())
+        self._write("detail", {"sha256": pa.array(shas, pa.string()),
+                               "signature": pa.FixedSizeListArray.from_arrays(values, int(np.prod(SIGNATURE_SHAPE)))})
 
 
-def _unchanged(path: str, sha256: str) -> bool:
+def unchanged(path: str, sha256: str) -> bool:
     """Whether a collection file still holds what was indexed: a changed file would be compared as it is now."""
     try:
         return sha256_file(path) == sha256
@@ -121,7 +156,7 @@ def collection_views(index: SearchIndex, model: VAE, image_root: Path, rows: np.
     paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
     found = cache.get([shas[r] for r in rows], index.dim) if cache is not None else {}
     todo = np.asarray([r for r in rows if shas[r] not in found], np.int64)
-    same = np.asarray([_unchanged(file_path(image_root, paths[r]), shas[r]) for r in todo], bool)
+    same = np.asarray([unchanged(file_path(image_root, paths[r]), shas[r]) for r in todo], bool)
     if not same.all():
         log.info("views: %d images changed or gone since they were indexed are not looked at through edited views",
                  (~same).sum())

@@ -1,0 +1,131 @@
+"""The duplicate check's pixel signatures (vaepipe.detail, images.load_signatures) on real icons and photographs
+(Debian's tango-icon-theme and mate-backgrounds, which `make test` installs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from helpers import flat_index
+from vaepipe.detail import FLAT_STD, PLAIN_STD, Signatures, correlation, nearest_pairs
+from vaepipe.duplicates import fine_detail_pairs
+from vaepipe.images import load_signatures
+from vaepipe.store import sha256_file
+from vaepipe.views import ViewCache
+
+TANGO = sorted(Path("/usr/share/icons/Tango/32x32/actions").glob("*.png"))
+MATE = Path("/usr/share/backgrounds/mate")
+
+
+def _distinct(files: list[Path]) -> list[Path]:
+    """One file per content (the theme links some icons under two names)."""
+    return list({sha256_file(p): p for p in reversed(files)}.values())[::-1]
+
+
+def _look_alike_index(folder: Path, names: list[str]):
+    """A real flat index in which every image is about as alike as every other (0.99 and up): the code cannot
+    tell them apart, so only pixels decide."""
+    rng = np.random.default_rng(0)
+    vectors = np.ones((len(names), 8)) + rng.normal(0, 0.01, (len(names), 8))
+    return flat_index(vectors, names, [sha256_file(folder / n) for n in names])
+
+
+def test_an_icon_and_its_copy_flattened_on_white_match_in_the_white_background(tmp_path):
+    """A transparent icon's signature is kept on black and on white: a copy flattened on white (saved without
+    transparency) follows the icon's pixels there, far better than on black alone, and better than other icons do."""
+    icons = [p for p in TANGO if Image.open(p).mode == "RGBA"][:12]
+    assert len(icons) == 12, "tango-icon-theme is needed (make test installs it)"
+    sigs, errors = load_signatures(icons)
+    assert errors == [""] * 12
+    img = Image.open(icons[0]).convert("RGBA")
+    on_white = Image.new("RGB", img.size, (255, 255, 255))
+    on_white.paste(img, mask=img.getchannel("A"))
+    on_white.save(tmp_path / "copy.png")
+    copy_sig, errors = load_signatures([tmp_path / "copy.png"])
+    assert errors == [""]
+    best = correlation(sigs[:1], copy_sig)[0]
+    black_only = correlation(sigs[:1, :1], copy_sig[:, :1])[0]
+    others = correlation(sigs[1:], np.repeat(copy_sig, 11, 0))
+    assert best > 0.9 and best > black_only + 0.1, (best, black_only)
+    assert best > others.max(), (best, others.max())
+
+
+def test_fine_detail_pairs_a_darker_copy_of_an_icon_among_look_alikes(tmp_path):
+    """Ten real icons and a darker copy of one (brightness x0.6), all equally alike to the code: the ratio test on
+    their fine detail pairs the copy with its original, and nothing else."""
+    names = []
+    for p in _distinct(TANGO)[:10]:
+        names.append(p.name)
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    img = Image.open(tmp_path / names[3]).convert("RGBA")
+    dark = ImageEnhance.Brightness(img.convert("RGB")).enhance(0.6).convert("RGBA")
+    dark.putalpha(img.getchannel("A"))
+    dark.save(tmp_path / "darker.png")
+    names.append("darker.png")
+    index = _look_alike_index(tmp_path, names)
+    near = nearest_pairs(index)
+    assert len(near[0]) == len(names) * (len(names) - 1) // 2  # every pair looked at: all alike to the code
+    signatures = Signatures.of(index, tmp_path, np.arange(len(names)))
+    a, b = fine_detail_pairs(index, near, signatures)
+    assert {(names[i], names[j]) for i, j in zip(a, b)} == {(names[3], "darker.png")}
+
+
+def _plain(photo: Path, contrast: float, brightness: float = 1.0) -> Image.Image:
+    img = Image.open(photo).convert("RGB")
+    img.thumbnail((256, 256))
+    return ImageEnhance.Brightness(ImageEnhance.Contrast(img).enhance(contrast)).enhance(brightness)
+
+
+def test_near_plain_pictures_whose_pixels_differ_are_told_apart_from_copies(tmp_path):
+    """Two real photographs with their contrast nearly gone (what a dark tile of a wallpaper is like) are near-plain
+    look-alikes; one of them saved again brighter is a copy (its pixels follow); two pictures of one colour each
+    have no pixels to compare and are left to the code; the photographs themselves are not near-plain."""
+    a, b = MATE / "nature" / "Blinds.jpg", MATE / "nature" / "Dune.jpg"
+    assert a.exists() and b.exists(), "mate-backgrounds is needed (make test installs it)"
+    pictures = {
+        "a.png": _plain(a, 0.2),
+        "b.png": _plain(b, 0.2),
+        "a-brighter.png": _plain(a, 0.2, 1.3),
+        "flat1.png": Image.new("RGB", (64, 64), (30, 30, 40)),
+        "flat2.png": Image.new("RGB", (64, 64), (32, 30, 36)),
+        "photo-a.jpg": _plain(a, 1.0),
+        "photo-b.jpg": _plain(b, 1.0),
+    }
+    for name, img in pictures.items():
+        img.save(tmp_path / name)
+    names = list(pictures)
+    index = _look_alike_index(tmp_path, names)
+    signatures = Signatures.of(index, tmp_path, np.arange(len(names)))
+    spread = signatures.sig[:, 0].reshape(len(names), -1).std(1)
+    assert (FLAT_STD <= spread[:3]).all() and (spread[:3] < PLAIN_STD).all() and (spread[5:] > PLAIN_STD).all(), spread
+    pairs = [("a.png", "b.png"), ("a.png", "a-brighter.png"), ("flat1.png", "flat2.png"), ("photo-a.jpg", "photo-b.jpg")]
+    rows_a = np.asarray([names.index(x) for x, _ in pairs])
+    rows_b = np.asarray([names.index(y) for _, y in pairs])
+    assert signatures.plain_look_alikes(rows_a, rows_b).tolist() == [True, False, False, False]
+
+
+def test_signatures_come_from_the_cache_by_content_and_a_changed_file_is_not_compared(tmp_path):
+    """Signatures are kept by sha256: a second look reads them from the cache (the files may have moved); a file
+    changed since indexing has no signature (its pairs' correlation is -inf); a damaged part is recomputed."""
+    names = []
+    for p in TANGO[:4]:
+        names.append(p.name)
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    index = _look_alike_index(tmp_path, names)
+    cache = ViewCache(tmp_path / "views")
+    first = Signatures.of(index, tmp_path, np.arange(4), cache)
+    assert (first.at >= 0).all() and len(list(cache.folder.glob("detail-*.parquet"))) == 1
+    moved = tmp_path / "moved"
+    moved.mkdir()  # the files are gone from where the index says: only the cache can answer
+    again = Signatures.of(index, moved, np.arange(4), cache)
+    np.testing.assert_array_equal(again.sig, first.sig)
+    Image.open(TANGO[5]).save(tmp_path / names[0])  # another picture under the same name
+    part = next(cache.folder.glob("detail-*.parquet"))
+    part.write_bytes(b"not parquet")
+    changed = Signatures.of(index, tmp_path, np.arange(4), cache)
+    assert changed.at[0] == -1 and (changed.at[1:] >= 0).all()
+    assert np.isneginf(changed.correlation(np.array([0]), np.array([1])))[0]
+    np.testing.assert_array_equal(changed.sig, first.sig[1:])
+

@@ -1,0 +1,154 @@
+"""Fine detail: two images compared in pixels, the duplicate check's second opinion on the code.
+
+The code says which pictures look alike. It puts a darker or captioned copy of a small icon a little further from its
+original than the icon's look-alikes, and every near-plain dark tile close to every other (BENCHMARKS.md, "Duplicate
+groups"). Pixels tell these apart. Each image's model input, greyed, at 32 px, with transparent pixels on black and
+on white (a copy saved as JPEG was flattened on white), is its signature (`signatures`), and
+  duplicates.fine_detail_pairs  joins two images whose fine detail (the signature less its blur: edges and texture,
+      not brightness or gradients) matches each other's best among their nearest images, clearly better than the
+      next (a ratio test, as duplicates.only_copy_pairs does with the code);
+  Signatures.plain_look_alikes  picks out pairs of near-plain pictures whose pixels do not follow each other: the
+      code cannot tell such pictures apart, and a person would not call them copies.
+Pixels are compared by correlation (brightness and contrast drop out), as they are, mirrored, and by their top
+three quarters (a caption band along the bottom), in whichever background matches better.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vaepipe.images import SIGNATURE_SHAPE, SIGNATURE_SIDE, load_signatures
+from vaepipe.index import SearchIndex
+from vaepipe.store import file_path
+from vaepipe.views import ViewCache, unchanged
+
+log = logging.getLogger("vaepipe")
+
+NEIGHBOURS = 20  # each image's nearest as stored that the ratio test looks at
+CANDIDATE_SIMILARITY = 0.5  # ... at least this alike as stored
+FINE_LEAST = 0.9
+FINE_MARGIN = 0.15
+# Near-plain: grey levels' standard deviation below PLAIN_STD (of 255) in both images; such a pair stays joined only
+# if its pixels follow each other (correlation >= PLAIN_LEAST). Pictures of one colour (below FLAT_STD) have no
+# pixels to correlate: the code's say stands.
+PLAIN_STD = 10.0
+FLAT_STD = 1.0
+PLAIN_LEAST = 0.95
+_BLUR = np.exp(-0.5 * np.arange(-4, 5) ** 2)
+_BLUR /= _BLUR.sum()
+BLOCK = 4096  # pairs compared at a time
+
+
+def fine(sig: np.ndarray) -> np.ndarray:
+    """Signatures less their blur (a Gaussian of 1 px): what is left is edges and texture."""
+    blurred = sig
+    for axis in (-2, -1):
+        pad = [(0, 0)] * sig.ndim
+        pad[axis] = (4, 4)
+        padded = np.pad(blurred, pad, mode="symmetric")
+        blurred = sum(w * np.take(padded, np.arange(i, i + SIGNATURE_SIDE), axis=axis) for i, w in enumerate(_BLUR))
+    return sig - blurred
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    """(..., h, w) -> flattened, zero mean, unit length: dot products are correlations."""
+    x = x.reshape(*x.shape[:-2], -1)
+    x = x - x.mean(-1, keepdims=True)
+    return x / np.sqrt((x * x).sum(-1, keepdims=True) + 1e-6)
+
+
+def correlation(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
+    """Pairs of signatures (n, *SIGNATURE_SHAPE) -> how well their pixels follow each other at best: the
+    correlation as they are, with b mirrored, and of their top three quarters, in either background, (n,)."""
+    top = SIGNATURE_SIDE * 3 // 4
+    out = np.empty(len(sig_a), np.float32)
+    for s in range(0, len(sig_a), BLOCK):
+        a, b = sig_a[s:s + BLOCK], sig_b[s:s + BLOCK]
+        na = _normalised(a)
+        out[s:s + BLOCK] = np.maximum.reduce([
+            (na * _normalised(b)).sum(-1),
+            (na * _normalised(b[..., ::-1])).sum(-1),
+            (_normalised(a[..., :top, :]) * _normalised(b[..., :top, :])).sum(-1),
+        ]).max(-1)
+    return out
+
+
+def collection_signatures(index: SearchIndex, image_root: Path, rows: np.ndarray, cache: ViewCache | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Signatures of collection images (index rows): from the cache, else of files unchanged since indexing that
+    load now (then added to the cache). Returns the rows that have one, in the order given, and their signatures."""
+    paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
+    found = cache.get_signatures([shas[r] for r in rows]) if cache is not None else {}
+    todo = [r for r in rows if shas[r] not in found]
+    todo = [r for r in todo if unchanged(file_path(image_root, paths[r]), shas[r])]
+    sigs, errors = load_signatures([file_path(image_root, paths[r]) for r in todo])
+    loaded = [i for i, e in enumerate(errors) if not e]
+    if cache is not None:
+        cache.put_signatures([shas[todo[i]] for i in loaded], sigs[loaded])
+    found.update((shas[todo[i]], sigs[i]) for i in loaded)
+    have = np.asarray([r for r in rows if shas[r] in found], np.int64)
+    if not len(have):
+        return have, np.zeros((0, *SIGNATURE_SHAPE), np.float32)
+    return have, np.stack([found[shas[r]] for r in have])
+
+
+def nearest_pairs(index: SearchIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Index rows (a, b), a < b, of each image and its NEIGHBOURS nearest as stored at least CANDIDATE_SIMILARITY
+    alike, of other content: n * NEIGHBOURS pairs at most, however alike the folder's pictures are."""
+    n = index.meta["n"]
+    shas = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
+    a_rows, b_rows = [], []
+    for start in range(0, n, 4096):
+        rows = np.arange(start, min(n, start + 4096))
+        found, _, sim = index.search(index.stored(rows), NEIGHBOURS + 1, prepared=True)
+        q = np.repeat(rows, found.shape[1]).reshape(found.shape)
+        keep = (found >= 0) & (found != q) & (sim >= CANDIDATE_SIMILARITY)
+        q, found = q[keep], found[keep]
+        keep = shas[q] != shas[found]
+        a_rows.append(np.minimum(q, found)[keep])
+        b_rows.append(np.maximum(q, found)[keep])
+    pairs = np.unique(np.stack([np.concatenate(a_rows), np.concatenate(b_rows)], 1), axis=0).reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1]
+
+
+@dataclass
+class Signatures:
+    """Collection images' signatures by index row (`of`); an image without one (changed since indexing, or
+    unreadable now) is not compared: its pairs' correlation is -inf and it is never near-plain."""
+
+    at: np.ndarray  # (n,) index row -> row of sig, -1 where none
+    sig: np.ndarray  # (m, *SIGNATURE_SHAPE) grey levels
+    detail: np.ndarray  # fine(sig)
+
+    @classmethod
+    def of(cls, index: SearchIndex, image_root: Path, rows: np.ndarray, cache: ViewCache | None = None
+           ) -> Signatures:
+        have, sig = collection_signatures(index, image_root, rows, cache)
+        at = np.full(index.meta["n"], -1, np.int64)
+        at[have] = np.arange(len(have))
+        return cls(at, sig, fine(sig))
+
+    def correlation(self, a: np.ndarray, b: np.ndarray, fine_detail: bool = False) -> np.ndarray:
+        """Pairs of index rows -> `correlation` of their signatures, or of their fine detail; -inf where either
+        has none."""
+        out = np.full(len(a), -np.inf, np.float32)
+        ok = (self.at[a] >= 0) & (self.at[b] >= 0)
+        x = self.detail if fine_detail else self.sig
+        out[ok] = correlation(x[self.at[a[ok]]], x[self.at[b[ok]]])
+        return out
+
+    def plain_look_alikes(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Pairs of index rows -> whether both are near-plain pictures (not both of one colour) whose pixels do not
+        follow each other."""
+        spread = np.full(len(self.at), np.inf, np.float32)
+        have = self.at >= 0
+        spread[have] = self.sig[self.at[have], 0].reshape(int(have.sum()), -1).std(1)
+        most = np.maximum(spread[a], spread[b])
+        plain = (most < PLAIN_STD) & (most >= FLAT_STD)
+        out = np.zeros(len(a), bool)
+        out[plain] = self.correlation(a[plain], b[plain]) < PLAIN_LEAST
+        return out
