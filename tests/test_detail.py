@@ -98,7 +98,7 @@ def test_near_plain_pictures_whose_pixels_differ_are_told_apart_from_copies(tmp_
     names = list(pictures)
     index = _look_alike_index(tmp_path, names)
     signatures = Signatures.of(index, tmp_path, np.arange(len(names)))
-    spread = signatures.sig[:, 0].reshape(len(names), -1).std(1)
+    spread = signatures.sig[:, 0].astype(np.float32).reshape(len(names), -1).std(1)
     assert (FLAT_STD <= spread[:3]).all() and (spread[:3] < PLAIN_STD).all() and (spread[5:] > PLAIN_STD).all(), spread
     pairs = [("a.png", "b.png"), ("a.png", "a-brighter.png"), ("flat1.png", "flat2.png"), ("photo-a.jpg", "photo-b.jpg")]
     rows_a = np.asarray([names.index(x) for x, _ in pairs])

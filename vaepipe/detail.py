@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vaepipe.images import SIGNATURE_SHAPE, SIGNATURE_SIDE, load_signatures
+from vaepipe.config import usable_cores
+from vaepipe.images import SIGNATURE_SHAPE, SIGNATURE_SIDE, ImageSpec, iter_image_batches
 from vaepipe.index import SearchIndex
 from vaepipe.store import file_path
 from vaepipe.views import ViewCache, unchanged
@@ -41,6 +42,7 @@ PLAIN_LEAST = 0.95
 _BLUR = np.exp(-0.5 * np.arange(-4, 5) ** 2)
 _BLUR /= _BLUR.sum()
 BLOCK = 4096  # pairs compared at a time
+TOP = SIGNATURE_SIDE * 3 // 4  # the top three quarters: what a caption band along the bottom leaves alone
 
 
 def fine(sig: np.ndarray) -> np.ndarray:
@@ -55,26 +57,31 @@ def fine(sig: np.ndarray) -> np.ndarray:
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
-    """(..., h, w) -> flattened, zero mean, unit length: dot products are correlations."""
-    x = x.reshape(*x.shape[:-2], -1)
-    x = x - x.mean(-1, keepdims=True)
-    return x / np.sqrt((x * x).sum(-1, keepdims=True) + 1e-6)
+    """(..., h, w) -> the same, each (h, w) plane zero mean and unit length: summed products are correlations."""
+    x = x.astype(np.float32)
+    x = x - x.mean((-2, -1), keepdims=True)
+    return x / np.sqrt((x * x).sum((-2, -1), keepdims=True) + 1e-6)
+
+
+def forms(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Signatures (or their fine detail) made ready to correlate: each background's plane, and its top three
+    quarters, normalised (`_normalised`). Mirroring a normalised plane is normalising the mirrored one."""
+    return _normalised(sig), _normalised(sig[..., :TOP, :])
+
+
+def _correlate(whole_a: np.ndarray, top_a: np.ndarray, whole_b: np.ndarray, top_b: np.ndarray) -> np.ndarray:
+    whole_a, top_a, whole_b, top_b = (x.astype(np.float32) for x in (whole_a, top_a, whole_b, top_b))
+    return np.maximum.reduce([
+        np.einsum("nbij,nbij->nb", whole_a, whole_b),
+        np.einsum("nbij,nbij->nb", whole_a, whole_b[..., ::-1]),
+        np.einsum("nbij,nbij->nb", top_a, top_b),
+    ]).max(-1)
 
 
 def correlation(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     """Pairs of signatures (n, *SIGNATURE_SHAPE) -> how well their pixels follow each other at best: the
     correlation as they are, with b mirrored, and of their top three quarters, in either background, (n,)."""
-    top = SIGNATURE_SIDE * 3 // 4
-    out = np.empty(len(sig_a), np.float32)
-    for s in range(0, len(sig_a), BLOCK):
-        a, b = sig_a[s:s + BLOCK], sig_b[s:s + BLOCK]
-        na = _normalised(a)
-        out[s:s + BLOCK] = np.maximum.reduce([
-            (na * _normalised(b)).sum(-1),
-            (na * _normalised(b[..., ::-1])).sum(-1),
-            (_normalised(a[..., :top, :]) * _normalised(b[..., :top, :])).sum(-1),
-        ]).max(-1)
-    return out
+    return _correlate(*forms(sig_a), *forms(sig_b))
 
 
 def collection_signatures(index: SearchIndex, image_root: Path, rows: np.ndarray, cache: ViewCache | None = None
@@ -85,11 +92,21 @@ def collection_signatures(index: SearchIndex, image_root: Path, rows: np.ndarray
     found = cache.get_signatures([shas[r] for r in rows]) if cache is not None else {}
     todo = [r for r in rows if shas[r] not in found]
     todo = [r for r in todo if unchanged(file_path(image_root, paths[r]), shas[r])]
-    sigs, errors = load_signatures([file_path(image_root, paths[r]) for r in todo])
-    loaded = [i for i, e in enumerate(errors) if not e]
-    if cache is not None:
-        cache.put_signatures([shas[todo[i]] for i in loaded], sigs[loaded])
-    found.update((shas[todo[i]], sigs[i]) for i in loaded)
+    files = [file_path(image_root, paths[r]) for r in todo]
+    loaded: list[int] = []
+    batches: list[np.ndarray] = []
+    # Decoded by a process per core, as the views are (the spec is only the loader's; signatures have their own).
+    spec = ImageSpec(SIGNATURE_SIDE, 1)
+    for sigs, idx, errors in iter_image_batches(files, spec, 64, usable_cores() if len(files) > 64 else 0,
+                                                what="signatures"):
+        good = [j for j, e in enumerate(errors) if not e]
+        loaded += [idx[j] for j in good]
+        batches.append(sigs.numpy()[good])
+    if loaded:
+        sigs = np.concatenate(batches)
+        if cache is not None:
+            cache.put_signatures([shas[todo[i]] for i in loaded], sigs)
+        found.update((shas[todo[i]], sig) for i, sig in zip(loaded, sigs))
     have = np.asarray([r for r in rows if shas[r] in found], np.int64)
     if not len(have):
         return have, np.zeros((0, *SIGNATURE_SHAPE), np.float32)
@@ -121,8 +138,8 @@ class Signatures:
     unreadable now) is not compared: its pairs' correlation is -inf and it is never near-plain."""
 
     at: np.ndarray  # (n,) index row -> row of sig, -1 where none
-    sig: np.ndarray  # (m, *SIGNATURE_SHAPE) grey levels
-    detail: np.ndarray  # fine(sig)
+    sig: np.ndarray  # (m, *SIGNATURE_SHAPE) grey levels, float16 (exact)
+    detail: tuple[np.ndarray, np.ndarray]  # forms(fine(sig)), float16: 7 KB an image with sig
 
     @classmethod
     def of(cls, index: SearchIndex, image_root: Path, rows: np.ndarray, cache: ViewCache | None = None
@@ -130,15 +147,22 @@ class Signatures:
         have, sig = collection_signatures(index, image_root, rows, cache)
         at = np.full(index.meta["n"], -1, np.int64)
         at[have] = np.arange(len(have))
-        return cls(at, sig, fine(sig))
+        whole, top = forms(fine(sig))
+        return cls(at, sig.astype(np.float16), (whole.astype(np.float16), top.astype(np.float16)))
 
     def correlation(self, a: np.ndarray, b: np.ndarray, fine_detail: bool = False) -> np.ndarray:
         """Pairs of index rows -> `correlation` of their signatures, or of their fine detail; -inf where either
         has none."""
         out = np.full(len(a), -np.inf, np.float32)
-        ok = (self.at[a] >= 0) & (self.at[b] >= 0)
-        x = self.detail if fine_detail else self.sig
-        out[ok] = correlation(x[self.at[a[ok]]], x[self.at[b[ok]]])
+        ok = np.flatnonzero((self.at[a] >= 0) & (self.at[b] >= 0))
+        for s in range(0, len(ok), BLOCK):  # a folder of look-alikes has millions of pairs: gathered a block at a time
+            pick = ok[s:s + BLOCK]
+            at_a, at_b = self.at[a[pick]], self.at[b[pick]]
+            if fine_detail:
+                whole, top = self.detail
+                out[pick] = _correlate(whole[at_a], top[at_a], whole[at_b], top[at_b])
+            else:
+                out[pick] = correlation(self.sig[at_a], self.sig[at_b])
         return out
 
     def plain_look_alikes(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -146,7 +170,7 @@ class Signatures:
         follow each other."""
         spread = np.full(len(self.at), np.inf, np.float32)
         have = self.at >= 0
-        spread[have] = self.sig[self.at[have], 0].reshape(int(have.sum()), -1).std(1)
+        spread[have] = self.sig[self.at[have], 0].reshape(int(have.sum()), -1).std(1, dtype=np.float32)
         most = np.maximum(spread[a], spread[b])
         plain = (most < PLAIN_STD) & (most >= FLAT_STD)
         out = np.zeros(len(a), bool)

@@ -114,7 +114,7 @@ def encode_views(model: VAE, paths: Sequence[str | Path], batch_size: int = 64, 
     n_views = len(VIEWS)
     with encoder_threads(1 if workers else usable_cores()):
         for out, idx, errors in iter_image_batches(paths, model.config.spec, batch_size, workers,
-                                                   then=encoder if in_workers else None, views=True):
+                                                   then=encoder if in_workers else None, what="views"):
             embedded = out if in_workers else encoder(out)
             for j, e in enumerate(errors):
                 if e:

@@ -651,14 +651,14 @@ class ImageFiles(Dataset):
 
     def __init__(self, paths: Sequence[str | Path], spec: ImageSpec, max_pixels: int = 64_000_000,
                  then: Callable[[torch.Tensor], Any] | None = None, alpha: bool = False, grey: bool = False,
-                 views: bool = False):
+                 what: str = "inputs"):
         self.paths = paths
         self.spec = spec
         self.max_pixels = max_pixels
         self.then = then
         self.alpha = alpha
         self.grey = grey
-        self.views = views
+        self.what = what
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -668,24 +668,29 @@ class ImageFiles(Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[Any, list[int], list[str]]:
         paths = [self.paths[i] for i in indices]
-        batch, errors = (load_views(paths, self.spec, self.max_pixels) if self.views else
-                         load_batch(paths, self.spec, self.max_pixels, self.alpha, self.grey))
+        if self.what == "views":
+            batch, errors = load_views(paths, self.spec, self.max_pixels)
+        elif self.what == "signatures":
+            batch, errors = load_signatures(paths, self.max_pixels)
+        else:
+            batch, errors = load_batch(paths, self.spec, self.max_pixels, self.alpha, self.grey)
         pixels = torch.from_numpy(batch)
         return (self.then(pixels) if self.then else pixels), list(indices), errors
 
 
 def iter_image_batches(
     paths: Sequence[str | Path], spec: ImageSpec, batch_size: int, workers: int, max_pixels: int = 64_000_000,
-    then: Callable[[torch.Tensor], Any] | None = None, alpha: bool = False, grey: bool = False, views: bool = False,
+    then: Callable[[torch.Tensor], Any] | None = None, alpha: bool = False, grey: bool = False, what: str = "inputs",
 ) -> Iterator[tuple[Any, list[int], list[str]]]:
     """Yield (uint8 images, positions in `paths`, error per image or '') in order, decoded by `workers` processes.
 
     A failed image's slot in the batch is zeros; its error says why. `then`, if given, maps each uint8 batch in
     the worker that decoded it to what is yielded instead of the images (arrays: they come back pickled). alpha:
-    see to_array; grey: see load_batch; views: each image's edited views instead (load_views).
+    see to_array; grey: see load_batch; what: "inputs" (load_batch), or each image's edited views ("views",
+    load_views) or pixel signatures ("signatures", load_signatures; float32) instead.
     """
     loader = DataLoader(
-        ImageFiles(paths, spec, max_pixels, then, alpha, grey, views),
+        ImageFiles(paths, spec, max_pixels, then, alpha, grey, what),
         batch_size=batch_size,
         num_workers=workers if len(paths) > batch_size else 0,
         shuffle=False,
