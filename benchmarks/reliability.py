@@ -5,7 +5,12 @@ manifest and the index with the folder itself.
 
     .venv/bin/python benchmarks/reliability.py [--good 500]
 
-Results: benchmarks/results/reliability.json and .md (copied into BENCHMARKS.md by hand).
+With --kills, instead: builds SIGKILLed in every stage and resumed, against a clean build (neighbour rows that
+differ); searches opening the index while another process rebuilds it over other images, and is SIGKILLed, again
+and again (answers that are neither the old index's nor the new one's); CLI commands SIGKILLed while their
+temporary Prefect server runs (servers left behind).
+
+Results: benchmarks/results/reliability.json / reliability-kills.json and .md (copied into BENCHMARKS.md by hand).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import flows  # noqa: E402,F401  (Prefect settings before prefect is imported)
 import pyarrow.parquet as pq  # noqa: E402
-from conftest import write_fmnist  # noqa: E402
+from helpers import write_fmnist  # noqa: E402
 from hostile import write_hostile  # noqa: E402
 
 from flows.build_index import build_index  # noqa: E402
@@ -58,11 +63,127 @@ def files_in(root: Path) -> set[str]:
     return seen
 
 
+# A process that rebuilds one index over two collections in turn, for ever (until killed).
+REBUILDER = """
+import sys
+from pathlib import Path
+from vaepipe.config import IndexConfig
+from vaepipe.index import build_index
+root = Path(sys.argv[1])
+print("ready", flush=True)
+while True:
+    for name in ("a", "b"):
+        build_index(root / name / "emb", root / name / "manifest.parquet", root / "index", "m", IndexConfig(kind="flat"))
+"""
+
+
+def kills(rounds: int) -> dict:
+    """The --kills figures (see the module's docstring)."""
+    import random
+    import signal
+    import subprocess
+
+    import numpy as np
+    from test_cli import _temporary_servers
+    from test_embed_index import _clusters, _write_collection
+    from test_reindex import _run_driver, neighbours
+    from vaepipe.config import IndexConfig
+    from vaepipe.index import SearchIndex, build_index as build_index_files
+
+    tmp = Path(tempfile.mkdtemp(prefix="vaepipe-kills-"))
+    out: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                 "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                 "command": f"python benchmarks/reliability.py --kills {rounds}"}
+
+    # 1. A build SIGKILLed in each stage, then run again, against a clean build of the same folder.
+    write_fmnist(tmp / "images", n=300)
+    _run_driver(tmp / "images", tmp / "reference")
+    reference = neighbours(tmp / "reference")
+    stages = {"ingest": "ingest: checkpoint after 100", "train": "train: saved training state after epoch 2",
+              "embed": "embed: wrote part-00001", "index": "index: writing"}
+    out["builds killed and resumed"] = {}
+    for stage, marker in stages.items():
+        _run_driver(tmp / "images", tmp / f"killed-{stage}", kill_on=marker)
+        _run_driver(tmp / "images", tmp / f"killed-{stage}")
+        got = neighbours(tmp / f"killed-{stage}")
+        out["builds killed and resumed"][stage] = f"{sum(a != b for a, b in zip(got, reference)) + abs(len(got) - len(reference))} of {len(reference)} neighbour rows differ"
+
+    # 2. Searches while another process rebuilds the index over other images, killed at random moments.
+    vectors = _clusters(n=600)
+    for name, x in (("a", vectors), ("b", vectors[::-1][:400])):
+        (tmp / "rebuild" / name).mkdir(parents=True)
+        _write_collection(tmp / "rebuild" / name, x)
+    index_dir = tmp / "rebuild" / "index"
+    queries = vectors[:50]
+    answers = {}
+    for name in ("a", "b"):  # each collection's answer, from a clean build of its own
+        build_index_files(tmp / "rebuild" / name / "emb", tmp / "rebuild" / name / "manifest.parquet",
+                          tmp / "rebuild" / f"clean-{name}", "m", IndexConfig(kind="flat"))
+        clean = SearchIndex.open(tmp / "rebuild" / f"clean-{name}")
+        answers[name] = np.asarray(clean.ids["path"].to_pylist(), dtype=object)[clean.search(queries, 5)[0]].tolist()
+    build_index_files(tmp / "rebuild" / "a" / "emb", tmp / "rebuild" / "a" / "manifest.parquet", index_dir, "m",
+                      IndexConfig(kind="flat"))
+    rng = random.Random(0)
+    searches = neither = 0
+    seen = {"a": 0, "b": 0}
+    for _ in range(rounds):
+        writer = subprocess.Popen([sys.executable, "-c", REBUILDER, str(tmp / "rebuild")], stdout=subprocess.PIPE,
+                                  text=True)
+        writer.stdout.readline()  # imports done: rebuilding from now on
+        deadline = time.monotonic() + rng.uniform(1.0, 4.0)
+        while time.monotonic() < deadline:
+            index = SearchIndex.open(index_dir)
+            got = np.asarray(index.ids["path"].to_pylist(), dtype=object)[index.search(queries, 5)[0]].tolist()
+            searches += 1
+            neither += got not in (answers["a"], answers["b"])
+            seen["a" if got == answers["a"] else "b"] += got in (answers["a"], answers["b"])
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        writer.stdout.close()
+        index = SearchIndex.open(index_dir)  # after the kill: whichever was published last, whole
+        got = np.asarray(index.ids["path"].to_pylist(), dtype=object)[index.search(queries, 5)[0]].tolist()
+        searches += 1
+        neither += got not in (answers["a"], answers["b"])
+    out["searches during rebuilds"] = (f"{searches} searches ({seen['a']} answered from one collection, {seen['b']} from "
+                                       f"the other), {rounds} rebuilding processes killed: {neither} answers neither "
+                                       "the old index's nor the new one's")
+
+    # 3. CLI commands killed while their temporary Prefect server runs.
+    left = 0
+    for i in range(min(rounds, 5)):
+        home = tmp / f"prefect-home-{i}"
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(home)}
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "index", str(tmp / "images"), "--workdir",
+                                 str(tmp / f"cli-{i}")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                cwd=REPO)
+        deadline = time.monotonic() + 90
+        while not _temporary_servers(home) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        started = bool(_temporary_servers(home))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while _temporary_servers(home) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left += len(_temporary_servers(home)) if started else 1  # a command that started no server counts as a failure
+    out["CLI commands killed with their server running"] = f"{min(rounds, 5)}: {left} servers left running 30 s later"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--good", type=int, default=500)
     ap.add_argument("--fuzzed", type=int, default=100, help="damaged files per format")
+    ap.add_argument("--kills", type=int, default=0, help="the kill figures instead, with this many killed rebuilds")
     args = ap.parse_args()
+    if args.kills:
+        from prefect.testing.utilities import prefect_test_harness
+
+        with prefect_test_harness(server_startup_timeout=120):  # one server for the killed builds' flow runs
+            result = kills(args.kills)
+        _save("reliability-kills", result)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="vaepipe-reliability-"))
     expect = write_hostile(tmp / "folder", tmp / "outside")
     write_fmnist(tmp / "folder" / "good", n=args.good)
@@ -95,14 +216,18 @@ def main() -> None:
         "bad by reason": summary["failed by reason"], "lost": lost, "recorded with the wrong outcome": wrong,
         "seconds": round(seconds, 1), "command": f"python benchmarks/reliability.py --good {args.good} --fuzzed {args.fuzzed}",
     }
+    _save("reliability", result)
+    print(f"lost: {lost}")
+
+
+def _save(name: str, result: dict) -> None:
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "reliability.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = ["| figure | value |", "|---|---|"] + [f"| {k} | {v if not isinstance(v, dict) else ', '.join(f'{a}: {b}' for a, b in v.items())} |"
                                              for k, v in result.items()]
-    (out / "reliability.md").write_text("\n".join(md) + "\n")
+    (out / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
-    print(f"lost: {lost}")
 
 
 if __name__ == "__main__":
