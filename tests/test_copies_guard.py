@@ -152,8 +152,10 @@ def test_search_through_views_puts_more_originals_first(folder, collection):
 
 def test_duplicate_groups_hold_the_copies_and_little_else(folder, collection):
     result = query_all(collection, k=5)
-    threshold = json.loads((result.run_dir / "run.json").read_text())["duplicate_threshold"]
+    run = json.loads((result.run_dir / "run.json").read_text())
+    threshold = run["duplicate_threshold"]
     assert 0.5 < threshold < 1
+    assert run["duplicate_views"]["fine detail"]["least"] == 0.9  # what the pixel check used is on record
     groups = pq.read_table(result.duplicates).to_pandas()
     near = groups[groups["kind"] == "near"]
     group_of = {str(folder["collection"] / p): g for p, g in zip(near["path"], near["group"])}

@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vaepipe import detail
 from vaepipe.config import EmbedConfig, IngestConfig
 from vaepipe.duplicates import (CANDIDATE_SIMILARITY, MARGIN, ONLY_COPY_SIMILARITY, calibrate_threshold, check_threshold,
                                 duplicate_groups, grey_threshold)
@@ -286,7 +287,13 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
         if uses_views(model, index):
             params["duplicate_views"] = {"views": list(VIEWS), "pairs from similarity": CANDIDATE_SIMILARITY,
                                          "similarity in a view": grey_threshold(threshold),
-                                         "only copy similarity": ONLY_COPY_SIMILARITY, "only copy margin": MARGIN}
+                                         "only copy similarity": ONLY_COPY_SIMILARITY, "only copy margin": MARGIN,
+                                         "fine detail": {"nearest": detail.NEIGHBOURS,
+                                                         "from similarity": detail.CANDIDATE_SIMILARITY,
+                                                         "least": detail.FINE_LEAST, "margin": detail.FINE_MARGIN},
+                                         "near-plain": {"grey std below": detail.PLAIN_STD,
+                                                        "of one colour below": detail.FLAT_STD,
+                                                        "kept from correlation": detail.PLAIN_LEAST}}
     return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params, model)
 
 
@@ -371,7 +378,8 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, queries: _Queries, k: 
         threshold = params["duplicate_threshold"]
         summary["duplicate groups"] = f"{result.n_duplicate_groups:,} (similarity >= {threshold:.4f}" + (
             f"; greyscale images to grey renderings >= {grey_threshold(threshold):.4f}" if index.grey is not None else "") + (
-            "; also through edited views, and a picture with its only copy)" if "duplicate_views" in params else ")")
+            "; also through edited views, a picture with its only copy, and pixels' second opinion)"
+            if "duplicate_views" in params else ")")
     t_report = time.monotonic()
     result.report = write_query_report(run_dir, out, image_root, query_root or image_root, summary, groups,
                                        thumbs_cache=workdir.thumbs_dir)
