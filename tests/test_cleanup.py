@@ -65,6 +65,7 @@ def test_plan_dry_run_move_and_undo(folder_with_copies, tmp_path):
     assert with_big and all(r["keeper"].startswith("copies/big-") for g in with_big for r in g)  # the most pixels
     exact = [g for g in by_group.values() if g[0]["kind"] == "exact"]
     assert len(exact) == 3 and all(r["similarity_to_keeper"] > 0.999 for g in exact for r in g)
+    assert all(r["pixels_to_keeper"] is None for r in plan)  # a plain VAE: no pixel check, nothing to show
     links = sorted(r["path"] for g in by_group.values() if g[0]["kind"] == "links" for r in g)
     assert links == sorted(["copies/hard-5.png", "copies/soft-6.png", originals[5].relative_to(images).as_posix(),
                             originals[6].relative_to(images).as_posix()])

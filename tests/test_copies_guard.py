@@ -209,3 +209,10 @@ def test_the_cleanup_plan_says_how_alike_through_views(folder, collection):
     assert (seen[~grey] >= plain[~grey] - 1e-5).all()
     hard = near["path"].isin([str(c.relative_to(folder["collection"])) for c in folder["hard"]]).to_numpy()
     assert (seen[hard & ~grey] > plain[hard & ~grey] + 0.005).sum() >= 2, (seen[hard], plain[hard])
+    # How the pixels follow the keeper's: a keeper follows itself; copies far more than the folder's other pictures.
+    assert np.allclose(table.loc[table["keep"], "pixels_to_keeper"], 1, atol=1e-3)
+    pixels = near["pixels_to_keeper"].to_numpy()
+    assert np.isfinite(pixels).all() and (pixels <= 1 + 1e-5).all()
+    from vaepipe.detail import Signatures
+    others = Signatures.of(index, folder["collection"], np.arange(60)).correlation(np.arange(0, 30), np.arange(30, 60))
+    assert np.median(pixels) > np.median(others) + 0.2, (np.median(pixels), np.median(others))

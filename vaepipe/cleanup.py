@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vaepipe.detail import Signatures
 from vaepipe.index import SearchIndex
 from vaepipe.model import default_device, load_checkpoint
 from vaepipe.errors import VaepipeError
@@ -43,6 +44,7 @@ log = logging.getLogger("vaepipe")
 PLAN_SCHEMA = pa.schema([
     ("group", pa.int32()), ("kind", pa.string()), ("path", pa.string()), ("sha256", pa.string()),
     ("keep", pa.bool_()), ("keeper", pa.string()), ("similarity_to_keeper", pa.float32()),
+    ("pixels_to_keeper", pa.float32()),
     ("width", pa.int32()), ("height", pa.int32()), ("bytes", pa.int64()),
 ])
 ACTIONS = ("move", "hardlink", "symlink")
@@ -86,6 +88,7 @@ def plan(workdir: Workdir, run_dir: Path | None = None) -> pa.Table:
         for m, sim in zip(members, sims):
             rows.append({"group": gid, "kind": m["kind"], "path": m["path"], "sha256": m["sha256"],
                          "keep": m is keeper, "keeper": keeper["path"], "similarity_to_keeper": float(sim),
+                         "pixels_to_keeper": None,
                          "width": m["width"], "height": m["height"], "bytes": m["bytes"]})
     if uses_views(model, index):  # near groups also join pairs through edited views: say how alike they are so
         near = [i for i, r in enumerate(rows) if r["kind"] == "near" and not r["keep"]]
@@ -95,6 +98,14 @@ def plan(workdir: Workdir, run_dir: Path | None = None) -> pa.Table:
                                ViewCache(workdir.views_dir(collection["model_id"])))
         for i, sim in zip(near, seen):
             rows[i]["similarity_to_keeper"] = max(rows[i]["similarity_to_keeper"], float(sim))
+        # How well the pixels follow the keeper's (detail.correlation): the evidence for a member that the pixel
+        # check joined, whose code may be far less alike.
+        a = np.asarray([row_of[r["path"]] for r in rows], np.int64)
+        b = np.asarray([row_of[r["keeper"]] for r in rows], np.int64)
+        signatures = Signatures.of(index, Path(collection["image_root"]), np.unique(np.concatenate([a, b])),
+                                   ViewCache(workdir.views_dir(collection["model_id"])))
+        for r, corr in zip(rows, signatures.correlation(a, b) if len(rows) else []):
+            r["pixels_to_keeper"] = float(corr) if np.isfinite(corr) else None
     return pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
 
 
@@ -110,7 +121,9 @@ def write_plan(table: pa.Table, run_dir: Path) -> list[Path]:
     for r in table.to_pylist():
         g = groups.setdefault(r["group"], {"group": r["group"], "kind": r["kind"], "keep": r["keeper"], "others": []})
         if not r["keep"]:
-            g["others"].append({"path": r["path"], "similarity_to_keeper": round(r["similarity_to_keeper"], 6)})
+            g["others"].append({"path": r["path"], "similarity_to_keeper": round(r["similarity_to_keeper"], 6),
+                                "pixels_to_keeper": None if r["pixels_to_keeper"] is None
+                                else round(r["pixels_to_keeper"], 6)})
     out.append(write_json(list(groups.values()), run_dir / "duplicates-plan.json"))
     return out
 
