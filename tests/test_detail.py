@@ -65,7 +65,7 @@ def test_fine_detail_pairs_a_darker_copy_of_an_icon_among_look_alikes(tmp_path):
     dark.save(tmp_path / "darker.png")
     names.append("darker.png")
     index = _look_alike_index(tmp_path, names)
-    near = nearest_pairs(index)
+    near = nearest_pairs(index, index.nearest_of_all(len(names)))
     assert len(near[0]) == len(names) * (len(names) - 1) // 2  # every pair looked at: all alike to the code
     signatures = Signatures.of(index, tmp_path, np.arange(len(names)))
     a, b = fine_detail_pairs(index, near, signatures)

@@ -263,11 +263,11 @@ def test_a_picture_and_its_only_copy_pair_up_below_the_threshold(tmp_path):
     shas = paths[:-1] + ["p10"]
     index = flat_index(np.array(vectors), paths, shas)
     candidates = candidate_pairs(index)  # no model: nothing seen through views
-    a, b = only_copy_pairs(index, candidates)
+    a, b = only_copy_pairs(index, candidates, index.nearest_of_all(3))
     assert [(paths[i], paths[j]) for i, j in zip(a, b)] == [("p00", "p01")]
 
     candidates.seen[(candidates.a == 5) & (candidates.b == 6)] = 0.97  # as if a view showed p06 is p05 turned
-    a, b = only_copy_pairs(index, candidates)
+    a, b = only_copy_pairs(index, candidates, index.nearest_of_all(3))
     assert [(paths[i], paths[j]) for i, j in zip(a, b)] == [("p00", "p01"), ("p05", "p06")]
 
 

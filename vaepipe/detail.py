@@ -122,22 +122,17 @@ def collection_signatures(index: SearchIndex, image_root: Path, rows: np.ndarray
     return have, np.stack([found[shas[r]] for r in have])
 
 
-def nearest_pairs(index: SearchIndex) -> tuple[np.ndarray, np.ndarray]:
-    """Index rows (a, b), a < b, of each image and its NEIGHBOURS nearest as stored at least CANDIDATE_SIMILARITY
-    alike, of other content: n * NEIGHBOURS pairs at most, however alike the folder's pictures are."""
-    n = index.meta["n"]
+def nearest_pairs(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Index rows (a, b), a < b, of each image and its NEIGHBOURS nearest as stored (`nearest`:
+    SearchIndex.nearest_of_all with at least NEIGHBOURS + 1 columns) at least CANDIDATE_SIMILARITY alike, of other
+    content: n * NEIGHBOURS pairs at most, however alike the folder's pictures are."""
     shas = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
-    a_rows, b_rows = [], []
-    for start in range(0, n, 4096):
-        rows = np.arange(start, min(n, start + 4096))
-        found, _, sim = index.search(index.stored(rows), NEIGHBOURS + 1, prepared=True)
-        q = np.repeat(rows, found.shape[1]).reshape(found.shape)
-        keep = (found >= 0) & (found != q) & (sim >= CANDIDATE_SIMILARITY)
-        q, found = q[keep], found[keep]
-        keep = shas[q] != shas[found]
-        a_rows.append(np.minimum(q, found)[keep])
-        b_rows.append(np.maximum(q, found)[keep])
-    pairs = np.unique(np.stack([np.concatenate(a_rows), np.concatenate(b_rows)], 1), axis=0).reshape(-1, 2)
+    found, sim = nearest[0][:, :NEIGHBOURS + 1], nearest[1][:, :NEIGHBOURS + 1]
+    q = np.repeat(np.arange(len(found)), found.shape[1]).reshape(found.shape)
+    keep = (found >= 0) & (found != q) & (sim >= CANDIDATE_SIMILARITY)
+    q, found = q[keep], found[keep]
+    keep = shas[q] != shas[found]
+    pairs = np.unique(np.stack([np.minimum(q, found)[keep], np.maximum(q, found)[keep]], 1), axis=0).reshape(-1, 2)
     return pairs[:, 0], pairs[:, 1]
 
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from vaepipe.config import IngestConfig
-from vaepipe.detail import FINE_LEAST, FINE_MARGIN, Signatures, nearest_pairs
+from vaepipe.detail import FINE_LEAST, FINE_MARGIN, NEIGHBOURS, Signatures, nearest_pairs
 from vaepipe.images import flatten, open_image, to_array, to_float
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
@@ -181,22 +181,20 @@ def ratio_test(n: int, a: np.ndarray, b: np.ndarray, alike: np.ndarray, least: f
     return i[keep], partner[keep]
 
 
-def only_copy_pairs(index: SearchIndex, candidates: CandidatePairs, least: float = ONLY_COPY_SIMILARITY,
-                    margin: float = MARGIN) -> tuple[np.ndarray, np.ndarray]:
+def only_copy_pairs(index: SearchIndex, candidates: CandidatePairs, nearest: tuple[np.ndarray, np.ndarray],
+                    least: float = ONLY_COPY_SIMILARITY, margin: float = MARGIN) -> tuple[np.ndarray, np.ndarray]:
     """Index rows (a, b), a < b, of candidate pairs that pass the ratio test (`ratio_test`) on how alike they are:
-    the better of as stored and through edited views; the next nearest as stored counts too. Not one similarity for
+    the better of as stored and through edited views; the next nearest as stored (from `nearest`:
+    SearchIndex.nearest_of_all, at least 3 columns) counts too. Not one similarity for
     every collection: a copy saved as a small JPEG, turned, or with a caption over it, often lands below the
     threshold but still far nearer its original than any other picture (BENCHMARKS.md, "Duplicate groups")."""
     n = index.meta["n"]
     if n < 3 or not len(candidates.a):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     # The next nearest as stored: a look-alike below CANDIDATE_SIMILARITY is not among the candidates.
-    second = np.full(n, -np.inf)
-    for start in range(0, n, 4096):
-        rows = np.arange(start, min(n, start + 4096))
-        found, _, sim = index.search(index.stored(rows), 3, prepared=True)
-        others = np.where(found != rows[:, None], sim, -np.inf)  # itself is among its 3 nearest (or an identical file)
-        second[rows] = np.sort(others, axis=1)[:, -2]
+    found, sim = nearest[0][:, :3], nearest[1][:, :3]
+    others = np.where(found != np.arange(n)[:, None], sim, -np.inf)  # itself is among its 3 nearest (or an identical file)
+    second = np.sort(others, axis=1)[:, -2]
     return ratio_test(n, candidates.a, candidates.b, np.maximum(candidates.stored, candidates.seen), least, margin,
                       second)
 
@@ -233,10 +231,10 @@ def view_checked_pairs(index: SearchIndex, candidates: CandidatePairs, threshold
 
 
 def _checked_in_pixels(index: SearchIndex, image_root: Path, pairs: list[tuple[np.ndarray, np.ndarray]],
-                       cache: ViewCache | None) -> tuple[np.ndarray, np.ndarray]:
+                       nearest: tuple[np.ndarray, np.ndarray], cache: ViewCache | None) -> tuple[np.ndarray, np.ndarray]:
     """The pairs the code joined and those fine_detail_pairs joins, less pairs of near-plain look-alikes
     (detail.Signatures.plain_look_alikes)."""
-    near = nearest_pairs(index)
+    near = nearest_pairs(index, nearest)
     rows = np.unique(np.concatenate([r for p in [*pairs, near] for r in p]))
     signatures = Signatures.of(index, image_root, rows, cache)
     pairs = [*pairs, fine_detail_pairs(index, near, signatures)]
@@ -282,8 +280,9 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
     if image_root is not None and model is not None and uses_views(model, index):
         candidates = candidate_pairs(index, model, image_root, cache)
         pairs.append(view_checked_pairs(index, candidates, threshold))
-        pairs.append(only_copy_pairs(index, candidates))
-        pairs = [_checked_in_pixels(index, image_root, pairs, cache)]
+        nearest = index.nearest_of_all(NEIGHBOURS + 1)  # one search serves both ratio tests
+        pairs.append(only_copy_pairs(index, candidates, nearest))
+        pairs = [_checked_in_pixels(index, image_root, pairs, nearest, cache)]
     a_rows, b_rows = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
     for a, b in zip(a_rows, b_rows):
         parent[find(shas[a])] = find(shas[b])

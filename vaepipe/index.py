@@ -465,6 +465,16 @@ class SearchIndex:
         flags = self.ids["greyscale"].to_numpy(zero_copy_only=False)
         return Embedded(self.index.reconstruct_batch(rows), self.grey.reconstruct_batch(rows), flags[rows])
 
+    def nearest_of_all(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every row's k nearest as stored (itself, or a file of the same content, among them): rows (n, k), -1
+        where fewer were found, and their similarity (n, k)."""
+        n = self.meta["n"]
+        found, sim = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
+        for start in range(0, n, 4096):
+            rows = np.arange(start, min(n, start + 4096))
+            found[rows], _, sim[rows] = self.search(self.stored(rows), k, prepared=True)
+        return found, sim
+
     def pair_similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Pairs of index rows (a[i], b[i]) -> the inner product of their stored vectors (cosine for the cosine
         metric), in the grey renderings' space where either image is greyscale, as duplicate pairs are compared."""
