@@ -3,6 +3,7 @@
 import os
 import random
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from helpers import write_fmnist, write_mixed
@@ -70,6 +71,33 @@ def test_rerun_reads_only_changed_files(tmp_path):
     assert second.n_reused == first.n_ok - 2  # all ok files but the changed and the deleted one
     rows = {r["path"]: r for r in pq.read_table(m).to_pylist()}
     assert rows["grey.png"]["sha256"] == sha256_file(files["png_rgb"]) and rows["grey.png"]["mode"] == "RGB"
+
+
+def test_mtime_is_a_timestamp_and_manifests_with_float_seconds_are_upgraded_without_reading_files_again(tmp_path):
+    files = write_mixed(tmp_path / "imgs")
+    m = tmp_path / "manifest.parquet"
+    first = ingest(tmp_path / "imgs", m, IngestConfig(workers=1))
+    frame = pq.read_table(m).to_pandas()
+    assert str(frame["mtime"].dtype) == "datetime64[ns, UTC]"
+    stamp = frame.set_index("path")["mtime"]
+    assert all(stamp[p.relative_to(tmp_path / "imgs").as_posix()].value == p.stat().st_mtime_ns for p in files.values())
+
+    # The manifest as versions before this one wrote it: mtime in float seconds from os.stat, the same metadata.
+    table = pq.read_table(m)
+    seconds = pa.array([None if r["mtime"] is None else os.stat(tmp_path / "imgs" / r["path"]).st_mtime
+                        for r in table.to_pylist()], pa.float64())
+    old = table.set_column(table.schema.get_field_index("mtime"), "mtime", seconds)
+    pq.write_table(old.replace_schema_metadata(table.schema.metadata), m)
+    assert read_ok(m).schema.equals(MANIFEST_SCHEMA) and read_ok(m).num_rows == first.n_ok  # read as it is
+
+    os.utime(files["grey"], (1, 1))  # a file touched since is still read again
+    second = ingest(tmp_path / "imgs", m, IngestConfig(workers=1))
+    assert second.n_reused == first.n_ok - 1 and second.n_files == first.n_files
+    upgraded = pq.read_table(m)
+    assert upgraded.schema.equals(MANIFEST_SCHEMA)
+    for r in upgraded.to_pylist():
+        if r["status"] == "ok":  # the timestamp converts back to the float that was kept
+            assert r["mtime"].value / 1_000_000_000 == os.stat(tmp_path / "imgs" / r["path"]).st_mtime, r["path"]
 
 
 def test_a_rerun_with_other_rules_for_usable_files_gives_what_a_rebuild_gives(tmp_path):

@@ -32,7 +32,8 @@ from vaepipe.errors import ImageError
 from vaepipe.images import IMAGE_SUFFIXES, inspect_image
 from vaepipe.progress import Progress
 from vaepipe.errors import VaepipeError
-from vaepipe.store import (MANIFEST_SCHEMA, atomic_path, checked_row_groups, name_of, next_number, sha256_and_bytes, write_parquet)
+from vaepipe.store import (MANIFEST_SCHEMA, atomic_path, checked_row_groups, name_of, next_number, read_manifest,
+                           sha256_and_bytes, upgrade_manifest, write_parquet)
 
 log = logging.getLogger("vaepipe")
 
@@ -151,7 +152,7 @@ def inspect_file(root: Path, path: str, config: IngestConfig) -> dict:
             if not config.follow_symlinks_outside and not target.is_relative_to(Path(root).resolve()):
                 raise ImageError("symlink outside the collection root: not followed (see follow_symlinks_outside)")
             st = os.stat(path)
-        row["bytes"], row["mtime"] = st.st_size, st.st_mtime
+        row["bytes"], row["mtime"] = st.st_size, st.st_mtime_ns
         suffix = os.path.splitext(name)[1]
         if suffix.lower() not in IMAGE_SUFFIXES:  # a file of another kind beside the images: skipped, not failed
             row["status"] = "skipped"
@@ -334,6 +335,7 @@ def _dataset(paths: list[Path]) -> ds.Dataset | None:
     for path in paths:
         if not path.exists():
             continue
+        upgrade_manifest(path)
         try:
             for _ in checked_row_groups(path, MANIFEST_SCHEMA):  # a damaged page shows now, not halfway through
                 pass
@@ -351,7 +353,7 @@ class _Known:
         self.row = {path: i for i, path in enumerate(table["path"].to_pylist())}
         self.ok = pc.equal(table["status"], "ok").to_numpy(zero_copy_only=False)
         self.bytes = table["bytes"].to_numpy(zero_copy_only=False)
-        self.mtime = table["mtime"].to_numpy(zero_copy_only=False)
+        self.mtime_ns = pc.fill_null(table["mtime"].cast(pa.int64()), 0).to_numpy()  # null: a file that failed
 
     def unchanged_row(self, name: str, path: str) -> int | None:
         """The row to reuse for this file: it was usable and has the same size and mtime now."""
@@ -362,7 +364,12 @@ class _Known:
             st = os.stat(path)
         except OSError:
             return None
-        return i if st.st_size == self.bytes[i] and st.st_mtime == self.mtime[i] else None
+        if st.st_size != self.bytes[i]:
+            return None
+        # The float comparison is the one made before mtime was kept in nanoseconds: rows of an upgraded manifest
+        # hold the float's value, so their files are not all read again once.
+        was = int(self.mtime_ns[i])
+        return i if st.st_mtime_ns == was or st.st_mtime == was / 1_000_000_000 else None
 
 
 def _in_order(reused: pa.Table, new_rows: list[dict], names: list[str]) -> pa.Table:
@@ -395,5 +402,5 @@ def _changes(before: pa.Table, after: pa.Table) -> Counter:
 
 def read_ok(manifest_path: Path) -> pa.Table:
     """The usable rows of a manifest, in manifest order."""
-    table = pq.read_table(manifest_path, schema=MANIFEST_SCHEMA)
+    table = read_manifest(manifest_path)
     return table.filter(pc.equal(table["status"], "ok"))

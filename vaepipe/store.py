@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -34,7 +35,7 @@ MANIFEST_SCHEMA = pa.schema(
     [
         ("path", pa.string()),  # relative to the collection root, '/'-separated
         ("bytes", pa.int64()),
-        ("mtime", pa.float64()),
+        ("mtime", pa.timestamp("ns", tz="UTC")),  # os.stat's st_mtime_ns: a timestamp to pandas and DuckDB
         ("sha256", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
@@ -43,6 +44,44 @@ MANIFEST_SCHEMA = pa.schema(
         ("error", pa.string()),
     ]
 )
+
+# Manifests written before mtime was a timestamp held os.stat's st_mtime, float seconds.
+_FLOAT_MTIME_SCHEMA = MANIFEST_SCHEMA.set(MANIFEST_SCHEMA.get_field_index("mtime"), pa.field("mtime", pa.float64()))
+
+
+def _timestamped(rows: pa.Table) -> pa.Table:
+    """Manifest rows with float-seconds mtimes, with the nanosecond timestamp that converts back to the same float
+    (whole seconds and their fraction apart: the fraction times 1e9 is exact in a double)."""
+    seconds = rows["mtime"].to_numpy(zero_copy_only=False)
+    missing = np.isnan(seconds)
+    seconds = np.where(missing, 0.0, seconds)
+    whole = np.floor(seconds)
+    ns = whole.astype(np.int64) * 1_000_000_000 + np.rint((seconds - whole) * 1e9).astype(np.int64)
+    mtime = pa.array(ns, type=MANIFEST_SCHEMA.field("mtime").type, mask=missing)
+    return rows.set_column(rows.schema.get_field_index("mtime"), MANIFEST_SCHEMA.field("mtime"), mtime)
+
+
+def upgrade_manifest(path: Path) -> None:
+    """Rewrite, once, a manifest written before mtime was a timestamp, with the timestamp; any other file is left
+    as it is for its reader's own checks."""
+    try:
+        found = pq.read_schema(path)
+        if not found.equals(_FLOAT_MTIME_SCHEMA):
+            return
+        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, MANIFEST_SCHEMA.with_metadata(found.metadata)) as writer:
+            for rows in row_groups(path):
+                writer.write_table(_timestamped(rows))
+        log.info("%s: mtime rewritten as a timestamp (was float seconds)", path)
+    except (OSError, pa.ArrowException) as e:  # damaged: its reader says so and reads the files again
+        log.debug("%s: not upgraded (%s)", path, e)
+
+
+def read_manifest(path: Path) -> pa.Table:
+    """A whole manifest with MANIFEST_SCHEMA, one written before mtime was a timestamp included."""
+    if pq.read_schema(path).equals(_FLOAT_MTIME_SCHEMA):
+        return _timestamped(pq.read_table(path))
+    return pq.read_table(path, schema=MANIFEST_SCHEMA)
+
 
 NEIGHBOURS_SCHEMA = pa.schema(
     [
