@@ -1,6 +1,7 @@
 """Acting on duplicate groups as a user would, from the command line: the keeper plan, a dry run that changes
 nothing, a real move, links, a changed file that is refused, and an undo that restores the folder byte for byte."""
 
+import errno
 import json
 import os
 import shutil
@@ -12,6 +13,8 @@ from PIL import Image
 
 from helpers import write_fmnist
 from test_cli import vaepipe
+from vaepipe.cleanup import act, latest_run_with_duplicates, plan, undo
+from vaepipe.store import Workdir
 
 pytestmark = pytest.mark.integration  # subprocesses, servers and clusters: minutes (make test-fast skips)
 
@@ -103,6 +106,35 @@ def test_links_replace_the_others_and_undo_restores_them(folder_with_copies):
     log = next(line.split("--undo ", 1)[1].strip() for line in proc.stdout.splitlines() if "--undo " in line)
     vaepipe("duplicates", wd, "--undo", log)
     assert _snapshot(images) == before
+
+
+def test_a_link_that_cannot_be_made_and_an_action_killed_halfway_are_undone(folder_with_copies, monkeypatch):
+    images, wd, _ = folder_with_copies
+    before = _snapshot(images)
+    workdir = Workdir(wd)
+    table = plan(workdir, latest_run_with_duplicates(workdir))
+    made, calls, real_link = [], [], os.link
+
+    def link(keeper, path):  # the second link fails as one across file systems does
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        real_link(keeper, path)
+        made.append(Path(path))
+
+    monkeypatch.setattr(os, "link", link)
+    result = act(workdir, table, "hardlink", apply=True)
+    monkeypatch.undo()
+    failed = [(p, why) for p, why in result.refused if why.startswith("cannot make the hardlink")]
+    assert len(failed) == 1 and (images / failed[0][0]).read_bytes() == before[failed[0][0]]  # back in its place
+    assert len(made) >= 2 and len(result.done) == len(made)
+    made[0].unlink()  # as a kill between moving the file away and linking it would leave it
+    logged = [json.loads(line)["path"] for line in result.log.read_text().splitlines()]
+    assert str(images / failed[0][0]) in logged  # logged before it was touched
+
+    restored = undo(result.log)
+    assert _snapshot(images) == before and not restored.refused  # byte for byte, the failed one left as it was
+    assert len(restored.done) == len(made)
 
 
 def test_apply_without_an_action_and_a_missing_undo_log_exit_2(tmp_path):

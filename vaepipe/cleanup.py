@@ -166,16 +166,22 @@ def act(workdir: Workdir, table: pa.Table, action: str, quarantine: Path | None 
                 result.refused.append((r["path"], f"{dest} already exists"))
                 continue
             if apply:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(src, dest)
-                if action == "hardlink":
-                    os.link(keeper, src)
-                elif action == "symlink":
-                    os.symlink(os.path.relpath(keeper, src.parent), src)
+                # Logged before the file is touched: an action killed halfway is still in the log, for undo.
                 log_file.write(json.dumps({"action": action, "path": str(src), "moved_to": str(dest), "keeper": str(keeper),
                                            "sha256": r["sha256"]}) + "\n")
                 log_file.flush()
                 os.fsync(log_file.fileno())
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(src, dest)
+                try:
+                    if action == "hardlink":
+                        os.link(keeper, src)
+                    elif action == "symlink":
+                        os.symlink(os.path.relpath(keeper, src.parent), src)
+                except OSError as e:  # (a hard link across file systems, say): the file goes back where it was
+                    shutil.move(dest, src)
+                    result.refused.append((r["path"], f"cannot make the {action}: {e.strerror or e}"))
+                    continue
             result.done.append((r["path"], str(dest) if action == "move" else f"{action} to {r['keeper']}"))
     finally:
         if log_file is not None:
@@ -193,11 +199,12 @@ def undo(log_path: Path) -> ActionResult:
     for e in reversed(entries):
         src, moved = Path(e["path"]), Path(e["moved_to"])
         if not moved.exists():
+            if (src.exists() or src.is_symlink()) and not _is_link_to(src, e):
+                continue  # the action stopped, or failed, before it moved the file: it is where it was
             result.refused.append((str(src), f"{moved} is gone"))
             continue
-        if e["action"] != "move":
-            ours = src.is_symlink() if e["action"] == "symlink" else (src.exists() and os.path.samefile(src, e["keeper"]))
-            if not ours:
+        if e["action"] != "move" and (src.exists() or src.is_symlink()):  # absent: killed before the link was made
+            if not _is_link_to(src, e):
                 result.refused.append((str(src), "no longer the link the action made"))
                 continue
             src.unlink()
@@ -209,6 +216,13 @@ def undo(log_path: Path) -> ActionResult:
         result.done.append((str(src), "restored"))
     log.info("duplicates: undo put back %d files, %d left alone", len(result.done), len(result.refused))
     return result
+
+
+def _is_link_to(src: Path, entry: dict) -> bool:
+    """Whether src is the link that an action's log entry made to its keeper."""
+    if entry["action"] == "symlink":
+        return src.is_symlink()
+    return entry["action"] == "hardlink" and src.exists() and os.path.samefile(src, entry["keeper"])
 
 
 def _refusal(path: Path, sha256: str) -> str | None:
