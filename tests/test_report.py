@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 import shutil
@@ -185,7 +186,14 @@ def test_links_and_identical_files_are_marked_among_the_neighbours(tmp_path):
     result = query_all(wd, k=3)
     page = result.report.read_text()
     first = paths[0].relative_to(images).as_posix()
-    assert page.count("the same file (a link)") == 6  # each of the three with the other two
+    # Each of the three names the other two under it, and neither is shown as its neighbour.
+    listed = re.findall(r"the same file \(a link\) at: ([^<]*)</div>", page)
+    assert len(listed) == 3 and sorted(sorted(names.split(", ")) for names in listed) == sorted(
+        sorted({first, "symlink.png", "hardlink.png"} - {q}) for q in (first, "symlink.png", "hardlink.png"))
+    shown = [re.findall(r"<figcaption>([^<]*)</figcaption>", b) for b in page.split('<div class="query">')[1:]]
+    for names in shown:
+        if names[0] in {first, "symlink.png", "hardlink.png"}:
+            assert not {first, "symlink.png", "hardlink.png"} & set(names[1:])
     assert page.count("identical bytes") == 2  # the copy and its original, each the other's
     kinds = pq.read_table(result.duplicates).to_pandas().groupby("kind")["path"].apply(set).to_dict()
     assert kinds["links"] == {first, "symlink.png", "hardlink.png"} and kinds["exact"] == {paths[5].relative_to(images).as_posix(), "copy.png"}

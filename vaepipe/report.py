@@ -246,15 +246,20 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
                 + [(m["sha256"], image_src(m["path"])) for m in _shown_members(groups)])
 
     def block(qpath: str, qsha: str, rows: list[dict]) -> str:
-        figs = [_figure(thumbs.link(qsha, query_src(qpath)), qpath)]
+        # The very file at other paths (hard or symbolic links) is named under the query, not shown as neighbours:
+        # a file with ten links would otherwise fill the row with itself.
+        links = [r["neighbour_path"] for r in rows
+                 if r["neighbour_sha256"] == qsha and _same_file(query_src(qpath), image_src(r["neighbour_path"]))]
+        note = (f'<div class="same">the same file (a link) at: {html.escape(", ".join(links))}</div>' if links else "")
+        figs = [_figure(thumbs.link(qsha, query_src(qpath)), qpath, note)]
         same = grouped.get(qpath)
         for r in rows:
+            if r["neighbour_path"] in links:
+                continue
             note = ('<div class="same">same duplicate group</div>'
                     if same is not None and grouped.get(r["neighbour_path"]) == same else "")
-            if r["neighbour_sha256"] == qsha:  # identical bytes: another copy, or the very file through a link
-                note = ('<div class="same">the same file (a link)</div>'
-                        if _same_file(query_src(qpath), image_src(r["neighbour_path"]))
-                        else '<div class="same">identical bytes</div>')
+            if r["neighbour_sha256"] == qsha:  # identical bytes at another path: a copy
+                note = '<div class="same">identical bytes</div>'
             figs.append(_figure(thumbs.link(r["neighbour_sha256"], image_src(r["neighbour_path"])), r["neighbour_path"],
                                 f'<div class="sim">#{r["rank"]} sim {r["similarity"]:.4f}</div>{note}'))
         return f'<div class="query"><div class="q">{figs[0]}</div>{"".join(figs[1:])}</div>'
