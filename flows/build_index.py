@@ -100,7 +100,7 @@ def on_loopback(url: str) -> bool:
 @flow(name="build-index")
 def build_index(images: str, workdir: str, model: str | None = None, retrain: bool = False,
                 config: BuildConfig | None = None, dask_address: str | None = None, dask_workers: int = 0,
-                replace: bool = False) -> dict:
+                replace: bool = False, exclude: list[str] | None = None) -> dict:
     """Index the image folder `images` into `workdir` (vaepipe.build.build, each stage a task).
 
     Args:
@@ -115,11 +115,14 @@ def build_index(images: str, workdir: str, model: str | None = None, retrain: bo
         dask_workers: Embed the shards on a local Dask cluster of this many worker processes (0: no Dask).
         replace: Index images into a workdir that holds another folder's collection (refused otherwise); the
             other folder's model is not reused.
+        exclude: Globs of paths relative to images to leave out, as if they were not there ("*.json",
+            "thumbnails/*"; '*' also matches '/'); added to config's.
     """
     stages = Stages(ingest=ingest_task, adopt=adopt_task, train=train_task, plan=plan_task,
                     embed_shards=shard_runner(dask_address, dask_workers), index=index_task)
     with progress_artifact("build-index-progress", "build-index"):
-        result = build(Path(images), Workdir(Path(workdir)), config or BuildConfig(), Path(model) if model else None,
+        result = build(Path(images), Workdir(Path(workdir)), (config or BuildConfig()).excluding(exclude or []),
+                       Path(model) if model else None,
                        retrain, replace, stages)
     summary = result.summary()
     summary_artifact("build-index-summary", "vaepipe build-index", summary)

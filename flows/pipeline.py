@@ -17,7 +17,7 @@ from vaepipe.pipeline import pipeline_summary
 @flow(name="pipeline")
 def pipeline(images: str, workdir: str, model: str | None = None, retrain: bool = False, k: int = 10,
              n_samples: int = 64, config: BuildConfig | None = None, dask_address: str | None = None,
-             dask_workers: int = 0, replace: bool = False) -> dict:
+             dask_workers: int = 0, replace: bool = False, exclude: list[str] | None = None) -> dict:
     """build-index, then bulk-query of every image against the rest (with duplicate groups), then generate-samples.
 
     Args:
@@ -31,9 +31,10 @@ def pipeline(images: str, workdir: str, model: str | None = None, retrain: bool 
         dask_address: Embed the shards on this running Dask cluster (tcp://host:8786).
         dask_workers: Embed the shards on a local Dask cluster of this many worker processes (0: no Dask).
         replace: Index images into a workdir that holds another folder's collection (refused otherwise).
+        exclude: Globs of paths relative to images to leave out ("*.json", "thumbnails/*"; '*' also matches '/').
     """
     built = build_index(images, workdir, model=model, retrain=retrain, config=config, dask_address=dask_address,
-                        dask_workers=dask_workers, replace=replace)
+                        dask_workers=dask_workers, replace=replace, exclude=exclude)
     queried = bulk_query(workdir, all_images=True, k=k)
     sampled = generate_samples(workdir, n=n_samples)
     summary = pipeline_summary(built, queried, sampled)

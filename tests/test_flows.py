@@ -113,6 +113,9 @@ def test_reindex_reuses_the_model_and_an_adopted_checkpoint_skips_training(pipel
         build_index(str(other), str(tmp_path / "wd2"), model=str(checkpoint), config=CONFIG)
     assert not (tmp_path / "wd2" / "collection.json").exists()
     rgb = BuildConfig(ingest=CONFIG.ingest, train=replace(FAST_TRAIN, channels=3), embed=CONFIG.embed)
-    adopted = build_index(str(other), str(tmp_path / "wd2"), model=str(checkpoint), config=rgb)
+    left_out = sorted(p.relative_to(other).as_posix() for p in (other / "trouser").rglob("*.png"))
+    adopted = build_index(str(other), str(tmp_path / "wd2"), model=str(checkpoint), config=rgb, exclude=["trouser/*"])
     assert adopted["model"] == "adopted checkpoint" and adopted["model id"] == first["model id"]
-    assert adopted["epochs"] == 0 and adopted["indexed vectors"] == 400
+    assert left_out and adopted["epochs"] == 0 and adopted["indexed vectors"] == 400 - len(left_out)
+    paths = pq.read_table(tmp_path / "wd2" / "manifest.parquet")["path"].to_pylist()
+    assert not set(left_out) & set(paths) and len(paths) == 400 - len(left_out)

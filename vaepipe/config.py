@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 
@@ -148,6 +149,10 @@ class BuildConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+
+    def excluding(self, globs: Sequence[str]) -> BuildConfig:
+        """This config with more paths left out (IngestConfig.exclude): a flow's `exclude` parameter."""
+        return replace(self, ingest=replace(self.ingest, exclude=self.ingest.exclude + tuple(globs)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
