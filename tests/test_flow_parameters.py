@@ -31,3 +31,10 @@ def test_every_deployment_runs_a_flow_with_described_parameters():
     yaml = (Path(__file__).resolve().parents[1] / "deployments" / "prefect.yaml").read_text()
     entrypoints = re.findall(r"entrypoint:\s*flows/\w+\.py:(\w+)", yaml)
     assert entrypoints and set(entrypoints) <= set(FLOWS), entrypoints
+
+
+def test_the_deployments_name_the_prefect_they_run_on():
+    import prefect
+
+    yaml = (Path(__file__).resolve().parents[1] / "deployments" / "prefect.yaml").read_text()
+    assert re.search(r"^prefect-version:\s*(\S+)", yaml, re.M).group(1) == prefect.__version__

@@ -49,6 +49,24 @@ def test_a_workdir_inside_the_image_folder_is_not_indexed(tmp_path, caplog):
     assert "lies inside the image folder" in caplog.text
 
 
+def test_files_plainly_not_images_by_name_are_skipped_not_failed(tmp_path):
+    files = write_mixed(tmp_path / "imgs")
+    (tmp_path / "imgs" / "index.theme.json").write_text("{}")
+    (tmp_path / "imgs" / "app.desktop").write_text("[Desktop Entry]\n")
+    (tmp_path / "imgs" / "README").write_text("icons")
+    (tmp_path / "imgs" / "photo.txt").write_bytes(files["jpeg"].read_bytes())  # an image, by its name not one
+    result = ingest(tmp_path / "imgs", tmp_path / "m.parquet", IngestConfig(workers=1))
+    rows = {r["path"]: r for r in pq.read_table(tmp_path / "m.parquet").to_pylist()}
+    skipped = {p: r["error"] for p, r in rows.items() if r["status"] == "skipped"}
+    assert skipped == {"index.theme.json": "not an image: file type .json is not read",
+                       "app.desktop": "not an image: file type .desktop is not read",
+                       "README": "not an image: file type (no suffix) is not read",
+                       "photo.txt": "not an image: file type .txt is not read"}
+    # the three bad files with image names stay failures
+    assert result.n_skipped == 4 and result.n_error == 3 and all(r["status"] == "error" for p, r in rows.items()
+                                                                  if p.startswith("bad/"))
+
+
 def test_excluded_files_are_not_read(tmp_path):
     files = write_mixed(tmp_path / "imgs")
     (tmp_path / "imgs" / "meta.json").write_text("{}")

@@ -13,7 +13,7 @@ from PIL import Image
 from helpers import SERIAL
 from vaepipe.build import build
 from vaepipe.config import BuildConfig, IngestConfig, TrainConfig
-from vaepipe.images import SVG_SIDE, ImageSpec, load_array, render_svg
+from vaepipe.images import SVG_SIDE, ImageSpec, inspect_image, load_array, open_image, render_svg
 from vaepipe.query import search_files
 from vaepipe.report import Thumbs
 from vaepipe.store import Workdir
@@ -104,3 +104,12 @@ def test_a_drawing_is_bounded_whatever_size_it_declares(tmp_path):
     link = Thumbs(tmp_path / "thumbs").link("x", TANGO / "scalable" / "apps" / "utilities-terminal.svg")
     with Image.open(tmp_path / link) as thumb:  # transparent around the drawing, as the icon is
         assert thumb.mode == "RGBA" and thumb.getpixel((0, 0))[3] == 0 and max(thumb.size) == 96
+
+
+def test_a_drawing_is_drawn_at_the_size_the_model_needs_and_its_manifest_size_is_the_drawing_s():
+    svg = TANGO / "scalable" / "apps" / "utilities-terminal.svg"
+    for draft, side in ((None, SVG_SIDE), (64, 128), (32, 64), (4, 16)):  # twice the fitted side, at most SVG_SIDE
+        img = open_image(svg, 64_000_000, draft_size=draft)
+        assert max(img.size) == side, (draft, img.size)
+    # What ingest records does not depend on the size drawn at: the drawing's size at SVG_SIDE.
+    assert inspect_image(svg, 64_000_000)[:2] == render_svg(svg).size
