@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from PIL import Image, ImageEnhance
 
 from helpers import flat_index
 from vaepipe.detail import FLAT_STD, PLAIN_STD, Signatures, correlation, nearest_pairs
-from vaepipe.duplicates import fine_detail_pairs
+from vaepipe.duplicates import fine_detail_pairs, ratio_test
 from vaepipe.images import load_signatures
 from vaepipe.store import sha256_file
 from vaepipe.views import ViewCache
@@ -129,3 +130,14 @@ def test_signatures_come_from_the_cache_by_content_and_a_changed_file_is_not_com
     assert np.isneginf(changed.correlation(np.array([0]), np.array([1])))[0]
     np.testing.assert_array_equal(changed.sig, first.sig[1:])
 
+
+def test_the_ratio_test_pairs_only_clear_mutual_bests_and_takes_images_with_nothing_to_compare_quietly():
+    """Six images: 0-1 each other's best by far; 2-3 each other's best but 4 is nearly as alike to 3; 4's other pairs
+    cannot be compared (-inf, as pixels are for a file changed since indexing); 5 has no pair at all."""
+    a = np.array([0, 0, 2, 3, 1, 2])
+    b = np.array([1, 2, 3, 4, 4, 4])
+    alike = np.array([0.95, 0.3, 0.93, 0.9, -np.inf, -np.inf], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy warning reaches the user's log
+        rows_a, rows_b = ratio_test(6, a, b, alike, least=0.7, margin=0.2)
+    assert list(zip(rows_a.tolist(), rows_b.tolist())) == [(0, 1)]

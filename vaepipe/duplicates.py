@@ -175,7 +175,8 @@ def ratio_test(n: int, a: np.ndarray, b: np.ndarray, alike: np.ndarray, least: f
     after = after[me[after] == me[after - 1]]
     nearest_other[me[after]] = np.maximum(nearest_other[me[after]], value[after])
     i = np.arange(n)
-    clear = (best >= least) & (best - nearest_other >= margin) & (partner >= 0)
+    with np.errstate(invalid="ignore"):  # -inf less -inf (an image with nothing to compare) is nan: not clear
+        clear = (best >= least) & (best - nearest_other >= margin) & (partner >= 0)
     p = np.maximum(partner, 0)
     keep = clear & (i < partner) & (partner[p] == i) & clear[p]
     return i[keep], partner[keep]
