@@ -12,7 +12,7 @@ from PIL import Image, ImageEnhance
 from helpers import flat_index
 from vaepipe.detail import FLAT_STD, PLAIN_STD, Signatures, correlation, nearest_pairs
 from vaepipe.duplicates import fine_detail_pairs, ratio_test
-from vaepipe.images import load_signatures
+from vaepipe.images import SIGNATURE_BACKGROUNDS, ImageSpec, load_signatures, open_image, plain_mode, to_array
 from vaepipe.store import sha256_file
 from vaepipe.views import ViewCache
 
@@ -141,3 +141,22 @@ def test_the_ratio_test_pairs_only_clear_mutual_bests_and_takes_images_with_noth
         warnings.simplefilter("error")  # no numpy warning reaches the user's log
         rows_a, rows_b = ratio_test(6, a, b, alike, least=0.7, margin=0.2)
     assert list(zip(rows_a.tolist(), rows_b.tolist())) == [(0, 1)]
+
+
+def test_a_signature_is_each_background_s_fit_and_one_fit_serves_an_opaque_photo(tmp_path):
+    """Each plane of a signature is the model's input fitted on that background, greyed and averaged to 32 px: a
+    photograph's planes are one fit (the background cannot show), an icon saved on a white field is read with its
+    field as transparency, so its planes differ where the field was."""
+    img = Image.open(TANGO[0]).convert("RGBA")
+    on_white = Image.new("RGB", img.size, (255, 255, 255))
+    on_white.paste(img, mask=img.getchannel("A"))
+    on_white.save(tmp_path / "icon.jpg", quality=95)
+    files = [MATE / "nature" / "Blinds.jpg", tmp_path / "icon.jpg"]
+    sigs, errors = load_signatures(files)
+    assert errors == ["", ""]
+    for sig, path in zip(sigs, files):
+        source = plain_mode(open_image(path, 64_000_000, draft_size=80, shorter=True))
+        for plane, background in zip(sig, SIGNATURE_BACKGROUNDS):
+            fitted = to_array(source, ImageSpec(64, 1, background, "trim"))[0].astype(np.float32)
+            assert np.array_equal(plane, fitted.reshape(32, 2, 32, 2).mean((1, 3)))
+    assert np.array_equal(sigs[0, 0], sigs[0, 1]) and np.abs(sigs[1, 0] - sigs[1, 1]).max() > 100

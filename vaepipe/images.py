@@ -491,6 +491,15 @@ SIGNATURE_BACKGROUNDS = (0, 255)
 SIGNATURE_SHAPE = (len(SIGNATURE_BACKGROUNDS), SIGNATURE_SIDE, SIGNATURE_SIDE)
 
 
+def _fitted_alike_on_any_background(img: Image.Image) -> bool:
+    """An opaque picture on no field of one colour (most photographs): to_array makes the same square of it
+    whatever the background grey, so one fit serves every signature background."""
+    if img.mode not in ("L", "RGB"):
+        return False
+    _, colour, content, _ = _analysed(img, SIGNATURE_BACKGROUNDS[0])  # an opaque image's analysis ignores the grey
+    return not any(_on_a_field(colour, content, background) for background in SIGNATURE_BACKGROUNDS)
+
+
 def load_signatures(paths: Sequence[str | Path], max_pixels: int = 64_000_000) -> tuple[np.ndarray, list[str]]:
     """Each image as the model sees it (trimmed to its content), greyed, (n, *SIGNATURE_SHAPE) float32
     grey levels, and an error per image ('' if it loaded; a failed image's signature is zeros)."""
@@ -500,10 +509,12 @@ def load_signatures(paths: Sequence[str | Path], max_pixels: int = 64_000_000) -
         try:
             spec = ImageSpec(2 * SIGNATURE_SIDE, 1, 0, "trim")
             img = plain_mode(_open_for(path, spec, max_pixels))
-            for k, background in enumerate(SIGNATURE_BACKGROUNDS):
+            backgrounds = SIGNATURE_BACKGROUNDS[:1] if _fitted_alike_on_any_background(img) else SIGNATURE_BACKGROUNDS
+            for k, background in enumerate(backgrounds):
                 # Fitted at twice the side and averaged down: the fitting's own resize aliases at 32 px.
                 grey = to_array(img, replace(spec, background=background))[0].astype(np.float32)
                 out[j, k] = grey.reshape(SIGNATURE_SIDE, 2, SIGNATURE_SIDE, 2).mean((1, 3))
+            out[j, len(backgrounds):] = out[j, 0]
         except Exception as e:  # one image's failure, whatever Pillow raised, is that image's error
             out[j] = 0
             errors[j] = str(e) or type(e).__name__
