@@ -1,6 +1,6 @@
-"""Print a Markdown table of benchmark runs saved in benchmarks/results/*.json (default: the tuning runs).
+"""Print a Markdown table of the Fashion-MNIST quality runs (benchmarks/quality.py) saved in benchmarks/results.
 
-    python benchmarks/tuning_table.py            # runs named tune-*
+    python benchmarks/tuning_table.py            # every quality run kept
     python benchmarks/tuning_table.py 'test-*'   # any glob over result names
 """
 
@@ -22,11 +22,12 @@ def _batch_norm(run: dict) -> str:
     return " BN" if used is True else f" BN {used}" if isinstance(used, str) else ""
 
 
-def main(pattern: str = "tune-*") -> None:
+def main(pattern: str = "*") -> None:
     print("| run | split | train imgs x epochs | recipe | VAE p@1 | VAE p@10 | VAE mAP@10 | raw p@10 | PCA p@10 "
           "| ELBO (lik.) | KL | active | train s | img/s |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{pattern}.json"))]
+    runs = [r for r in runs if "train_config" in r and "retrieval" in r]  # quality.py's records, not other benchmarks'
     for r in sorted(runs, key=lambda r: r["date"]):
         c, e, t = r["train_config"], r["elbo"], r["training"]
         vae, raw, pca = list(r["retrieval"].values())[:3]
