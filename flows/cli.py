@@ -80,6 +80,14 @@ NOT_ON_THE_CLI = {
 
 
 def _build_config(a: argparse.Namespace) -> BuildConfig:
+    """The flags as a config; a setting the config refuses is a VaepipeError (exit 2) naming it."""
+    try:
+        return _config_of(a)
+    except ValueError as e:
+        raise VaepipeError(str(e)) from None
+
+
+def _config_of(a: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
         ingest=replace(IngestConfig(), workers=a.workers, max_pixels=a.max_pixels, include_hidden=a.include_hidden,
                        follow_symlinks_outside=a.follow_symlinks_outside, exclude=tuple(a.exclude)),
@@ -256,10 +264,8 @@ def _dispatch(a: argparse.Namespace) -> dict:
         raise VaepipeError(f"-k must be at least 1, got {a.k}")
     if not 1 <= getattr(a, "n", 1) <= MAX_SAMPLES:
         raise VaepipeError(f"-n must be from 1 to {MAX_SAMPLES:,}, got {a.n}")
-    for flag in ("shard_size", "workers", "max_pixels", "seed"):
-        if getattr(a, flag, 1) < (0 if flag == "seed" else 1):
-            raise VaepipeError(f"--{flag.replace('_', '-')} must be at least {0 if flag == 'seed' else 1}, "
-                               f"got {getattr(a, flag)}")
+    if a.command == "sample" and a.seed < 0:  # index's and pipeline's flags are checked by their config
+        raise VaepipeError(f"--seed must be at least 0, got {a.seed}")
     if a.command in ("index", "pipeline"):
         images, workdir = a.images.resolve(), a.workdir.resolve()
         if images.is_relative_to(workdir):
@@ -267,10 +273,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
                                "outputs would be indexed; choose a workdir outside the image folder")
         Workdir(a.workdir).check_image_root(a.images, getattr(a, "replace", False))
     if a.command in ("index", "pipeline"):
-        try:
-            _build_config(a).train.validate()
-        except ValueError as e:
-            raise VaepipeError(str(e)) from None
+        _build_config(a)  # refused settings stop here, before anything is read or written
     if getattr(a, "threshold", None) is not None and not a.all:
         raise VaepipeError("--threshold is for duplicate groups, which only `query --all` makes")
     if getattr(a, "threshold", None) is not None:

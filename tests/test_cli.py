@@ -47,9 +47,9 @@ def test_help_reads_well():
     (["sample", ".", "-n", "0"], "-n must be from 1 to 4,096"),
     (["sample", ".", "-n", "10000000"], "-n must be from 1 to 4,096"),
     (["sample", ".", "--seed", "-1"], "--seed must be at least 0"),
-    (["index", ".", "--workdir", "/tmp/x", "--shard-size", "0"], "--shard-size must be at least 1"),
-    (["index", ".", "--workdir", "/tmp/x", "--workers", "0"], "--workers must be at least 1"),
-    (["index", ".", "--workdir", "/tmp/x", "--max-pixels", "-3"], "--max-pixels must be at least 1"),
+    (["index", ".", "--workdir", "/tmp/x", "--shard-size", "0"], "shard size (part rows) must be at least 1"),
+    (["index", ".", "--workdir", "/tmp/x", "--workers", "0"], "workers must be at least 1"),
+    (["index", ".", "--workdir", "/tmp/x", "--max-pixels", "-3"], "max pixels must be at least 1"),
     (["index", "tests", "--workdir", "."], "lies inside the workdir"),
     (["query", ".", "--all", "--threshold", "nan"], "threshold is a similarity from -1 to 1"),
     (["query", ".", "--all", "--threshold", "-5"], "threshold is a similarity from -1 to 1"),
@@ -59,6 +59,7 @@ def test_help_reads_well():
     (["index", ".", "--workdir", "/tmp/x", "--epochs", "0"], "epochs must be at least 1"),
     (["pipeline", ".", "--workdir", "/tmp/x", "--image-size", "30"], "image size must be a multiple of 4"),
     (["index", ".", "--workdir", "/tmp/x", "--latent-dim", "0"], "latent dimension must be from 1 to 1024"),
+    (["pipeline", ".", "--workdir", "/tmp/x", "--seed", "-2"], "seed must be at least 0"),
 ])
 def test_expected_errors_exit_2_without_traceback(args, message):
     proc = vaepipe(*args, check=False)
@@ -154,8 +155,8 @@ def test_every_config_field_has_a_flag_or_is_declared_off_the_cli():
             argv += [flag, "*.txt"]
         elif action.choices:
             argv += [flag, str(next(c for c in action.choices if c != action.default))]
-        else:
-            argv += [flag, str((action.default or 0) + 3)]
+        else:  # where default + 3 is a setting the config refuses, another value
+            argv += [flag, str({"image_size": 32, "background": 250}.get(action.dest, (action.default or 0) + 3))]
     built, default = _build_config(parser().parse_args(["index", *argv])), BuildConfig()
     fields = {f"{part.name}.{f.name}" for part in dataclasses.fields(BuildConfig)
               for f in dataclasses.fields(getattr(default, part.name))}

@@ -3,7 +3,8 @@ the field of its name, and every field is either a flag or listed here as delibe
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+import re
+from dataclasses import asdict, fields, replace
 
 import pytest
 
@@ -23,6 +24,7 @@ NOT_ON_THE_CLI = {
 RENAMED = {("embed", "part_rows"): "--shard-size", ("index", "kind"): "--index-kind"}
 # A value other than the default for each field that has a flag.
 OTHER = {int: 7, float: 0.25, bool: True, str: None}
+VALID_OTHER = {("train", "image_size"): 32}  # where the config refuses 7
 
 
 def _args(*flags: str):
@@ -55,8 +57,32 @@ def test_every_config_field_has_its_flag_or_is_listed_as_left_off(section, cls):
         else:
             choices = next(a.choices for a in parser()._subparsers._group_actions[0].choices["index"]._actions
                            if flag in a.option_strings)
-            want = next(c for c in choices if c != default) if choices else (
-                OTHER[type(default)] if default is not None else 7)
+            want = next(c for c in choices if c != default) if choices else VALID_OTHER.get(
+                (section, f.name), OTHER[type(default)] if default is not None else 7)
             values = [flag, str(want)]
         got = getattr(getattr(_build_config(_args(*values)), section), f.name)
         assert got == want, f"{flag} {values[1:]} set {section}.{f.name} to {got!r}"
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: IngestConfig(workers=0), "workers must be at least 1"),
+    (lambda: IngestConfig(checkpoint_every=0), "checkpoint every must be at least 1"),
+    (lambda: TrainConfig(image_size=30, latent_dim=0), "image size must be a multiple of 4"),
+    (lambda: TrainConfig(seed=-1), "seed must be at least 0"),
+    (lambda: EmbedConfig(part_rows=0), "shard size (part rows) must be at least 1"),
+    (lambda: EmbedConfig(workers=-1), "workers must be at least 0"),
+    (lambda: IndexConfig(kind="annoy"), "index kind must be one of"),
+    (lambda: IndexConfig(target_recall=1.5), "target recall must be more than 0 and at most 1"),
+    (lambda: replace(BuildConfig().train, epochs=0), "epochs must be at least 1"),
+])
+def test_a_config_refuses_bad_settings_where_it_is_made(make, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+def test_a_bad_config_given_to_a_flow_is_refused_before_the_flow_runs():
+    from flows.build_index import build_index
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises(ParameterTypeError, match="epochs must be at least 1"):
+        build_index.validate_parameters({"images": "i", "workdir": "w", "config": {"train": {"epochs": 0}}})

@@ -17,6 +17,12 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _refuse(problems: list[str]) -> None:
+    """Each config checks its settings where it is made (__post_init__): a ValueError names every bad one."""
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 @dataclass
 class IngestConfig:
     include_hidden: bool = False  # dot-files and dot-directories are skipped unless asked for
@@ -27,6 +33,11 @@ class IngestConfig:
     follow_symlinks_outside: bool = False  # symlinked files whose target is outside the root are errors
     workers: int = field(default_factory=usable_cores)  # processes that hash and decode files: one per core
     checkpoint_every: int = 5_000  # files; a killed ingest resumes from its last checkpoint
+
+    def __post_init__(self) -> None:
+        _refuse([f"{name} must be at least 1, not {value}" for name, value in
+                 (("workers", self.workers), ("max pixels", self.max_pixels), ("checkpoint every", self.checkpoint_every))
+                 if value < 1])
 
 
 @dataclass
@@ -72,8 +83,8 @@ class TrainConfig:
     max_restarts: int = 3  # an epoch that collapses the model is redone from the state before it, at half the lr
     retrain_when_grown: float | None = None  # re-index retrains once the collection grew by this fraction (0.5 = +50%)
 
-    def validate(self) -> None:
-        """Refuse settings that cannot train, before anything is read or written (ValueError says which)."""
+    def __post_init__(self) -> None:
+        """Settings that cannot train are refused where they are made, before anything is read or written."""
         problems = []
         if self.image_size is not None and not (8 <= self.image_size <= 512 and self.image_size % 4 == 0):
             problems.append(f"image size must be a multiple of 4 from 8 to 512 (e.g. 28, 32, 64), not {self.image_size}")
@@ -89,8 +100,9 @@ class TrainConfig:
             problems.append(f"background must be a grey level from 0 to 255, not {self.background}")
         if self.invariance is not None and not (math.isfinite(self.invariance) and self.invariance >= 0):
             problems.append(f"invariance must be 0 or more, not {self.invariance}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        if self.seed < 0:
+            problems.append(f"seed must be at least 0, not {self.seed}")
+        _refuse(problems)
 
     def use_batch_norm(self, image_size: int) -> bool:
         """Batch norm gave +0.007 precision@10 on 28 px Fashion-MNIST, but on 64 px colour icons it trained far slower
@@ -130,6 +142,11 @@ class EmbedConfig:
     part_rows: int = 50_000  # rows per Parquet part (= per shard task); bounds memory whatever the folder size
     threads: int | None = None  # torch threads encoding in the main process (GPU, or workers=0); None: the cores the workers leave
 
+    def __post_init__(self) -> None:
+        _refuse([f"{name} must be at least {least}, not {value}" for name, value, least in
+                 (("batch size", self.batch_size, 1), ("workers", self.workers, 0),
+                  ("shard size (part rows)", self.part_rows, 1), ("threads", self.threads or 1, 1)) if value < least])
+
 
 @dataclass
 class IndexConfig:
@@ -141,6 +158,14 @@ class IndexConfig:
     in_ram_below: int = 10_000_000
     target_recall: float = 0.95  # the search-time knob (efSearch / nprobe) is raised until recall@10 reaches this
     recall_sample: int = 1_000  # queries used to measure recall against exact search
+
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be {what}, not {value!r}" for name, value, what, ok in (
+            ("index kind", self.kind, "one of auto, flat, hnsw, ivf, ivf-disk", self.kind in ("auto", "flat", "hnsw", "ivf", "ivf-disk")),
+            ("metric", self.metric, "cosine or l2", self.metric in ("cosine", "l2")),
+            ("target recall", self.target_recall, "more than 0 and at most 1", 0 < self.target_recall <= 1),
+            ("recall sample", self.recall_sample, "at least 1", self.recall_sample >= 1)) if not ok]
+        _refuse(problems)
 
 
 @dataclass

@@ -105,10 +105,6 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
     state a killed run saved; epochs until the epoch count or the time budget, each checked for divergence or
     collapse (redone from the state before it at half the learning rate); publish.
     """
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise VaepipeError(str(e)) from None
     device = device or default_device()
     ok = read_ok(manifest_path)
     vcfg = model_config_for(ok, cfg)
