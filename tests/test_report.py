@@ -144,6 +144,15 @@ def test_outliers_are_the_images_least_like_any_other(built_copy):
     assert 'id="outliers"' in html_text and shown[0]["query_path"] in html_text
     # The run time on the report is the one the command prints; writing the report is counted apart.
     assert f"{result.summary()['seconds']:.2f} s (search and groups" in html_text and result.report_seconds > 0
+    # Similarity is shown with four digits, which tell a row's neighbours apart: no other picture shows as 1.0000,
+    # and next neighbours rarely show the same value.
+    shown_sims = re.findall(r'<div class="sim">#\d+ sim ([-\d.]+)</div>', html_text)
+    assert shown_sims and all(len(v.split(".")[1]) == 4 for v in shown_sims)
+    labels = rows.sort_values(["query_path", "rank"]).assign(label=lambda d: d["similarity"].map("{:.4f}".format))
+    other = labels[labels["query_sha256"] != labels["neighbour_sha256"]]
+    assert not (other["label"] == "1.0000").any()
+    same_query = labels["query_path"].eq(labels["query_path"].shift())
+    assert (labels["label"].eq(labels["label"].shift()) & same_query).sum() < 0.1 * same_query.sum()
 
 
 def test_thumbnails_are_kept_by_content_for_the_next_run(built_copy):

@@ -130,8 +130,8 @@ def gpu_batch_size(batch_size: int, spec: ImageSpec, n: int, workers: int, rende
     1 MB of pixels a batch), as long as every worker still gets 4 batches of the n images.
 
     This process takes in each batch (a shared-memory segment and a passed file descriptor) and launches the
-    encoder's kernels for it, ~2 ms a batch whatever its size. With 16 workers decoding 28 px PNGs for an H100 that
-    was the limit, and batches of 1,024 made the stage 1.4-1.6x faster. Photos (64 px colour, 3 MB a batch of 256)
+    encoder's kernels for it, at a cost per batch whatever its size. With 16 workers decoding 28 px PNGs for an
+    H100 that was the limit, and batches of 1,024 made the stage faster. Photos (64 px colour, 3 MB a batch of 256)
     keep batch_size: fewer batches than workers leave cores idle (BENCHMARKS.md, "On a GPU machine").
     renderings: arrays per image (2 where each comes with its grey rendering).
     """
@@ -144,8 +144,7 @@ class PosteriorMean:
 
     A failed image's zeros are encoded with the rest: dropping them first would cost a copy of the batch. Numpy,
     not tensors: from a decoding worker an array comes back pickled with the batch, where a tensor goes through
-    a shared-memory segment and a passed file descriptor per batch (100,000 28 px PNGs: +3-15% in five
-    alternating rounds, BENCHMARKS.md).
+    a shared-memory segment and a passed file descriptor per batch (slower on 100,000 28 px PNGs, BENCHMARKS.md).
     """
 
     def __init__(self, model: VAE):
@@ -175,7 +174,7 @@ def encoder_threads(n: int) -> Iterator[None]:
 
     Torch's threads wait for each other at every op; when decoding workers hold some of the cores, they wait on
     descheduled threads. On 2 cores with 2 decoding workers, one encoder thread in the main process instead of two
-    took 28 px PNGs from ~6,200 to ~11,000 images/s and 640x480 JPEGs from ~1,300 to ~1,500 (BENCHMARKS.md).
+    was faster on both small PNGs and photos (BENCHMARKS.md, throughput).
     """
     before = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -307,7 +306,8 @@ class UnderRoot(Sequence[str]):
     """Paths of files under a root from their relative names in Arrow: a shard's 50,000 files as a few buffers
     that forked decoding workers share, not 50,000 Path objects each process touches (and copies).
 
-    Items are strings: joining a Path cost a 28 px PNG ~5 us of its ~100 in a worker, concatenation ~1 us."""
+    Items are strings: joining a Path cost a 28 px PNG a twentieth of its time in a worker, concatenation a fifth
+    of that."""
 
     def __init__(self, root: Path, names: pa.StringArray):
         self.prefix, self.names = os.path.join(root, ""), names

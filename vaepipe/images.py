@@ -111,17 +111,17 @@ def inspect_image(path: str | Path, max_pixels: int, data: bytes | None = None) 
     """(width, height, mode) of a usable image, upright, after decoding all of it; ImageError if it is not usable.
     data: the file's bytes, if the caller has read them (ingest, which hashes them): the file is not read again.
 
-    A plain 8-bit grey or RGB PNG is decoded straight from its IDAT stream (`_plain_png`): a 28 px file ~25 us
-    against ~65 through PIL's PNG plugin, and any file that path does not take goes through PIL, so the outcome
-    is the same. A JPEG decodes at 1/8 scale: every byte of it is still entropy-decoded, so a cut or corrupt file
-    fails as at full size, for a fraction of the work (the scale only spares the inverse DCT and the pixels; a
-    640x480 photo ~0.5 ms against ~3.5 ms, BENCHMARKS.md).
+    A plain 8-bit grey or RGB PNG is decoded straight from its IDAT stream (`_plain_png`), in well under half
+    the time of PIL's PNG plugin for a small file; any file that path does not take goes through PIL, so the
+    outcome is the same. A JPEG decodes at 1/8 scale: every byte of it is still entropy-decoded, so a cut or
+    corrupt file fails as at full size, for a fraction of the work (the scale only spares the inverse DCT and the
+    pixels; BENCHMARKS.md, throughput).
     """
     if is_svg(path):  # drawn small: enough to show it can be drawn, and its shape
         width, height = _svg_size(render_svg(path if data is None else data, side=64))
         return width, height, "RGBA"
     # Only small PNGs: the probe holds a whole file and its IDAT stream in memory, where PIL streams a large one,
-    # whose decoding costs far more than the ~40 us the probe saves.
+    # whose decoding costs far more than the probe saves.
     png = _plain_png(path if data is None else data,
                      lambda width, height, colour: width * height <= min(max_pixels, _PROBED_PNG_PIXELS))
     if png is not None:
@@ -156,7 +156,7 @@ def _open(path: str | Path | io.BytesIO, max_pixels: int, draft_size: int | None
             if draft_size and img.format == "JPEG":
                 # JPEG can decode at 1/2, 1/4, 1/8 scale: far cheaper when the model wants 28 or 64 px. The scale
                 # only has to cover the letterboxed size (64x48 for a 4:3 photo), not the square: 640x480 photos
-                # decode at 80x60 rather than 160x120, ~15% faster (BENCHMARKS.md, throughput).
+                # decode at 80x60 rather than 160x120 (BENCHMARKS.md, throughput).
                 # The orientation exif_transpose will apply (a JPEG's EXIF and XMP precede its pixels).
                 turned = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
                 upright = (h, w) if turned else (w, h)
@@ -532,9 +532,9 @@ class _Strip:
     """A batch of images as one PIL image, one image under the other, that PNGs already at the model's input are
     decoded straight into, without the general path's steps.
 
-    A 28 px PNG takes ~28 us this way against ~85 us through open_image and to_array (format detection, frame
-    and EXIF checks, mode and array copies); a PIL image and a copy of the pixels per file instead of per batch
-    took ~39 us. On 2 cores decoding shares the cores with the encoder (BENCHMARKS.md, throughput).
+    A small PNG takes a third of the time this way that open_image and to_array take (format detection, frame
+    and EXIF checks, mode and array copies), and less than a PIL image and a copy of the pixels per file would. On
+    2 cores decoding shares the cores with the encoder (BENCHMARKS.md, throughput).
     """
 
     def __init__(self, spec: ImageSpec, n: int):
@@ -592,8 +592,8 @@ def _plain_png(source: str | Path | bytes, fits: Callable[[int, int, int], bool]
         data = source
     else:
         try:
-            # A file descriptor, not a file object: one read call for a small file and no buffer (~4 us a file
-            # against ~7 through open(); 28 px PNGs decode in ~30 us in all).
+            # A file descriptor, not a file object: one read call for a small file and no buffer, which counts
+            # where the whole decode of a 28 px PNG is a few read calls' worth.
             fd = os.open(source, os.O_RDONLY)
             try:
                 data = os.read(fd, 4096)  # a small PNG whole; the signature and IHDR of anything else
@@ -657,7 +657,7 @@ class ImageFiles(Dataset):
     """Decodes files in DataLoader workers; a failure is returned, not raised, so one file can't stop a run.
 
     A worker decodes a whole batch into one array (`__getitems__`, which DataLoader prefers to one call per
-    item): a tensor per 28 px image and the stack after them cost ~20 us an image, a third of its decode.
+    item): a tensor per 28 px image and the stack after them cost a third as much again as its decode.
     """
 
     def __init__(self, paths: Sequence[str | Path], spec: ImageSpec, max_pixels: int = 64_000_000,

@@ -204,8 +204,8 @@ def folded(model: VAE) -> VAE:
     The same function to float rounding, with fewer ops per image. Also, on CPU, a model with unfolded batch norm
     grew the embedding process by ~6 KB per image when fed DataLoader batches (330 MB over a 50,000-image part),
     while the folded one stays flat (BENCHMARKS.md, throughput). Channels-last weights make oneDNN run the
-    convolutions in its own layout (inputs need no conversion): 64 px colour encoders +19-46%, 28 px grey within noise,
-    means equal to ~1e-6 (benchmarks/encoder_variants.py). Its state_dict is not a checkpoint: save the original.
+    convolutions in its own layout (inputs need no conversion): faster for 64 px colour encoders, the same for 28 px
+    grey, means equal to ~1e-6 (BENCHMARKS.md, benchmarks/encoder_variants.py). Its state_dict is not a checkpoint: save the original.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_weights
 
@@ -279,8 +279,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> VAE:
 
 
 def checkpoint_config(path: Path) -> VAEConfig:
-    """The VAEConfig a checkpoint describes, without building the model and loading weights into it (~12 ms
-    against ~40 for load_checkpoint): planning needs only the latent size."""
+    """The VAEConfig a checkpoint describes, without building the model and loading weights into it (a third of
+    load_checkpoint's time): planning needs only the latent size."""
     return _config_of(path, _read_checkpoint(path))
 
 

@@ -354,7 +354,7 @@ def sha256_and_bytes(path: str | Path, keep_up_to: int) -> tuple[str, bytes | No
     """A file's sha256, and its bytes if it is at most `keep_up_to` bytes long (else None), from one read: ingest
     hashes and checks the same bytes instead of reading a small file twice.
 
-    Through a file descriptor, not a buffered file object: ~4 us for a small image against ~8, which counts when
+    Through a file descriptor, not a buffered file object: half the time for a small image, which counts when
     ingest hashes 100,000 files of 700 bytes.
     """
     h = hashlib.sha256()
