@@ -71,6 +71,7 @@ def test_every_config_field_has_its_flag_or_is_listed_as_left_off(section, cls):
     (lambda: TrainConfig(seed=-1), "seed must be at least 0"),
     (lambda: EmbedConfig(part_rows=0), "shard size (part rows) must be at least 1"),
     (lambda: EmbedConfig(workers=-1), "workers must be at least 0"),
+    (lambda: EmbedConfig(threads=0), "threads must be at least 1"),
     (lambda: IndexConfig(kind="annoy"), "index kind must be one of"),
     (lambda: IndexConfig(target_recall=1.5), "target recall must be more than 0 and at most 1"),
     (lambda: replace(BuildConfig().train, epochs=0), "epochs must be at least 1"),

@@ -145,7 +145,8 @@ class EmbedConfig:
     def __post_init__(self) -> None:
         _refuse([f"{name} must be at least {least}, not {value}" for name, value, least in
                  (("batch size", self.batch_size, 1), ("workers", self.workers, 0),
-                  ("shard size (part rows)", self.part_rows, 1), ("threads", self.threads or 1, 1)) if value < least])
+                  ("shard size (part rows)", self.part_rows, 1),
+                  ("threads", 1 if self.threads is None else self.threads, 1)) if value < least])
 
 
 @dataclass
