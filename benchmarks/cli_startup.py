@@ -45,9 +45,9 @@ os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"  # as --quiet does
 import flows
 logging.getLogger("vaepipe").setLevel(logging.WARNING)
 from flows.build_index import build_index
-from flows.cli import _build_config, parser
+from flows.cli import build_config, parser
 a = parser().parse_args(sys.argv[1:])
-build_index(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, config=_build_config(a))
+build_index(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, config=build_config(a))
 """
 
 # What the CLI did until 2026-11-26: Prefect's own server class started in a thread, after importing Prefect's
@@ -61,10 +61,10 @@ from prefect.server.api.server import SubprocessASGIServer
 thread = threading.Thread(target=SubprocessASGIServer().start, daemon=True)
 thread.start()
 from flows.build_index import build_index
-from flows.cli import _build_config, parser
+from flows.cli import build_config, parser
 a = parser().parse_args(sys.argv[1:])
 thread.join()
-build_index(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, config=_build_config(a))
+build_index(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, config=build_config(a))
 """
 
 # What the CLI did until 2026-11-26 03:00: its temporary server's process started after Prefect's settings were
@@ -79,11 +79,11 @@ from flows.temporary_server import _TemporaryServer
 server = _TemporaryServer()
 server.start()
 from flows.build_index import build_index
-from flows.cli import _build_config, parser
+from flows.cli import build_config, parser
 a = parser().parse_args(sys.argv[1:])
 assert server.ready(120)
 with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-    build_index(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, config=_build_config(a))
+    build_index(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, config=build_config(a))
 """
 
 

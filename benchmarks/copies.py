@@ -82,7 +82,7 @@ PACKAGES = ["mate-backgrounds", "plasma-workspace-wallpapers", "ukui-wallpapers"
             "adwaita-icon-theme", "hicolor-icon-theme"]
 
 
-def _glob(patterns: list[str]) -> list[Path]:
+def glob_files(patterns: list[str]) -> list[Path]:
     return sorted({p for pattern in patterns for p in Path("/").glob(pattern.lstrip("/")) if p.is_file()})
 
 
@@ -105,20 +105,20 @@ def _flatten(img: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
     return Image.alpha_composite(Image.new("RGBA", rgba.size, colour + (255,)), rgba).convert("RGB")
 
 
-def _rgb(img: Image.Image) -> Image.Image:
+def as_rgb(img: Image.Image) -> Image.Image:
     """What a JPEG writer makes of a transparent image: flattened onto white (as GIMP, browsers, converters do)."""
     return _flatten(img, (255, 255, 255)) if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info else img.convert("RGB")
 
 
 # name -> (edit, file suffix); every edit takes the original as PIL decoded it
 EDITS: dict[str, tuple[Callable[[Image.Image, random.Random], Image.Image], str]] = {
-    "jpeg q30": (lambda im, r: _rgb(im), ".jpg"),  # saved with quality 30 below
+    "jpeg q30": (lambda im, r: as_rgb(im), ".jpg"),  # saved with quality 30 below
     "half size": (lambda im, r: im.resize((max(1, im.width // 2), max(1, im.height // 2)), Image.Resampling.LANCZOS), ".png"),
     "aspect 70%": (lambda im, r: im.resize((im.width, max(1, round(im.height * 0.7))), Image.Resampling.LANCZOS), ".png"),
-    "brightness x0.7": (lambda im, r: ImageEnhance.Brightness(_rgb(im)).enhance(0.7), ".png"),
-    "brightness x1.4": (lambda im, r: ImageEnhance.Brightness(_rgb(im)).enhance(1.4), ".png"),
-    "greyscale": (lambda im, r: _rgb(im).convert("L"), ".png"),
-    "border 10%": (lambda im, r: ImageOps.expand(_rgb(im), border=max(1, round(0.1 * max(im.size))), fill="white"), ".png"),
+    "brightness x0.7": (lambda im, r: ImageEnhance.Brightness(as_rgb(im)).enhance(0.7), ".png"),
+    "brightness x1.4": (lambda im, r: ImageEnhance.Brightness(as_rgb(im)).enhance(1.4), ".png"),
+    "greyscale": (lambda im, r: as_rgb(im).convert("L"), ".png"),
+    "border 10%": (lambda im, r: ImageOps.expand(as_rgb(im), border=max(1, round(0.1 * max(im.size))), fill="white"), ".png"),
     "banner with text": (_banner, ".png"),
     "crop 80%": (lambda im, r: ImageOps.crop(im, border=0).crop((round(im.width * 0.1), round(im.height * 0.1),
                                                                round(im.width * 0.9), round(im.height * 0.9))), ".png"),
@@ -160,7 +160,7 @@ def make_photos(split: str | list[str], dest: Path, per_side: int = 3, tile: int
     near-blank tiles and tiles that look like an earlier one at 16 px are dropped (they are not distinct).
     split: "val" or "test", or a list of glob patterns."""
     by_name: dict[str, Path] = {}
-    for p in _glob(WALLPAPERS[split] if isinstance(split, str) else split):
+    for p in glob_files(WALLPAPERS[split] if isinstance(split, str) else split):
         key = p.parent.parent.parent.name if p.parent.name == "images" else p.stem.split("_")[0]
         try:
             with Image.open(p) as im:
@@ -171,7 +171,7 @@ def make_photos(split: str | list[str], dest: Path, per_side: int = 3, tile: int
             by_name[key] = p
     out, thumbs = [], []
     for key, p in sorted(by_name.items()):
-        im = _rgb(Image.open(p))
+        im = as_rgb(Image.open(p))
         scale = per_side * tile / min(im.size)
         im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
         for r in range(im.height // tile):

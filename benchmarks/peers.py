@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from copies import EDITS_BY_FOLDER, WALLPAPERS, _glob, _rgb, write_edit  # noqa: E402
+from copies import EDITS_BY_FOLDER, WALLPAPERS, glob_files, as_rgb, write_edit  # noqa: E402
 from results_io import save_results  # noqa: E402
 
 Image.MAX_IMAGE_PIXELS = None  # the packaged wallpapers are trusted, and some are large
@@ -51,7 +51,7 @@ FOLDER_VERSION = 2  # bumped when make_folder changes: a folder made by another 
 def _wallpapers() -> list[Path]:
     """The largest file of each wallpaper (packages ship one picture at several resolutions)."""
     best: dict[str, tuple[int, Path]] = {}
-    for p in _glob(WALLPAPERS["val"] + WALLPAPERS["test"]):
+    for p in glob_files(WALLPAPERS["val"] + WALLPAPERS["test"]):
         key = p.parent.parent.parent.name if p.parent.name == "images" else p.stem.split("_")[0].split("-l")[0]
         try:
             with Image.open(p) as im:
@@ -91,7 +91,7 @@ def make_folder(n: int, dest: Path, seed: int = 0) -> dict[str, str]:
 
     # Non-overlapping tiles at the wallpapers' own resolution: distinct photos.
     for s, p in enumerate(wallpapers):
-        im = _rgb(Image.open(p))
+        im = as_rgb(Image.open(p))
         for r in range(im.height // H):
             for c in range(im.width // W):
                 save(im.crop((c * W, r * H, (c + 1) * W, (r + 1) * H)), s, f"w{s:03d}-{r}-{c}")
@@ -101,7 +101,7 @@ def make_folder(n: int, dest: Path, seed: int = 0) -> dict[str, str]:
     while len(photos) < n_photos:
         before = len(photos)
         for s in large:
-            im = _rgb(Image.open(wallpapers[s]))
+            im = as_rgb(Image.open(wallpapers[s]))
             for _ in range(min(-(-(n_photos - len(photos)) // len(large)), 64)):
                 scale = rng.uniform(0.5, 1.0) * min(im.width / W, im.height / H)
                 w, h = round(W * scale), round(H * scale)

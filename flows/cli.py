@@ -67,7 +67,7 @@ def _build_options(p: argparse.ArgumentParser) -> None:
 
 # Fields of BuildConfig the CLI leaves at their defaults: the recipe's inner knobs, chosen by measurement
 # (BENCHMARKS.md) and set, when at all, through the flows' `config` parameter or from Python. Every other field has a
-# flag (_build_config); tests/test_cli.py fails on a field in neither, so that flags and config cannot drift apart.
+# flag (build_config); tests/test_cli.py fails on a field in neither, so that flags and config cannot drift apart.
 NOT_ON_THE_CLI = {
     "ingest.checkpoint_every",
     "train.extra_dim", "train.normalised_means", "train.standardised_input", "train.width", "train.batch_norm",
@@ -79,7 +79,7 @@ NOT_ON_THE_CLI = {
 }
 
 
-def _build_config(a: argparse.Namespace) -> BuildConfig:
+def build_config(a: argparse.Namespace) -> BuildConfig:
     """The flags as a config; a setting the config refuses is a VaepipeError (exit 2) naming it."""
     try:
         return _config_of(a)
@@ -273,7 +273,7 @@ def _dispatch(a: argparse.Namespace) -> dict:
                                "outputs would be indexed; choose a workdir outside the image folder")
         Workdir(a.workdir).check_image_root(a.images, getattr(a, "replace", False))
     if a.command in ("index", "pipeline"):
-        _build_config(a)  # refused settings stop here, before anything is read or written
+        build_config(a)  # refused settings stop here, before anything is read or written
     if getattr(a, "threshold", None) is not None and not a.all:
         raise VaepipeError("--threshold is for duplicate groups, which only `query --all` makes")
     if getattr(a, "threshold", None) is not None:
@@ -321,7 +321,7 @@ def _run_flow(a: argparse.Namespace) -> dict:
     if a.command == "index":
         from flows.build_index import build_index
         return build_index(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, retrain=a.retrain,
-                           config=_build_config(a), dask_address=a.dask_address, dask_workers=a.dask_workers,
+                           config=build_config(a), dask_address=a.dask_address, dask_workers=a.dask_workers,
                            replace=a.replace)
     if a.command == "query":
         from flows.bulk_query import bulk_query
@@ -339,7 +339,7 @@ def _run_flow(a: argparse.Namespace) -> dict:
     if a.command == "pipeline":
         from flows.pipeline import pipeline
         return pipeline(str(a.images.resolve()), str(a.workdir.resolve()), model=a.model, retrain=a.retrain, k=a.k,
-                        n_samples=a.n, config=_build_config(a), dask_address=a.dask_address, dask_workers=a.dask_workers,
+                        n_samples=a.n, config=build_config(a), dask_address=a.dask_address, dask_workers=a.dask_workers,
                         replace=a.replace)
     if a.command == "demo":
         from flows.pipeline import pipeline
@@ -360,7 +360,7 @@ def _run_here(a: argparse.Namespace) -> dict:
     model = Path(a.model) if getattr(a, "model", None) else None
     if a.command == "index":
         from vaepipe.build import build
-        return build(a.images.resolve(), workdir, _build_config(a), model, a.retrain, a.replace).summary()
+        return build(a.images.resolve(), workdir, build_config(a), model, a.retrain, a.replace).summary()
     if a.command == "query":
         from vaepipe.query import run_query
         return run_query(workdir, a.queries.resolve() if a.queries else None, a.list.resolve() if a.list else None,
@@ -375,7 +375,7 @@ def _run_here(a: argparse.Namespace) -> dict:
     from vaepipe.pipeline import run_pipeline
 
     if a.command == "pipeline":
-        return run_pipeline(a.images.resolve(), workdir, _build_config(a), model, a.retrain, a.replace, a.k, a.n)
+        return run_pipeline(a.images.resolve(), workdir, build_config(a), model, a.retrain, a.replace, a.k, a.n)
     if a.command == "demo":
         from vaepipe.fashion_mnist import export_pngs, load_split
 

@@ -139,7 +139,7 @@ def test_every_config_field_has_a_flag_or_is_declared_off_the_cli():
     import argparse
     import dataclasses
 
-    from flows.cli import NOT_ON_THE_CLI, _build_config, parser
+    from flows.cli import NOT_ON_THE_CLI, build_config, parser
     from vaepipe.config import BuildConfig
 
     index = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["index"]
@@ -157,7 +157,7 @@ def test_every_config_field_has_a_flag_or_is_declared_off_the_cli():
             argv += [flag, str(next(c for c in action.choices if c != action.default))]
         else:  # where default + 3 is a setting the config refuses, another value
             argv += [flag, str({"image_size": 32, "background": 250}.get(action.dest, (action.default or 0) + 3))]
-    built, default = _build_config(parser().parse_args(["index", *argv])), BuildConfig()
+    built, default = build_config(parser().parse_args(["index", *argv])), BuildConfig()
     fields = {f"{part.name}.{f.name}" for part in dataclasses.fields(BuildConfig)
               for f in dataclasses.fields(getattr(default, part.name))}
     changed = {name for name in fields

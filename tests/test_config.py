@@ -8,7 +8,7 @@ from dataclasses import asdict, fields, replace
 
 import pytest
 
-from flows.cli import _build_config, parser
+from flows.cli import build_config, parser
 from vaepipe.config import BuildConfig, EmbedConfig, IndexConfig, IngestConfig, TrainConfig
 
 # Fields without a flag: recipe internals that BENCHMARKS.md tuned (set them from Python), or set another way.
@@ -34,7 +34,7 @@ def _args(*flags: str):
 @pytest.mark.parametrize("command", ["index", "pipeline"])
 def test_a_command_without_flags_builds_the_default_config(command):
     a = parser().parse_args([command, "images", "--workdir", "w"])
-    assert asdict(_build_config(a)) == asdict(BuildConfig())
+    assert asdict(build_config(a)) == asdict(BuildConfig())
 
 
 @pytest.mark.parametrize("section,cls", [("ingest", IngestConfig), ("train", TrainConfig), ("embed", EmbedConfig),
@@ -60,7 +60,7 @@ def test_every_config_field_has_its_flag_or_is_listed_as_left_off(section, cls):
             want = next(c for c in choices if c != default) if choices else VALID_OTHER.get(
                 (section, f.name), OTHER[type(default)] if default is not None else 7)
             values = [flag, str(want)]
-        got = getattr(getattr(_build_config(_args(*values)), section), f.name)
+        got = getattr(getattr(build_config(_args(*values)), section), f.name)
         assert got == want, f"{flag} {values[1:]} set {section}.{f.name} to {got!r}"
 
 
