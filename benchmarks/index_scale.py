@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 
 from vaepipe.config import IndexConfig
-from vaepipe.index import _make_index, load_vectors, prepare, tune
+from vaepipe.index import make_index, load_vectors, prepare, tune
 from vaepipe.store import Workdir
 
 from results_io import save_results  # benchmarks/ is on sys.path when a script runs
@@ -85,7 +85,7 @@ def main() -> None:
     indexes = {}
     for kind in ("hnsw", "ivf"):
         t0 = time.monotonic()
-        index, params = _make_index(kind, x, "cosine")
+        index, params = make_index(kind, x, "cosine")
         sample_recall, knob = tune(index, kind, x, cfg)
         build = time.monotonic() - t0
         qps, recall = qps_and_recall(index, q, truth)

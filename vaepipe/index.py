@@ -144,7 +144,9 @@ def _faiss_metric(metric: str) -> int:
     return faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
 
 
-def _make_index(kind: str, x: np.ndarray, metric: str, seed: int = 0) -> tuple[faiss.Index, dict]:
+def make_index(kind: str, x: np.ndarray, metric: str, seed: int = 0) -> tuple[faiss.Index, dict]:
+    """A FAISS index of one kind ("flat", "hnsw", "ivf") over prepared vectors x, and the parameters it was built
+    with; the search-time knob is tuned apart (`tune`)."""
     n, d = x.shape
     if kind == "flat":
         index = faiss.IndexFlat(d, _faiss_metric(metric))
@@ -286,7 +288,7 @@ def _build_space(source: Source, column: str, kind: str, sample: np.ndarray, cfg
         centre = vectors.mean(0) if cfg.metric == "cosine" else np.zeros(dim, np.float32)
         x = prepare(vectors, cfg.metric, centre)
         del vectors
-        index, params = _make_index(kind, x, cfg.metric)
+        index, params = make_index(kind, x, cfg.metric)
         queries, blocks = x[sample], [(np.arange(n), x)]
     truth = exact_neighbours(queries, blocks, min(10, n), cfg.metric) if kind != "flat" else None
     recall, knob = tune(index, kind, queries, truth, cfg)
