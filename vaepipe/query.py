@@ -136,7 +136,8 @@ def query_folder(workdir: Workdir, query_dir: Path, k: int = 10, cfg: EmbedConfi
     params: dict = {"queries": str(query_dir)}
     if queries.reorder is not None:
         params["search_views"] = {"views": list(VIEWS), "neighbours looked at again": RERANK_DEPTH}
-    return _run(workdir, "folder", index, queries, k, skipped, t0, params, query_root=query_dir)
+    return _run(workdir, "folder", index, queries, k, skipped, t0, params, Path(collection["image_root"]),
+                query_root=query_dir)
 
 
 def search_files(workdir: Workdir, files: Path | Sequence[Path], k: int = 10, cfg: EmbedConfig = EmbedConfig()
@@ -251,7 +252,8 @@ def query_list(workdir: Workdir, list_file: Path, k: int = 10) -> QueryResult:
     skipped += not_indexed
     if not rows:
         raise VaepipeError(f"none of the paths in {list_file} is an indexed image of the collection")
-    return _query_rows(workdir, "list", index, np.asarray(rows), k, skipped, t0, {"list": str(list_file)})
+    return _query_rows(workdir, "list", index, np.asarray(rows), k, skipped, t0, {"list": str(list_file)},
+                       Path(collection["image_root"]))
 
 
 def run_query(workdir: Workdir, queries: Path | None = None, list_file: Path | None = None, all_images: bool = False,
@@ -275,7 +277,8 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
     params: dict = {}
     if threshold is not None:
         check_threshold(threshold)
-    model = None
+    image_root = Path(collection["image_root"])
+    groups = None
     if duplicates:
         model = _model(workdir, index)
         threshold, calibration = _duplicate_threshold(model, collection, index, threshold)
@@ -294,7 +297,8 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
                                          "near-plain": {"grey std below": detail.PLAIN_STD,
                                                         "of one colour below": detail.FLAT_STD,
                                                         "kept from correlation": detail.PLAIN_LEAST}}
-    return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params, model)
+        groups = duplicate_groups(index, threshold, image_root, model, _view_cache(workdir, index))
+    return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params, image_root, groups)
 
 
 def find_duplicates(workdir: Workdir, threshold: float | None = None) -> pa.Table:
@@ -339,29 +343,28 @@ def _collection_queries(index: SearchIndex, rows: np.ndarray) -> _Queries:
 
 
 def _query_rows(workdir: Workdir, kind: str, index: SearchIndex, rows: np.ndarray, k: int,
-                skipped: list[tuple[str, str]], t0: float, params: dict, model: VAE | None = None) -> QueryResult:
-    return _run(workdir, kind, index, _collection_queries(index, rows), k, skipped, t0, params, model=model)
+                skipped: list[tuple[str, str]], t0: float, params: dict, image_root: Path,
+                groups: pa.Table | None = None) -> QueryResult:
+    return _run(workdir, kind, index, _collection_queries(index, rows), k, skipped, t0, params, image_root,
+                groups=groups)
 
 
 def _run(workdir: Workdir, kind: str, index: SearchIndex, queries: _Queries, k: int,
-         skipped: list[tuple[str, str]], t0: float, params: dict, query_root: Path | None = None,
-         model: VAE | None = None) -> QueryResult:
-    """model: the collection's, for the duplicate groups' check through edited views (params has a threshold)."""
+         skipped: list[tuple[str, str]], t0: float, params: dict, image_root: Path, query_root: Path | None = None,
+         groups: pa.Table | None = None) -> QueryResult:
+    """Search the queries into a run folder, with the duplicate groups found before it (query_all), its report and
+    run.json; the folder is published (renamed into place) when whole."""
     run_id = new_run_id(kind)
     # Written in a hidden folder and renamed when whole: a failed or killed run (and Prefect's retry of it) leaves
     # no run folder that looks finished; the next build deletes what it left (Workdir.remove_stale_temporaries).
     final_dir = workdir.run_dir(run_id)
     run_dir = final_dir.with_name(f".{run_id}.partial")
     out = run_dir / "neighbours.parquet"
-    image_root = Path(workdir.read_collection()["image_root"])
     about = {"run_id": run_id, "model_id": index.meta["model_id"], "kind": kind, "image_root": str(image_root),
              "k": str(k)}
     n_rows = _search_and_write(index, out, queries, k, about)
     result = QueryResult(run_dir, out, len(queries.names), n_rows, k, skipped)
-    groups = None
-    if "duplicate_threshold" in params:
-        groups = duplicate_groups(index, params["duplicate_threshold"], image_root, model,
-                                  _view_cache(workdir, index))
+    if groups is not None:
         result.duplicates = write_parquet(groups, run_dir / "duplicates.parquet")
         result.n_duplicate_groups = len(set(groups["group"].to_pylist()))
     # The run's time up to its report: what the report shows and the CLI prints; writing the report is apart.
