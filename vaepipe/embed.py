@@ -24,7 +24,7 @@ from vaepipe.config import EmbedConfig, usable_cores
 from vaepipe.images import VIEWS, ImageSpec, iter_image_batches, to_float
 from vaepipe.model import VAE, VAEConfig, checkpoint_config, default_device, exact_cudnn, folded, load_checkpoint
 from vaepipe.progress import Progress
-from vaepipe.store import (MODEL_FILE, atomic_path, checked_row_groups, embedding_schema, file_path, next_number,
+from vaepipe.store import (MODEL_FILE, PLAN_FILE, atomic_path, checked_row_groups, embedding_schema, file_path, next_number,
                            row_groups)
 
 log = logging.getLogger("vaepipe")
@@ -284,7 +284,7 @@ def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows:
     seen, quarantined = embedded_contents(embeddings_dir, dim, grey)
     n_done = len(seen)
     first_number = next_number(embeddings_dir, "part")
-    plan = Path(embeddings_dir) / "_plan.parquet"  # a leading "_": readers of the folder as a dataset skip it
+    plan = Path(embeddings_dir) / PLAN_FILE
     n_todo = 0
     with atomic_path(plan) as tmp, pq.ParquetWriter(tmp, PLAN_SCHEMA) as writer:
         for batch in row_groups(manifest_path, columns=["path", "sha256", "status"]):

@@ -25,7 +25,7 @@ from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, load_checkpoint
 from vaepipe.report import write_samples_page
 from vaepipe.errors import VaepipeError
-from vaepipe.store import Workdir, atomic_path, file_path, new_run_id, read_json, write_json
+from vaepipe.store import METRICS_FILE, Workdir, atomic_path, file_path, new_run_id, read_json, write_json
 
 log = logging.getLogger("vaepipe")
 
@@ -152,7 +152,7 @@ def generate_for(workdir: Workdir, n: int = 64, seed: int = 0, between: tuple[st
 def _elbo(model_dir: Path) -> dict[str, object]:
     """The model's last validation ELBO from its metrics.json, if it was trained here."""
     try:
-        last = read_json(model_dir / "metrics.json")["epochs"][-1]
+        last = read_json(model_dir / METRICS_FILE)["epochs"][-1]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return {}
     return {"validation ELBO (nats/image)": round(last["val_elbo"], 1), "of which KL": round(last["val_kl"], 1)}

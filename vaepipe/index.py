@@ -31,7 +31,8 @@ from vaepipe.config import IndexConfig
 from vaepipe.embed import Embedded
 from vaepipe.ingest import read_ok
 from vaepipe.errors import VaepipeError
-from vaepipe.store import atomic_path, fingerprint_of, read_json, write_json, write_parquet
+from vaepipe.store import (GREY_INDEX_FILE, IDS_FILE, INDEX_FILE, INDEX_META_FILE, atomic_path, fingerprint_of, read_json,
+                           write_json, write_parquet)
 
 log = logging.getLogger("vaepipe")
 
@@ -235,7 +236,6 @@ def choose_kind(n: int, cfg: IndexConfig) -> str:
     return "flat" if n < cfg.exact_below else "hnsw" if n < cfg.in_ram_below else "ivf-disk"
 
 
-GREY_FILE = "grey.faiss"  # the grey renderings' index, beside index.faiss
 
 
 def build_index(embeddings_dir: Path, manifest_path: Path, index_dir: Path, model_id: str,
@@ -255,18 +255,18 @@ def build_index(embeddings_dir: Path, manifest_path: Path, index_dir: Path, mode
     published, index_dir = Path(index_dir), _new_version(Path(index_dir))
     sample = np.sort(np.random.default_rng(0).choice(n, size=min(cfg.recall_sample, n), replace=False))
     spaces = {column: _build_space(source, column, kind, sample, cfg, index_dir / file)
-              for column, file in zip(source.spaces, ("index.faiss", GREY_FILE))}
-    write_parquet(source.ids, index_dir / "ids.parquet")
+              for column, file in zip(source.spaces, (INDEX_FILE, GREY_INDEX_FILE))}
+    write_parquet(source.ids, index_dir / IDS_FILE)
     main = spaces["embedding"]
     meta = {
         "kind": kind, "n": n, "dim": dim, "metric": cfg.metric, **main,
         "recall_sample": len(sample) if kind != "flat" else 0, "model_id": model_id,
         "source_fingerprint": source_fingerprint(model_id, source.ids),
-        **({"grey": {"file": GREY_FILE, **spaces["grey_embedding"]}} if "grey_embedding" in spaces else {}),
+        **({"grey": {"file": GREY_INDEX_FILE, **spaces["grey_embedding"]}} if "grey_embedding" in spaces else {}),
         "config": asdict(cfg), "build_seconds": round(time.monotonic() - t0, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_json(meta, index_dir / "index.json")
+    write_json(meta, index_dir / INDEX_META_FILE)
     _publish(index_dir, published)
     log.info("index: %s over %d x %d (%s), recall@10 %.4f, %s%s", kind, n, dim, cfg.metric, main["recall_at_10"],
              main["params"], f"; grey renderings {spaces['grey_embedding']['recall_at_10']:.4f}" if "grey" in meta else "")
@@ -375,7 +375,7 @@ INDEX_META_KEYS = ("kind", "n", "dim", "metric", "model_id", "source_fingerprint
 def read_index_meta(index_dir: Path) -> dict:
     """index.json, checked for the keys a search needs: a zero-byte or cut file (a disk that filled, a kill before
     atomic writes) is one VaepipeError that says to rebuild, not a JSONDecodeError traceback."""
-    path = Path(index_dir) / "index.json"
+    path = Path(index_dir) / INDEX_META_FILE
     if not path.exists():
         raise VaepipeError(f"no complete index in {index_dir} (index.json missing): rebuild with `vaepipe index`")
     try:
@@ -409,9 +409,9 @@ class SearchIndex:
         index_dir = Path(index_dir).resolve()  # one version's folder, whatever a rebuild publishes meanwhile
         meta = read_index_meta(index_dir)
         try:
-            index = _read_space(index_dir / "index.faiss", meta["kind"], meta, mmap)
+            index = _read_space(index_dir / INDEX_FILE, meta["kind"], meta, mmap)
             grey = _read_space(index_dir / meta["grey"]["file"], meta["kind"], meta["grey"], mmap) if "grey" in meta else None
-            ids = pq.read_table(index_dir / "ids.parquet")
+            ids = pq.read_table(index_dir / IDS_FILE)
         except Exception as e:  # FAISS raises RuntimeError, Arrow its own, a bad index.json KeyError: all mean damage
             raise VaepipeError(f"index in {index_dir} is unreadable ({e}): rebuild with `vaepipe index`") from None
         sizes = [space.ntotal for space in (index, grey) if space is not None]

@@ -108,7 +108,15 @@ def embedding_schema(dim: int, grey: bool = False) -> pa.Schema:
     return pa.schema(fields)
 
 
+# The files inside a workdir's folders (Workdir names the folders): README's "What comes out" lists them all.
 MODEL_FILE = "model.pt"  # in models/<model_id>/
+MODEL_CONFIG_FILE = "config.json"  # ... its architecture and training record
+METRICS_FILE = "metrics.json"  # ... its per-epoch losses
+INDEX_FILE = "index.faiss"  # in index/<model_id>/
+GREY_INDEX_FILE = "grey.faiss"  # ... the grey renderings' index, beside it
+IDS_FILE = "ids.parquet"  # ... the path and sha256 of each vector
+INDEX_META_FILE = "index.json"  # ... kind, parameters, measured recall, fingerprint of its source
+PLAN_FILE = "_plan.parquet"  # in embeddings/<model_id>/: a leading "_", so readers of the folder as a dataset skip it
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, VAEConfig, default_device, exact_cudnn, load_checkpoint, model_id, save_checkpoint, save_torch
 from vaepipe.progress import Progress
 from vaepipe.errors import VaepipeError
-from vaepipe.store import Workdir, file_path, fingerprint, read_json, write_json
+from vaepipe.store import METRICS_FILE, MODEL_CONFIG_FILE, Workdir, file_path, fingerprint, read_json, write_json
 
 log = logging.getLogger("vaepipe")
 
@@ -335,9 +335,9 @@ def reusable_model(workdir: Workdir, n_images: int, cfg: TrainConfig = TrainConf
         log.warning("train: the collection's model cannot be reused (%s); training a new one", e)
         return None
     try:
-        trained_on = read_json(d / "config.json").get("images")
+        trained_on = read_json(d / MODEL_CONFIG_FILE).get("images")
     except (OSError, ValueError, AttributeError) as e:  # the checkpoint loads: a damaged side file is no reason to retrain
-        log.warning("train: %s is unreadable (%s); reusing model %s as it is", d / "config.json", type(e).__name__, mid)
+        log.warning("train: %s is unreadable (%s); reusing model %s as it is", d / MODEL_CONFIG_FILE, type(e).__name__, mid)
         trained_on = None
     if cfg.retrain_when_grown is not None and trained_on and n_images > trained_on * (1 + cfg.retrain_when_grown):
         log.info("train: the collection grew from %d to %d images since model %s was trained; training a new one",
@@ -350,7 +350,7 @@ def _publish(model: VAE, workdir: Workdir, metrics: list[dict], provenance: dict
     mid = model_id(model)
     d = workdir.model_dir(mid)
     save_checkpoint(model, workdir.model_file(mid))
-    write_json({"model_id": mid, "vae": asdict(model.config), **provenance}, d / "config.json")
-    write_json({"likelihood": model.config.likelihood, "units": "nats per image", "epochs": metrics}, d / "metrics.json")
+    write_json({"model_id": mid, "vae": asdict(model.config), **provenance}, d / MODEL_CONFIG_FILE)
+    write_json({"likelihood": model.config.likelihood, "units": "nats per image", "epochs": metrics}, d / METRICS_FILE)
     log.info("train: model %s saved to %s", mid, d)
     return TrainResult(d, mid, metrics)
