@@ -38,7 +38,6 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from copies import EDITS_BY_FOLDER, WALLPAPERS, glob_files, as_rgb, write_edit  # noqa: E402
 from results_io import save_results  # noqa: E402
 
