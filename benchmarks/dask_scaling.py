@@ -24,7 +24,6 @@ from pathlib import Path
 
 from results_io import save_results  # benchmarks/ is on sys.path when a script runs
 
-REPO = Path(__file__).resolve().parents[1]
 
 import flows  # noqa: E402,F401
 from throughput import make_folder  # noqa: E402
