@@ -297,3 +297,15 @@ def test_batches_for_a_gpu_grow_for_small_images_while_every_worker_gets_four():
     part = gpu_batch_size(256, grey28, 50_000, 16)
     assert 256 < part < 1024 and 50_000 // part >= 4 * 16  # grown, but still 4 batches for each of 16 workers
     assert gpu_batch_size(256, grey28, 10_000, 16) == 256  # never below the configured batch
+
+
+def test_embeddings_carry_the_weights_own_model_id_whatever_the_folder_is_called(built_copy, tmp_path):
+    mid = _mid(built_copy)
+    renamed = tmp_path / "a-copy-of-the-model"
+    shutil.copytree(built_copy.model_dir(mid), renamed)
+    images, manifest, emb = tmp_path / "imgs", tmp_path / "m.parquet", tmp_path / "emb"
+    write_fmnist(images, n=6)
+    ingest(images, manifest, IngestConfig(workers=1))
+    result = embed(images, manifest, renamed, emb, EmbedConfig(workers=0))
+    ids = set(pq.read_table(sorted(emb.glob("part-*.parquet"))[0], columns=["model_id"])["model_id"].to_pylist())
+    assert result.model_id == mid and ids == {mid}

@@ -22,7 +22,8 @@ import torch
 
 from vaepipe.config import EmbedConfig, usable_cores
 from vaepipe.images import VIEWS, ImageSpec, iter_image_batches, to_float
-from vaepipe.model import VAE, VAEConfig, checkpoint_config, default_device, exact_cudnn, folded, load_checkpoint
+from vaepipe.model import (VAE, VAEConfig, checkpoint_config, default_device, exact_cudnn, folded, load_checkpoint,
+                           model_id)
 from vaepipe.progress import Progress
 from vaepipe.store import (MODEL_FILE, PLAN_FILE, atomic_path, checked_row_groups, embedding_schema, file_path, next_number,
                            row_groups)
@@ -335,6 +336,7 @@ def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, n
     shard = load_shard(plan, number)
     model = load_checkpoint(Path(model_dir) / MODEL_FILE, device or default_device())
     schema = embedding_schema(model.config.latent_dim, has_grey_renderings(model.config))
+    mid = model_id(model)  # the weights' own id, whatever the folder they were read from is called
     part = Path(embeddings_dir) / f"part-{shard.number:05d}.parquet"
     n_rows = 0
     failed: list[tuple[str, str]] = []
@@ -348,7 +350,7 @@ def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, n
             columns = {
                 "path": shard.paths.take(rows),
                 "sha256": shard.shas.take(rows),
-                "model_id": pa.array([Path(model_dir).name] * len(idx), pa.string()),
+                "model_id": pa.array([mid] * len(idx), pa.string()),
                 "embedding": vector_column(embedded.embedding),
             }
             if embedded.grey_embedding is not None:
@@ -396,6 +398,7 @@ def embed(root: Path, manifest_path: Path, model_dir: Path, embeddings_dir: Path
     """Embed everything not embedded yet, one shard after another in this process."""
     plan, numbers, n_done, quarantined = plan_embedding(manifest_path, model_dir, embeddings_dir, cfg)
     results = embed_shards_here(root, model_dir, embeddings_dir, plan, numbers, cfg, device)
-    return EmbedResult(Path(embeddings_dir), Path(model_dir).name, sum(n for n, _ in results), n_done, quarantined,
+    mid = model_id(load_checkpoint(Path(model_dir) / MODEL_FILE))
+    return EmbedResult(Path(embeddings_dir), mid, sum(n for n, _ in results), n_done, quarantined,
                        [f for _, failed in results for f in failed])
 

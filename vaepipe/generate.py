@@ -22,7 +22,7 @@ from torchvision.utils import make_grid
 
 from vaepipe.images import load_array, to_float
 from vaepipe.ingest import read_ok
-from vaepipe.model import VAE, load_checkpoint
+from vaepipe.model import VAE, load_checkpoint, model_id
 from vaepipe.report import write_samples_page
 from vaepipe.errors import VaepipeError
 from vaepipe.store import METRICS_FILE, Workdir, atomic_path, file_path, new_run_id, read_json, write_json
@@ -132,7 +132,7 @@ def generate(model_path: Path, image_root: Path, manifest_path: Path, out_dir: P
         files.append(save_png(strip, out_dir / "interpolation.png", nrow=len(strip)))
     write_json({"model": str(model_path), "n": n, "seed": seed, "reconstructed": picks, "interpolated": ends,
                 "files": [f.name for f in files]}, out_dir / "samples.json")
-    page = write_samples_page(out_dir, files, {"model": Path(model_path).parent.name, "samples": n, "seed": seed,
+    page = write_samples_page(out_dir, files, {"model": model_id(model), "samples": n, "seed": seed,
                                                 "likelihood": model.config.likelihood, **_elbo(Path(model_path).parent)},
                               note=_what_to_expect(model.config))
     os.rename(out_dir, final_dir)
