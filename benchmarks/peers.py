@@ -74,15 +74,16 @@ def make_folder(n: int, dest: Path, seed: int = 0) -> dict[str, str]:
     n_photos = n - n_copies
     photos: list[Path] = []
     wallpapers = _wallpapers()
-    seen: dict[int, list[np.ndarray]] = {}  # per wallpaper, the small views of its tiles so far
+    seen: dict[int, np.ndarray] = {}  # per wallpaper, the small views of its tiles so far, stacked
 
     def save(tile: Image.Image, s: int, name: str) -> None:
         """Keep a tile unless it is plain (a flat or smooth region) or looks like another tile of its wallpaper at
         16 px (a repeating pattern, a crop of the same place): those would be copies nobody made."""
         small = np.asarray(tile.resize((16, 12), Image.Resampling.BOX), np.float32)
-        if len(photos) >= n_photos or small.std() < 20 or any(np.abs(small - t).mean() < 10 for t in seen.get(s, [])):
+        earlier = seen.get(s, np.empty((0, *small.shape), np.float32))
+        if len(photos) >= n_photos or small.std() < 20 or (np.abs(earlier - small).mean(axis=(1, 2, 3)) < 10).any():
             return
-        seen.setdefault(s, []).append(small)
+        seen[s] = np.concatenate([earlier, small[None]])
         f = dest / "photos" / f"{name}.jpg"
         f.parent.mkdir(parents=True, exist_ok=True)
         tile.save(f, quality=90)
@@ -97,10 +98,13 @@ def make_folder(n: int, dest: Path, seed: int = 0) -> dict[str, str]:
     # More than the wallpapers hold: tiles of the larger wallpapers at other scales and places (look-alikes of the
     # tiles above, not copies), a round over every wallpaper at a time until there are enough.
     large = [s for s, p in enumerate(wallpapers) if min(Image.open(p).size[0] / W, Image.open(p).size[1] / H) >= 2]
+    decoded: dict[int, Image.Image] = {}  # a few GB at most; decoding them again each round was most of the time
     while len(photos) < n_photos:
         before = len(photos)
         for s in large:
-            im = as_rgb(Image.open(wallpapers[s]))
+            if s not in decoded:
+                decoded[s] = as_rgb(Image.open(wallpapers[s]))
+            im = decoded[s]
             for _ in range(min(-(-(n_photos - len(photos)) // len(large)), 64)):
                 scale = rng.uniform(0.5, 1.0) * min(im.width / W, im.height / H)
                 w, h = round(W * scale), round(H * scale)
