@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vaepipe.config import BuildConfig, EmbedConfig, IndexConfig, IngestConfig, TrainConfig
 from vaepipe.errors import VaepipeError
-from vaepipe.store import Workdir
+from vaepipe.store import REPORT_FILE, Workdir
 
 DEMO_IMAGES = Path("demo-data/fashion-mnist-test")
 DEMO_WORKDIR = Path("work/demo")
@@ -235,7 +235,7 @@ def _serve(a: argparse.Namespace) -> int:
     port = server.server_address[1]
     print(f"serving the pages of {a.workdir} at http://127.0.0.1:{port}/ (Ctrl+C to stop)", flush=True)
     for page in latest_pages(workdir):
-        print(f"  latest {'report' if page.name == 'report.html' else 'samples'}: "
+        print(f"  latest {'report' if page.name == REPORT_FILE else 'samples'}: "
               f"{page_url(page, workdir.root, port)}", flush=True)
     try:
         server.serve_forever()

@@ -36,7 +36,7 @@ from vaepipe.detail import Signatures
 from vaepipe.index import SearchIndex
 from vaepipe.model import default_device, load_checkpoint
 from vaepipe.errors import VaepipeError
-from vaepipe.store import Workdir, file_path, sha256_file, write_json, write_parquet
+from vaepipe.store import DUPLICATES_FILE, Workdir, file_path, sha256_file, write_json, write_parquet
 from vaepipe.views import ViewCache, seen_similarity, uses_views
 
 log = logging.getLogger("vaepipe")
@@ -60,7 +60,7 @@ class ActionResult:
 
 
 def latest_run_with_duplicates(workdir: Workdir) -> Path:
-    runs = sorted((p for p in (workdir.root / "runs").glob("*") if (p / "duplicates.parquet").exists()),
+    runs = sorted((p for p in workdir.runs_dir.glob("*") if (p / DUPLICATES_FILE).exists()),
                   key=lambda p: p.name)
     if not runs:
         raise VaepipeError(f"no duplicate groups in {workdir.root}: run `vaepipe query {workdir.root} --all` first")
@@ -70,7 +70,7 @@ def latest_run_with_duplicates(workdir: Workdir) -> Path:
 def plan(workdir: Workdir, run_dir: Path | None = None) -> pa.Table:
     """The keeper and the others of every duplicate group of a run (default: the latest with groups)."""
     run_dir = Path(run_dir) if run_dir else latest_run_with_duplicates(workdir)
-    groups = pq.read_table(run_dir / "duplicates.parquet")
+    groups = pq.read_table(run_dir / DUPLICATES_FILE)
     manifest = pq.read_table(workdir.manifest, columns=["path", "width", "height", "bytes"])
     facts = {p: (w or 0, h or 0, b or 0) for p, w, h, b in zip(*(manifest[c].to_pylist() for c in manifest.column_names))}
     collection = workdir.read_collection()
@@ -144,7 +144,7 @@ def act(workdir: Workdir, table: pa.Table, action: str, quarantine: Path | None 
     result = ActionResult(action, apply)
     sha_of = dict(zip(table["path"].to_pylist(), table["sha256"].to_pylist()))
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{action}-{os.urandom(2).hex()}"
-    backup = workdir.root / "actions" / stamp
+    backup = workdir.actions_dir / stamp
     log_file = None
     if apply:
         backup.mkdir(parents=True)

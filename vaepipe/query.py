@@ -40,7 +40,8 @@ from vaepipe.progress import Progress
 from vaepipe.report import write_query_report
 from vaepipe.errors import VaepipeError
 from vaepipe.views import RERANK_DEPTH, ViewCache, rerank, uses_views
-from vaepipe.store import NEIGHBOURS_SCHEMA, Workdir, atomic_path, file_path, new_run_id, write_json, write_parquet
+from vaepipe.store import (DUPLICATES_FILE, NEIGHBOURS_FILE, NEIGHBOURS_SCHEMA, REPORT_FILE, RUN_FILE, Workdir,
+                           atomic_path, file_path, new_run_id, write_json, write_parquet)
 
 log = logging.getLogger("vaepipe")
 
@@ -276,39 +277,44 @@ def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold:
     _check_k(k, index.meta["n"] - 1)
     params: dict = {}
     if threshold is not None:
-        check_threshold(threshold)
-    image_root = Path(collection["image_root"])
+        check_threshold(threshold)  # before the search, not after it
     groups = None
     if duplicates:
-        model = _model(workdir, index)
-        threshold, calibration = _duplicate_threshold(model, collection, index, threshold)
-        params["duplicate_threshold"] = threshold
-        if index.grey is not None:
-            params["duplicate_threshold_greyscale"] = grey_threshold(threshold)
-        if calibration is not None:
-            params["duplicate_calibration"] = calibration
-        if uses_views(model, index):
-            params["duplicate_views"] = {"views": list(VIEWS), "pairs from similarity": CANDIDATE_SIMILARITY,
-                                         "similarity in a view": grey_threshold(threshold),
-                                         "only copy similarity": ONLY_COPY_SIMILARITY, "only copy margin": MARGIN,
-                                         "fine detail": {"nearest": detail.NEIGHBOURS,
-                                                         "from similarity": detail.CANDIDATE_SIMILARITY,
-                                                         "least": detail.FINE_LEAST, "margin": detail.FINE_MARGIN},
-                                         "near-plain": {"grey std below": detail.PLAIN_STD,
-                                                        "of one colour below": detail.FLAT_STD,
-                                                        "kept from correlation": detail.PLAIN_LEAST}}
-        groups = duplicate_groups(index, threshold, image_root, model, _view_cache(workdir, index))
-    return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params, image_root, groups)
+        groups, params = _groups(workdir, collection, index, threshold)
+    return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params,
+                       Path(collection["image_root"]), groups)
 
 
 def find_duplicates(workdir: Workdir, threshold: float | None = None) -> pa.Table:
     """The collection's duplicate groups as data (duplicates.duplicate_groups: group, kind, path, sha256), nothing
     written; threshold None: the one `query --all` would use (duplicates.calibrate_threshold)."""
     collection, index = open_index(workdir)
+    return _groups(workdir, collection, index, threshold)[0]
+
+
+def _groups(workdir: Workdir, collection: dict, index: SearchIndex, threshold: float | None
+            ) -> tuple[pa.Table, dict]:
+    """The duplicate groups at the given threshold or the calibrated one, and the parameters that made them (for
+    run.json)."""
     model = _model(workdir, index)
-    threshold, _ = _duplicate_threshold(model, collection, index, threshold)
-    return duplicate_groups(index, threshold, Path(collection["image_root"]), model,
-                            _view_cache(workdir, index))
+    threshold, calibration = _duplicate_threshold(model, collection, index, threshold)
+    params: dict = {"duplicate_threshold": threshold}
+    if index.grey is not None:
+        params["duplicate_threshold_greyscale"] = grey_threshold(threshold)
+    if calibration is not None:
+        params["duplicate_calibration"] = calibration
+    if uses_views(model, index):
+        params["duplicate_views"] = {"views": list(VIEWS), "pairs from similarity": CANDIDATE_SIMILARITY,
+                                     "similarity in a view": grey_threshold(threshold),
+                                     "only copy similarity": ONLY_COPY_SIMILARITY, "only copy margin": MARGIN,
+                                     "fine detail": {"nearest": detail.NEIGHBOURS,
+                                                     "from similarity": detail.CANDIDATE_SIMILARITY,
+                                                     "least": detail.FINE_LEAST, "margin": detail.FINE_MARGIN},
+                                     "near-plain": {"grey std below": detail.PLAIN_STD,
+                                                    "of one colour below": detail.FLAT_STD,
+                                                    "kept from correlation": detail.PLAIN_LEAST}}
+    groups = duplicate_groups(index, threshold, Path(collection["image_root"]), model, _view_cache(workdir, index))
+    return groups, params
 
 
 def _duplicate_threshold(model: VAE, collection: dict, index: SearchIndex, threshold: float | None
@@ -352,59 +358,64 @@ def _query_rows(workdir: Workdir, kind: str, index: SearchIndex, rows: np.ndarra
 def _run(workdir: Workdir, kind: str, index: SearchIndex, queries: _Queries, k: int,
          skipped: list[tuple[str, str]], t0: float, params: dict, image_root: Path, query_root: Path | None = None,
          groups: pa.Table | None = None) -> QueryResult:
-    """Search the queries into a run folder, with the duplicate groups found before it (query_all), its report and
-    run.json; the folder is published (renamed into place) when whole."""
+    """A bulk job's run folder: the neighbour rows, the duplicate groups found before them (query_all), the report
+    and run.json, each written by its own step; the folder is published (renamed into place) when whole."""
     run_id = new_run_id(kind)
     # Written in a hidden folder and renamed when whole: a failed or killed run (and Prefect's retry of it) leaves
     # no run folder that looks finished; the next build deletes what it left (Workdir.remove_stale_temporaries).
     final_dir = workdir.run_dir(run_id)
     run_dir = final_dir.with_name(f".{run_id}.partial")
-    out = run_dir / "neighbours.parquet"
     about = {"run_id": run_id, "model_id": index.meta["model_id"], "kind": kind, "image_root": str(image_root),
              "k": str(k)}
+    out = run_dir / NEIGHBOURS_FILE
     n_rows = _search_and_write(index, out, queries, k, about)
     result = QueryResult(run_dir, out, len(queries.names), n_rows, k, skipped)
     if groups is not None:
-        result.duplicates = write_parquet(groups, run_dir / "duplicates.parquet")
+        result.duplicates = write_parquet(groups, run_dir / DUPLICATES_FILE)
         result.n_duplicate_groups = len(set(groups["group"].to_pylist()))
     # The run's time up to its report: what the report shows and the CLI prints; writing the report is apart.
     result.seconds = time.monotonic() - t0
-    summary = {"run": run_id, "queries": f"{len(queries.names):,} ({kind})", "k": k, "collection size": f"{index.meta['n']:,}",
-               "model id": index.meta["model_id"], "index": f"{index.meta['kind']} {index.meta['params'] or ''}".strip(),
-               "measured recall@10": index.meta["recall_at_10"], "metric": index.meta["metric"],
-               "run time": f"{result.seconds:.2f} s (search and groups; the report is written after)",
-               "skipped queries": len(skipped)}
-    if "search_views" in params:
-        summary["ordered"] = (f"the first {params['search_views']['neighbours looked at again']} neighbours of each "
-                              "query looked at again through edited views (mirrored, turned, cropped, flattened on black)")
-    if groups is not None:
-        threshold = params["duplicate_threshold"]
-        summary["duplicate groups"] = f"{result.n_duplicate_groups:,} (similarity >= {threshold:.4f}" + (
-            f"; greyscale images to grey renderings >= {grey_threshold(threshold):.4f}" if index.grey is not None else "") + (
-            "; also through edited views, a picture with its only copy, and pixels' second opinion)"
-            if "duplicate_views" in params else ")")
     t_report = time.monotonic()
-    result.report = write_query_report(run_dir, out, image_root, query_root or image_root, summary, groups,
+    result.report = write_query_report(run_dir, out, image_root, query_root or image_root,
+                                       _report_summary(run_id, kind, index, result, params), groups,
                                        thumbs_cache=workdir.thumbs_dir)
     result.report_seconds = time.monotonic() - t_report
     write_json({"run_id": run_id, "kind": kind, "k": k, **params, "model_id": index.meta["model_id"],
                 "index": {x: index.meta[x] for x in ("kind", "params", "n", "metric", "recall_at_10", "source_fingerprint")},
                 **{x: v for x, v in asdict(result).items() if x not in ("run_dir", "neighbours", "report", "duplicates")}},
-               run_dir / "run.json")
+               run_dir / RUN_FILE)
     os.rename(run_dir, final_dir)
-    result.run_dir, result.neighbours = final_dir, final_dir / out.name
-    result.report = final_dir / result.report.name
+    result.run_dir, result.neighbours, result.report = final_dir, final_dir / NEIGHBOURS_FILE, final_dir / REPORT_FILE
     if result.duplicates is not None:
-        result.duplicates = final_dir / result.duplicates.name
-    out = result.neighbours
+        result.duplicates = final_dir / DUPLICATES_FILE
     for name, reason in skipped[:SKIPS_SHOWN]:
         log.warning("query: skipped %s: %s", name, reason)
     if len(skipped) > SKIPS_SHOWN:
         log.warning("query: skipped %d more queries (%s lists every one with its reason)", len(skipped) - SKIPS_SHOWN,
-                    final_dir / "run.json")
-    log.info("query: %d queries, %d neighbour rows -> %s (%.2f s, report %.2f s)", len(queries.names), n_rows, out,
-             result.seconds, result.report_seconds)
+                    final_dir / RUN_FILE)
+    log.info("query: %d queries, %d neighbour rows -> %s (%.2f s, report %.2f s)", result.n_queries, n_rows,
+             result.neighbours, result.seconds, result.report_seconds)
     return result
+
+
+def _report_summary(run_id: str, kind: str, index: SearchIndex, result: QueryResult, params: dict) -> dict[str, object]:
+    """The table at the top of the report: what was searched, with what, and how the groups were made."""
+    summary: dict[str, object] = {
+        "run": run_id, "queries": f"{result.n_queries:,} ({kind})", "k": result.k, "collection size": f"{index.meta['n']:,}",
+        "model id": index.meta["model_id"], "index": f"{index.meta['kind']} {index.meta['params'] or ''}".strip(),
+        "measured recall@10": index.meta["recall_at_10"], "metric": index.meta["metric"],
+        "run time": f"{result.seconds:.2f} s (search and groups; the report is written after)",
+        "skipped queries": len(result.skipped)}
+    if "search_views" in params:
+        summary["ordered"] = (f"the first {params['search_views']['neighbours looked at again']} neighbours of each "
+                              "query looked at again through edited views (mirrored, turned, cropped, flattened on black)")
+    if result.duplicates is not None:
+        threshold = params["duplicate_threshold"]
+        summary["duplicate groups"] = f"{result.n_duplicate_groups:,} (similarity >= {threshold:.4f}" + (
+            f"; greyscale images to grey renderings >= {grey_threshold(threshold):.4f}" if index.grey is not None else "") + (
+            "; also through edited views, a picture with its only copy, and pixels' second opinion)"
+            if "duplicate_views" in params else ")")
+    return summary
 
 
 def _collect(index: SearchIndex, queries: _Queries, k: int, skipped: list[tuple[str, str]]) -> Neighbours:

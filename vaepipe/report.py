@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from vaepipe.config import usable_cores
 from vaepipe.images import open_image, plain_mode
-from vaepipe.store import atomic_path, file_path, sha256_file
+from vaepipe.store import REPORT_FILE, atomic_path, file_path, sha256_file
 
 log = logging.getLogger("vaepipe")
 
@@ -267,11 +267,11 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
     blocks = [block(*q) for q in queries]
     n_queries = len(blocks)
     pages = [blocks[i : i + per_page] for i in range(0, len(blocks), per_page)] or [[]]
-    names = ["report.html"] + [f"report-{i + 1:04d}.html" for i in range(1, len(pages))]
+    names = [REPORT_FILE] + [f"report-{i + 1:04d}.html" for i in range(1, len(pages))]
     nav = '<p class="nav">Pages: ' + "".join(f'<a href="{n}">{i + 1}</a>' for i, n in enumerate(names)) + "</p>"
     views = ('<p class="nav">' + ('<a href="likely-duplicates.html">Likely duplicates only</a>'
                                   if groups is not None else "")
-             + '<a href="report.html#outliers">Outliers</a><a href="report.html#neighbours">Neighbours</a></p>')
+             + f'<a href="{REPORT_FILE}#outliers">Outliers</a><a href="{REPORT_FILE}#neighbours">Neighbours</a></p>')
     shown = f"<p>Showing {n_queries:,} queries" + (f" (the first {max_queries:,}; all are in neighbours.parquet)" if n_queries >= max_queries else "") + ".</p>"
     head = f"<h1>vaepipe similarity report</h1>{_summary_table(summary)}{shown}{views}"
     group_html = _groups_html(groups, thumbs, collection_root) if groups is not None else ""
@@ -291,8 +291,8 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
     if thumbs.failed > WARNED_FAILURES:  # a moved or deleted folder is one line, not one per image
         log.warning("report: %d more images without a thumbnail (changed, moved or unreadable since they were "
                     "indexed)", thumbs.failed - WARNED_FAILURES)
-    log.info("report: %s (%d pages, %d thumbnails)", run_dir / "report.html", len(pages), len(thumbs.done))
-    return run_dir / "report.html"
+    log.info("report: %s (%d pages, %d thumbnails)", run_dir / REPORT_FILE, len(pages), len(thumbs.done))
+    return run_dir / REPORT_FILE
 
 
 MAX_GROUPS, MAX_MEMBERS = 200, 40  # shown in the report; duplicates.parquet has every group and member

@@ -16,7 +16,7 @@ from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from vaepipe.store import Workdir
+from vaepipe.store import REPORT_FILE, Workdir
 
 log = logging.getLogger("vaepipe")
 
@@ -34,7 +34,7 @@ def page_url(page: Path, workdir: Path, port: int = DEFAULT_PORT, host: str = HO
 def latest_pages(workdir: Workdir) -> list[Path]:
     """The newest query report and samples page, those that exist."""
     found = []
-    for pattern in ("runs/*/report.html", "samples/*/index.html"):
+    for pattern in (f"runs/*/{REPORT_FILE}", "samples/*/index.html"):
         pages = [p for p in workdir.root.glob(pattern) if not p.parent.name.startswith(".")]
         if pages:
             found.append(max(pages, key=lambda p: p.stat().st_mtime))

@@ -117,6 +117,10 @@ GREY_INDEX_FILE = "grey.faiss"  # ... the grey renderings' index, beside it
 IDS_FILE = "ids.parquet"  # ... the path and sha256 of each vector
 INDEX_META_FILE = "index.json"  # ... kind, parameters, measured recall, fingerprint of its source
 PLAN_FILE = "_plan.parquet"  # in embeddings/<model_id>/: a leading "_", so readers of the folder as a dataset skip it
+NEIGHBOURS_FILE = "neighbours.parquet"  # in runs/<run_id>/: the neighbour rows (NEIGHBOURS_SCHEMA)
+DUPLICATES_FILE = "duplicates.parquet"  # ... the duplicate groups, for --all runs
+RUN_FILE = "run.json"  # ... what was asked, the parameters used, the queries skipped with the reasons
+REPORT_FILE = "report.html"  # ... the report's first page (report-0002.html and on, likely-duplicates.html)
 
 
 @dataclass(frozen=True)
@@ -160,8 +164,17 @@ class Workdir:
         """Report thumbnails kept across runs by content (report.Thumbs.cache); safe to delete."""
         return self.root / "thumbs"
 
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
     def run_dir(self, run_id: str) -> Path:
-        return self.root / "runs" / run_id
+        return self.runs_dir / run_id
+
+    @property
+    def actions_dir(self) -> Path:
+        """The undo logs of applied clean-up actions (cleanup.apply), one folder per action."""
+        return self.root / "actions"
 
     def samples_dir(self, run_id: str) -> Path:
         return self.root / "samples" / run_id
