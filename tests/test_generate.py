@@ -50,13 +50,13 @@ def test_fitted_latent_matches_the_collections_codes(built, fmnist_dir, tmp_path
     which for the search recipe (small KL weight) are far from the N(0, I) prior; the page shows the fitted grid."""
     import torch
 
-    from vaepipe.generate import _load, fit_latent, fitted_latents
+    from vaepipe.generate import load_inputs, fit_latent, fitted_latents
     from vaepipe.ingest import read_ok
     from vaepipe.model import load_checkpoint
 
     mid = json.loads(built.collection.read_text())["model_id"]
     model = load_checkpoint(built.model_file(mid))
-    images = _load(fmnist_dir, read_ok(built.manifest)["path"].to_pylist(), model.config.spec)
+    images = load_inputs(fmnist_dir, read_ok(built.manifest)["path"].to_pylist(), model.config.spec)
     with torch.no_grad():
         codes = model.encode(images)[0].double()
     mean, chol = fit_latent(model, images)

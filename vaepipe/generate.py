@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from vaepipe.images import load_array, to_float
+from vaepipe.images import ImageSpec, load_array, to_float
 from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, load_checkpoint, model_id
 from vaepipe.report import write_samples_page
@@ -117,15 +117,15 @@ def generate(model_path: Path, image_root: Path, manifest_path: Path, out_dir: P
     if fitted and ok:
         sample = [ok[i] for i in sorted(np.random.default_rng(seed).choice(len(ok), min(FIT_IMAGES, len(ok)), replace=False))]
         with torch.no_grad():
-            decoded = torch.sigmoid(model.decode(fitted_latents(*fit_latent(model, _load(image_root, sample, spec)), n, gen)))
+            decoded = torch.sigmoid(model.decode(fitted_latents(*fit_latent(model, load_inputs(image_root, sample, spec)), n, gen)))
         files.append(save_png(decoded, out_dir / "grid-fitted.png", nrow=math.ceil(math.sqrt(n))))
 
     picks = [ok[i] for i in sorted(np.random.default_rng(seed).choice(len(ok), min(n_reconstructions, len(ok)), replace=False))] if ok else []
-    inputs = _load(image_root, picks, spec)
+    inputs = load_inputs(image_root, picks, spec)
     if len(inputs):
         files.append(save_png(torch.cat([inputs, reconstruct(model, inputs)]), out_dir / "reconstructions.png", nrow=len(inputs)))
     ends = list(between) if between else picks[:2]
-    pair = _load(image_root, ends, spec, strict=bool(between)) if len(ends) == 2 else []
+    pair = load_inputs(image_root, ends, spec, strict=bool(between)) if len(ends) == 2 else []
     if len(pair) == 2:
         a, b = pair.split(1)
         strip = torch.cat([a, interpolate(model, a, b), b])
@@ -171,9 +171,10 @@ def _what_to_expect(config) -> str:
             f"more like the collection than samples from the prior N(0, I).")
 
 
-def _load(root: Path, rel_paths: list[str], spec, strict: bool = False) -> torch.Tensor:
-    """The images as model inputs, floats (B, C, H, W). A file that no longer loads (changed since it was indexed) is
-    left out with a warning, or with strict=True (files the user named) is an error."""
+def load_inputs(root: Path, rel_paths: list[str], spec: ImageSpec, strict: bool = False) -> torch.Tensor:
+    """The images as model inputs, floats (B, C, H, W), as the search sees them (train.load_images keeps alpha
+    instead, for training to composite). A file that no longer loads (changed since it was indexed) is left out with
+    a warning, or with strict=True (files the user named, which must lie inside the root) is an error."""
     root = Path(root).resolve()
     arrays = []
     for rel in rel_paths:

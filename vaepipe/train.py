@@ -12,7 +12,7 @@ import math
 import shutil
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -123,46 +123,28 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
     # Training state is saved after an epoch every cfg.checkpoint_minutes, under a key of (data, recipe): a killed
     # run resumes there. (Saved after every epoch, a small collection's many short epochs spent half their time saving.)
     state_path = workdir.training_dir / fingerprint(*rel_paths, json.dumps(asdict(cfg), sort_keys=True)) / "state.pt"
-    model, opt, sched, step, metrics, elapsed = _resume(state_path, model, opt, sched, gen, vcfg, cfg,
-                                                       epochs * steps_per_epoch, device)
-    start = time.monotonic() - elapsed
-    last_save = time.monotonic()
-    good = _snapshot(model, opt, sched, gen)  # the state to go back to if an epoch collapses the model
-    restarts = metrics[-1].get("restarts", 0) if metrics else 0
-    was_active = bool(metrics) and metrics[-1]["val_active_units"] > 0
-    epoch = len(metrics) + 1
-    while epoch <= epochs:
-        if cfg.max_minutes is not None and metrics and time.monotonic() - start > cfg.max_minutes * 60:
-            break  # a resumed run whose budget was already spent
-        step, row = _epoch(model, opt, sched, tr, batch_size, cfg, gen, device, step, warmup_steps)
-        ev = evaluate(model, val)
+    run = _resume(state_path, _Run(model, opt, sched, gen), vcfg, cfg, epochs * steps_per_epoch, device)
+    start, last_save = time.monotonic() - run.elapsed, time.monotonic()
+    while len(run.metrics) < epochs:
+        if cfg.max_minutes is not None and run.metrics and time.monotonic() - start > cfg.max_minutes * 60:
+            log.info("train: time budget of %.1f min reached after epoch %d", cfg.max_minutes, len(run.metrics))
+            break
+        row = _epoch(run, tr, batch_size, cfg, device, warmup_steps)
+        ev = evaluate(run.model, val)
         # Batch norm on the means keeps the posterior from collapsing (BN-VAE); its running statistics can make the
         # held-out means look inactive for an epoch while the model is fine, so only divergence counts there.
-        if _broke(ev, untrained_elbo, was_active and not vcfg.normalised_means) and restarts < cfg.max_restarts:
-            restarts += 1
-            log.warning("train: epoch %d broke the model (val ELBO %.2f, %d active units): diverged or collapsed; going back to the "
-                        "state before it and continuing at half the learning rate (restart %d of %d)",
-                        epoch, ev["elbo"], ev["active_units"], restarts, cfg.max_restarts)
-            step = _restore(good, model, opt, sched, gen)
-            _halve_lr(opt)
-            good = _snapshot(model, opt, sched, gen)
+        if _broke(ev, untrained_elbo, run.was_active and not vcfg.normalised_means) and run.restarts < cfg.max_restarts:
+            run.go_back(ev, cfg.max_restarts)
             continue
-        row = {"epoch": epoch, **row, "restarts": restarts, "peak_lr": opt.param_groups[0]["max_lr"],
-               **{f"val_{k}": v for k, v in ev.items()}}
-        metrics.append(row)
+        run.keep(row, ev)
         log.info("train: epoch %d/%d  loss %.2f  invariance %.3f  val ELBO %.2f nats/image (%s)  KL %.2f  active units %d/%d  %.1fs",
-                 epoch, epochs, row["train_loss"], row["train_invariance"], row["val_elbo"], vcfg.likelihood, row["val_kl"],
-                 row["val_active_units"], vcfg.latent_dim + vcfg.extra_dim, row["seconds"])
-        was_active = was_active or ev["active_units"] > 0
-        good = _snapshot(model, opt, sched, gen)
+                 len(run.metrics), epochs, row["train_loss"], row["train_invariance"], ev["elbo"], vcfg.likelihood,
+                 ev["kl"], ev["active_units"], vcfg.latent_dim + vcfg.extra_dim, row["seconds"])
         if time.monotonic() - last_save >= cfg.checkpoint_minutes * 60:
-            save_torch({**good, "metrics": metrics, "elapsed": time.monotonic() - start}, state_path)  # good: this epoch's end
+            save_torch({**run.good, "metrics": run.metrics, "elapsed": time.monotonic() - start}, state_path)
             last_save = time.monotonic()
-            log.info("train: saved training state after epoch %d", epoch)
-        if cfg.max_minutes is not None and time.monotonic() - start > cfg.max_minutes * 60:
-            log.info("train: time budget of %.1f min reached after epoch %d", cfg.max_minutes, epoch)
-            break
-        epoch += 1
+            log.info("train: saved training state after epoch %d", len(run.metrics))
+    model, metrics = run.model, run.metrics
     if metrics and metrics[-1]["val_active_units"] == 0:
         log.warning("train: the model ignores its input (no active latent units): its embeddings will not tell images "
                     "apart. Are the images all alike? Try a lower --lr or --beta, or more --epochs.")
@@ -200,29 +182,71 @@ def _split(images: torch.Tensor, vcfg: VAEConfig, cfg: TrainConfig, gen: torch.G
     return images[order[n_val:]], val
 
 
-def _resume(state_path: Path, model: VAE, opt: torch.optim.Optimizer, sched, gen: torch.Generator, vcfg: VAEConfig,
-            cfg: TrainConfig, total_steps: int, device: torch.device):
-    """Go on from the state a killed run saved, if any: (model, opt, sched, step, metrics, elapsed seconds)."""
+@dataclass
+class _Run:
+    """A training run's moving parts: model, optimiser, schedule and generator, the step count, the epochs kept so
+    far (metrics rows), the restarts used, and `good`: the state at the end of the last kept epoch, to go back to
+    when an epoch breaks the model and to save for a resume (_snapshot)."""
+    model: VAE
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    gen: torch.Generator
+    step: int = 0
+    metrics: list[dict] = field(default_factory=list)
+    elapsed: float = 0.0  # seconds spent by the runs this one resumed
+    restarts: int = 0
+    good: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.metrics:
+            self.restarts = self.metrics[-1].get("restarts", 0)
+        self.good = _snapshot(self.model, self.opt, self.sched, self.gen)
+
+    @property
+    def was_active(self) -> bool:
+        """Some epoch kept so far had active latent units (a collapse can only happen after that)."""
+        return any(row["val_active_units"] > 0 for row in self.metrics)
+
+    def go_back(self, ev: dict[str, float], max_restarts: int) -> None:
+        """The epoch just run broke the model: back to the state before it, at half the learning rate (_halve_lr)."""
+        self.restarts += 1
+        log.warning("train: epoch %d broke the model (val ELBO %.2f, %d active units): diverged or collapsed; going "
+                    "back to the state before it and continuing at half the learning rate (restart %d of %d)",
+                    len(self.metrics) + 1, ev["elbo"], ev["active_units"], self.restarts, max_restarts)
+        self.step = _restore(self.good, self.model, self.opt, self.sched, self.gen)
+        _halve_lr(self.opt)
+        self.good = _snapshot(self.model, self.opt, self.sched, self.gen)
+
+    def keep(self, row: dict, ev: dict[str, float]) -> None:
+        """The epoch just run is good: its metrics row, and its end state as the one to go back to."""
+        self.metrics.append({"epoch": len(self.metrics) + 1, **row, "restarts": self.restarts,
+                             "peak_lr": self.opt.param_groups[0]["max_lr"], **{f"val_{k}": v for k, v in ev.items()}})
+        self.good = _snapshot(self.model, self.opt, self.sched, self.gen)
+
+
+def _resume(state_path: Path, fresh: _Run, vcfg: VAEConfig, cfg: TrainConfig, total_steps: int,
+            device: torch.device) -> _Run:
+    """Go on from the state a killed run saved, if any, else from the fresh run."""
     if not state_path.exists():
-        return model, opt, sched, 0, [], 0.0
+        return fresh
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        step = _restore(state, model, opt, sched, gen)
+        step = _restore(state, fresh.model, fresh.opt, fresh.sched, fresh.gen)
         log.info("train: resuming after epoch %d from %s", len(state["metrics"]), state_path)
-        return model, opt, sched, step, state["metrics"], state["elapsed"]
+        return _Run(fresh.model, fresh.opt, fresh.sched, fresh.gen, step, state["metrics"], state["elapsed"])
     except Exception as e:  # a damaged state file costs the epochs it held, nothing else
         log.warning("train: cannot resume from %s (%s); starting again", state_path, e)
-        model, opt, sched = _fresh(vcfg, cfg, total_steps, device)
-        return model, opt, sched, 0, [], 0.0
+        return _Run(*_fresh(vcfg, cfg, total_steps, device), fresh.gen)
 
 
-def _epoch(model: VAE, opt: torch.optim.Optimizer, sched, tr: torch.Tensor, batch_size: int, cfg: TrainConfig,
-           gen: torch.Generator, device: torch.device, step: int, warmup_steps: int) -> tuple[int, dict]:
-    """One pass over the training images in a seeded order: (step count after it, its metrics row so far)."""
+def _epoch(run: _Run, tr: torch.Tensor, batch_size: int, cfg: TrainConfig, device: torch.device, warmup_steps: int
+           ) -> dict:
+    """One pass over the training images in a seeded order; returns its metrics row so far (run.step moves on)."""
+    model, opt, sched, gen = run.model, run.opt, run.sched, run.gen
     model.train()
     t0, total, invariance, beta = time.monotonic(), 0.0, 0.0, cfg.beta
     for batch_idx in torch.randperm(len(tr), generator=gen).split(batch_size):
-        beta = cfg.beta * min(1.0, (step + 1) / warmup_steps)  # KL warm-up against early collapse
+        beta = cfg.beta * min(1.0, (run.step + 1) / warmup_steps)  # KL warm-up against early collapse
         out = _loss(model, tr[batch_idx], beta, cfg, gen, device)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -230,10 +254,10 @@ def _epoch(model: VAE, opt: torch.optim.Optimizer, sched, tr: torch.Tensor, batc
         sched.step()
         total += out["loss"].item() * len(batch_idx)
         invariance += out["invariance"].item() * len(batch_idx) if "invariance" in out else 0.0
-        step += 1
+        run.step += 1
     seconds = time.monotonic() - t0
-    return step, {"train_loss": total / max(len(tr), 1), "train_invariance": invariance / max(len(tr), 1),
-                  "beta": beta, "seconds": seconds, "images_per_second": len(tr) / seconds}
+    return {"train_loss": total / max(len(tr), 1), "train_invariance": invariance / max(len(tr), 1),
+            "beta": beta, "seconds": seconds, "images_per_second": len(tr) / seconds}
 
 
 def _halve_lr(opt: torch.optim.Optimizer) -> None:
