@@ -15,7 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.common import progress_artifact, retry_unless_expected, summary_artifact
 from vaepipe.build import ShardRunner, Stages, build
 from vaepipe.config import BuildConfig, EmbedConfig
-from vaepipe.embed import embed_shard, plan_embedding
+from vaepipe.embed import ShardResult, embed_shard, plan_embedding
 from vaepipe.index import build_index as build_faiss_index
 from vaepipe.ingest import ingest
 from vaepipe.store import Workdir
@@ -35,7 +35,7 @@ index_task = task(build_faiss_index, name="index", cache_policy=NO_CACHE)
 
 @flow(name="embed-shards")
 def embed_shards(images: Path, model_dir: Path, embeddings_dir: Path, plan: Path, numbers: list[int], cfg: EmbedConfig
-                 ) -> list[tuple[int, list[tuple[str, str]]]]:
+                 ) -> list[ShardResult]:
     """One task per shard of the plan file; its task runner (one at a time, or Dask) is chosen by build_index."""
     futures = embed_shard_task.map(images, model_dir, embeddings_dir, plan, numbers, unmapped(cfg))
     return [f.result() for f in futures]
@@ -46,7 +46,7 @@ def shard_runner(dask_address: str | None, dask_workers: int) -> ShardRunner:
     dask = bool(dask_address or dask_workers)
 
     def run(images: Path, model_dir: Path, embeddings_dir: Path, plan: Path, numbers: list[int], cfg: EmbedConfig
-            ) -> list[tuple[int, list[tuple[str, str]]]]:
+            ) -> list[ShardResult]:
         if dask:  # Dask workers are daemons (no DataLoader children) and share cores
             cfg = dataclasses.replace(cfg, workers=0, threads=cfg.threads or 1)
         with api_for_dask_workers(dask_address) if dask else contextlib.nullcontext():

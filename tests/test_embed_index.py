@@ -241,18 +241,18 @@ def test_planning_embeds_each_content_once_across_manifest_row_groups(built_copy
     first_of_each = [r["path"] for i, r in enumerate(rows) if r["sha256"] not in {s["sha256"] for s in rows[:i]}]
     assert len(first_of_each) == 12
 
-    plan, numbers, n_done, _ = plan_shards(manifest, emb, 32, shard_rows=5)
-    planned = pq.read_table(plan)
-    assert planned["path"].to_pylist() == first_of_each and n_done == 0
-    assert numbers == [0, 1, 2] and planned["shard"].to_pylist() == [i // 5 for i in range(12)]
+    plan = plan_shards(manifest, emb, 32, shard_rows=5)
+    planned = pq.read_table(plan.plan)
+    assert planned["path"].to_pylist() == first_of_each and plan.n_done == 0
+    assert plan.numbers == [0, 1, 2] and planned["shard"].to_pylist() == [i // 5 for i in range(12)]
 
     assert embed(images, manifest, built_copy.model_dir(mid), emb, EmbedConfig(workers=0, part_rows=5)).n_embedded == 12
     shutil.copy(paths[5], images / "zz-copy-again.png")  # a content embedded already, under a new name
     new = write_fmnist(images, start=50, n=1)[0]
     ingest(images, manifest, IngestConfig(workers=1, checkpoint_every=3))
-    plan, numbers, n_done, _ = plan_shards(manifest, emb, 32, shard_rows=5)
-    assert pq.read_table(plan)["path"].to_pylist() == [new.relative_to(images).as_posix()]
-    assert numbers == [3] and n_done == 12
+    plan = plan_shards(manifest, emb, 32, shard_rows=5)
+    assert pq.read_table(plan.plan)["path"].to_pylist() == [new.relative_to(images).as_posix()]
+    assert plan.numbers == [3] and plan.n_done == 12
 
 
 def test_contents_answers_like_a_set_across_many_small_batches():

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaepipe.config import BuildConfig, EmbedConfig
-from vaepipe.embed import EmbedResult, embed_shards_here, plan_embedding
+from vaepipe.embed import EmbeddingPlan, EmbedResult, ShardResult, embed_shards_here, plan_embedding
 from vaepipe.index import IndexResult, build_index
 from vaepipe.ingest import IngestResult, ingest
 from vaepipe.store import Workdir
@@ -25,8 +25,8 @@ from vaepipe.train import TrainResult, adopt_checkpoint, reusable_model, train
 
 log = logging.getLogger("vaepipe")
 
-# (images, model_dir, embeddings_dir, plan, shard numbers, config) -> (rows embedded, failed files) per shard
-ShardRunner = Callable[[Path, Path, Path, Path, list[int], EmbedConfig], list[tuple[int, list[tuple[str, str]]]]]
+# (images, model_dir, embeddings_dir, plan file, shard numbers, config) -> each shard's result
+ShardRunner = Callable[[Path, Path, Path, Path, list[int], EmbedConfig], list[ShardResult]]
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Stages:
     ingest: Callable[..., IngestResult] = ingest
     adopt: Callable[..., TrainResult] = adopt_checkpoint
     train: Callable[..., TrainResult] = train
-    plan: Callable[..., tuple[Path, list[int], int, list[Path]]] = plan_embedding
+    plan: Callable[..., EmbeddingPlan] = plan_embedding
     embed_shards: ShardRunner = embed_shards_here
     index: Callable[..., IndexResult] = build_index
 
@@ -116,10 +116,10 @@ def build(images: Path, workdir: Workdir, cfg: BuildConfig = BuildConfig(), mode
 
         t = time.monotonic()
         emb_dir = workdir.embeddings_dir(trained.model_id)
-        plan, numbers, n_done, quarantined = stages.plan(ingested.manifest, trained.model_dir, emb_dir, cfg.embed)
-        results = stages.embed_shards(images, trained.model_dir, emb_dir, plan, numbers, cfg.embed) if numbers else []
-        embedded = EmbedResult(emb_dir, trained.model_id, sum(n for n, _ in results), n_done, quarantined,
-                               [f for _, failed in results for f in failed])
+        plan = stages.plan(ingested.manifest, trained.model_dir, emb_dir, cfg.embed)
+        shards = stages.embed_shards(images, trained.model_dir, emb_dir, plan.plan, plan.numbers, cfg.embed
+                                     ) if plan.numbers else []
+        embedded = EmbedResult.of(emb_dir, trained.model_id, plan, shards)
         seconds["embed"] = time.monotonic() - t
 
         t = time.monotonic()

@@ -42,6 +42,28 @@ class EmbedResult:
     quarantined: list[Path] = field(default_factory=list)  # damaged or outdated parts found and set aside
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): changed or vanished since ingest
 
+    @classmethod
+    def of(cls, embeddings_dir: Path, model_id: str, plan: EmbeddingPlan, shards: list[ShardResult]) -> EmbedResult:
+        return cls(embeddings_dir, model_id, sum(s.n_rows for s in shards), plan.n_done, plan.quarantined,
+                   [f for s in shards for f in s.failed])
+
+
+@dataclass
+class EmbeddingPlan:
+    """What an embedding run has to do (plan_shards): the plan file, its shard numbers (one part file each), how
+    many contents were embedded already, and the damaged or outdated parts set aside."""
+    plan: Path
+    numbers: list[int]
+    n_done: int
+    quarantined: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class ShardResult:
+    """One embedded shard: rows written to its part, and the files that failed now, (path, reason)."""
+    n_rows: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
 
 GREY_TOLERANCE = 3  # grey levels between an image's channels that still make it greyscale (a JPEG's chroma noise)
 
@@ -274,13 +296,12 @@ PLAN_SCHEMA = pa.schema([("shard", pa.int32()), ("path", pa.string()), ("sha256"
 
 
 def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows: int, grey: bool = False
-                ) -> tuple[Path, list[int], int, list[Path]]:
+                ) -> EmbeddingPlan:
     """Split what is not embedded yet (one image per distinct sha256, its first path) into shards of at most `shard_rows`.
 
     The plan is a file (embeddings_dir/_plan.parquet), so shard tasks are handed a path and a number, not
     lists of files: a million files stay out of task and flow-run parameters. The manifest is read a row group
     at a time and contents are held as 32-byte keys (`Contents`), so planning does not hold the manifest.
-    Returns (plan path, shard numbers, number already embedded, damaged parts set aside).
     """
     seen, quarantined = embedded_contents(embeddings_dir, dim, grey)
     n_done = len(seen)
@@ -300,7 +321,7 @@ def plan_shards(manifest_path: Path, embeddings_dir: Path, dim: int, shard_rows:
             n_todo += len(first)
     numbers = list(range(first_number, first_number + -(-n_todo // shard_rows)))
     log.info("embed: %d images to embed in %d parts, %d already embedded", n_todo, len(numbers), n_done)
-    return plan, numbers, n_done, quarantined
+    return EmbeddingPlan(plan, numbers, n_done, quarantined)
 
 
 class UnderRoot(Sequence[str]):
@@ -327,8 +348,8 @@ def load_shard(plan: Path, number: int) -> Shard:
 
 
 def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, number: int,
-                cfg: EmbedConfig = EmbedConfig(), device: torch.device | None = None) -> tuple[int, list[tuple[str, str]]]:
-    """Embed shard `number` of the plan into its part file; returns (rows written, [(path, reason)] that failed now).
+                cfg: EmbedConfig = EmbedConfig(), device: torch.device | None = None) -> ShardResult:
+    """Embed shard `number` of the plan into its part file (rows written, files that failed now).
 
     Rows go into the part a row group at a time and the part is renamed into place when the shard is done, so
     a shard holds one row group of vectors, not one per image of the part.
@@ -372,7 +393,7 @@ def embed_shard(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, n
         part.unlink()  # every image failed: no empty part for readers to list
     for path, reason in failed:
         log.warning("embed: skipped %s: %s", path, reason)
-    return n_rows, failed
+    return ShardResult(n_rows, failed)
 
 
 def vector_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
@@ -380,7 +401,7 @@ def vector_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
 
 
 def plan_embedding(manifest_path: Path, model_dir: Path, embeddings_dir: Path, cfg: EmbedConfig = EmbedConfig()
-                   ) -> tuple[Path, list[int], int, list[Path]]:
+                   ) -> EmbeddingPlan:
     """plan_shards for this model's embeddings, in parts of cfg.part_rows."""
     config = checkpoint_config(Path(model_dir) / MODEL_FILE)
     return plan_shards(manifest_path, embeddings_dir, config.latent_dim, cfg.part_rows, has_grey_renderings(config))
@@ -388,17 +409,15 @@ def plan_embedding(manifest_path: Path, model_dir: Path, embeddings_dir: Path, c
 
 def embed_shards_here(root: Path, model_dir: Path, embeddings_dir: Path, plan: Path, numbers: list[int],
                       cfg: EmbedConfig = EmbedConfig(), device: torch.device | None = None
-                      ) -> list[tuple[int, list[tuple[str, str]]]]:
-    """The shards of a plan one after another in this process: (rows embedded, failed files) per shard."""
+                      ) -> list[ShardResult]:
+    """The shards of a plan one after another in this process."""
     return [embed_shard(root, model_dir, embeddings_dir, plan, number, cfg, device) for number in numbers]
 
 
 def embed(root: Path, manifest_path: Path, model_dir: Path, embeddings_dir: Path,
           cfg: EmbedConfig = EmbedConfig(), device: torch.device | None = None) -> EmbedResult:
     """Embed everything not embedded yet, one shard after another in this process."""
-    plan, numbers, n_done, quarantined = plan_embedding(manifest_path, model_dir, embeddings_dir, cfg)
-    results = embed_shards_here(root, model_dir, embeddings_dir, plan, numbers, cfg, device)
-    mid = model_id(load_checkpoint(Path(model_dir) / MODEL_FILE))
-    return EmbedResult(Path(embeddings_dir), mid, sum(n for n, _ in results), n_done, quarantined,
-                       [f for _, failed in results for f in failed])
+    plan = plan_embedding(manifest_path, model_dir, embeddings_dir, cfg)
+    results = embed_shards_here(root, model_dir, embeddings_dir, plan.plan, plan.numbers, cfg, device)
+    return EmbedResult.of(Path(embeddings_dir), model_id(load_checkpoint(Path(model_dir) / MODEL_FILE)), plan, results)
 

@@ -100,13 +100,20 @@ class _Queries:
 SKIPS_SHOWN = 10  # skipped queries logged one by one; run.json has them all
 
 
-def open_index(workdir: Workdir) -> tuple[dict, SearchIndex]:
+@dataclass
+class OpenCollection:
+    """A built collection as search sees it: the folder its paths are relative to, and its current model's index."""
+    image_root: Path
+    index: SearchIndex
+
+
+def open_index(workdir: Workdir) -> OpenCollection:
     collection = workdir.read_collection()
     index = SearchIndex.open(workdir.index_dir(collection["model_id"]))
     if index.meta["model_id"] != collection["model_id"]:
         raise VaepipeError(f"index was built for model {index.meta['model_id']} but the collection uses model "
                            f"{collection['model_id']}: rebuild with `vaepipe index`")
-    return collection, index
+    return OpenCollection(Path(collection["image_root"]), index)
 
 
 def preflight(workdir: Workdir, k: int, exclude_self: bool) -> None:
@@ -126,18 +133,19 @@ def _check_k(k: int, available: int) -> None:
 
 def query_folder(workdir: Workdir, query_dir: Path, k: int = 10, cfg: EmbedConfig = EmbedConfig()) -> QueryResult:
     t0 = time.monotonic()
-    collection, index = open_index(workdir)
+    opened = open_index(workdir)
+    image_root, index = opened.image_root, opened.index
     _check_k(k, index.meta["n"])
     query_dir = Path(query_dir).resolve()
     files = scan(query_dir)
     if not files:
         raise VaepipeError(f"no files in query folder {query_dir}")
     model = _model(workdir, index)
-    queries, skipped = _outside(workdir, collection, index, model, [(query_dir, f) for f in files], cfg)
+    queries, skipped = _outside(workdir, image_root, index, model, [(query_dir, f) for f in files], cfg)
     params: dict = {"queries": str(query_dir)}
     if queries.reorder is not None:
         params["search_views"] = {"views": list(VIEWS), "neighbours looked at again": RERANK_DEPTH}
-    return _run(workdir, "folder", index, queries, k, skipped, t0, params, Path(collection["image_root"]),
+    return _run(workdir, "folder", index, queries, k, skipped, t0, params, image_root,
                 query_root=query_dir)
 
 
@@ -148,7 +156,8 @@ def search_files(workdir: Workdir, files: Path | Sequence[Path], k: int = 10, cf
     skipped with the reason; none at all readable is a VaepipeError. For a model trained for copies, each file's
     first views.RERANK_DEPTH neighbours are ordered again through edited views (views.rerank), and their
     similarity is the better of as stored and through a view."""
-    collection, index = open_index(workdir)
+    opened = open_index(workdir)
+    image_root, index = opened.image_root, opened.index
     _check_k(k, index.meta["n"])
     model = _model(workdir, index)
     if isinstance(files, (str, os.PathLike)) and Path(files).is_dir():
@@ -156,11 +165,11 @@ def search_files(workdir: Workdir, files: Path | Sequence[Path], k: int = 10, cf
         items = [(root, f) for f in scan(root)]
         if not items:
             raise VaepipeError(f"no files in folder {root}")
-        queries, skipped = _outside(workdir, collection, index, model, items, cfg)
+        queries, skipped = _outside(workdir, image_root, index, model, items, cfg)
     else:
         given = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
         # Each file vetted where it is (a link the caller named is followed), named as the caller named it.
-        queries, skipped = _outside(workdir, collection, index, model, [(f.resolve().parent, f.resolve()) for f in given],
+        queries, skipped = _outside(workdir, image_root, index, model, [(f.resolve().parent, f.resolve()) for f in given],
                                     cfg, names=[str(f) for f in given])
     if not queries.names:
         raise VaepipeError("no query image could be read: " + "; ".join(f"{n}: {r}" for n, r in skipped[:3]))
@@ -170,17 +179,18 @@ def search_files(workdir: Workdir, files: Path | Sequence[Path], k: int = 10, cf
 def search_collection(workdir: Workdir, paths: Sequence[str] | None = None, k: int = 10) -> Neighbours:
     """Neighbours of collection images (paths relative to the collection root, as in neighbours.parquet), or of
     every image (paths=None), each without itself. Paths not in the index are skipped with the reason."""
-    collection, index = open_index(workdir)
+    opened = open_index(workdir)
+    image_root, index = opened.image_root, opened.index
     _check_k(k, index.meta["n"] - 1)
     if paths is None:
         rows, skipped = np.arange(index.meta["n"]), []
     else:
-        rows_l, skipped = _rows_of(index, Path(collection["image_root"]), paths)
+        rows_l, skipped = _rows_of(index, image_root, paths)
         rows = np.asarray(rows_l, dtype=np.int64)
     return _collect(index, _collection_queries(index, rows), k, skipped)
 
 
-def _outside(workdir: Workdir, collection: dict, index: SearchIndex, model: VAE, items: list[tuple[Path, Path]],
+def _outside(workdir: Workdir, image_root: Path, index: SearchIndex, model: VAE, items: list[tuple[Path, Path]],
              cfg: EmbedConfig, names: list[str] | None = None) -> tuple[_Queries, list[tuple[str, str]]]:
     """Files outside the collection, (folder, file) pairs, embedded with its model, as queries (named relative to
     each folder unless names are given; for a model trained for copies, each batch's shortlist ordered again
@@ -205,7 +215,6 @@ def _outside(workdir: Workdir, collection: dict, index: SearchIndex, model: VAE,
     files = [paths[j] for j in done]
     reorder = None
     if uses_views(model, index):
-        image_root = Path(collection["image_root"])
 
         def reorder(s: slice, rows: np.ndarray, similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return rerank(index, model, image_root, files[s], embedded.take(s), rows, similarity,
@@ -236,7 +245,8 @@ def query_list(workdir: Workdir, list_file: Path, k: int = 10) -> QueryResult:
     """Neighbours of collection images named in a text file, one per line: relative to the collection root, or
     absolute inside it. Lines that name nothing indexed (or are not UTF-8) are skipped with their reasons."""
     t0 = time.monotonic()
-    collection, index = open_index(workdir)
+    opened = open_index(workdir)
+    image_root, index = opened.image_root, opened.index
     _check_k(k, index.meta["n"] - 1)
     names: list[str] = []
     skipped: list[tuple[str, str]] = []
@@ -249,12 +259,12 @@ def query_list(workdir: Workdir, list_file: Path, k: int = 10) -> QueryResult:
                 continue
             if name and not name.startswith("#"):
                 names.append(name)
-    rows, not_indexed = _rows_of(index, Path(collection["image_root"]), names)
+    rows, not_indexed = _rows_of(index, image_root, names)
     skipped += not_indexed
     if not rows:
         raise VaepipeError(f"none of the paths in {list_file} is an indexed image of the collection")
     return _query_rows(workdir, "list", index, np.asarray(rows), k, skipped, t0, {"list": str(list_file)},
-                       Path(collection["image_root"]))
+                       image_root)
 
 
 def run_query(workdir: Workdir, queries: Path | None = None, list_file: Path | None = None, all_images: bool = False,
@@ -273,31 +283,33 @@ def run_query(workdir: Workdir, queries: Path | None = None, list_file: Path | N
 def query_all(workdir: Workdir, k: int = 10, duplicates: bool = True, threshold: float | None = None) -> QueryResult:
     """Every image against the rest; with `duplicates`, also duplicates.parquet (see vaepipe.duplicates)."""
     t0 = time.monotonic()
-    collection, index = open_index(workdir)
+    opened = open_index(workdir)
+    image_root, index = opened.image_root, opened.index
     _check_k(k, index.meta["n"] - 1)
     params: dict = {}
     if threshold is not None:
         check_threshold(threshold)  # before the search, not after it
     groups = None
     if duplicates:
-        groups, params = _groups(workdir, collection, index, threshold)
+        groups, params = _groups(workdir, image_root, index, threshold)
     return _query_rows(workdir, "all", index, np.arange(index.meta["n"]), k, [], t0, params,
-                       Path(collection["image_root"]), groups)
+                       image_root, groups)
 
 
 def find_duplicates(workdir: Workdir, threshold: float | None = None) -> pa.Table:
     """The collection's duplicate groups as data (duplicates.duplicate_groups: group, kind, path, sha256), nothing
     written; threshold None: the one `query --all` would use (duplicates.calibrate_threshold)."""
-    collection, index = open_index(workdir)
-    return _groups(workdir, collection, index, threshold)[0]
+    opened = open_index(workdir)
+    image_root, index = opened.image_root, opened.index
+    return _groups(workdir, image_root, index, threshold)[0]
 
 
-def _groups(workdir: Workdir, collection: dict, index: SearchIndex, threshold: float | None
+def _groups(workdir: Workdir, image_root: Path, index: SearchIndex, threshold: float | None
             ) -> tuple[pa.Table, dict]:
     """The duplicate groups at the given threshold or the calibrated one, and the parameters that made them (for
     run.json)."""
     model = _model(workdir, index)
-    threshold, calibration = _duplicate_threshold(model, collection, index, threshold)
+    threshold, calibration = _duplicate_threshold(model, image_root, index, threshold)
     params: dict = {"duplicate_threshold": threshold}
     if index.grey is not None:
         params["duplicate_threshold_greyscale"] = grey_threshold(threshold)
@@ -313,18 +325,18 @@ def _groups(workdir: Workdir, collection: dict, index: SearchIndex, threshold: f
                                      "near-plain": {"grey std below": detail.PLAIN_STD,
                                                     "of one colour below": detail.FLAT_STD,
                                                     "kept from correlation": detail.PLAIN_LEAST}}
-    groups = duplicate_groups(index, threshold, Path(collection["image_root"]), model, _view_cache(workdir, index))
+    groups = duplicate_groups(index, threshold, image_root, model, _view_cache(workdir, index))
     return groups, params
 
 
-def _duplicate_threshold(model: VAE, collection: dict, index: SearchIndex, threshold: float | None
+def _duplicate_threshold(model: VAE, image_root: Path, index: SearchIndex, threshold: float | None
                          ) -> tuple[float, dict | None]:
     """The similarity above which two images are near duplicates: the one given (checked), else calibrated for the
     collection's model, with the calibration's record."""
     if threshold is not None:
         check_threshold(threshold)
         return threshold, None
-    calibration = calibrate_threshold(model, index, Path(collection["image_root"]))
+    calibration = calibrate_threshold(model, index, image_root)
     if calibration.sampled:
         log.info("duplicates: threshold %.4f (%s); %d images re-saved as JPEG keep a similarity of median %s, "
                  "5th percentile %s", calibration.threshold, calibration.rule, calibration.sampled,
