@@ -23,15 +23,13 @@ import copies
 from helpers import SERIAL
 
 from vaepipe.cleanup import plan
-from vaepipe.config import IngestConfig, TrainConfig
+from vaepipe.build import build
+from vaepipe.config import BuildConfig, IngestConfig
 from vaepipe.duplicates import COPY_THRESHOLD, duplicate_groups
-from vaepipe.embed import embed
-from vaepipe.index import SearchIndex, build_index
-from vaepipe.ingest import ingest
+from vaepipe.index import SearchIndex
 from vaepipe.model import load_checkpoint
 from vaepipe.query import query_all, query_folder, search_files
 from vaepipe.store import Workdir
-from vaepipe.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -90,12 +88,7 @@ def folder(tmp_path_factory) -> dict:
 def collection(folder, tmp_path_factory) -> Workdir:
     """The collection built as a user builds it: the default recipe, nothing tuned for this test."""
     wd = Workdir(tmp_path_factory.mktemp("work"))
-    coll = folder["collection"]
-    ingest(coll, wd.manifest, IngestConfig(workers=1))
-    trained = train(coll, wd.manifest, wd, TrainConfig(), workers=0)
-    embed(coll, wd.manifest, trained.model_dir, wd.embeddings_dir(trained.model_id), SERIAL)
-    build_index(wd.embeddings_dir(trained.model_id), wd.manifest, wd.index_dir(trained.model_id), trained.model_id)
-    wd.write_collection(coll, trained.model_id)
+    build(folder["collection"], wd, BuildConfig(ingest=IngestConfig(workers=1), embed=SERIAL))
     return wd
 
 

@@ -14,15 +14,12 @@ import pytest
 from PIL import Image
 
 from helpers import FAST_TRAIN, SERIAL, flat_index, write_fmnist
-from vaepipe.config import IngestConfig
-from vaepipe.embed import embed
+from vaepipe.build import build
+from vaepipe.config import BuildConfig, IngestConfig
 from vaepipe.generate import generate
-from vaepipe.index import build_index
-from vaepipe.ingest import ingest
 from vaepipe.query import query_all
 from vaepipe.report import group_of, outliers, same_group_rows
 from vaepipe.store import Workdir
-from vaepipe.train import train
 
 CHECK_PAGE = """<!doctype html><html><body><iframe id="r" src="{page}" style="width:1200px;height:900px"></iframe>
 <script>
@@ -95,12 +92,8 @@ def with_copies(tmp_path_factory):
         Image.open(src).convert("RGB").save(buf, format="JPEG", quality=92)
         (root / "images" / f"resaved-{i}.jpg").write_bytes(buf.getvalue())
     wd = Workdir(root / "wd")
-    ingest(root / "images", wd.manifest, IngestConfig(workers=1))
     # Trained longer than FAST_TRAIN: near-duplicate detection needs an embedding finer than the class level.
-    trained = train(root / "images", wd.manifest, wd, replace(FAST_TRAIN, epochs=10), workers=0)
-    embed(root / "images", wd.manifest, trained.model_dir, wd.embeddings_dir(trained.model_id), SERIAL)
-    build_index(wd.embeddings_dir(trained.model_id), wd.manifest, wd.index_dir(trained.model_id), trained.model_id)
-    wd.write_collection(root / "images", trained.model_id)
+    build(root / "images", wd, BuildConfig(IngestConfig(workers=1), replace(FAST_TRAIN, epochs=10), SERIAL))
     return root, wd, originals
 
 
