@@ -26,17 +26,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests"))  # the suite's helpers, run here at a larger scale (pytest has tests/ on its path)
 
 import flows  # noqa: E402,F401  (Prefect settings before prefect is imported)
 import pyarrow.parquet as pq  # noqa: E402
-from helpers import write_fmnist  # noqa: E402
+from helpers import (FORMATS, clustered_vectors, format_sample, mutated, neighbour_rows, run_build_driver,  # noqa: E402
+                     temporary_servers, write_fmnist, write_vector_collection)
 from hostile import write_hostile  # noqa: E402
 
 from flows.build_index import build_index  # noqa: E402
 from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig, TrainConfig  # noqa: E402
 from vaepipe.store import name_of  # noqa: E402
-from test_fuzz import FORMATS, _mutated, _original  # noqa: E402
 
 
 def write_fuzzed(folder: Path, per_format: int, seed: int = 0) -> int:
@@ -46,9 +46,9 @@ def write_fuzzed(folder: Path, per_format: int, seed: int = 0) -> int:
     rng = random.Random(seed)
     folder.mkdir(parents=True)
     for suffix, fmt in FORMATS.items():
-        data = _original(fmt)
+        data = format_sample(fmt)
         for i in range(per_format):
-            (folder / f"{suffix}-{i:03d}.{suffix}").write_bytes(_mutated(data, rng))
+            (folder / f"{suffix}-{i:03d}.{suffix}").write_bytes(mutated(data, rng))
     return per_format * len(FORMATS)
 
 
@@ -84,9 +84,6 @@ def kills(rounds: int) -> dict:
     import subprocess
 
     import numpy as np
-    from test_cli import _temporary_servers
-    from test_embed_index import _clusters, _write_collection
-    from test_reindex import _run_driver, neighbours
     from vaepipe.config import IndexConfig
     from vaepipe.index import SearchIndex, build_index as build_index_files
 
@@ -97,22 +94,22 @@ def kills(rounds: int) -> dict:
 
     # 1. A build SIGKILLed in each stage, then run again, against a clean build of the same folder.
     write_fmnist(tmp / "images", n=300)
-    _run_driver(tmp / "images", tmp / "reference")
-    reference = neighbours(tmp / "reference")
+    run_build_driver(tmp / "images", tmp / "reference")
+    reference = neighbour_rows(tmp / "reference")
     stages = {"ingest": "ingest: checkpoint after 100", "train": "train: saved training state after epoch 2",
               "embed": "embed: wrote part-00001", "index": "index: writing"}
     out["builds killed and resumed"] = {}
     for stage, marker in stages.items():
-        _run_driver(tmp / "images", tmp / f"killed-{stage}", kill_on=marker)
-        _run_driver(tmp / "images", tmp / f"killed-{stage}")
-        got = neighbours(tmp / f"killed-{stage}")
+        run_build_driver(tmp / "images", tmp / f"killed-{stage}", kill_on=marker)
+        run_build_driver(tmp / "images", tmp / f"killed-{stage}")
+        got = neighbour_rows(tmp / f"killed-{stage}")
         out["builds killed and resumed"][stage] = f"{sum(a != b for a, b in zip(got, reference)) + abs(len(got) - len(reference))} of {len(reference)} neighbour rows differ"
 
     # 2. Searches while another process rebuilds the index over other images, killed at random moments.
-    vectors = _clusters(n=600)
+    vectors = clustered_vectors(n=600)
     for name, x in (("a", vectors), ("b", vectors[::-1][:400])):
         (tmp / "rebuild" / name).mkdir(parents=True)
-        _write_collection(tmp / "rebuild" / name, x)
+        write_vector_collection(tmp / "rebuild" / name, x)
     index_dir = tmp / "rebuild" / "index"
     queries = vectors[:50]
     answers = {}
@@ -157,15 +154,15 @@ def kills(rounds: int) -> dict:
                                  str(tmp / f"cli-{i}")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 cwd=REPO)
         deadline = time.monotonic() + 90
-        while not _temporary_servers(home) and time.monotonic() < deadline:
+        while not temporary_servers(home) and time.monotonic() < deadline:
             time.sleep(0.2)
-        started = bool(_temporary_servers(home))
+        started = bool(temporary_servers(home))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 30
-        while _temporary_servers(home) and time.monotonic() < deadline:
+        while temporary_servers(home) and time.monotonic() < deadline:
             time.sleep(0.2)
-        left += len(_temporary_servers(home)) if started else 1  # a command that started no server counts as a failure
+        left += len(temporary_servers(home)) if started else 1  # a command that started no server counts as a failure
     out["CLI commands killed with their server running"] = f"{min(rounds, 5)}: {left} servers left running 30 s later"
     shutil.rmtree(tmp, ignore_errors=True)
     return out

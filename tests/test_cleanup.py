@@ -11,8 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from helpers import write_fmnist
-from test_cli import vaepipe
+from helpers import run_cli, write_fmnist
 from vaepipe.cleanup import act, latest_run_with_duplicates, plan, undo
 from vaepipe.store import Workdir
 
@@ -45,8 +44,8 @@ def folder_with_copies(built, tmp_path, prefect_server):
         Image.open(originals[i]).resize((56, 56), Image.Resampling.NEAREST).save(images / "copies" / f"big-{i}.png")
     model = built.model_dir(json.loads(built.collection.read_text())["model_id"]) / "model.pt"
     wd = tmp_path / "wd"
-    vaepipe("index", images, "--workdir", wd, "--model", model)
-    vaepipe("query", wd, "--all", "-k", "3")
+    run_cli("index", images, "--workdir", wd, "--model", model)
+    run_cli("query", wd, "--all", "-k", "3")
     return images, wd, originals
 
 
@@ -54,7 +53,7 @@ def test_plan_dry_run_move_and_undo(folder_with_copies, tmp_path):
     images, wd, originals = folder_with_copies
     before = _snapshot(images)
 
-    out = vaepipe("duplicates", wd, "--move-to", tmp_path / "quarantine").stdout
+    out = run_cli("duplicates", wd, "--move-to", tmp_path / "quarantine").stdout
     assert "dry run: nothing changed" in out and _snapshot(images) == before and not (tmp_path / "quarantine").exists()
     run = sorted((wd / "runs").iterdir())[-1]
     plan = pq.read_table(run / "duplicates-plan.parquet").to_pylist()
@@ -77,14 +76,14 @@ def test_plan_dry_run_move_and_undo(folder_with_copies, tmp_path):
     changed = next(r["path"] for r in plan if not r["keep"] and r["kind"] != "links")
     Image.open(images / changed).rotate(90).save(images / changed)
     before = _snapshot(images)
-    proc = vaepipe("duplicates", wd, "--move-to", tmp_path / "quarantine", "--apply")
+    proc = run_cli("duplicates", wd, "--move-to", tmp_path / "quarantine", "--apply")
     moved = [r["path"] for r in plan if not r["keep"] and r["path"] != changed and r["kind"] != "links"]
     assert all((tmp_path / "quarantine" / p).exists() and not (images / p).exists() for p in moved)
     assert (images / changed).exists() and "refused: " + changed in proc.stdout
     assert all((images / p).exists() for p in keepers)
     log = next(line.split("--undo ", 1)[1].strip() for line in proc.stdout.splitlines() if "--undo " in line)
 
-    vaepipe("duplicates", wd, "--undo", log)
+    run_cli("duplicates", wd, "--undo", log)
     assert _snapshot(images) == before  # byte for byte
     assert not any(p.is_file() for p in (tmp_path / "quarantine").rglob("*"))
 
@@ -92,19 +91,19 @@ def test_plan_dry_run_move_and_undo(folder_with_copies, tmp_path):
 def test_links_replace_the_others_and_undo_restores_them(folder_with_copies):
     images, wd, _ = folder_with_copies
     before = _snapshot(images)
-    proc = vaepipe("duplicates", wd, "--symlink", "--apply")
+    proc = run_cli("duplicates", wd, "--symlink", "--apply")
     plan = pq.read_table(sorted((wd / "runs").iterdir())[-1] / "duplicates-plan.parquet").to_pylist()
     others = [r for r in plan if not r["keep"] and r["kind"] != "links"]
     assert others and all((images / r["path"]).is_symlink() for r in others)
     assert all((images / r["path"]).read_bytes() == (images / r["keeper"]).read_bytes() for r in others)
     log = next(line.split("--undo ", 1)[1].strip() for line in proc.stdout.splitlines() if "--undo " in line)
-    vaepipe("duplicates", wd, "--undo", log)
+    run_cli("duplicates", wd, "--undo", log)
     assert _snapshot(images) == before and not any((images / r["path"]).is_symlink() for r in others)
 
-    proc = vaepipe("duplicates", wd, "--hardlink", "--apply")
+    proc = run_cli("duplicates", wd, "--hardlink", "--apply")
     assert all(os.path.samefile(images / r["path"], images / r["keeper"]) for r in others)
     log = next(line.split("--undo ", 1)[1].strip() for line in proc.stdout.splitlines() if "--undo " in line)
-    vaepipe("duplicates", wd, "--undo", log)
+    run_cli("duplicates", wd, "--undo", log)
     assert _snapshot(images) == before
 
 
@@ -140,5 +139,5 @@ def test_a_link_that_cannot_be_made_and_an_action_killed_halfway_are_undone(fold
 def test_apply_without_an_action_and_a_missing_undo_log_exit_2(tmp_path):
     for args, message in ((["duplicates", tmp_path, "--apply"], "--apply needs an action"),
                           (["duplicates", tmp_path, "--undo", tmp_path / "nope.jsonl"], "does not exist")):
-        proc = vaepipe(*args, check=False)
+        proc = run_cli(*args, check=False)
         assert proc.returncode == 2 and message in proc.stderr

@@ -10,26 +10,18 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from helpers import write_fmnist, write_mixed
+from helpers import run_cli, temporary_servers, write_fmnist, write_mixed
 
 pytestmark = pytest.mark.integration  # subprocesses, servers and clusters: minutes (make test-fast skips)
 
 
-def vaepipe(*args, env=None, check=True):
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"vaepipe {args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 def test_help_reads_well():
-    out = vaepipe("--help").stdout
+    out = run_cli("--help").stdout
     for command in ("index", "query", "sample", "pipeline", "demo"):
         assert command in out
-    assert "--model CHECKPOINT" in vaepipe("index", "--help").stdout
-    assert "--all" in vaepipe("query", "--help").stdout
-    assert vaepipe("--version").stdout.startswith("vaepipe ")
+    assert "--model CHECKPOINT" in run_cli("index", "--help").stdout
+    assert "--all" in run_cli("query", "--help").stdout
+    assert run_cli("--version").stdout.startswith("vaepipe ")
     import argparse
 
     from flows.cli import parser
@@ -62,7 +54,7 @@ def test_help_reads_well():
     (["pipeline", ".", "--workdir", "/tmp/x", "--seed", "-2"], "seed must be at least 0"),
 ])
 def test_expected_errors_exit_2_without_traceback(args, message):
-    proc = vaepipe(*args, check=False)
+    proc = run_cli(*args, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
@@ -74,7 +66,7 @@ def test_indexing_another_folder_into_a_built_workdir_exits_2_and_changes_nothin
     write_fmnist(tmp_path / "b", n=5)
     wd = Workdir(tmp_path / "wd")
     before = wd.write_collection(tmp_path / "a", "m1").read_bytes()
-    proc = vaepipe("index", tmp_path / "b", "--workdir", wd.root, check=False)
+    proc = run_cli("index", tmp_path / "b", "--workdir", wd.root, check=False)
     assert proc.returncode == 2 and "--replace" in proc.stderr and "Traceback" not in proc.stderr
     assert wd.collection.read_bytes() == before and not wd.manifest.exists()
 
@@ -88,10 +80,10 @@ def test_index_query_sample_from_the_command_line(tmp_path):
     write_fmnist(photos / "nested" / "deeper", n=300)
     write_mixed(photos / "misc")
     wd = tmp_path / "wd"
-    out = vaepipe("index", photos, "--workdir", wd, "--epochs", "2", "--workers", "1", env=env).stdout
+    out = run_cli("index", photos, "--workdir", wd, "--epochs", "2", "--workers", "1", env=env).stdout
     assert "images failed: 3" in out and "index kind: flat" in out
 
-    all_out = vaepipe("query", wd, "--all", "-k", "3", env=env).stdout
+    all_out = run_cli("query", wd, "--all", "-k", "3", env=env).stdout
     path = next(line.split(": ", 1)[1] for line in all_out.splitlines() if line.strip().startswith("neighbours:"))
     assert pq.read_table(path).num_rows == 3 * (300 + 11)
 
@@ -99,12 +91,12 @@ def test_index_query_sample_from_the_command_line(tmp_path):
     queries.mkdir()
     src = sorted((photos / "nested").rglob("*.png"))[5]
     Image.open(src).save(queries / "same.jpg", quality=95)
-    q_out = vaepipe("query", wd, "--queries", queries, "-k", "2", env=env).stdout
+    q_out = run_cli("query", wd, "--queries", queries, "-k", "2", env=env).stdout
     path = next(line.split(": ", 1)[1] for line in q_out.splitlines() if line.strip().startswith("neighbours:"))
     table = pq.read_table(path).to_pandas()
     assert table.loc[table["rank"] == 1, "neighbour_path"].item() == src.relative_to(photos).as_posix()
 
-    s_out = vaepipe("sample", wd, "-n", "4", env=env).stdout
+    s_out = run_cli("sample", wd, "-n", "4", env=env).stdout
     samples = next(line.split(": ", 1)[1] for line in s_out.splitlines() if line.strip().startswith("samples dir:"))
     assert len(list(Path(samples).glob("sample-*.png"))) == 4
 
@@ -130,7 +122,7 @@ def test_without_a_prefect_server_the_cli_starts_a_temporary_one_records_the_run
     assert ("build-index", "COMPLETED") in runs and {state for _, state in runs} == {"COMPLETED"}
     # without heartbeats, which a server that ends with the command has no use for (they cost each flow run ~1 s)
     assert "prefect.flow-run.Running" in events and "prefect.flow-run.heartbeat" not in events
-    assert not _temporary_servers(home)  # and the server is gone with the command
+    assert not temporary_servers(home)  # and the server is gone with the command
 
 
 def test_every_config_field_has_a_flag_or_is_declared_off_the_cli():
@@ -184,12 +176,12 @@ def test_no_prefect_runs_each_job_in_the_process_with_the_same_outcome(built, tm
         wd = tmp_path / f"wd-{how}"
         if how == "flow":  # the flows on the test server (a temporary one of their own would cost its start-up)
             env = {**env, "PREFECT_API_URL": prefect_server}
-        lines = vaepipe(*flags, "index", photos, "--workdir", wd, "--model", model, env=env).stdout
-        lines += vaepipe(*flags, "query", wd, "--all", "-k", "3", env=env).stdout
-        lines += vaepipe(*flags, "sample", wd, "-n", "4", env=env).stdout
-        lines += vaepipe(*flags, "duplicates", wd, "--hardlink", env=env).stdout
+        lines = run_cli(*flags, "index", photos, "--workdir", wd, "--model", model, env=env).stdout
+        lines += run_cli(*flags, "query", wd, "--all", "-k", "3", env=env).stdout
+        lines += run_cli(*flags, "sample", wd, "-n", "4", env=env).stdout
+        lines += run_cli(*flags, "duplicates", wd, "--hardlink", env=env).stdout
         if how == "here":
-            assert not home.exists() and not _temporary_servers(home)  # no Prefect at all
+            assert not home.exists() and not temporary_servers(home)  # no Prefect at all
         summary = dict(line.strip().split(": ", 1) for line in lines.splitlines() if ": " in line)
         outputs[how] = summary
     a, b = outputs["here"], outputs["flow"]
@@ -200,13 +192,13 @@ def test_no_prefect_runs_each_job_in_the_process_with_the_same_outcome(built, tm
     neighbours = [pq.read_table(s["neighbours"]).select(["query_path", "rank", "neighbour_path"]) for s in (a, b)]
     assert neighbours[0].equals(neighbours[1])
     assert Path(a["page"]).is_file() and Path(a["report"]).is_file() and "dry run" in a["action"]
-    out = vaepipe("--no-prefect", "pipeline", photos, "--workdir", tmp_path / "wd-pipe", "--model", model, "-k", "3",
+    out = run_cli("--no-prefect", "pipeline", photos, "--workdir", tmp_path / "wd-pipe", "--model", model, "-k", "3",
                   "-n", "4", env=env).stdout
     whole = dict(line.strip().split(": ", 1) for line in out.splitlines() if ": " in line)
     assert whole["images ok"] == a["images ok"] and whole["duplicate groups"] == a["duplicate groups"]
     assert Path(whole["report"]).is_file() and Path(whole["samples page"]).is_file()
     # Dask shards are Prefect tasks: asked for without Prefect, one line and exit 2.
-    proc = vaepipe("--no-prefect", "index", photos, "--workdir", tmp_path / "wd-dask", "--dask-workers", "2",
+    proc = run_cli("--no-prefect", "index", photos, "--workdir", tmp_path / "wd-dask", "--dask-workers", "2",
                    env=env, check=False)
     assert proc.returncode == 2 and "--no-prefect" in proc.stderr and not (tmp_path / "wd-dask").exists()
 
@@ -223,16 +215,16 @@ def test_a_killed_command_takes_its_temporary_server_with_it(tmp_path):
                              str(tmp_path / "wd")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while not _temporary_servers(home) and time.monotonic() < deadline:
+        while not temporary_servers(home) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _temporary_servers(home), "the command started no temporary server"
+        assert temporary_servers(home), "the command started no temporary server"
     finally:
         proc.send_signal(signal.SIGKILL)  # no atexit, no finally: only the kernel can tell the server
         proc.wait()
     deadline = time.monotonic() + 30
-    while _temporary_servers(home) and time.monotonic() < deadline:
+    while temporary_servers(home) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _temporary_servers(home)
+    assert not temporary_servers(home)
 
 
 def test_a_first_run_waits_long_enough_for_the_temporary_server_to_create_its_database():
@@ -248,20 +240,6 @@ def test_a_first_run_waits_long_enough_for_the_temporary_server_to_create_its_da
         assert out.returncode == 0, out.stderr
         waits.append(float(out.stdout.split()[-1]))
     assert waits == [120, 45]
-
-
-def _temporary_servers(home: Path) -> list[bytes]:
-    """Command lines of the Prefect API servers running with this PREFECT_HOME."""
-    found = []
-    for proc_dir in Path("/proc").iterdir():
-        try:
-            cmdline = (proc_dir / "cmdline").read_bytes()
-            environ = (proc_dir / "environ").read_bytes()
-        except OSError:
-            continue
-        if b"create_app" in cmdline and f"PREFECT_HOME={home}".encode() in environ:
-            found.append(cmdline)
-    return found
 
 
 def test_a_server_named_in_a_prefect_profile_gets_the_run_and_the_early_temporary_one_is_stopped(built, tmp_path,
@@ -290,4 +268,4 @@ def test_a_server_named_in_a_prefect_profile_gets_the_run_and_the_early_temporar
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)))
     assert any(r.parameters.get("images") == str(photos.resolve()) and r.state_type.value == "COMPLETED" for r in runs)
-    assert not _temporary_servers(home)
+    assert not temporary_servers(home)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from helpers import SERIAL, write_fmnist
+from helpers import SERIAL, clustered_vectors, write_fmnist, write_vector_collection
 from vaepipe.config import EmbedConfig, IndexConfig, IngestConfig
 from vaepipe.embed import embed, plan_shards
 from vaepipe.images import load_array, to_float
@@ -78,33 +78,10 @@ def test_cosine_search_matches_brute_force(built):
     assert np.allclose(dist, 1 - sim)
 
 
-def _clusters(n=6000, d=16, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(30, d))
-    return (centres[rng.integers(0, 30, n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
-
-
-def _write_collection(tmp_path, vectors, n_parts=1):
-    """Embedding parts and a manifest for `vectors`, as the embed stage writes them; row i is i.png."""
-    parts = tmp_path / "emb"
-    parts.mkdir()
-    shas = [f"{i:064x}" for i in range(len(vectors))]
-    for j, rows in enumerate(np.array_split(np.random.default_rng(3).permutation(len(vectors)), n_parts)):
-        pq.write_table(pa.table({"path": [f"{i}.png" for i in rows], "sha256": [shas[i] for i in rows],
-                                 "model_id": ["m"] * len(rows),
-                                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel()), vectors.shape[1])},
-                                schema=embedding_schema(vectors.shape[1])), parts / f"part-{j:05d}.parquet")
-    manifest = tmp_path / "manifest.parquet"
-    from vaepipe.store import MANIFEST_SCHEMA
-    pq.write_table(pa.Table.from_pylist([{"path": f"{i}.png", "sha256": s, "status": "ok"} for i, s in enumerate(shas)],
-                                        schema=MANIFEST_SCHEMA), manifest)
-    return parts, manifest
-
-
 @pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivf-disk"])
 def test_approximate_index_reaches_target_recall(tmp_path, kind):
-    vectors = _clusters()
-    parts, manifest = _write_collection(tmp_path, vectors, n_parts=4 if kind == "ivf-disk" else 1)
+    vectors = clustered_vectors()
+    parts, manifest = write_vector_collection(tmp_path, vectors, n_parts=4 if kind == "ivf-disk" else 1)
     result = build_index(parts, manifest, tmp_path / "index", "m", IndexConfig(kind=kind, target_recall=0.95))
     assert result.kind == kind and result.recall_at_10 >= 0.95 and result.n == len(vectors)
     # re-measure independently through the opened index
@@ -127,8 +104,8 @@ def test_approximate_index_reaches_target_recall(tmp_path, kind):
 
 
 def test_index_built_part_by_part_on_disk_holds_every_row_and_survives_a_rebuild(tmp_path):
-    vectors = _clusters(n=5000)
-    parts, manifest = _write_collection(tmp_path, vectors, n_parts=5)
+    vectors = clustered_vectors(n=5000)
+    parts, manifest = write_vector_collection(tmp_path, vectors, n_parts=5)
     cfg = IndexConfig(kind="ivf-disk")
     build_index(parts, manifest, tmp_path / "index", "m", cfg)
     first_lists = sorted((tmp_path / "index").glob("lists-*.ivfdata"))
@@ -154,8 +131,8 @@ def test_a_published_index_is_one_unit_that_a_rebuild_switches_whole(tmp_path):
     running while a search opens the index) never pairs one build's index with another's ids."""
     import os
 
-    vectors = _clusters(n=600)
-    parts, manifest = _write_collection(tmp_path, vectors)
+    vectors = clustered_vectors(n=600)
+    parts, manifest = write_vector_collection(tmp_path, vectors)
     index_dir = tmp_path / "index"
     (index_dir).mkdir()  # an index from before versions: a plain folder, replaced by the first build
     (index_dir / "index.json").write_text("{}")
@@ -167,7 +144,7 @@ def test_a_published_index_is_one_unit_that_a_rebuild_switches_whole(tmp_path):
     # A rebuild over other images: the open index keeps answering from its own files, a new open sees the new ones.
     other = tmp_path / "other"
     other.mkdir()
-    parts2, manifest2 = _write_collection(other, vectors[::-1][:400])
+    parts2, manifest2 = write_vector_collection(other, vectors[::-1][:400])
     build_index(parts2, manifest2, index_dir, "m", IndexConfig(kind="flat"))
     assert np.array_equal(old.search(vectors[:20], 5)[0], before) and old.meta["n"] == 600
     assert SearchIndex.open(index_dir).meta["n"] == 400
@@ -184,10 +161,10 @@ def test_a_published_index_is_one_unit_that_a_rebuild_switches_whole(tmp_path):
 
 
 def test_opening_an_index_built_in_place_prints_nothing(tmp_path, capfd):
-    parts, manifest = _write_collection(tmp_path, _clusters(n=3000), n_parts=3)
+    parts, manifest = write_vector_collection(tmp_path, clustered_vectors(n=3000), n_parts=3)
     build_index(parts, manifest, tmp_path / "index", "m", IndexConfig(kind="ivf-disk"))
     capfd.readouterr()
-    SearchIndex.open(tmp_path / "index").search(_clusters(n=3000)[:5], 3)
+    SearchIndex.open(tmp_path / "index").search(clustered_vectors(n=3000)[:5], 3)
     assert capfd.readouterr().out == ""  # stdout is the CLI's: FAISS's note on relocated lists stays out of it
 
 

@@ -4,15 +4,13 @@ import json
 import multiprocessing
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import SERIAL, write_fmnist
+from helpers import SERIAL, run_cli, write_fmnist
 from hostile import write_hostile
 from vaepipe.config import IngestConfig
 from vaepipe.embed import content_keys, embed, embedded_contents
@@ -22,11 +20,6 @@ from vaepipe.model import VAE, VAEConfig, save_checkpoint
 from vaepipe.query import query_folder
 from vaepipe.errors import VaepipeError
 from vaepipe.store import checked_row_groups, embedding_schema
-
-
-def vaepipe(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -151,8 +144,8 @@ def test_hostile_folder_end_to_end_nothing_lost(tmp_path):
     n_skipped = sum(k is not None and k.startswith("skipped: ") for k in expect.values())
     n_bad = sum(k is not None for k in expect.values()) - n_skipped
     wd = tmp_path / "wd"
-    proc = vaepipe("index", tmp_path / "root", "--workdir", wd, "--epochs", "1", "--workers", "1",
-                   env={"PREFECT_API_URL": PREFECT_API_URL.value()})
+    proc = run_cli("index", tmp_path / "root", "--workdir", wd, "--epochs", "1", "--workers", "1",
+                   env={"PREFECT_API_URL": PREFECT_API_URL.value()}, check=False)
     assert proc.returncode == 0, proc.stderr
     assert f"images failed: {n_bad}" in proc.stdout and f"skipped, not images: {n_skipped}" in proc.stdout
     assert "decompression bomb: 1" in proc.stdout  # failures by reason, in the CLI output
@@ -173,7 +166,7 @@ def test_bad_requests_fail_cleanly_and_change_nothing(built_copy, tmp_path, case
     before = snapshot(built_copy.root)
     if case == "empty folder":
         (tmp_path / "empty").mkdir()
-        proc, message = vaepipe("index", tmp_path / "empty", "--workdir", built_copy.root, "--replace", env=env), "no files in"
+        proc, message = run_cli("index", tmp_path / "empty", "--workdir", built_copy.root, "--replace", env=env, check=False), "no files in"
     elif case == "only bad files":
         write_hostile(tmp_path / "bad", tmp_path / "outside")
         for p in (tmp_path / "bad" / "odd").rglob("*"):
@@ -181,13 +174,13 @@ def test_bad_requests_fail_cleanly_and_change_nothing(built_copy, tmp_path, case
         shutil.rmtree(tmp_path / "bad" / "names")
         (tmp_path / "bad" / "links" / "inside.png").unlink()
         (tmp_path / "bad" / "bad" / "no-permission.png").unlink()  # root could read it
-        proc, message = vaepipe("index", tmp_path / "bad", "--workdir", built_copy.root, "--replace", env=env), "no usable images"
+        proc, message = run_cli("index", tmp_path / "bad", "--workdir", built_copy.root, "--replace", env=env, check=False), "no usable images"
     elif case == "k too large":
-        proc, message = vaepipe("query", built_copy.root, "--all", "-k", "100000", env=env), "use -k"
+        proc, message = run_cli("query", built_copy.root, "--all", "-k", "100000", env=env, check=False), "use -k"
     else:
         (tmp_path / "model.pt").write_bytes(b"PK\x03\x04 not really a zip")
         write_fmnist(tmp_path / "imgs", n=5)
-        proc, message = vaepipe("index", tmp_path / "imgs", "--workdir", built_copy.root, "--replace", "--model", tmp_path / "model.pt", env=env), "corrupt"
+        proc, message = run_cli("index", tmp_path / "imgs", "--workdir", built_copy.root, "--replace", "--model", tmp_path / "model.pt", env=env, check=False), "corrupt"
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert snapshot(built_copy.root) == before
@@ -278,10 +271,10 @@ def test_quiet_prints_no_decoder_warnings_on_a_hostile_folder(built, tmp_path):
     write_fmnist(tmp_path / "root" / "good", n=30)
     model = built.model_dir(json.loads(built.collection.read_text())["model_id"]) / "model.pt"
     env = {"PREFECT_API_URL": PREFECT_API_URL.value()}
-    outputs = [vaepipe("--quiet", "index", tmp_path / "root", "--workdir", tmp_path / "wd", "--model", model,
-                       "--channels", "1", "--image-size", "28", env=env),
-               vaepipe("--quiet", "query", tmp_path / "wd", "--all", "-k", "3", env=env),
-               vaepipe("--quiet", "sample", tmp_path / "wd", "-n", "4", env=env)]
+    outputs = [run_cli("--quiet", "index", tmp_path / "root", "--workdir", tmp_path / "wd", "--model", model,
+                       "--channels", "1", "--image-size", "28", env=env, check=False),
+               run_cli("--quiet", "query", tmp_path / "wd", "--all", "-k", "3", env=env, check=False),
+               run_cli("--quiet", "sample", tmp_path / "wd", "-n", "4", env=env, check=False)]
     for proc in outputs:
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == "" and "Warning" not in proc.stderr and "PIL" not in proc.stderr, proc.stderr

@@ -4,30 +4,21 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from helpers import FAST_TRAIN, write_fmnist
+from helpers import FAST_TRAIN, neighbour_rows, run_build_driver, write_fmnist
 from vaepipe.config import BuildConfig, EmbedConfig, IngestConfig
-from vaepipe.query import query_all
 from vaepipe.store import Workdir
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 CONFIG = BuildConfig(ingest=IngestConfig(workers=1), train=FAST_TRAIN, embed=EmbedConfig(workers=0))
-DRIVER = Path(__file__).parent / "build_driver.py"
-
-
-def neighbours(workdir: Path, k: int = 5) -> list[tuple]:
-    table = pq.read_table(query_all(Workdir(workdir), k=k).neighbours).to_pandas()
-    return sorted(zip(table["query_path"], table["rank"], table["neighbour_path"]))
 
 
 def test_incremental_reindex_equals_a_rebuild_from_scratch(tmp_path):
@@ -64,7 +55,7 @@ def test_incremental_reindex_equals_a_rebuild_from_scratch(tmp_path):
     checkpoint = tmp_path / "wd" / "models" / first["model id"] / "model.pt"
     scratch = build_index(str(images), str(tmp_path / "scratch"), model=str(checkpoint), config=CONFIG)
     assert scratch["embedded now"] == 300 + 30 - 20 + 3 - 3  # every distinct content, from nothing
-    assert neighbours(tmp_path / "wd") == neighbours(tmp_path / "scratch")
+    assert neighbour_rows(tmp_path / "wd") == neighbour_rows(tmp_path / "scratch")
 
 
 def test_collection_growth_past_the_ratio_retrains_and_keeps_old_artefacts_apart(tmp_path):
@@ -104,34 +95,11 @@ def test_a_second_build_on_the_same_workdir_is_refused(tmp_path):
         pass
 
 
-def _run_driver(images: Path, workdir: Path, kill_on: str | None = None) -> tuple[str, str]:
-    """Run a build in a subprocess; with kill_on, SIGKILL it as soon as a log line contains that text."""
-    from prefect.settings import PREFECT_API_URL
-
-    proc = subprocess.Popen([sys.executable, str(DRIVER), str(images), str(workdir)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONUNBUFFERED": "1"})
-    out = []
-    for line in proc.stdout:
-        out.append(line)
-        if kill_on and kill_on in line:
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=300)
-    proc.stdout.close()
-    log = "".join(out)
-    if kill_on:
-        assert proc.returncode == -signal.SIGKILL, f"never reached {kill_on!r}:\n{log}"
-        return "", log
-    assert proc.returncode == 0, log
-    return next(line.split()[1] for line in out if line.startswith("MODEL_ID")), log
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("killed")
     write_fmnist(root / "images", n=300)
-    model_id, _ = _run_driver(root / "images", root / "reference")
+    model_id, _ = run_build_driver(root / "images", root / "reference")
     return root, model_id
 
 
@@ -144,9 +112,9 @@ def reference(tmp_path_factory):
 def test_a_killed_build_resumes_to_the_same_result(reference, stage, marker, resumed):
     root, model_id = reference
     workdir = root / f"killed-in-{stage}"
-    _run_driver(root / "images", workdir, kill_on=marker)
+    run_build_driver(root / "images", workdir, kill_on=marker)
     assert not (workdir / "collection.json").exists()  # never half-published
-    resumed_id, log = _run_driver(root / "images", workdir)
+    resumed_id, log = run_build_driver(root / "images", workdir)
     assert re.search(resumed, log), log
     assert resumed_id == model_id
-    assert neighbours(workdir) == neighbours(root / "reference")
+    assert neighbour_rows(workdir) == neighbour_rows(root / "reference")
