@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from vaepipe.config import usable_cores
-from vaepipe.images import SIGNATURE_SHAPE, SIGNATURE_SIDE, ImageSpec, iter_image_batches
+from vaepipe.images import SIGNATURE_BACKGROUNDS, SIGNATURE_SHAPE, SIGNATURE_SIDE, ImageSpec, iter_image_batches
 from vaepipe.index import SearchIndex
 from vaepipe.store import file_path
 from vaepipe.views import ViewCache, unchanged
@@ -117,9 +117,12 @@ def collection_signatures(index: SearchIndex, image_root: Path, rows: np.ndarray
             cache.put_signatures([shas[todo[i]] for i in loaded], sigs)
         found.update((shas[todo[i]], sig) for i, sig in zip(loaded, sigs))
     have = np.asarray([r for r in rows if shas[r] in found], np.int64)
-    if not len(have):
-        return have, np.zeros((0, *SIGNATURE_SHAPE), np.float32)
-    return have, np.stack([found[shas[r]] for r in have])
+    # float16 holds the grey levels (quarters from 0 to 255) exactly; filled row by row, not stacked as float32
+    # first: on a folder of look-alikes nearly every image has a signature, and the copies were most of the memory.
+    out = np.empty((len(have), *SIGNATURE_SHAPE), np.float16)
+    for i, r in enumerate(have):
+        out[i] = found[shas[r]]
+    return have, out
 
 
 def nearest_pairs(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -152,8 +155,12 @@ class Signatures:
         at = np.full(index.meta["n"], -1, np.int64)
         at[have] = np.arange(len(have))
         # The grey levels as float16 (exactly), the detail's forms as float32: correlating float16 costs twice as
-        # long. 18 KB an image.
-        return cls(at, sig.astype(np.float16), forms(fine(sig)))
+        # long. 18 KB an image, made a block at a time (the whole folder's intermediates at once doubled the peak).
+        whole = np.empty((len(sig), len(SIGNATURE_BACKGROUNDS), SIGNATURE_SIDE, SIGNATURE_SIDE), np.float32)
+        top = np.empty((len(sig), len(SIGNATURE_BACKGROUNDS), TOP, SIGNATURE_SIDE), np.float32)
+        for s in range(0, len(sig), BLOCK):
+            whole[s:s + BLOCK], top[s:s + BLOCK] = forms(fine(sig[s:s + BLOCK]))
+        return cls(at, sig, (whole, top))
 
     def correlation(self, a: np.ndarray, b: np.ndarray, fine_detail: bool = False) -> np.ndarray:
         """Pairs of index rows -> `correlation` of their signatures, or of their fine detail; -inf where either

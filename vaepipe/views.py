@@ -118,12 +118,12 @@ class ViewCache:
         self._write("part", columns)
 
     def get_signatures(self, shas: list[str]) -> dict[str, np.ndarray]:
-        """{sha256: images.load_signatures' row} of those in the cache."""
+        """{sha256: images.load_signatures' row, float16} of those in the cache."""
         found: dict[str, np.ndarray] = {}
         for table in self._read("detail", shas):
             try:
-                sigs = table["signature"].combine_chunks().flatten().to_numpy().astype(np.float32)
-                sigs = sigs.reshape(len(table), *SIGNATURE_SHAPE)
+                # As stored, float16 (exact): a float32 copy of a whole folder's signatures doubled their room.
+                sigs = table["signature"].combine_chunks().flatten().to_numpy().reshape(len(table), *SIGNATURE_SHAPE)
             except Exception as e:  # a part of another version
                 log.warning("views: cache part not used (%s: %s)", type(e).__name__, e)
                 continue
