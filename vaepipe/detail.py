@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from vaepipe.config import usable_cores
-from vaepipe.images import SIGNATURE_BACKGROUNDS, SIGNATURE_SHAPE, SIGNATURE_SIDE, ImageSpec, iter_image_batches
+from vaepipe.images import SIGNATURE_SHAPE, SIGNATURE_SIDE, ImageSpec, iter_image_batches
 from vaepipe.index import SearchIndex
 from vaepipe.store import file_path
 from vaepipe.views import ViewCache, unchanged
@@ -156,8 +156,8 @@ class Signatures:
         at[have] = np.arange(len(have))
         # The grey levels as float16 (exactly), the detail's forms as float32: correlating float16 costs twice as
         # long. 18 KB an image, made a block at a time (the whole folder's intermediates at once doubled the peak).
-        whole = np.empty((len(sig), len(SIGNATURE_BACKGROUNDS), SIGNATURE_SIDE, SIGNATURE_SIDE), np.float32)
-        top = np.empty((len(sig), len(SIGNATURE_BACKGROUNDS), TOP, SIGNATURE_SIDE), np.float32)
+        whole = np.empty((len(sig), *SIGNATURE_SHAPE), np.float32)
+        top = np.empty((len(sig), *SIGNATURE_SHAPE[:-2], TOP, SIGNATURE_SIDE), np.float32)
         for s in range(0, len(sig), BLOCK):
             whole[s:s + BLOCK], top[s:s + BLOCK] = forms(fine(sig[s:s + BLOCK]))
         return cls(at, sig, (whole, top))
