@@ -11,7 +11,7 @@ from PIL import Image, ImageEnhance
 
 from helpers import flat_index
 from vaepipe.detail import FLAT_STD, PLAIN_STD, Signatures, correlation, nearest_pairs
-from vaepipe.duplicates import fine_detail_pairs, ratio_test
+from vaepipe.duplicates import fine_detail_pairs, near_groups, ratio_test
 from vaepipe.images import SIGNATURE_BACKGROUNDS, ImageSpec, load_signatures, open_image, plain_mode, to_array
 from vaepipe.store import sha256_file
 from vaepipe.views import ViewCache
@@ -160,3 +160,15 @@ def test_a_signature_is_each_background_s_fit_and_one_fit_serves_an_opaque_photo
             fitted = to_array(source, ImageSpec(64, 1, background, "trim"))[0].astype(np.float32)
             assert np.array_equal(plane, fitted.reshape(32, 2, 32, 2).mean((1, 3)))
     assert np.array_equal(sigs[0, 0], sigs[0, 1]) and np.abs(sigs[1, 0] - sigs[1, 1]).max() > 100
+
+
+def test_near_groups_are_an_image_and_those_paired_with_it_so_look_alikes_do_not_chain():
+    """0..7: a chain of look-alikes (crops of one wallpaper, each alike to the next); 8-9 a sure pair (ratio test)
+    with 10 alike to 9; 11, 12, 13: an original, its copy and a copy of the copy; 14 paired with nothing."""
+    alike = [(i, i + 1) for i in range(7)] + [(9, 10), (11, 12), (12, 13)]
+    a, b = np.array(alike).T
+    group = near_groups(15, (a, b), (np.array([8]), np.array([9])))
+    groups = sorted(sorted(np.flatnonzero(group == g).tolist()) for g in set(group.tolist()))
+    assert groups == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9, 10], [11, 12, 13], [14]]
+    # Connected components would have made 0..7 one group: the chain's ends are not alike at all.
+    assert len(set(group[:8].tolist())) == 3

@@ -1,8 +1,10 @@
 """Duplicate groups of a collection: which images are copies of which.
 
   exact: files with the same sha256 (byte-identical content at several paths);
-  near:  images at least `threshold` alike, joined into connected components. The pairs come from a range search
-         over the whole index, not from a query run's neighbour lists, so the groups do not depend on -k.
+  near:  images at least `threshold` alike (and, with the model's views, pairs the checks below find), made into
+         groups by `near_groups`: each group an image and the images paired with it directly, so that look-alikes do
+         not chain into groups of hundreds. The pairs come from a range search over the whole index, not from a query
+         run's neighbour lists, so the groups do not depend on -k.
 
 The default threshold depends on what the model was trained for (`calibrate_threshold`). A model trained for
 invariance to everyday edits (trimmed inputs, the default for photos, art and icons) puts copies at a similarity that
@@ -13,6 +15,7 @@ pair precision. A plain VAE (small framed images) was not taught what a copy is;
 
 from __future__ import annotations
 
+import heapq
 import io
 import logging
 import math
@@ -231,19 +234,74 @@ def view_checked_pairs(index: SearchIndex, candidates: CandidatePairs, threshold
     return a[keep], b[keep]
 
 
-def _checked_in_pixels(index: SearchIndex, image_root: Path, pairs: list[tuple[np.ndarray, np.ndarray]],
-                       nearest: tuple[np.ndarray, np.ndarray], cache: ViewCache | None) -> tuple[np.ndarray, np.ndarray]:
-    """The pairs the code joined and those fine_detail_pairs joins, less pairs of near-plain look-alikes
-    (detail.Signatures.plain_look_alikes)."""
+Pairs = tuple[np.ndarray, np.ndarray]  # index rows (a[i], b[i])
+
+
+def _joined(pairs: list[Pairs]) -> Pairs:
+    return (np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])) if pairs else \
+        (np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+def _checked_in_pixels(index: SearchIndex, image_root: Path, alike: list[Pairs], sure: list[Pairs],
+                       nearest: tuple[np.ndarray, np.ndarray], cache: ViewCache | None) -> tuple[Pairs, Pairs]:
+    """The pairs the code found alike, and the sure pairs (the code's ratio test's) with those fine_detail_pairs
+    adds, each less pairs of near-plain look-alikes (detail.Signatures.plain_look_alikes)."""
     near = nearest_pairs(index, nearest)
-    rows = np.unique(np.concatenate([r for p in [*pairs, near] for r in p]))
+    rows = np.unique(np.concatenate([r for p in [*alike, *sure, near] for r in p]))
     signatures = Signatures.of(index, image_root, rows, cache)
-    pairs = [*pairs, fine_detail_pairs(index, near, signatures)]
-    a, b = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
-    plain = signatures.plain_look_alikes(a, b)
+    fine = fine_detail_pairs(index, near, signatures)
+    (a, b), (c, d) = _joined(alike), _joined([*sure, fine])
+    plain_ab, plain_cd = signatures.plain_look_alikes(a, b), signatures.plain_look_alikes(c, d)
     log.info("duplicates: %d pairs joined by their fine detail; %d pairs of near-plain pictures whose pixels differ "
-             "left apart", len(pairs[-1][0]), plain.sum())
-    return a[~plain], b[~plain]
+             "left apart", len(fine[0]), plain_ab.sum() + plain_cd.sum())
+    return (a[~plain_ab], b[~plain_ab]), (c[~plain_cd], d[~plain_cd])
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Nodes 0..n-1 joined by edges (a[i], b[i]) -> each node's component, named by one of its nodes."""
+    parent = np.arange(n)
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for x, y in zip(a.tolist(), b.tolist()):
+        parent[find(x)] = find(y)
+    return np.asarray([find(x) for x in range(n)], np.int64)
+
+
+def near_groups(n: int, pairs: tuple[np.ndarray, np.ndarray], sure: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Images 0..n-1 and the pairs found alike -> each image's group (named by one of its images).
+
+    The `sure` pairs (an image and its one clear copy: the ratio tests) are joined first. Then, most-paired first, an
+    image and the images paired with it directly that are in no group yet make a group (greedy star clustering).
+    Connected components would be simpler, but on a folder of crops of one wallpaper each crop is alike to a few
+    others and the components grew to hundreds of pictures (BENCHMARKS.md, "Duplicate groups"); a copy of a copy
+    still joins its original's group through the image they are both paired with."""
+    node = _components(n, *sure)
+    a, b = node[pairs[0]], node[pairs[1]]
+    neighbours: dict[int, set[int]] = {}
+    for x, y in zip(a.tolist(), b.tolist()):
+        if x != y:
+            neighbours.setdefault(x, set()).add(y)
+            neighbours.setdefault(y, set()).add(x)
+    centre: dict[int, int] = {}
+    # Most unassigned neighbours first; a node's count only falls, so a popped count that is stale goes back in.
+    queue = [(-len(v), x) for x, v in neighbours.items()]
+    heapq.heapify(queue)
+    while queue:
+        count, x = heapq.heappop(queue)
+        if x in centre:
+            continue
+        free = [y for y in neighbours[x] if y not in centre]
+        if len(free) < -count:
+            heapq.heappush(queue, (-len(free), x))
+            continue
+        centre[x] = x
+        centre.update((y, x) for y in free)
+    return np.asarray([centre.get(x, x) for x in node.tolist()], np.int64)
 
 
 def _one_file(root: Path, paths: list[str]) -> bool:
@@ -257,7 +315,7 @@ def _one_file(root: Path, paths: list[str]) -> bool:
 def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | None = None, model: VAE | None = None,
                      cache: ViewCache | None = None) -> pa.Table:
     """Exact groups (same sha256) first, then near groups; each group's files in path order, biggest groups first,
-    then the closest (the mean similarity of the pairs that joined it).
+    then the closest (the mean similarity of the pairs within it).
     With image_root, an exact group whose paths are all one file on disk (hard or symbolic links) is of kind
     "links": nothing to clean up there, and not a copy someone made. With image_root and the collection's model
     (if trained for copies: views.uses_views), near pairs also come from view_checked_pairs, only_copy_pairs and
@@ -268,35 +326,31 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
     for path, sha in zip(paths, shas):
         paths_of.setdefault(sha, []).append(path)
 
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    pairs = [near_pairs(index, threshold)]
+    alike = [near_pairs(index, threshold)]
+    sure: list[Pairs] = []  # an image and its one clear copy (the ratio tests)
     if image_root is not None and model is not None and uses_views(model, index):
         candidates = candidate_pairs(index, model, image_root, cache)
-        pairs.append(view_checked_pairs(index, candidates, threshold))
+        alike.append(view_checked_pairs(index, candidates, threshold))
         nearest = index.nearest_of_all(NEIGHBOURS + 1)  # one search serves both ratio tests
-        pairs.append(only_copy_pairs(index, candidates, nearest))
-        pairs = [_checked_in_pixels(index, image_root, pairs, nearest, cache)]
-    a_rows, b_rows = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
-    for a, b in zip(a_rows, b_rows):
-        parent[find(shas[a])] = find(shas[b])
-    components: dict[str, list[str]] = {}
-    for sha in parent:
-        components.setdefault(find(sha), []).append(sha)
-    # How close a near group is: the mean similarity as stored of the pairs that joined it (its surest first).
-    joined: dict[str, list[float]] = {}
-    for a, sim in zip(a_rows, index.pair_similarity(a_rows, b_rows) if len(a_rows) else []):
-        joined.setdefault(find(shas[a]), []).append(float(sim))
+        sure.append(only_copy_pairs(index, candidates, nearest))
+        checked_alike, checked_sure = _checked_in_pixels(index, image_root, alike, sure, nearest, cache)
+        alike, sure = [checked_alike], [checked_sure]
+    a_rows, b_rows = _joined(alike + sure)
+    # Groups of contents, not of files: byte-identical files are one image here (and an exact group of their own).
+    unique_shas, node = np.unique(np.asarray(shas, dtype=object), return_inverse=True)
+    sure_a, sure_b = _joined(sure)
+    group = near_groups(len(unique_shas), (node[a_rows], node[b_rows]), (node[sure_a], node[sure_b]))
+    shas_in: dict[int, list[str]] = {}
+    for sha, g in zip(unique_shas.tolist(), group.tolist()):
+        shas_in.setdefault(g, []).append(sha)
+    # How close a near group is: the mean similarity as stored of the pairs within it (its surest first).
+    joined: dict[int, list[float]] = {}
+    inside = group[node[a_rows]] == group[node[b_rows]]
+    for a, sim in zip(a_rows[inside], index.pair_similarity(a_rows[inside], b_rows[inside]) if inside.any() else []):
+        joined.setdefault(int(group[node[a]]), []).append(float(sim))
     exact = [(sorted(p), 1.0) for p in paths_of.values() if len(p) > 1]
-    near = [(sorted(p for sha in members for p in paths_of[sha]), float(np.mean(joined[root])))
-            for root, members in components.items() if len(members) > 1]
+    near = [(sorted(p for sha in group_shas for p in paths_of[sha]), float(np.mean(joined[g])))
+            for g, group_shas in shas_in.items() if len(group_shas) > 1]
     sha_of = dict(zip(paths, shas))
     ordered = [("links" if kind == "exact" and image_root is not None and _one_file(image_root, members) else kind,
                 members) for kind, groups in (("exact", exact), ("near", near))
