@@ -41,15 +41,18 @@ def uses_views(model: VAE, index: SearchIndex) -> bool:
     return model.config.invariance > 0 and index.meta["metric"] == "cosine"
 
 
-def view_similarity(views_a: np.ndarray, stored_a: np.ndarray, views_b: np.ndarray, stored_b: np.ndarray
-                    ) -> np.ndarray:
-    """Pairs (a[i], b[i]): each one's views (n, len(VIEWS), d) and the vector as stored (n, d), all prepared for
-    cosine -> the best similarity of a's one-sided views against b as stored, b's against a, and of both seen
-    through the same both-sided view, (n,)."""
+def view_similarity(views_a: np.ndarray, stored_a: np.ndarray, views_b: np.ndarray, stored_b: np.ndarray,
+                    ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+    """Pairs of images (row ia[i] of the a's, row ib[i] of the b's): each image's views (rows, len(VIEWS), d) and
+    its vector as stored (rows, d), all prepared for cosine -> the best similarity of a's one-sided views against b as
+    stored, b's against a, and of both seen through the same both-sided view, (n,). Gathered a block of pairs at a
+    time: a folder of look-alikes has hundreds of thousands of pairs, and their views gathered at once were most of
+    the duplicate check's memory."""
     one = len(ONE_SIDED_VIEWS)
-    out = np.empty(len(views_a), np.float32)
-    for s in range(0, len(views_a), BLOCK):
-        va, vb, sa, sb = (x[s:s + BLOCK] for x in (views_a, views_b, stored_a, stored_b))
+    out = np.empty(len(ia), np.float32)
+    for s in range(0, len(ia), BLOCK):
+        a, b = ia[s:s + BLOCK], ib[s:s + BLOCK]
+        va, vb, sa, sb = views_a[a], views_b[b], stored_a[a], stored_b[b]
         out[s:s + BLOCK] = np.maximum.reduce([
             (va[:, :one] @ sb[:, :, None]).max((1, 2)),
             (vb[:, :one] @ sa[:, :, None]).max((1, 2)),
@@ -197,8 +200,8 @@ def seen_similarity(index: SearchIndex, model: VAE, image_root: Path, a: np.ndar
     for in_grey, as_stored in ((False, stored.embedding), (True, stored.grey_embedding)):
         pick = ok & (grey == in_grey)
         if pick.any():
-            v, ia, ib = prepared_views(index, views, in_grey), at[a[pick]], at[b[pick]]
-            out[pick] = view_similarity(v[ia], as_stored[ia], v[ib], as_stored[ib])
+            v = prepared_views(index, views, in_grey)
+            out[pick] = view_similarity(v, as_stored, v, as_stored, at[a[pick]], at[b[pick]])
     return out
 
 
@@ -234,8 +237,8 @@ def rerank(index: SearchIndex, model: VAE, image_root: Path, query_files: list[P
                               np.asarray(meta["centre"], np.float32))
         c_as_stored = stored.grey_embedding if grey else stored.embedding
         qi, ci = at_q[q[pick]], at_c[top[q[pick], col[pick]]]
-        seen = view_similarity(prepared_views(index, q_views, grey)[qi], q_as_stored[qi],
-                               prepared_views(index, c_views, grey)[ci], c_as_stored[ci])
+        seen = view_similarity(prepared_views(index, q_views, grey), q_as_stored,
+                               prepared_views(index, c_views, grey), c_as_stored, qi, ci)
         similarity[q[pick], col[pick]] = np.maximum(similarity[q[pick], col[pick]], seen)
     # Stable: among equals the order as stored stands; slots with nothing found (-1) stay last.
     order = np.argsort(-np.where(rows < 0, -np.inf, similarity), axis=1, kind="stable")
