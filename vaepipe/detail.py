@@ -73,16 +73,15 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return x / np.sqrt((x * x).sum((-2, -1), keepdims=True) + 1e-6)
 
 
-def forms(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Signatures (or their fine detail) made ready to correlate: each background's plane, and its top three
-    quarters, normalised (`_normalised`). Mirroring a normalised plane is normalising the mirrored one."""
-    return _normalised(sig), _normalised(sig[..., :TOP, :])
-
-
-def _correlate(whole_a: np.ndarray, top_a: np.ndarray, whole_b: np.ndarray, top_b: np.ndarray) -> np.ndarray:
+def _correlate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairs of normalised planes (n, backgrounds, h, w) -> their best correlation: as they are, with b mirrored
+    (mirroring a normalised plane is normalising the mirrored one), and of their top three quarters, in either
+    background, (n,)."""
+    a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
+    top_a, top_b = _normalised(a[..., :TOP, :]), _normalised(b[..., :TOP, :])  # normalising is blind to (f - m) / s
     return np.maximum.reduce([
-        np.einsum("nbij,nbij->nb", whole_a, whole_b),
-        np.einsum("nbij,nbij->nb", whole_a, whole_b[..., ::-1]),
+        np.einsum("nbij,nbij->nb", a, b),
+        np.einsum("nbij,nbij->nb", a, b[..., ::-1]),
         np.einsum("nbij,nbij->nb", top_a, top_b),
     ]).max(-1)
 
@@ -90,7 +89,7 @@ def _correlate(whole_a: np.ndarray, top_a: np.ndarray, whole_b: np.ndarray, top_
 def correlation(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     """Pairs of signatures (n, *SIGNATURE_SHAPE) -> how well their pixels follow each other at best: the
     correlation as they are, with b mirrored, and of their top three quarters, in either background, (n,)."""
-    return _correlate(*forms(sig_a), *forms(sig_b))
+    return _correlate(_normalised(sig_a), _normalised(sig_b))
 
 
 def collection_signatures(index: SearchIndex, image_root: Path, rows: np.ndarray, cache: ViewCache | None = None
@@ -146,7 +145,7 @@ class Signatures:
 
     at: np.ndarray  # (n,) index row -> row of sig, -1 where none
     sig: np.ndarray  # (m, *SIGNATURE_SHAPE) grey levels, float16 (exact)
-    detail: tuple[np.ndarray, np.ndarray]  # forms(fine(sig))
+    detail: np.ndarray  # (m, *SIGNATURE_SHAPE) their fine detail, normalised, float16
 
     @classmethod
     def of(cls, index: SearchIndex, image_root: Path, rows: np.ndarray, cache: ViewCache | None = None
@@ -154,13 +153,14 @@ class Signatures:
         have, sig = collection_signatures(index, image_root, rows, cache)
         at = np.full(index.meta["n"], -1, np.int64)
         at[have] = np.arange(len(have))
-        # The grey levels as float16 (exactly), the detail's forms as float32: correlating float16 costs twice as
-        # long. 18 KB an image, made a block at a time (the whole folder's intermediates at once doubled the peak).
-        whole = np.empty((len(sig), *SIGNATURE_SHAPE), np.float32)
-        top = np.empty((len(sig), *SIGNATURE_SHAPE[:-2], TOP, SIGNATURE_SIDE), np.float32)
+        # 4 KB an image each, made a block at a time: on a folder of look-alikes nearly every image has a signature,
+        # and float32 detail with its top quarters made ready beside it held 18 KB an image. float16 keeps the
+        # normalised detail's correlations to about 1e-3; a block is made float32 again to correlate (float16
+        # arithmetic is twice as slow).
+        detail = np.empty((len(sig), *SIGNATURE_SHAPE), np.float16)
         for s in range(0, len(sig), BLOCK):
-            whole[s:s + BLOCK], top[s:s + BLOCK] = forms(fine(sig[s:s + BLOCK]))
-        return cls(at, sig, (whole, top))
+            detail[s:s + BLOCK] = _normalised(fine(sig[s:s + BLOCK]))
+        return cls(at, sig, detail)
 
     def correlation(self, a: np.ndarray, b: np.ndarray, fine_detail: bool = False) -> np.ndarray:
         """Pairs of index rows -> `correlation` of their signatures, or of their fine detail; -inf where either
@@ -171,8 +171,7 @@ class Signatures:
             pick = ok[s:s + BLOCK]
             at_a, at_b = self.at[a[pick]], self.at[b[pick]]
             if fine_detail:
-                whole, top = self.detail
-                out[pick] = _correlate(whole[at_a], top[at_a], whole[at_b], top[at_b])
+                out[pick] = _correlate(self.detail[at_a], self.detail[at_b])
             else:
                 out[pick] = correlation(self.sig[at_a], self.sig[at_b])
         return out

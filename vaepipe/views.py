@@ -87,6 +87,9 @@ class ViewCache:
                 yield table.filter(pc.is_in(table["sha256"], wanted)).combine_chunks()
             except Exception as e:  # damaged or from another version: only work saved is lost
                 log.warning("views: cache part %s not read (%s: %s)", part, type(e).__name__, e)
+        # Arrow's allocator keeps what the parts' reading freed; on a folder of look-alikes (every image's views
+        # read) that stayed held through the rest of the duplicate check.
+        pa.default_memory_pool().release_unused()
 
     def _write(self, prefix: str, columns: dict[str, pa.Array]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
