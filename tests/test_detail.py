@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
+import pyarrow.parquet as pq
+from PIL import Image, ImageEnhance, ImageOps
 
 from helpers import flat_index
 from vaepipe.detail import FLAT_STD, PLAIN_STD, Signatures, correlation, nearest_pairs
@@ -38,13 +40,13 @@ def test_an_icon_and_its_copy_flattened_on_white_match_in_the_white_background(t
     transparency) follows the icon's pixels there, far better than on black alone, and better than other icons do."""
     icons = [p for p in TANGO if Image.open(p).mode == "RGBA"][:12]
     assert len(icons) == 12, "tango-icon-theme is needed (make test installs it)"
-    sigs, errors = load_signatures(icons)
+    sigs, _, errors = load_signatures(icons)
     assert errors == [""] * 12
     img = Image.open(icons[0]).convert("RGBA")
     on_white = Image.new("RGB", img.size, (255, 255, 255))
     on_white.paste(img, mask=img.getchannel("A"))
     on_white.save(tmp_path / "copy.png")
-    copy_sig, errors = load_signatures([tmp_path / "copy.png"])
+    copy_sig, _, errors = load_signatures([tmp_path / "copy.png"])
     assert errors == [""]
     best = correlation(sigs[:1], copy_sig)[0]
     black_only = correlation(sigs[:1, :1], copy_sig[:, :1])[0]
@@ -152,7 +154,7 @@ def test_a_signature_is_each_background_s_fit_and_one_fit_serves_an_opaque_photo
     on_white.paste(img, mask=img.getchannel("A"))
     on_white.save(tmp_path / "icon.jpg", quality=95)
     files = [MATE / "nature" / "Blinds.jpg", tmp_path / "icon.jpg"]
-    sigs, errors = load_signatures(files)
+    sigs, _, errors = load_signatures(files)
     assert errors == ["", ""]
     for sig, path in zip(sigs, files):
         source = plain_mode(open_image(path, 64_000_000, draft_size=80, shorter=True))
@@ -172,3 +174,66 @@ def test_near_groups_are_an_image_and_those_paired_with_it_so_look_alikes_do_not
     assert groups == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9, 10], [11, 12, 13], [14]]
     # Connected components would have made 0..7 one group: the chain's ends are not alike at all.
     assert len(set(group[:8].tolist())) == 3
+
+
+def test_pictures_of_other_colours_are_told_apart_and_everyday_edits_keep_their_colour(tmp_path):
+    """A real photograph and its everyday copies (brighter, darker, greyscale, a white border, a JPEG of quality 30,
+    the centre 80 %) keep its colour; the same photograph with its channels swapped (a colour variant) and two plain
+    pictures of other colours, each with a corner shape (tiles of a plain wallpaper), are of other colours. Such
+    plain pictures are read as a field around their shape, so neither the code nor the grey signatures tell them
+    apart."""
+    photo = Image.open(MATE / "nature" / "LadyBird.jpg").convert("RGB")
+    photo.thumbnail((256, 256))
+    w, h = photo.size
+    r, g, b = photo.split()
+
+    def plain(colour: tuple[int, int, int]) -> Image.Image:
+        img = Image.new("RGB", (160, 120), colour)
+        img.paste((250, 250, 250), (130, 95, 160, 120))
+        return img
+
+    pictures = {
+        "photo.png": photo,
+        "brighter.png": ImageEnhance.Brightness(photo).enhance(1.4),
+        "darker.png": ImageEnhance.Brightness(photo).enhance(0.7),
+        "grey.png": photo.convert("L"),
+        "border.png": ImageOps.expand(photo, border=w // 10, fill=(255, 255, 255)),
+        "crop.png": photo.crop((w // 10, h // 10, w - w // 10, h - h // 10)),
+        "swapped.png": Image.merge("RGB", (b, r, g)),
+        "blue.png": plain((30, 70, 200)),
+        "darker-blue.png": plain((20, 50, 140)),
+        "yellow.png": plain((240, 190, 40)),
+    }
+    for name, img in pictures.items():
+        img.save(tmp_path / name)
+    photo.save(tmp_path / "jpeg.jpg", quality=30)
+    names = [*pictures, "jpeg.jpg"]
+    index = _look_alike_index(tmp_path, names)
+    signatures = Signatures.of(index, tmp_path, np.arange(len(names)))
+    copies = ["brighter.png", "darker.png", "grey.png", "border.png", "crop.png", "jpeg.jpg"]
+    pairs = [("photo.png", c) for c in copies] + [("blue.png", "darker-blue.png"),
+                                                  ("photo.png", "swapped.png"), ("blue.png", "yellow.png")]
+    rows_a = np.asarray([names.index(x) for x, _ in pairs])
+    rows_b = np.asarray([names.index(y) for _, y in pairs])
+    assert signatures.other_colours(rows_a, rows_b).tolist() == [False] * 7 + [True, True]
+    blue, yellow = names.index("blue.png"), names.index("yellow.png")
+    assert signatures.correlation(np.array([blue]), np.array([yellow]))[0] > 0.9  # the grey pixels are no help
+
+
+def test_signatures_cached_before_they_had_a_colour_are_made_again_quietly(tmp_path, caplog):
+    """A cache part of the previous version (signatures without their colour) is not used: the signatures are
+    made again from the files, with their colour, and kept in a new part, with no warning (nothing is wrong)."""
+    names = []
+    for p in TANGO[:3]:
+        names.append(p.name)
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    index = _look_alike_index(tmp_path, names)
+    cache = ViewCache(tmp_path / "views")
+    first = Signatures.of(index, tmp_path, np.arange(3), cache)
+    part = next(cache.folder.glob("detail-*.parquet"))
+    pq.write_table(pq.read_table(part).drop_columns(["colour"]), part)
+    with caplog.at_level(logging.INFO, logger="vaepipe"):
+        again = Signatures.of(index, tmp_path, np.arange(3), cache)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    np.testing.assert_array_equal(again.colour, first.colour)
+    assert (first.colour.max(1) > 0).all() and len(list(cache.folder.glob("detail-*.parquet"))) == 2

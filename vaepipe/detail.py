@@ -8,7 +8,9 @@ on white (a copy saved as JPEG was flattened on white), is its signature (`signa
       not brightness or gradients) matches each other's best among their nearest images, clearly better than the
       next (a ratio test, as duplicates.only_copy_pairs does with the code);
   Signatures.plain_look_alikes  picks out pairs of near-plain pictures whose pixels do not follow each other: the
-      code cannot tell such pictures apart, and a person would not call them copies.
+      code cannot tell such pictures apart, and a person would not call them copies;
+  Signatures.other_colours  picks out pairs of colourful pictures of clearly other hues (each image's mean colour is
+      kept with its signature): the code is taught to see through colour, and no everyday edit turns a picture's.
 Pixels are compared by correlation (brightness and contrast drop out), as they are, mirrored, and by their top
 three quarters (a caption band along the bottom), in whichever background matches better.
 """
@@ -39,6 +41,19 @@ FINE_MARGIN = 0.15
 PLAIN_STD = 10.0
 FLAT_STD = 1.0
 PLAIN_LEAST = 0.95
+# Pictures whose mean colours are of clearly other hues are not copies: no everyday edit turns a picture's colour
+# (greying takes it away; brightness and a border or background of black or white keep its hue).
+COLOURFUL = 20.0
+HUE_APART = 45.0
+
+
+def _hue(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3) RGB -> hue in degrees and chroma (of 255), from the opponent axes: adding grey (a background of black
+    or white showing more or less) or scaling the levels (brightness) moves neither the hue nor whether it is
+    colourful."""
+    r, g, b = rgb.astype(np.float32).T
+    x, y = r - (g + b) / 2, np.sqrt(3) / 2 * (g - b)
+    return np.degrees(np.arctan2(y, x)), np.hypot(x, y)
 
 
 def _blur_matrix(side: int, sigma: float = 1.0, radius: int = 4) -> np.ndarray:
@@ -93,35 +108,37 @@ def correlation(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
 
 
 def collection_signatures(index: SearchIndex, image_root: Path, rows: np.ndarray, cache: ViewCache | None = None
-                          ) -> tuple[np.ndarray, np.ndarray]:
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Signatures of collection images (index rows): from the cache, else of files unchanged since indexing that
-    load now (then added to the cache). Returns the rows that have one, in the order given, and their signatures."""
+    load now (then added to the cache). Returns the rows that have one, in the order given, their signatures and
+    their mean colours."""
     paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
     found = cache.get_signatures([shas[r] for r in rows]) if cache is not None else {}
     todo = [r for r in rows if shas[r] not in found]
     todo = [r for r in todo if unchanged(file_path(image_root, paths[r]), shas[r])]
     files = [file_path(image_root, paths[r]) for r in todo]
     loaded: list[int] = []
-    batches: list[np.ndarray] = []
+    batches: list[tuple[np.ndarray, np.ndarray]] = []
     # Decoded by a process per core, as the views are (the spec is only the loader's; signatures have their own).
     spec = ImageSpec(SIGNATURE_SIDE, 1)
-    for sigs, idx, errors in iter_image_batches(files, spec, 64, usable_cores() if len(files) > 64 else 0,
-                                                what="signatures"):
+    for (sigs, colour), idx, errors in iter_image_batches(files, spec, 64, usable_cores() if len(files) > 64 else 0,
+                                                          what="signatures"):
         good = [j for j, e in enumerate(errors) if not e]
         loaded += [idx[j] for j in good]
-        batches.append(sigs.numpy()[good])
+        batches.append((sigs[good], colour[good]))
     if loaded:
-        sigs = np.concatenate(batches)
+        sigs, colour = (np.concatenate([b[i] for b in batches]) for i in (0, 1))
         if cache is not None:
-            cache.put_signatures([shas[todo[i]] for i in loaded], sigs)
-        found.update((shas[todo[i]], sig) for i, sig in zip(loaded, sigs))
+            cache.put_signatures([shas[todo[i]] for i in loaded], sigs, colour)
+        found.update((shas[todo[i]], pair) for i, pair in zip(loaded, zip(sigs, colour)))
     have = np.asarray([r for r in rows if shas[r] in found], np.int64)
     # float16 holds the grey levels (quarters from 0 to 255) exactly; filled row by row, not stacked as float32
     # first: on a folder of look-alikes nearly every image has a signature, and the copies were most of the memory.
     out = np.empty((len(have), *SIGNATURE_SHAPE), np.float16)
+    out_colour = np.empty((len(have), 3), np.float32)
     for i, r in enumerate(have):
-        out[i] = found[shas[r]]
-    return have, out
+        out[i], out_colour[i] = found[shas[r]]
+    return have, out, out_colour
 
 
 def nearest_pairs(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -146,11 +163,12 @@ class Signatures:
     at: np.ndarray  # (n,) index row -> row of sig, -1 where none
     sig: np.ndarray  # (m, *SIGNATURE_SHAPE) grey levels, float16 (exact)
     detail: np.ndarray  # (m, *SIGNATURE_SHAPE) their fine detail, normalised, float16
+    colour: np.ndarray  # (m, 3) mean RGB on black
 
     @classmethod
     def of(cls, index: SearchIndex, image_root: Path, rows: np.ndarray, cache: ViewCache | None = None
            ) -> Signatures:
-        have, sig = collection_signatures(index, image_root, rows, cache)
+        have, sig, colour = collection_signatures(index, image_root, rows, cache)
         at = np.full(index.meta["n"], -1, np.int64)
         at[have] = np.arange(len(have))
         # 4 KB an image each, made a block at a time: on a folder of look-alikes nearly every image has a signature,
@@ -160,7 +178,7 @@ class Signatures:
         detail = np.empty((len(sig), *SIGNATURE_SHAPE), np.float16)
         for s in range(0, len(sig), BLOCK):
             detail[s:s + BLOCK] = _normalised(fine(sig[s:s + BLOCK]))
-        return cls(at, sig, detail)
+        return cls(at, sig, detail, colour)
 
     def correlation(self, a: np.ndarray, b: np.ndarray, fine_detail: bool = False) -> np.ndarray:
         """Pairs of index rows -> `correlation` of their signatures, or of their fine detail; -inf where either
@@ -175,6 +193,15 @@ class Signatures:
             else:
                 out[pick] = correlation(self.sig[at_a], self.sig[at_b])
         return out
+
+    def other_colours(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Pairs of index rows -> whether both pictures are colourful (chroma of their mean colour at least
+        COLOURFUL) and their mean hues more than HUE_APART degrees apart."""
+        have = (self.at[a] >= 0) & (self.at[b] >= 0)
+        hue_a, chroma_a = _hue(self.colour[self.at[a]])
+        hue_b, chroma_b = _hue(self.colour[self.at[b]])
+        apart = np.abs((hue_a - hue_b + 180) % 360 - 180) > HUE_APART
+        return have & (chroma_a >= COLOURFUL) & (chroma_b >= COLOURFUL) & apart
 
     def plain_look_alikes(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Pairs of index rows -> whether both are near-plain pictures (not both of one colour) whose pixels do not

@@ -245,16 +245,21 @@ def _joined(pairs: list[Pairs]) -> Pairs:
 def _checked_in_pixels(index: SearchIndex, image_root: Path, alike: list[Pairs], sure: list[Pairs],
                        nearest: tuple[np.ndarray, np.ndarray], cache: ViewCache | None) -> tuple[Pairs, Pairs]:
     """The pairs the code found alike, and the sure pairs (the code's ratio test's) with those fine_detail_pairs
-    adds, each less pairs of near-plain look-alikes (detail.Signatures.plain_look_alikes)."""
+    adds, each less pairs of near-plain look-alikes (detail.Signatures.plain_look_alikes) and of pictures of other
+    colours (Signatures.other_colours)."""
     near = nearest_pairs(index, nearest)
     rows = np.unique(np.concatenate([r for p in [*alike, *sure, near] for r in p]))
     signatures = Signatures.of(index, image_root, rows, cache)
     fine = fine_detail_pairs(index, near, signatures)
-    (a, b), (c, d) = _joined(alike), _joined([*sure, fine])
-    plain_ab, plain_cd = signatures.plain_look_alikes(a, b), signatures.plain_look_alikes(c, d)
+    checked, plain, colours = [], 0, 0
+    for a, b in (_joined(alike), _joined([*sure, fine])):
+        look_alikes, other_colours = signatures.plain_look_alikes(a, b), signatures.other_colours(a, b)
+        plain, colours = plain + look_alikes.sum(), colours + (other_colours & ~look_alikes).sum()
+        keep = ~(look_alikes | other_colours)
+        checked.append((a[keep], b[keep]))
     log.info("duplicates: %d pairs joined by their fine detail; %d pairs of near-plain pictures whose pixels differ "
-             "left apart", len(fine[0]), plain_ab.sum() + plain_cd.sum())
-    return (a[~plain_ab], b[~plain_ab]), (c[~plain_cd], d[~plain_cd])
+             "and %d of pictures of other colours left apart", len(fine[0]), plain, colours)
+    return checked[0], checked[1]
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:

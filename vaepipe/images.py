@@ -500,10 +500,14 @@ def _fitted_alike_on_any_background(img: Image.Image) -> bool:
     return not any(_on_a_field(colour, content, background) for background in SIGNATURE_BACKGROUNDS)
 
 
-def load_signatures(paths: Sequence[str | Path], max_pixels: int = 64_000_000) -> tuple[np.ndarray, list[str]]:
+def load_signatures(paths: Sequence[str | Path], max_pixels: int = 64_000_000
+                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Each image as the model sees it (trimmed to its content), greyed, (n, *SIGNATURE_SHAPE) float32
-    grey levels, and an error per image ('' if it loaded; a failed image's signature is zeros)."""
+    grey levels; the whole picture's mean colour (transparency on black), (n, 3) float32 RGB; and an error per image
+    ('' if it loaded; a failed image's signature and colour are zeros). The grey signatures cannot tell two plain
+    pictures of different colours apart, nor can the code, which is taught to see through colour."""
     out = np.zeros((len(paths), *SIGNATURE_SHAPE), np.float32)
+    colour = np.zeros((len(paths), 3), np.float32)
     errors = [""] * len(paths)
     for j, path in enumerate(paths):
         try:
@@ -515,10 +519,14 @@ def load_signatures(paths: Sequence[str | Path], max_pixels: int = 64_000_000) -
                 grey = to_array(img, replace(spec, background=background))[0].astype(np.float32)
                 out[j, k] = grey.reshape(SIGNATURE_SIDE, 2, SIGNATURE_SIDE, 2).mean((1, 3))
             out[j, len(backgrounds):] = out[j, 0]
+            # The whole picture's, not the fitted square's: a plain picture (a wallpaper of one colour with a
+            # corner shape) is read as a field around its shape, which leaves the square nearly black.
+            small = flatten(img, 0).convert("RGB").resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.Resampling.BOX)
+            colour[j] = np.asarray(small, np.float32).reshape(-1, 3).mean(0)
         except Exception as e:  # one image's failure, whatever Pillow raised, is that image's error
-            out[j] = 0
+            out[j], colour[j] = 0, 0
             errors[j] = str(e) or type(e).__name__
-    return out, errors
+    return out, colour, errors
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -682,7 +690,8 @@ class ImageFiles(Dataset):
         if self.what == "views":
             batch, errors = load_views(paths, self.spec, self.max_pixels)
         elif self.what == "signatures":
-            batch, errors = load_signatures(paths, self.max_pixels)
+            sigs, colour, errors = load_signatures(paths, self.max_pixels)
+            return (sigs, colour), list(indices), errors
         else:
             batch, errors = load_batch(paths, self.spec, self.max_pixels, self.alpha, self.grey)
         pixels = torch.from_numpy(batch)
@@ -698,7 +707,7 @@ def iter_image_batches(
     A failed image's slot in the batch is zeros; its error says why. `then`, if given, maps each uint8 batch in
     the worker that decoded it to what is yielded instead of the images (arrays: they come back pickled). alpha:
     see to_array; grey: see load_batch; what: "inputs" (load_batch), or each image's edited views ("views",
-    load_views) or pixel signatures ("signatures", load_signatures; float32) instead.
+    load_views) or pixel signatures and colours ("signatures", load_signatures: a pair of float32 arrays) instead.
     """
     loader = DataLoader(
         ImageFiles(paths, spec, max_pixels, then, alpha, grey, what),

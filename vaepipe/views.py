@@ -123,27 +123,32 @@ class ViewCache:
                 pa.array(views.grey_embedding.ravel(), pa.float32()), width)
         self._write("part", columns)
 
-    def get_signatures(self, shas: list[str]) -> dict[str, np.ndarray]:
-        """{sha256: images.load_signatures' row, float16} of those in the cache."""
-        found: dict[str, np.ndarray] = {}
+    def get_signatures(self, shas: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{sha256: (images.load_signatures' signature, its mean colour), float16} of those in the cache."""
+        found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for table in self._read("detail", shas):
+            if "colour" not in table.column_names:  # written before signatures had a colour: made again
+                continue
             try:
                 # As stored, float16 (exact): a float32 copy of a whole folder's signatures doubled their room.
                 sigs = table["signature"].combine_chunks().flatten().to_numpy().reshape(len(table), *SIGNATURE_SHAPE)
+                colour = table["colour"].combine_chunks().flatten().to_numpy().reshape(len(table), 3)
             except Exception as e:  # a part of another version
                 log.warning("views: cache part not used (%s: %s)", type(e).__name__, e)
                 continue
-            found.update(zip(table["sha256"].to_pylist(), sigs))
+            found.update(zip(table["sha256"].to_pylist(), zip(sigs, colour)))
         return found
 
-    def put_signatures(self, shas: list[str], sigs: np.ndarray) -> None:
-        """Add images.load_signatures' rows of the images with these sha256s (in order)."""
+    def put_signatures(self, shas: list[str], sigs: np.ndarray, colour: np.ndarray) -> None:
+        """Add images.load_signatures' signatures and colours of the images with these sha256s (in order)."""
         if not shas:
             return
         # float16 holds the signatures' grey levels (quarters from 0 to 255) exactly, in half the room.
         values = pa.array(sigs.astype(np.float16).ravel(), pa.float16())
+        colours = pa.array(colour.astype(np.float16).ravel(), pa.float16())
         self._write("detail", {"sha256": pa.array(shas, pa.string()),
-                               "signature": pa.FixedSizeListArray.from_arrays(values, int(np.prod(SIGNATURE_SHAPE)))})
+                               "signature": pa.FixedSizeListArray.from_arrays(values, int(np.prod(SIGNATURE_SHAPE))),
+                               "colour": pa.FixedSizeListArray.from_arrays(colours, 3)})
 
 
 def unchanged(path: str, sha256: str) -> bool:
