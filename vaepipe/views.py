@@ -124,7 +124,7 @@ class ViewCache:
         self._write("part", columns)
 
     def get_signatures(self, shas: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """{sha256: (images.load_signatures' signature, its mean colour), float16} of those in the cache."""
+        """{sha256: (images.load_signatures' signature as float16, its mean colour)} of those in the cache."""
         found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for table in self._read("detail", shas):
             if "colour" not in table.column_names:  # written before signatures had a colour: made again
@@ -145,7 +145,9 @@ class ViewCache:
             return
         # float16 holds the signatures' grey levels (quarters from 0 to 255) exactly, in half the room.
         values = pa.array(sigs.astype(np.float16).ravel(), pa.float16())
-        colours = pa.array(colour.astype(np.float16).ravel(), pa.float16())
+        # The colours as they are (12 bytes an image): rounded, a pair near the hue limit came out otherwise on a
+        # nightly re-run than on the first.
+        colours = pa.array(colour.astype(np.float32).ravel(), pa.float32())
         self._write("detail", {"sha256": pa.array(shas, pa.string()),
                                "signature": pa.FixedSizeListArray.from_arrays(values, int(np.prod(SIGNATURE_SHAPE))),
                                "colour": pa.FixedSizeListArray.from_arrays(colours, 3)})
