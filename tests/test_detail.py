@@ -22,6 +22,13 @@ TANGO = sorted(Path("/usr/share/icons/Tango/32x32/actions").glob("*.png"))
 MATE = Path("/usr/share/backgrounds/mate")
 
 
+def _copied(files: list[Path], folder: Path) -> list[str]:
+    """Copy real files into the test's folder; their names."""
+    for p in files:
+        (folder / p.name).write_bytes(p.read_bytes())
+    return [p.name for p in files]
+
+
 def _distinct(files: list[Path]) -> list[Path]:
     """One file per content (the theme links some icons under two names)."""
     return list({sha256_file(p): p for p in reversed(files)}.values())[::-1]
@@ -58,10 +65,7 @@ def test_an_icon_and_its_copy_flattened_on_white_match_in_the_white_background(t
 def test_fine_detail_pairs_a_darker_copy_of_an_icon_among_look_alikes(tmp_path):
     """Ten real icons and a darker copy of one (brightness x0.6), all equally alike to the code: the ratio test on
     their fine detail pairs the copy with its original, and nothing else."""
-    names = []
-    for p in _distinct(TANGO)[:10]:
-        names.append(p.name)
-        (tmp_path / p.name).write_bytes(p.read_bytes())
+    names = _copied(_distinct(TANGO)[:10], tmp_path)
     img = Image.open(tmp_path / names[3]).convert("RGBA")
     dark = ImageEnhance.Brightness(img.convert("RGB")).enhance(0.6).convert("RGBA")
     dark.putalpha(img.getchannel("A"))
@@ -112,10 +116,7 @@ def test_near_plain_pictures_whose_pixels_differ_are_told_apart_from_copies(tmp_
 def test_signatures_come_from_the_cache_by_content_and_a_changed_file_is_not_compared(tmp_path):
     """Signatures are kept by sha256: a second look reads them from the cache (the files may have moved); a file
     changed since indexing has no signature (its pairs' correlation is -inf); a damaged part is recomputed."""
-    names = []
-    for p in TANGO[:4]:
-        names.append(p.name)
-        (tmp_path / p.name).write_bytes(p.read_bytes())
+    names = _copied(TANGO[:4], tmp_path)
     index = _look_alike_index(tmp_path, names)
     cache = ViewCache(tmp_path / "views")
     first = Signatures.of(index, tmp_path, np.arange(4), cache)
@@ -223,10 +224,7 @@ def test_pictures_of_other_colours_are_told_apart_and_everyday_edits_keep_their_
 def test_signatures_cached_before_they_had_a_colour_are_made_again_quietly(tmp_path, caplog):
     """A cache part of the previous version (signatures without their colour) is not used: the signatures are
     made again from the files, with their colour, and kept in a new part, with no warning (nothing is wrong)."""
-    names = []
-    for p in TANGO[:3]:
-        names.append(p.name)
-        (tmp_path / p.name).write_bytes(p.read_bytes())
+    names = _copied(TANGO[:3], tmp_path)
     index = _look_alike_index(tmp_path, names)
     cache = ViewCache(tmp_path / "views")
     first = Signatures.of(index, tmp_path, np.arange(3), cache)

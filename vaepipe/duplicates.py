@@ -277,7 +277,7 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray([find(x) for x in range(n)], np.int64)
 
 
-def near_groups(n: int, pairs: tuple[np.ndarray, np.ndarray], sure: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def near_groups(n: int, pairs: Pairs, sure: Pairs) -> np.ndarray:
     """Images 0..n-1 and the pairs found alike -> each image's group (named by one of its images).
 
     The `sure` pairs (an image and its one clear copy: the ratio tests) are joined first. Then, most-paired first, an
