@@ -29,7 +29,8 @@ import torch
 from PIL import Image
 
 from vaepipe.config import IngestConfig
-from vaepipe.detail import FINE_LEAST, FINE_MARGIN, NEIGHBOURS, Signatures, nearest_pairs
+from vaepipe.detail import (FINE_LEAST, FINE_MARGIN, NEIGHBOURS, TURNED_LEAST, TURNED_MARGIN, Signatures, nearest_pairs,
+                            warped_correlation)
 from vaepipe.images import flatten, open_image, to_array, to_float
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
@@ -214,6 +215,53 @@ def fine_detail_pairs(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray]
     return ratio_test(index.meta["n"], a, b, alike, FINE_LEAST, FINE_MARGIN)
 
 
+def _nearest_other(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Each image's nearest as stored of other content (from `nearest`: SearchIndex.nearest_of_all), -1 if none."""
+    found = nearest[0]
+    shas = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
+    other = (found >= 0) & (shas[np.maximum(found, 0)] != shas[:, None])
+    return np.where(other.any(1), found[np.arange(len(found)), other.argmax(1)], -1)
+
+
+def turned_pairs(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray], near: Pairs, signatures: Signatures,
+                 known: Pairs) -> Pairs:
+    """Index rows (a, b), a < b, of images that are each other's nearest as stored, not among the `known` pairs,
+    whose pixels match when one is turned and zoomed to fit the other (detail.warped_correlation, the better of
+    either warped) at least TURNED_LEAST, and TURNED_MARGIN better than each one's match with its other near images
+    (`near`: detail.nearest_pairs): the ratio test once more. A turned or cropped copy's pixels as they are follow
+    its original's no better than a look-alike's, and the code puts it near, not clearly nearest (BENCHMARKS.md,
+    "Duplicate groups")."""
+    n = index.meta["n"]
+    partner = _nearest_other(index, nearest)
+    p = np.maximum(partner, 0)
+    known_keys = np.unique(np.minimum(*known) * n + np.maximum(*known))
+    mutual = (partner >= 0) & (partner[p] == np.arange(n)) & (signatures.at >= 0) & (signatures.at[p] >= 0)
+    who = np.flatnonzero(mutual & ~np.isin(np.minimum(np.arange(n), p) * n + np.maximum(np.arange(n), p), known_keys))
+    if not len(who):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    # Each image's partner first, then its other near images (its rivals), one row each.
+    me, other = np.concatenate([near[0], near[1]]), np.concatenate([near[1], near[0]])
+    keep = np.isin(me, who) & (other != partner[me]) & (signatures.at[other] >= 0)
+    me, other = me[keep], other[keep]
+    order = np.argsort(me, kind="stable")
+    me, other = me[order], other[order]
+    row = np.searchsorted(who, me)
+    first_of_row = np.searchsorted(me, who)
+    rank = np.arange(len(me)) - first_of_row[row]
+    table = np.full((len(who), 1 + (rank.max() + 1 if len(rank) else 0)), -1, np.int64)
+    table[:, 0] = signatures.at[partner[who]]
+    table[row, 1 + rank] = signatures.at[other]
+    match = warped_correlation(signatures.sig, signatures.at[who], table)
+    best = np.full(n, -np.inf, np.float32)
+    best[who] = match[:, 0]
+    best[who] = np.maximum(best[who], best[partner[who]])  # the better of either warped to fit the other
+    rival = match[:, 1:].max(1, initial=-np.inf)
+    clear = np.zeros(n, bool)
+    clear[who] = (best[who] >= TURNED_LEAST) & (best[who] - rival >= TURNED_MARGIN)
+    pairs = who[clear[who] & clear[partner[who]] & (who < partner[who])]
+    return pairs, partner[pairs]
+
+
 def view_checked_pairs(index: SearchIndex, candidates: CandidatePairs, threshold: float
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Index rows (a, b), a < b, of the candidate pairs whose similarity through an edited view reaches
@@ -245,20 +293,22 @@ def _joined(pairs: list[Pairs]) -> Pairs:
 def _checked_in_pixels(index: SearchIndex, image_root: Path, alike: list[Pairs], sure: list[Pairs],
                        nearest: tuple[np.ndarray, np.ndarray], cache: ViewCache | None) -> tuple[Pairs, Pairs]:
     """The pairs the code found alike, and the sure pairs (the code's ratio test's) with those fine_detail_pairs
-    adds, each less pairs of near-plain look-alikes (detail.Signatures.plain_look_alikes) and of pictures of other
-    colours (Signatures.other_colours)."""
+    and turned_pairs add, each less pairs of near-plain look-alikes (detail.Signatures.plain_look_alikes) and of
+    pictures of other colours (Signatures.other_colours)."""
     near = nearest_pairs(index, nearest)
     rows = np.unique(np.concatenate([r for p in [*alike, *sure, near] for r in p]))
     signatures = Signatures.of(index, image_root, rows, cache)
     fine = fine_detail_pairs(index, near, signatures)
+    turned = turned_pairs(index, nearest, near, signatures, _joined([*alike, *sure, fine]))
     checked, plain, colours = [], 0, 0
-    for a, b in (_joined(alike), _joined([*sure, fine])):
+    for a, b in (_joined(alike), _joined([*sure, fine, turned])):
         look_alikes, other_colours = signatures.plain_look_alikes(a, b), signatures.other_colours(a, b)
         plain, colours = plain + look_alikes.sum(), colours + (other_colours & ~look_alikes).sum()
         keep = ~(look_alikes | other_colours)
         checked.append((a[keep], b[keep]))
-    log.info("duplicates: %d pairs joined by their fine detail; %d pairs of near-plain pictures whose pixels differ "
-             "and %d of pictures of other colours left apart", len(fine[0]), plain, colours)
+    log.info("duplicates: %d pairs joined by their fine detail and %d by their pixels turned or zoomed; %d pairs of "
+             "near-plain pictures whose pixels differ and %d of pictures of other colours left apart", len(fine[0]),
+             len(turned[0]), plain, colours)
     return checked[0], checked[1]
 
 

@@ -322,6 +322,10 @@ def _groups(workdir: Workdir, image_root: Path, index: SearchIndex, threshold: f
                                      "fine detail": {"nearest": detail.NEIGHBOURS,
                                                      "from similarity": detail.CANDIDATE_SIMILARITY,
                                                      "least": detail.FINE_LEAST, "margin": detail.FINE_MARGIN},
+                                     "turned or zoomed": {"turns": list(detail.TURNS),
+                                                          "zooms": [round(z, 3) for z in detail.ZOOMS],
+                                                          "least": detail.TURNED_LEAST,
+                                                          "margin": detail.TURNED_MARGIN},
                                      "near-plain": {"grey std below": detail.PLAIN_STD,
                                                     "of one colour below": detail.FLAT_STD,
                                                     "kept from correlation": detail.PLAIN_LEAST}}
