@@ -264,11 +264,13 @@ class Signatures:
     def other_colours(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Pairs of index rows -> whether both pictures are colourful (chroma of their mean colour at least
         COLOURFUL) and their mean hues more than HUE_APART degrees apart."""
-        have = (self.at[a] >= 0) & (self.at[b] >= 0)
-        hue_a, chroma_a = _hue(self.colour[self.at[a]])
-        hue_b, chroma_b = _hue(self.colour[self.at[b]])
+        out = np.zeros(len(a), bool)
+        have = np.flatnonzero((self.at[a] >= 0) & (self.at[b] >= 0))
+        hue_a, chroma_a = _hue(self.colour[self.at[a[have]]])
+        hue_b, chroma_b = _hue(self.colour[self.at[b[have]]])
         apart = np.abs((hue_a - hue_b + 180) % 360 - 180) > HUE_APART
-        return have & (chroma_a >= COLOURFUL) & (chroma_b >= COLOURFUL) & apart
+        out[have] = (chroma_a >= COLOURFUL) & (chroma_b >= COLOURFUL) & apart
+        return out
 
     def plain_look_alikes(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Pairs of index rows -> whether both are near-plain pictures (not both of one colour) whose pixels do not
