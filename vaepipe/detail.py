@@ -192,9 +192,12 @@ def collection_signatures(index: SearchIndex, image_root: Path, rows: np.ndarray
                                                           what="signatures"):
         good = [j for j, e in enumerate(errors) if not e]
         loaded += [idx[j] for j in good]
-        batches.append((sigs[good], colour[good]))
+        # float16 as each batch comes (the grey levels are quarters from 0 to 255: exact): a fresh folder of 30,000
+        # images held its signatures as float32 batches, then joined, then a float16 copy for the cache.
+        batches.append((sigs[good].astype(np.float16), colour[good]))
     if loaded:
         sigs, colour = (np.concatenate([b[i] for b in batches]) for i in (0, 1))
+        batches.clear()
         if cache is not None:
             cache.put_signatures([shas[todo[i]] for i in loaded], sigs, colour)
         found.update((shas[todo[i]], pair) for i, pair in zip(loaded, zip(sigs, colour)))

@@ -34,6 +34,9 @@ log = logging.getLogger("vaepipe")
 # originals that views bring to rank 1 on the validation folders.
 RERANK_DEPTH = 10
 BLOCK = 65536  # pairs scored at a time: a folder of look-alikes has millions of candidate pairs
+# Images per row group of a cache part: written as one row group, the signatures of 30,000 images (120 MB) took
+# 0.8 GB more to encode, held by Arrow's allocator after; in groups of 4,096, 0.15 GB (BENCHMARKS.md, issue 22).
+PART_ROWS = 4096
 
 
 def uses_views(model: VAE, index: SearchIndex) -> bool:
@@ -94,7 +97,9 @@ class ViewCache:
     def _write(self, prefix: str, columns: dict[str, pa.Array]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_parquet(pa.table(columns),
-                      self.folder / f"{prefix}-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet")
+                      self.folder / f"{prefix}-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet",
+                      row_group_size=PART_ROWS)
+        pa.default_memory_pool().release_unused()  # what the encoding freed, given back rather than held
 
     def get(self, shas: list[str], dim: int) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         """{sha256: (views (len(VIEWS), dim), grey renderings' views or None)} of those in the cache."""
@@ -144,7 +149,7 @@ class ViewCache:
         if not shas:
             return
         # float16 holds the signatures' grey levels (quarters from 0 to 255) exactly, in half the room.
-        values = pa.array(sigs.astype(np.float16).ravel(), pa.float16())
+        values = pa.array(sigs.astype(np.float16, copy=False).ravel(), pa.float16())
         # The colours as they are (12 bytes an image): rounded, a pair near the hue limit came out otherwise on a
         # nightly re-run than on the first.
         colours = pa.array(colour.astype(np.float32).ravel(), pa.float32())
