@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from vaepipe.embed import Embedded, encode_views
 from vaepipe.images import ONE_SIDED_VIEWS, SIGNATURE_SHAPE, VIEWS
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE
-from vaepipe.store import file_path, sha256_file, write_parquet
+from vaepipe.store import file_path, row_groups, sha256_file, write_parquet
 
 log = logging.getLogger("vaepipe")
 
@@ -85,9 +84,9 @@ class ViewCache:
         """Each readable part's rows of these sha256s."""
         wanted = pa.array(sorted(set(shas)), pa.string())
         for part in sorted(self.folder.glob(f"{prefix}-*.parquet")):
-            try:
-                table = pq.read_table(part)
-                yield table.filter(pc.is_in(table["sha256"], wanted)).combine_chunks()
+            try:  # a row group at a time: a whole part read, then filtered, was three copies of it at once
+                for table in row_groups(part):
+                    yield table.filter(pc.is_in(table["sha256"], wanted)).combine_chunks()
             except Exception as e:  # damaged or from another version: only work saved is lost
                 log.warning("views: cache part %s not read (%s: %s)", part, type(e).__name__, e)
         # Arrow's allocator keeps what the parts' reading freed; on a folder of look-alikes (every image's views
