@@ -124,3 +124,23 @@ def test_views_are_kept_by_content_and_a_damaged_cache_only_costs_time(pictures,
     assert "cache part" in caplog.text
     computed = _by_row(rows, views)
     assert sorted(computed) == list(range(6)) and all(np.allclose(first[r], computed[r], atol=1e-5) for r in first)
+
+
+def test_a_cache_part_is_written_in_row_groups_and_read_back_a_group_at_a_time(pictures, tmp_path, monkeypatch):
+    """A part holds its images in row groups of views.PART_ROWS (one row group of a large folder took several
+    times its size to write and to read); images asked for from different row groups come back, and only they."""
+    import pyarrow.parquet as pq
+    from vaepipe import views as views_module
+
+    monkeypatch.setattr(views_module, "PART_ROWS", 4)
+    images, model, names = pictures["images"], pictures["model"], pictures["names"]
+    shas = [sha256_file(images / n) for n in names]
+    index = flat_index(_embed(model, [images / n for n in names]), names, shas)
+    cache = ViewCache(tmp_path / "views")
+    rows, views = collection_views(index, model, images, np.arange(6), cache)
+    first = _by_row(rows, views)
+    part = next(cache.folder.glob("part-*.parquet"))
+    assert pq.ParquetFile(part).num_row_groups == 2
+    found = cache.get([shas[1], shas[5]], index.dim)
+    assert sorted(found) == sorted([shas[1], shas[5]])
+    assert all(np.array_equal(np.concatenate(found[shas[r]]), first[r]) for r in (1, 5))
