@@ -232,11 +232,12 @@ def turned_pairs(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray], nea
     its original's no better than a look-alike's, and the code puts it near, not clearly nearest (BENCHMARKS.md,
     "Duplicate groups")."""
     n = index.meta["n"]
-    partner = _nearest_other(index, nearest)
+    i, partner = np.arange(n), _nearest_other(index, nearest)
     p = np.maximum(partner, 0)
-    known_keys = np.unique(np.minimum(*known) * n + np.maximum(*known))
-    mutual = (partner >= 0) & (partner[p] == np.arange(n)) & (signatures.at >= 0) & (signatures.at[p] >= 0)
-    who = np.flatnonzero(mutual & ~np.isin(np.minimum(np.arange(n), p) * n + np.maximum(np.arange(n), p), known_keys))
+    mutual = (partner >= 0) & (partner[p] == i) & (signatures.at >= 0) & (signatures.at[p] >= 0)
+    # A pair as one number (a * n + b, a < b), to leave out the pairs other rules found.
+    found = np.isin(np.minimum(i, p) * n + np.maximum(i, p), np.minimum(*known) * n + np.maximum(*known))
+    who = np.flatnonzero(mutual & ~found)
     if not len(who):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     # Each image's partner first, then its other near images (its rivals), one row each.
