@@ -136,9 +136,8 @@ def _warp_grid() -> tuple[torch.Tensor, np.ndarray]:
     return torch.tensor(np.stack(warps)[None], dtype=torch.float32), inside.reshape(-1)
 
 
-def _disc_planes(sig: np.ndarray, inside: np.ndarray) -> torch.Tensor:
-    """Signatures (n, *SIGNATURE_SHAPE) -> their central discs, (n, backgrounds, pixels), zero mean, unit length."""
-    x = torch.from_numpy(sig.astype(np.float32)).flatten(2)[:, :, torch.from_numpy(inside)]
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Planes of pixels along the last axis -> zero mean, unit length (a plane of one level stays all but zero)."""
     x = x - x.mean(-1, keepdim=True)
     return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-3)
 
@@ -154,7 +153,8 @@ def warped_correlation(sig: np.ndarray, who: np.ndarray, others: np.ndarray, blo
     rows, slot = np.unique(others[others >= 0], return_inverse=True)
     planes = torch.empty((len(rows), len(SIGNATURE_BACKGROUNDS), pixels), dtype=torch.float16)
     for s in range(0, len(rows), BLOCK):  # held as float16: at 30,000 images nearly every image is someone's other
-        planes[s:s + BLOCK] = _disc_planes(sig[rows[s:s + BLOCK]], inside).half()
+        disc = torch.from_numpy(sig[rows[s:s + BLOCK]].astype(np.float32)).flatten(2)[:, :, torch.from_numpy(inside)]
+        planes[s:s + BLOCK] = _unit(disc).half()
     where = np.full(others.shape, -1, np.int64)
     where[others >= 0] = slot
     out = np.full(others.shape, -np.inf, np.float32)
@@ -164,8 +164,7 @@ def warped_correlation(sig: np.ndarray, who: np.ndarray, others: np.ndarray, blo
         # Every background plane of every image sampled at once: grid_sample warps all channels alike.
         warped = F.grid_sample(x.reshape(1, -1, SIGNATURE_SIDE, SIGNATURE_SIDE), grid, mode="bilinear",
                                padding_mode="border", align_corners=False)[0]
-        warped = warped - warped.mean(-1, keepdim=True)
-        warped = (warped / warped.norm(dim=-1, keepdim=True).clamp(min=1e-3)).reshape(n, -1, warps, pixels)
+        warped = _unit(warped).reshape(n, -1, warps, pixels)
         at = where[s:s + block]
         theirs = torch.zeros((n, at.shape[1], len(SIGNATURE_BACKGROUNDS), pixels))
         theirs[torch.from_numpy(at >= 0)] = planes[torch.from_numpy(at[at >= 0])].float()
