@@ -80,9 +80,9 @@ def test_fine_detail_pairs_a_darker_copy_of_an_icon_among_look_alikes(tmp_path):
 
 
 def test_turned_pairs_a_turned_and_a_cropped_copy_of_photographs_among_look_alikes(tmp_path):
-    """Eight real photographs, a copy of one (window blinds: stripes) turned by 10 degrees (on a larger canvas) and a copy of another cropped
-    to its centre 80 %, all about equally alike to the code, each copy its original's nearest, and two different
-    photographs each other's nearest too. The copies' pixels as they are follow their originals' poorly; turned and
+    """Eight real photographs, a copy of one (window blinds: stripes) turned by 10 degrees (on a larger canvas)
+    and a copy of another cropped to its centre 80 %, all about equally alike to the code, each copy its original's
+    nearest, and two different photographs each other's nearest too. The copies' pixels as they are follow their originals' poorly; turned and
     zoomed to fit, clearly: both copies are paired, the two different photographs are not, and a pair already known
     is not looked at again."""
     photos = sorted((MATE / "nature").glob("*.jpg"))[:8]
@@ -93,7 +93,8 @@ def test_turned_pairs_a_turned_and_a_cropped_copy_of_photographs_among_look_alik
         img.thumbnail((256, 256))
         img.save(tmp_path / f"{photo.stem}.png")
         names.append(f"{photo.stem}.png")
-    Image.open(tmp_path / names[1]).rotate(10, resample=Image.Resampling.BILINEAR, expand=True).save(tmp_path / "turned.png")
+    turned = Image.open(tmp_path / names[1]).rotate(10, resample=Image.Resampling.BILINEAR, expand=True)
+    turned.save(tmp_path / "turned.png")
     img = Image.open(tmp_path / names[5])
     w, h = img.size
     img.crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(tmp_path / "cropped.png")
