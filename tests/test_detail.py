@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from helpers import flat_index
-from vaepipe.detail import FLAT_STD, PLAIN_STD, TURNED_LEAST, Signatures, correlation, nearest_pairs
+from vaepipe.detail import (FLAT_STD, PIXELS_LEAST, PLAIN_STD, TURNED_LEAST, Signatures, correlation,
+                            nearest_pairs, paired_warped_correlation, warped_correlation)
 from vaepipe.duplicates import fine_detail_pairs, near_groups, ratio_test, turned_pairs
 from vaepipe.images import SIGNATURE_BACKGROUNDS, ImageSpec, load_signatures, open_image, plain_mode, to_array
 from vaepipe.store import sha256_file
@@ -213,6 +214,65 @@ def test_near_groups_are_an_image_and_those_paired_with_it_so_look_alikes_do_not
     assert groups == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9, 10], [11, 12, 13], [14]]
     # Connected components would have made 0..7 one group: the chain's ends are not alike at all.
     assert len(set(group[:8].tolist())) == 3
+
+
+def test_opaque_pictures_whose_pixels_differ_are_told_apart_and_everyday_copies_are_not(tmp_path):
+    """Two neighbouring tiles of a real photograph (sand dunes: one look, other pixels) differ in pixels; its
+    everyday copies (brighter, greyscale, a white border, a caption band, the centre 80 %, mirrored, turned by 10
+    degrees, a JPEG of quality 30) do not, however little some follow it as they are. Two pictures of one colour have
+    no pixels to compare, and two different icons with transparency are not judged (an icon theme draws an icon
+    again for each size)."""
+    dune = Image.open(MATE / "nature" / "Dune.jpg").convert("RGB")
+    dune.thumbnail((1024, 1024))
+    tile = dune.crop((0, 0, 256, 256))
+    banner = tile.copy()
+    ImageDraw.Draw(banner).rectangle((0, 205, 256, 256), fill=(20, 20, 20))
+    ImageDraw.Draw(banner).text((10, 220), "holiday 2026", fill=(255, 255, 255))
+    icons = [p for p in TANGO if Image.open(p).mode == "RGBA"][:2]
+    pictures = {
+        "tile.png": tile,
+        "next-tile.png": dune.crop((256, 0, 512, 256)),
+        "brighter.png": ImageEnhance.Brightness(tile).enhance(1.4),
+        "grey.png": tile.convert("L"),
+        "border.png": ImageOps.expand(tile, border=26, fill=(255, 255, 255)),
+        "banner.png": banner,
+        "crop.png": tile.crop((26, 26, 230, 230)),
+        "mirror.png": ImageOps.mirror(tile),
+        "turned.png": tile.rotate(10, resample=Image.Resampling.BILINEAR, expand=True),
+        "flat1.png": Image.new("RGB", (64, 64), (200, 160, 90)),
+        "flat2.png": Image.new("RGB", (64, 64), (120, 100, 60)),
+        "icon1.png": Image.open(icons[0]),
+        "icon2.png": Image.open(icons[1]),
+    }
+    for name, img in pictures.items():
+        img.save(tmp_path / name)
+    tile.save(tmp_path / "jpeg.jpg", quality=30)
+    names = [*pictures, "jpeg.jpg"]
+    index = _look_alike_index(tmp_path, names)
+    signatures = Signatures.of(index, tmp_path, np.arange(len(names)))
+    copies = ["brighter.png", "grey.png", "border.png", "banner.png", "crop.png", "mirror.png", "turned.png", "jpeg.jpg"]
+    pairs = [("tile.png", "next-tile.png")] + [("tile.png", c) for c in copies] + [("flat1.png", "flat2.png"),
+                                                                                  ("icon1.png", "icon2.png")]
+    rows_a = np.asarray([names.index(x) for x, _ in pairs])
+    rows_b = np.asarray([names.index(y) for _, y in pairs])
+    assert signatures.pixels_differ(rows_a, rows_b).tolist() == [True] + [False] * (len(pairs) - 1)
+    assert signatures.pixels_differ(rows_b, rows_a).tolist() == [True] + [False] * (len(pairs) - 1)
+    as_they_are = signatures.correlation(rows_a, rows_b)
+    assert as_they_are[0] < PIXELS_LEAST and (as_they_are[1:len(copies) + 1] < PIXELS_LEAST).any(), as_they_are
+    icon_rows = np.array([names.index("icon1.png")]), np.array([names.index("icon2.png")])
+    assert signatures.correlation(*icon_rows)[0] < PIXELS_LEAST  # differ, but not judged
+
+
+def test_paired_warped_correlation_is_each_pair_s_own_however_the_pairs_are_batched():
+    """Pairs in any order, an image in many of them (warped again for each further `most`): each pair gets the
+    warped correlation it gets alone."""
+    rng = np.random.default_rng(0)
+    sig = rng.uniform(0, 255, (12, 1, 32, 32)).astype(np.float16)
+    who = np.concatenate([np.full(9, 3), rng.integers(0, 12, 20)])
+    other = rng.integers(0, 12, len(who))
+    alone = [warped_correlation(sig, who[i:i + 1], other[i:i + 1, None])[0, 0] for i in range(len(who))]
+    for most in (1, 4, 32):
+        np.testing.assert_allclose(paired_warped_correlation(sig, who, other, most), alone, atol=1e-5)
 
 
 def test_pictures_of_other_colours_are_told_apart_and_everyday_edits_keep_their_colour(tmp_path):

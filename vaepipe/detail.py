@@ -13,7 +13,10 @@ on white (a copy saved as JPEG was flattened on white), is its signature (`signa
       kept with its signature): the code is taught to see through colour, and no everyday edit turns a picture's;
   duplicates.turned_pairs  joins two images that are each other's nearest whose pixels, one turned and zoomed over a
       small grid to fit the other (`warped_correlation`), match clearly better than either's other near images: a
-      turned or cropped copy, whose pixels as they are follow its original's no better than a look-alike's.
+      turned or cropped copy, whose pixels as they are follow its original's no better than a look-alike's;
+  Signatures.pixels_differ  picks out pairs of opaque pictures whose pixels follow each other poorly however they
+      are compared (as they are, mirrored, by the top three quarters, either turned and zoomed to fit the other):
+      neighbouring crops of one wallpaper and other photographs of one smooth look, which the code puts close.
 Pixels are compared by correlation (brightness and contrast drop out), as they are, mirrored, and by their top
 three quarters (a caption band along the bottom), in whichever background matches better.
 """
@@ -29,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from vaepipe.config import usable_cores
-from vaepipe.images import SIGNATURE_BACKGROUNDS, SIGNATURE_SHAPE, SIGNATURE_SIDE, ImageSpec, iter_image_batches
+from vaepipe.images import SIGNATURE_SHAPE, SIGNATURE_SIDE, ImageSpec, iter_image_batches
 from vaepipe.index import SearchIndex
 from vaepipe.store import file_path
 from vaepipe.views import ViewCache, unchanged
@@ -59,6 +62,11 @@ ZOOMS = tuple(float(z) for z in 1.28 ** np.linspace(-1, 1, 7))  # 0.78 .. 1.28, 
 DISC = 0.8
 TURNED_LEAST = 0.7
 TURNED_MARGIN = 0.2
+# Two opaque pictures (a photograph's signature is its pixels) stay paired only if their pixels follow each other at
+# least this well by some comparison. Not for pictures with transparency: an icon theme draws an icon again for each
+# size, and a small drawing's pixels follow its large one's poorly. Chosen on the validation folders and the 3,000
+# photos of the peers benchmark (BENCHMARKS.md, "Duplicate groups").
+PIXELS_LEAST = 0.9
 
 
 def _hue(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -144,14 +152,14 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def warped_correlation(sig: np.ndarray, who: np.ndarray, others: np.ndarray, block: int = 256) -> np.ndarray:
-    """Signatures (m, *SIGNATURE_SHAPE), rows `who` (A,) and for each a row of `others` (A, K; -1 where none) ->
-    (A, K): the best correlation of each `who`, turned by TURNS and zoomed by ZOOMS, with each of its others as they
-    are, within the central disc, in either background; -inf where none. Each `who` is warped once for all its
+    """Signatures (m, backgrounds, side, side), rows `who` (A,) and for each a row of `others` (A, K; -1 where none)
+    -> (A, K): the best correlation of each `who`, turned by TURNS and zoomed by ZOOMS, with each of its others as
+    they are, within the central disc, in any background; -inf where none. Each `who` is warped once for all its
     others: on a folder of look-alikes the warps, not the comparisons, are the cost."""
     grid, inside = _warp_grid()
     warps, pixels = grid.shape[1], grid.shape[2]
     rows, slot = np.unique(others[others >= 0], return_inverse=True)
-    planes = torch.empty((len(rows), len(SIGNATURE_BACKGROUNDS), pixels), dtype=torch.float16)
+    planes = torch.empty((len(rows), sig.shape[1], pixels), dtype=torch.float16)
     for s in range(0, len(rows), BLOCK):  # held as float16: at 30,000 images nearly every image is someone's other
         disc = torch.from_numpy(sig[rows[s:s + BLOCK]].astype(np.float32)).flatten(2)[:, :, torch.from_numpy(inside)]
         planes[s:s + BLOCK] = _unit(disc).half()
@@ -166,10 +174,24 @@ def warped_correlation(sig: np.ndarray, who: np.ndarray, others: np.ndarray, blo
                                padding_mode="border", align_corners=False)[0]
         warped = _unit(warped).reshape(n, -1, warps, pixels)
         at = where[s:s + block]
-        theirs = torch.zeros((n, at.shape[1], len(SIGNATURE_BACKGROUNDS), pixels))
+        theirs = torch.zeros((n, at.shape[1], sig.shape[1], pixels))
         theirs[torch.from_numpy(at >= 0)] = planes[torch.from_numpy(at[at >= 0])].float()
         best = torch.einsum("nbwp,nkbp->nbwk", warped, theirs).amax((1, 2)).numpy()
         out[s:s + block] = np.where(at >= 0, best, -np.inf)
+    return out
+
+
+def paired_warped_correlation(sig: np.ndarray, who: np.ndarray, other: np.ndarray, most: int = 32) -> np.ndarray:
+    """Pairs of signature rows (who[i], other[i]) -> the warped_correlation of each, (n,): each `who` is warped once
+    for up to `most` of its others (an image in many pairs once more for each further `most`)."""
+    order = np.argsort(who, kind="stable")
+    rank = np.arange(len(who)) - np.searchsorted(who[order], who[order])  # each pair's place among its who's
+    keys, row = np.unique(np.stack([who[order], rank // most], 1), axis=0, return_inverse=True)
+    row, slot = row.reshape(-1), rank % most
+    others = np.full((len(keys), most), -1, np.int64)
+    others[row, slot] = other[order]
+    out = np.empty(len(who), np.float32)
+    out[order] = warped_correlation(sig, keys[:, 0], others)[row, slot]
     return out
 
 
@@ -274,14 +296,38 @@ class Signatures:
         out[have] = (chroma_a >= COLOURFUL) & (chroma_b >= COLOURFUL) & apart
         return out
 
+    def pixels_differ(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Pairs of index rows -> whether both pictures are opaque, not both of one colour, and their pixels follow
+        each other below PIXELS_LEAST at best: as they are, mirrored, by their top three quarters (`correlation`),
+        or either turned and zoomed to fit the other (`warped_correlation`, only where the others fall short)."""
+        out = np.zeros(len(a), bool)
+        opaque = np.zeros(len(self.at), bool)
+        have = self.at >= 0
+        planes = self.sig[self.at[have]]
+        opaque[have] = (planes[:, :1] == planes[:, 1:]).reshape(len(planes), -1).all(1)
+        spread = self._spread()
+        both = np.flatnonzero(opaque[a] & opaque[b] & (np.maximum(spread[a], spread[b]) >= FLAT_STD))
+        low = both[self.correlation(a[both], b[both]) < PIXELS_LEAST]
+        if len(low):
+            at_a, at_b = self.at[a[low]], self.at[b[low]]
+            grey = self.sig[:, :1]  # an opaque picture's backgrounds are one plane
+            best = np.maximum(paired_warped_correlation(grey, at_a, at_b), paired_warped_correlation(grey, at_b, at_a))
+            out[low] = best < PIXELS_LEAST
+        return out
+
     def plain_look_alikes(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Pairs of index rows -> whether both are near-plain pictures (not both of one colour) whose pixels do not
         follow each other."""
-        spread = np.full(len(self.at), np.inf, np.float32)
-        have = self.at >= 0
-        spread[have] = self.sig[self.at[have], 0].reshape(int(have.sum()), -1).std(1, dtype=np.float32)
+        spread = self._spread()
         most = np.maximum(spread[a], spread[b])
         plain = (most < PLAIN_STD) & (most >= FLAT_STD)
         out = np.zeros(len(a), bool)
         out[plain] = self.correlation(a[plain], b[plain]) < PLAIN_LEAST
         return out
+
+    def _spread(self) -> np.ndarray:
+        """Each index row's standard deviation of grey levels (on black), inf where it has no signature."""
+        spread = np.full(len(self.at), np.inf, np.float32)
+        have = self.at >= 0
+        spread[have] = self.sig[self.at[have], 0].reshape(int(have.sum()), -1).std(1, dtype=np.float32)
+        return spread

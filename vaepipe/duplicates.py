@@ -294,22 +294,27 @@ def _joined(pairs: list[Pairs]) -> Pairs:
 def _checked_in_pixels(index: SearchIndex, image_root: Path, alike: list[Pairs], sure: list[Pairs],
                        nearest: tuple[np.ndarray, np.ndarray], cache: ViewCache | None) -> tuple[Pairs, Pairs]:
     """The pairs the code found alike, and the sure pairs (the code's ratio test's) with those fine_detail_pairs
-    and turned_pairs add, each less pairs of near-plain look-alikes (detail.Signatures.plain_look_alikes) and of
-    pictures of other colours (Signatures.other_colours)."""
+    and turned_pairs add, each less pairs of near-plain look-alikes (detail.Signatures.plain_look_alikes), of
+    pictures of other colours (Signatures.other_colours) and of opaque pictures whose pixels differ
+    (Signatures.pixels_differ)."""
     near = nearest_pairs(index, nearest)
     rows = np.unique(np.concatenate([r for p in [*alike, *sure, near] for r in p]))
     signatures = Signatures.of(index, image_root, rows, cache)
     fine = fine_detail_pairs(index, near, signatures)
     turned = turned_pairs(index, nearest, near, signatures, _joined([*alike, *sure, fine]))
-    checked, plain, colours = [], 0, 0
+    checked, plain, colours, differ = [], 0, 0, 0
     for a, b in (_joined(alike), _joined([*sure, fine, turned])):
         look_alikes, other_colours = signatures.plain_look_alikes(a, b), signatures.other_colours(a, b)
-        plain, colours = plain + look_alikes.sum(), colours + (other_colours & ~look_alikes).sum()
         keep = ~(look_alikes | other_colours)
+        pixels_differ = np.zeros(len(a), bool)
+        pixels_differ[keep] = signatures.pixels_differ(a[keep], b[keep])
+        plain, colours = plain + look_alikes.sum(), colours + (other_colours & ~look_alikes).sum()
+        differ += pixels_differ.sum()
+        keep &= ~pixels_differ
         checked.append((a[keep], b[keep]))
     log.info("duplicates: %d pairs joined by their fine detail and %d by their pixels turned or zoomed; %d pairs of "
-             "near-plain pictures whose pixels differ and %d of pictures of other colours left apart", len(fine[0]),
-             len(turned[0]), plain, colours)
+             "near-plain pictures whose pixels differ, %d of pictures of other colours and %d of opaque pictures "
+             "whose pixels differ left apart", len(fine[0]), len(turned[0]), plain, colours, differ)
     return checked[0], checked[1]
 
 
@@ -374,8 +379,9 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
     then the closest (the mean similarity of the pairs within it).
     With image_root, an exact group whose paths are all one file on disk (hard or symbolic links) is of kind
     "links": nothing to clean up there, and not a copy someone made. With image_root and the collection's model
-    (if trained for copies: views.uses_views), near pairs also come from view_checked_pairs, only_copy_pairs and
-    fine_detail_pairs, and pairs of near-plain pictures whose pixels differ are left apart (detail.py)."""
+    (if trained for copies: views.uses_views), near pairs also come from view_checked_pairs, only_copy_pairs,
+    fine_detail_pairs and turned_pairs, and pairs whose pixels say they are not copies are left apart
+    (_checked_in_pixels)."""
     paths = index.ids["path"].to_pylist()
     shas = index.ids["sha256"].to_pylist()
     paths_of: dict[str, list[str]] = {}

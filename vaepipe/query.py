@@ -328,7 +328,8 @@ def _groups(workdir: Workdir, image_root: Path, index: SearchIndex, threshold: f
                                                           "margin": detail.TURNED_MARGIN},
                                      "near-plain": {"grey std below": detail.PLAIN_STD,
                                                     "of one colour below": detail.FLAT_STD,
-                                                    "kept from correlation": detail.PLAIN_LEAST}}
+                                                    "kept from correlation": detail.PLAIN_LEAST},
+                                     "opaque pictures kept from correlation": detail.PIXELS_LEAST}
     groups = duplicate_groups(index, threshold, image_root, model, _view_cache(workdir, index))
     return groups, params
 
