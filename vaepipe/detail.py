@@ -255,6 +255,8 @@ class Signatures:
     sig: np.ndarray  # (m, *SIGNATURE_SHAPE) grey levels, float16 (exact)
     detail: np.ndarray  # (m, *SIGNATURE_SHAPE) their fine detail, normalised, float16
     colour: np.ndarray  # (m, 3) mean RGB on black
+    spread: np.ndarray  # (n,) index row -> standard deviation of its grey levels on black, inf where none
+    opaque: np.ndarray  # (n,) index row -> its signature is one plane in every background (no transparency)
 
     @classmethod
     def of(cls, index: SearchIndex, image_root: Path, rows: np.ndarray, cache: ViewCache | None = None
@@ -267,9 +269,13 @@ class Signatures:
         # normalised detail's correlations to about 1e-3; a block is made float32 again to correlate (float16
         # arithmetic is twice as slow).
         detail = np.empty((len(sig), *SIGNATURE_SHAPE), np.float16)
+        spread, opaque = np.full(len(at), np.inf, np.float32), np.zeros(len(at), bool)
         for s in range(0, len(sig), BLOCK):
-            detail[s:s + BLOCK] = _normalised(fine(sig[s:s + BLOCK]))
-        return cls(at, sig, detail, colour)
+            block = sig[s:s + BLOCK]
+            detail[s:s + BLOCK] = _normalised(fine(block))
+            spread[have[s:s + BLOCK]] = block[:, 0].reshape(len(block), -1).std(1, dtype=np.float32)
+            opaque[have[s:s + BLOCK]] = (block[:, :1] == block[:, 1:]).reshape(len(block), -1).all(1)
+        return cls(at, sig, detail, colour, spread, opaque)
 
     def correlation(self, a: np.ndarray, b: np.ndarray, fine_detail: bool = False) -> np.ndarray:
         """Pairs of index rows -> `correlation` of their signatures, or of their fine detail; -inf where either
@@ -301,12 +307,8 @@ class Signatures:
         each other below PIXELS_LEAST at best: as they are, mirrored, by their top three quarters (`correlation`),
         or either turned and zoomed to fit the other (`warped_correlation`, only where the others fall short)."""
         out = np.zeros(len(a), bool)
-        opaque = np.zeros(len(self.at), bool)
-        have = self.at >= 0
-        planes = self.sig[self.at[have]]
-        opaque[have] = (planes[:, :1] == planes[:, 1:]).reshape(len(planes), -1).all(1)
-        spread = self._spread()
-        both = np.flatnonzero(opaque[a] & opaque[b] & (np.maximum(spread[a], spread[b]) >= FLAT_STD))
+        spread = np.maximum(self.spread[a], self.spread[b])
+        both = np.flatnonzero(self.opaque[a] & self.opaque[b] & (spread >= FLAT_STD))
         low = both[self.correlation(a[both], b[both]) < PIXELS_LEAST]
         if len(low):
             at_a, at_b = self.at[a[low]], self.at[b[low]]
@@ -318,16 +320,8 @@ class Signatures:
     def plain_look_alikes(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Pairs of index rows -> whether both are near-plain pictures (not both of one colour) whose pixels do not
         follow each other."""
-        spread = self._spread()
-        most = np.maximum(spread[a], spread[b])
+        most = np.maximum(self.spread[a], self.spread[b])
         plain = (most < PLAIN_STD) & (most >= FLAT_STD)
         out = np.zeros(len(a), bool)
         out[plain] = self.correlation(a[plain], b[plain]) < PLAIN_LEAST
         return out
-
-    def _spread(self) -> np.ndarray:
-        """Each index row's standard deviation of grey levels (on black), inf where it has no signature."""
-        spread = np.full(len(self.at), np.inf, np.float32)
-        have = self.at >= 0
-        spread[have] = self.sig[self.at[have], 0].reshape(int(have.sum()), -1).std(1, dtype=np.float32)
-        return spread
