@@ -43,6 +43,16 @@ def _look_alike_index(folder: Path, names: list[str]):
     return flat_index(vectors, names, [sha256_file(folder / n) for n in names])
 
 
+def _look_alike_signatures(folder: Path, names: list[str]) -> Signatures:
+    """The signatures of the named files in a `_look_alike_index` of them (index rows in the order given)."""
+    return Signatures.of(_look_alike_index(folder, names), folder, np.arange(len(names)))
+
+
+def _rows(names: list[str], pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of file names -> their index rows (a, b)."""
+    return (np.asarray([names.index(x) for x, _ in pairs]), np.asarray([names.index(y) for _, y in pairs]))
+
+
 def test_an_icon_and_its_copy_flattened_on_white_match_in_the_white_background(tmp_path):
     """A transparent icon's signature is kept on black and on white: a copy flattened on white (saved without
     transparency) follows the icon's pixels there, far better than on black alone, and better than other icons do."""
@@ -142,13 +152,11 @@ def test_near_plain_pictures_whose_pixels_differ_are_told_apart_from_copies(tmp_
     for name, img in pictures.items():
         img.save(tmp_path / name)
     names = list(pictures)
-    index = _look_alike_index(tmp_path, names)
-    signatures = Signatures.of(index, tmp_path, np.arange(len(names)))
+    signatures = _look_alike_signatures(tmp_path, names)
     spread = signatures.sig[:, 0].astype(np.float32).reshape(len(names), -1).std(1)
     assert (FLAT_STD <= spread[:3]).all() and (spread[:3] < PLAIN_STD).all() and (spread[5:] > PLAIN_STD).all(), spread
     pairs = [("a.png", "b.png"), ("a.png", "a-brighter.png"), ("flat1.png", "flat2.png"), ("photo-a.jpg", "photo-b.jpg")]
-    rows_a = np.asarray([names.index(x) for x, _ in pairs])
-    rows_b = np.asarray([names.index(y) for _, y in pairs])
+    rows_a, rows_b = _rows(names, pairs)
     assert signatures.plain_look_alikes(rows_a, rows_b).tolist() == [True, False, False, False]
 
 
@@ -248,13 +256,11 @@ def test_opaque_pictures_whose_pixels_differ_are_told_apart_and_everyday_copies_
         img.save(tmp_path / name)
     tile.save(tmp_path / "jpeg.jpg", quality=30)
     names = [*pictures, "jpeg.jpg"]
-    index = _look_alike_index(tmp_path, names)
-    signatures = Signatures.of(index, tmp_path, np.arange(len(names)))
+    signatures = _look_alike_signatures(tmp_path, names)
     copies = ["brighter.png", "grey.png", "border.png", "banner.png", "crop.png", "mirror.png", "turned.png", "jpeg.jpg"]
     pairs = [("tile.png", "next-tile.png")] + [("tile.png", c) for c in copies] + [("flat1.png", "flat2.png"),
                                                                                   ("icon1.png", "icon2.png")]
-    rows_a = np.asarray([names.index(x) for x, _ in pairs])
-    rows_b = np.asarray([names.index(y) for _, y in pairs])
+    rows_a, rows_b = _rows(names, pairs)
     assert signatures.pixels_differ(rows_a, rows_b).tolist() == [True] + [False] * (len(pairs) - 1)
     assert signatures.pixels_differ(rows_b, rows_a).tolist() == [True] + [False] * (len(pairs) - 1)
     as_they_are = signatures.correlation(rows_a, rows_b)
@@ -307,13 +313,11 @@ def test_pictures_of_other_colours_are_told_apart_and_everyday_edits_keep_their_
         img.save(tmp_path / name)
     photo.save(tmp_path / "jpeg.jpg", quality=30)
     names = [*pictures, "jpeg.jpg"]
-    index = _look_alike_index(tmp_path, names)
-    signatures = Signatures.of(index, tmp_path, np.arange(len(names)))
+    signatures = _look_alike_signatures(tmp_path, names)
     copies = ["brighter.png", "darker.png", "grey.png", "border.png", "crop.png", "jpeg.jpg"]
     pairs = [("photo.png", c) for c in copies] + [("blue.png", "darker-blue.png"),
                                                   ("photo.png", "swapped.png"), ("blue.png", "yellow.png")]
-    rows_a = np.asarray([names.index(x) for x, _ in pairs])
-    rows_b = np.asarray([names.index(y) for _, y in pairs])
+    rows_a, rows_b = _rows(names, pairs)
     assert signatures.other_colours(rows_a, rows_b).tolist() == [False] * 7 + [True, True]
     blue, yellow = names.index("blue.png"), names.index("yellow.png")
     assert signatures.correlation(np.array([blue]), np.array([yellow]))[0] > 0.9  # the grey pixels are no help
