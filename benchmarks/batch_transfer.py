@@ -24,7 +24,8 @@ from throughput import make_folder, model_config
 from torch.utils.data import DataLoader
 
 from vaepipe.config import EmbedConfig, usable_cores
-from vaepipe.images import ImageFiles, load_batch
+from vaepipe.batches import ImageFiles
+from vaepipe.images import load_batch
 
 
 class ArrayFiles(ImageFiles):

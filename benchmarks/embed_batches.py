@@ -25,7 +25,7 @@ from throughput import make_folder, model_config
 import vaepipe.embed
 from vaepipe.config import EmbedConfig, IngestConfig, usable_cores
 from vaepipe.embed import UnderRoot, embed
-from vaepipe.images import iter_image_batches
+from vaepipe.batches import iter_image_batches
 from vaepipe.ingest import ingest, read_ok
 from vaepipe.model import VAE, default_device, save_checkpoint
 

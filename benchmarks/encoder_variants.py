@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from vaepipe.fashion_mnist import load_split
-from vaepipe.images import to_float
+from vaepipe.batches import to_float
 from vaepipe.index import prepare
 from vaepipe.config import TrainConfig
 from vaepipe.model import VAE, VAEConfig, folded, load_checkpoint

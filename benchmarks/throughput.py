@@ -103,7 +103,8 @@ def measure(what: str, kind: str, n: int, workers: int) -> dict:
 
     from vaepipe.config import EmbedConfig, IngestConfig
     from vaepipe.embed import embed, has_grey_renderings
-    from vaepipe.images import ImageSpec, iter_image_batches, to_float
+    from vaepipe.batches import iter_image_batches, to_float
+    from vaepipe.images import ImageSpec
     from vaepipe.ingest import ingest
     from vaepipe.model import VAE, default_device, folded, save_checkpoint
 

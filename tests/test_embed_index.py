@@ -14,7 +14,8 @@ import torch
 from helpers import SERIAL, clustered_vectors, write_fmnist, write_vector_collection
 from vaepipe.config import EmbedConfig, IndexConfig, IngestConfig
 from vaepipe.embed import embed, plan_shards
-from vaepipe.images import load_array, to_float
+from vaepipe.batches import to_float
+from vaepipe.images import load_array
 from vaepipe.index import SearchIndex, build_index, load_vectors, prepare
 from vaepipe.ingest import ingest, read_ok
 from vaepipe.model import load_checkpoint

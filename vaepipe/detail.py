@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from vaepipe.config import usable_cores
-from vaepipe.images import SIGNATURE_SHAPE, SIGNATURE_SIDE, ImageSpec, iter_image_batches
+from vaepipe.batches import iter_image_batches
+from vaepipe.images import SIGNATURE_SHAPE, SIGNATURE_SIDE, ImageSpec
 from vaepipe.index import SearchIndex
 from vaepipe.store import file_path
 from vaepipe.views import ViewCache, unchanged

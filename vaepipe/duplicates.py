@@ -31,7 +31,8 @@ from PIL import Image
 from vaepipe.config import IngestConfig
 from vaepipe.detail import (FINE_LEAST, FINE_MARGIN, NEIGHBOURS, TURNED_LEAST, TURNED_MARGIN, Signatures, nearest_pairs,
                             warped_correlation)
-from vaepipe.images import flatten, open_image, to_array, to_float
+from vaepipe.batches import to_float
+from vaepipe.images import flatten, open_image, to_array
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
 from vaepipe.errors import VaepipeError

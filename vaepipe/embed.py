@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 import torch
 
 from vaepipe.config import EmbedConfig, usable_cores
-from vaepipe.images import VIEWS, ImageSpec, iter_image_batches, to_float
+from vaepipe.batches import iter_image_batches, to_float
+from vaepipe.images import VIEWS, ImageSpec
 from vaepipe.model import (VAE, VAEConfig, checkpoint_config, default_device, exact_cudnn, folded, load_checkpoint,
                            model_id)
 from vaepipe.progress import Progress

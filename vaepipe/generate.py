@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from vaepipe.images import ImageSpec, load_array, to_float
+from vaepipe.batches import to_float
+from vaepipe.images import ImageSpec, load_array
 from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, load_checkpoint, model_id
 from vaepipe.report import write_samples_page

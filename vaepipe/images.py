@@ -2,6 +2,7 @@
 
 Every stage that reads pixels (training, embedding, queries, samples) goes through `load_batch`
 or `load_array` so an image means the same thing everywhere.
+Arrays only, no torch: `vaepipe.batches` makes them the batches of DataLoader workers.
 """
 
 from __future__ import annotations
@@ -11,15 +12,12 @@ import math
 import os
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
 
 from vaepipe.errors import ImageError
 
@@ -654,73 +652,6 @@ def _decode_png_stream(idat: bytes, mode: str, into: object, box: tuple[int, int
         return decoder.decode(idat) == (-1, 0)  # -1: the image is complete; 0: no error
     except (AttributeError, OSError, ValueError):  # AttributeError: a Pillow without this internal decoder
         return False
-
-
-def to_float(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float in [0, 1], the model's input scale."""
-    return batch.float().div_(255.0)
-
-
-class ImageFiles(Dataset):
-    """Decodes files in DataLoader workers; a failure is returned, not raised, so one file can't stop a run.
-
-    A worker decodes a whole batch into one array (`__getitems__`, which DataLoader prefers to one call per
-    item): a tensor per 28 px image and the stack after them cost a third as much again as its decode.
-    """
-
-    def __init__(self, paths: Sequence[str | Path], spec: ImageSpec, max_pixels: int = 64_000_000,
-                 then: Callable[[torch.Tensor], Any] | None = None, alpha: bool = False, grey: bool = False,
-                 what: str = "inputs"):
-        self.paths = paths
-        self.spec = spec
-        self.max_pixels = max_pixels
-        self.then = then
-        self.alpha = alpha
-        self.grey = grey
-        self.what = what
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[Any, list[int], list[str]]:
-        return self.__getitems__([i])
-
-    def __getitems__(self, indices: list[int]) -> tuple[Any, list[int], list[str]]:
-        paths = [self.paths[i] for i in indices]
-        if self.what == "views":
-            batch, errors = load_views(paths, self.spec, self.max_pixels)
-        elif self.what == "signatures":
-            sigs, colour, errors = load_signatures(paths, self.max_pixels)
-            return (sigs, colour), list(indices), errors
-        else:
-            batch, errors = load_batch(paths, self.spec, self.max_pixels, self.alpha, self.grey)
-        pixels = torch.from_numpy(batch)
-        return (self.then(pixels) if self.then else pixels), list(indices), errors
-
-
-def iter_image_batches(
-    paths: Sequence[str | Path], spec: ImageSpec, batch_size: int, workers: int, max_pixels: int = 64_000_000,
-    then: Callable[[torch.Tensor], Any] | None = None, alpha: bool = False, grey: bool = False, what: str = "inputs",
-) -> Iterator[tuple[Any, list[int], list[str]]]:
-    """Yield (uint8 images, positions in `paths`, error per image or '') in order, decoded by `workers` processes.
-
-    A failed image's slot in the batch is zeros; its error says why. `then`, if given, maps each uint8 batch in
-    the worker that decoded it to what is yielded instead of the images (arrays: they come back pickled). alpha:
-    see to_array; grey: see load_batch; what: "inputs" (load_batch), or each image's edited views ("views",
-    load_views) or pixel signatures and colours ("signatures", load_signatures: a pair of float32 arrays) instead.
-    """
-    loader = DataLoader(
-        ImageFiles(paths, spec, max_pixels, then, alpha, grey, what),
-        batch_size=batch_size,
-        num_workers=workers if len(paths) > batch_size else 0,
-        shuffle=False,
-        collate_fn=_as_is,
-    )
-    yield from loader
-
-
-def _as_is(batch: tuple[Any, list[int], list[str]]) -> tuple[Any, list[int], list[str]]:
-    return batch  # ImageFiles.__getitems__ already made the batch
 
 
 def is_colour(mode: str) -> bool:

@@ -20,7 +20,8 @@ import torch
 
 from vaepipe.config import TrainConfig
 from vaepipe.augment import composited, edited
-from vaepipe.images import ALPHA_MODES, ImageSpec, is_colour, iter_image_batches, to_float
+from vaepipe.batches import iter_image_batches, to_float
+from vaepipe.images import ALPHA_MODES, ImageSpec, is_colour
 from vaepipe.ingest import read_ok
 from vaepipe.model import VAE, VAEConfig, default_device, exact_cudnn, load_checkpoint, model_id, save_checkpoint, save_torch
 from vaepipe.progress import Progress
