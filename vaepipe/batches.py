@@ -66,7 +66,7 @@ def iter_image_batches(
 
     A failed image's slot in the batch is zeros; its error says why. `then`, if given, maps each uint8 batch in
     the worker that decoded it to what is yielded instead of the images (arrays: they come back pickled). alpha:
-    see to_array; grey: see load_batch; what: "inputs" (load_batch), or each image's edited views ("views",
+    see images.to_array; grey: see load_batch; what: "inputs" (load_batch), or each image's edited views ("views",
     load_views) or pixel signatures and colours ("signatures", load_signatures: a pair of float32 arrays) instead.
     """
     loader = DataLoader(
