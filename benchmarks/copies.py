@@ -47,7 +47,8 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from vaepipe.build import build as build_collection
 from vaepipe.config import BuildConfig, IndexConfig, TrainConfig
 from vaepipe.duplicates import duplicate_groups
-from vaepipe.embed import Embedded, encode_files
+from vaepipe.embed import encode_files
+from vaepipe.embeddings import Embedded
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import load_checkpoint
 from vaepipe.query import query_all

@@ -41,7 +41,8 @@ def rss_mb() -> float:
 def measure(n: int) -> dict:
     """In a child: peak resident memory of each stage above the memory after imports, in MB."""
     from vaepipe.config import EmbedConfig, IngestConfig, TrainConfig
-    from vaepipe.embed import embed, plan_shards
+    from vaepipe.embed import embed
+    from vaepipe.embeddings import plan_shards
     from vaepipe.ingest import ingest
     from vaepipe.model import VAE, VAEConfig, save_checkpoint
 

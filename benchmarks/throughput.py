@@ -102,7 +102,8 @@ def measure(what: str, kind: str, n: int, workers: int) -> dict:
     import torch
 
     from vaepipe.config import EmbedConfig, IngestConfig
-    from vaepipe.embed import embed, has_grey_renderings
+    from vaepipe.embed import embed
+    from vaepipe.embeddings import has_grey_renderings
     from vaepipe.batches import iter_image_batches, to_float
     from vaepipe.images import ImageSpec
     from vaepipe.ingest import ingest

@@ -15,7 +15,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.common import progress_artifact, retry_unless_expected, summary_artifact
 from vaepipe.build import ShardRunner, Stages, build
 from vaepipe.config import BuildConfig, EmbedConfig
-from vaepipe.embed import ShardResult, embed_shard, plan_embedding
+from vaepipe.embed import embed_shard
+from vaepipe.embeddings import ShardResult, plan_embedding
 from vaepipe.index import build_index as build_faiss_index
 from vaepipe.ingest import ingest
 from vaepipe.store import Workdir

@@ -299,14 +299,15 @@ def _dispatch(a: argparse.Namespace) -> dict:
 
 
 def _checks_that_import_torch(a: argparse.Namespace) -> None:
-    """A bad model, k or workdir refused before any work starts (after the cheap checks: these import torch)."""
-    from vaepipe.query import preflight
-
+    """A bad model, k or workdir refused before any work starts (after the cheap checks: these import torch, so only
+    where the command will: an `index` of a folder with nothing new never does)."""
     if getattr(a, "model", None):
         from vaepipe.model import load_checkpoint
 
         load_checkpoint(Path(a.model))  # a damaged or unsafe file
     if a.command == "query":
+        from vaepipe.query import preflight
+
         preflight(Workdir(a.workdir), a.k, exclude_self=not a.queries)
     if a.command == "sample":
         Workdir(a.workdir).read_collection()

@@ -13,7 +13,8 @@ import torch
 
 from helpers import SERIAL, clustered_vectors, write_fmnist, write_vector_collection
 from vaepipe.config import EmbedConfig, IndexConfig, IngestConfig
-from vaepipe.embed import embed, plan_shards
+from vaepipe.embed import embed
+from vaepipe.embeddings import plan_shards
 from vaepipe.batches import to_float
 from vaepipe.images import load_array
 from vaepipe.index import SearchIndex, build_index, load_vectors, prepare
@@ -236,7 +237,7 @@ def test_planning_embeds_each_content_once_across_manifest_row_groups(built_copy
 def test_contents_answers_like_a_set_across_many_small_batches():
     import hashlib
 
-    from vaepipe.embed import Contents, content_keys
+    from vaepipe.embeddings import Contents, content_keys
 
     rng = np.random.default_rng(0)
     shas = [hashlib.sha256(bytes([i % 251, i // 251])).hexdigest() for i in range(3_000)]

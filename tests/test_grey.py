@@ -23,7 +23,8 @@ from helpers import SERIAL
 
 from vaepipe.build import build
 from vaepipe.config import BuildConfig, IndexConfig, TrainConfig
-from vaepipe.embed import Embedded, PosteriorMean
+from vaepipe.embed import PosteriorMean
+from vaepipe.embeddings import Embedded
 from vaepipe.images import ImageSpec, grey_rendering, load_batch, open_image
 from vaepipe.index import SearchIndex, build_index
 from vaepipe.model import load_checkpoint

@@ -13,7 +13,8 @@ import pytest
 from helpers import SERIAL, run_cli, write_fmnist
 from hostile import write_hostile
 from vaepipe.config import IngestConfig
-from vaepipe.embed import content_keys, embed, embedded_contents
+from vaepipe.embed import embed
+from vaepipe.embeddings import content_keys, embedded_contents
 from vaepipe.index import build_index, load_vectors
 from vaepipe.ingest import ingest, inspect_file, scan
 from vaepipe.model import VAE, VAEConfig, save_checkpoint
@@ -254,7 +255,7 @@ def test_a_damaged_model_config_json_does_not_cost_the_model(built_copy, caplog)
     """The checkpoint holds what the model needs; its config.json beside it is a record. A re-index reuses the
     intact model rather than training a new one."""
     from vaepipe.config import TrainConfig
-    from vaepipe.train import reusable_model
+    from vaepipe.model_dir import reusable_model
 
     mid = json.loads(built_copy.collection.read_text())["model_id"]
     (built_copy.model_dir(mid) / "config.json").write_bytes(b"")

@@ -171,3 +171,28 @@ def test_a_standardised_input_makes_a_darker_or_brighter_copy_the_same_input():
                 moved = (model.embed(x * scale) - model.embed(x)).norm(dim=1)
                 assert (moved >= most * apart).all() and (moved <= least * apart).all(), (moved / apart)
         assert torch.isfinite(standardised.embed(torch.full((1, 3, 32, 32), 0.5))).all()  # a flat image stays finite
+
+
+def test_a_model_dir_s_record_stands_for_its_checkpoint_only_while_the_checkpoint_is_unchanged(built_copy):
+    """config.json records the published checkpoint's sha256 (read without torch by a re-index); a checkpoint replaced
+    or damaged since is read itself, and a damaged record costs nothing."""
+    import json
+
+    from vaepipe.model_dir import model_config
+    from vaepipe.store import sha256_file
+
+    d = built_copy.model_dir(json.loads(built_copy.collection.read_text())["model_id"])
+    record = json.loads((d / "config.json").read_text())
+    assert record["checkpoint_sha256"] == sha256_file(d / "model.pt")
+    assert model_config(d) == load_checkpoint(d / "model.pt").config
+    original = (d / "model.pt").read_bytes()
+
+    other = VAE(VAEConfig(image_size=28, channels=1, latent_dim=record["vae"]["latent_dim"] // 2, width=8))
+    save_checkpoint(other, d / "model.pt")
+    assert model_config(d) == other.config  # not the record's
+    (d / "model.pt").write_bytes(original[: len(original) // 2])
+    with pytest.raises(VaepipeError, match="corrupt"):
+        model_config(d)
+    (d / "model.pt").write_bytes(original)
+    (d / "config.json").write_text("{")
+    assert model_config(d) == load_checkpoint(d / "model.pt").config

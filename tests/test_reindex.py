@@ -118,3 +118,35 @@ def test_a_killed_build_resumes_to_the_same_result(reference, stage, marker, res
     assert re.search(resumed, log), log
     assert resumed_id == model_id
     assert neighbour_rows(workdir) == neighbour_rows(root / "reference")
+
+
+def test_a_reindex_that_finds_nothing_changed_never_imports_torch(built, tmp_path):
+    """The nightly job on an unchanged folder: ingest, the model reused (read from its record, not its checkpoint),
+    nothing to embed, the index as it was; importing torch was most of such a command's time. A new image is
+    embedded as ever."""
+    import json
+
+    from vaepipe.build import build
+
+    photos = tmp_path / "photos"
+    write_fmnist(photos, n=30)
+    wd = Workdir(tmp_path / "wd")
+    build(photos, wd, CONFIG, model=built.model_dir(json.loads(built.collection.read_text())["model_id"]) / "model.pt")
+
+    def reindex() -> tuple[dict[str, str], bool]:
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "flows.cli", "--no-prefect", "index",
+                               str(photos), "--workdir", str(wd.root)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        summary = dict(line.strip().split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
+        imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+        return summary, "torch" in imported
+
+    summary, torch_imported = reindex()
+    assert (summary["model"], summary["embedded now"], summary["images ok"]) == ("reused", "0", "30")
+    assert not torch_imported
+    first = next(photos.rglob("*.png"))
+    Image.open(first).transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(photos / "new.png")
+    summary, torch_imported = reindex()
+    assert (summary["model"], summary["embedded now"], summary["images ok"]) == ("reused", "1", "31")
+    assert torch_imported
+

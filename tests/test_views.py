@@ -12,7 +12,7 @@ from PIL import Image
 
 from helpers import flat_index
 from vaepipe.duplicates import candidate_pairs, view_checked_pairs
-from vaepipe.embed import Embedded
+from vaepipe.embeddings import Embedded
 from vaepipe.images import load_array
 from vaepipe.model import VAE, VAEConfig
 from vaepipe.store import sha256_file

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaepipe.config import BuildConfig, EmbedConfig
-from vaepipe.embed import EmbeddingPlan, EmbedResult, ShardResult, embed_shards_here, plan_embedding
+from vaepipe.embeddings import EmbeddingPlan, EmbedResult, ShardResult, plan_embedding
 from vaepipe.index import IndexResult, build_index
 from vaepipe.ingest import IngestResult, ingest
+from vaepipe.model_dir import TrainResult, reusable_model
 from vaepipe.store import Workdir
-from vaepipe.train import TrainResult, adopt_checkpoint, reusable_model, train
 
 log = logging.getLogger("vaepipe")
 
@@ -29,15 +29,32 @@ log = logging.getLogger("vaepipe")
 ShardRunner = Callable[[Path, Path, Path, Path, list[int], EmbedConfig], list[ShardResult]]
 
 
+# The stages that run the model import torch when they run, not with this module: a re-index that finds nothing
+# changed (ingest, the model reused, nothing to embed, the index as it was) then never imports it.
+def _adopt(*args, **kwargs) -> TrainResult:
+    from vaepipe.train import adopt_checkpoint
+    return adopt_checkpoint(*args, **kwargs)
+
+
+def _train(*args, **kwargs) -> TrainResult:
+    from vaepipe.train import train
+    return train(*args, **kwargs)
+
+
+def _embed_shards(*args, **kwargs) -> list[ShardResult]:
+    from vaepipe.embed import embed_shards_here
+    return embed_shards_here(*args, **kwargs)
+
+
 @dataclass
 class Stages:
     """How each stage runs; every field takes the library function's arguments and returns its result."""
 
     ingest: Callable[..., IngestResult] = ingest
-    adopt: Callable[..., TrainResult] = adopt_checkpoint
-    train: Callable[..., TrainResult] = train
+    adopt: Callable[..., TrainResult] = _adopt
+    train: Callable[..., TrainResult] = _train
     plan: Callable[..., EmbeddingPlan] = plan_embedding
-    embed_shards: ShardRunner = embed_shards_here
+    embed_shards: ShardRunner = _embed_shards
     index: Callable[..., IndexResult] = build_index
 
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from faiss.contrib.ondisk import merge_ondisk
 
 from vaepipe.config import IndexConfig
-from vaepipe.embed import Embedded
+from vaepipe.embeddings import Embedded
 from vaepipe.ingest import read_ok
 from vaepipe.errors import VaepipeError
 from vaepipe.store import (GREY_INDEX_FILE, IDS_FILE, INDEX_FILE, INDEX_META_FILE, atomic_path, fingerprint_of, read_json,

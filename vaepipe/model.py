@@ -1,4 +1,5 @@
-"""The convolutional VAE, in one file: config, network, loss, checkpoint I/O.
+"""The convolutional VAE, in one file: network, loss, checkpoint I/O. Its VAEConfig is in vaepipe.config, where a
+re-index that reuses a model reads it without importing torch.
 
     encoder: x -> (mu, logvar)          q(z|x) = N(mu, diag(exp(logvar)))
     sample:  z = mu + exp(logvar / 2) * eps,   eps ~ N(0, I)   (the reparameterisation trick)
@@ -21,73 +22,16 @@ import hashlib
 import io
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaepipe.config import VAEConfig, vae_config
 from vaepipe.errors import VaepipeError
-from vaepipe.images import ImageSpec
 from vaepipe.store import atomic_path
-
-
-@dataclass
-class VAEConfig:
-    image_size: int = 28
-    channels: int = 1
-    latent_dim: int = 32  # the code search uses: the first latent_dim dimensions of the posterior mean
-    # More latent dimensions that the decoder uses and search does not: room for what everyday edits change
-    # (brightness, colour, framing), which the searched code is trained to ignore but a reconstruction needs.
-    extra_dim: int = 0
-    # Batch norm on the posterior means (without a learned scale; Zhu et al. 2020, "BN-VAE"): the means keep a spread
-    # that the decoder can read. Without it, training for invariance shrank them until the decoder ignored them.
-    normalised_means: bool = False
-    # The encoder sees each image standardised (minus its mean, over its standard deviation, over all its pixels):
-    # a copy made brighter, darker or of other contrast is then the same input. The decoder still draws the image.
-    standardised_input: bool = False
-    # Weight of the invariance term training used (TrainConfig.invariance_for; 0: a plain VAE). Recorded because it
-    # sets what a similarity means: duplicates.calibrate_threshold reads it.
-    invariance: float = 0.0
-    width: int = 32  # channels after the first convolution; doubles at each downsampling
-    likelihood: str = "bernoulli"  # "bernoulli" | "gaussian"
-    background: int = 0  # part of the model: inputs must be preprocessed the same way at query time
-    fit: str = "trim"  # how an image becomes the square input (images.ImageSpec); part of the model too
-    # Batch norm after every convolution (training picks it by input size: TrainConfig.use_batch_norm). In eval
-    # mode it uses running statistics, so an image's embedding never depends on the rest of its batch.
-    batch_norm: bool = True
-
-    @property
-    def spec(self) -> ImageSpec:
-        return ImageSpec(self.image_size, self.channels, self.background, self.fit)
-
-    def downsamplings(self) -> tuple[int, int]:
-        """Halve the side while it is even and above 7: 28 -> 14 -> 7, 64 -> 32 -> 16 -> 8 -> 4."""
-        n, side = 0, self.image_size
-        while side % 2 == 0 and side > 7:
-            side //= 2
-            n += 1
-        return n, side
-
-    def validate(self) -> None:
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, not {self.channels}")
-        # Bounds before any allocation: a damaged or hostile config claiming a huge size is refused, not built.
-        if not (1 <= self.latent_dim <= 1024 and 0 <= self.extra_dim <= 1024 and 1 <= self.width <= 512
-                and 8 <= self.image_size <= 512):
-            raise ValueError(f"sizes out of range: latent_dim {self.latent_dim} (1-1024), extra_dim {self.extra_dim} "
-                             f"(0-1024), width {self.width} (1-512), image_size {self.image_size} (8-512)")
-        if not 0 <= self.background <= 255:
-            raise ValueError(f"background must be a grey level from 0 to 255, not {self.background}")
-        if not (math.isfinite(self.invariance) and self.invariance >= 0) or self.extra_dim < 0:
-            raise ValueError(f"invariance and extra_dim must be 0 or more, not {self.invariance} and {self.extra_dim}")
-        if self.fit not in ("trim", "letterbox"):
-            raise ValueError(f"fit must be 'trim' or 'letterbox', not {self.fit!r}")
-        if self.likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', not {self.likelihood!r}")
-        if self.downsamplings()[0] < 2:
-            raise ValueError(f"image_size must be divisible by 4 (e.g. 28, 32, 64), not {self.image_size}")
 
 
 class VAE(nn.Module):
@@ -269,7 +213,7 @@ def save_torch(obj: dict, path: Path) -> None:
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> VAE:
     """Load weights safely: never unpickles objects; refuses files that are not complete vaepipe checkpoints."""
     obj = _read_checkpoint(path)
-    config = _config_of(path, obj)
+    config = vae_config(path, obj["config"])
     try:
         model = VAE(config)
         model.load_state_dict(obj["state_dict"], strict=True)
@@ -281,7 +225,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> VAE:
 def checkpoint_config(path: Path) -> VAEConfig:
     """The VAEConfig a checkpoint describes, without building the model and loading weights into it (a third of
     load_checkpoint's time): planning needs only the latent size."""
-    return _config_of(path, _read_checkpoint(path))
+    return vae_config(path, _read_checkpoint(path)["config"])
 
 
 def _read_checkpoint(path: Path) -> dict:
@@ -294,20 +238,13 @@ def _read_checkpoint(path: Path) -> dict:
     if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict) or not isinstance(obj.get("state_dict"), dict):
         raise VaepipeError(f"checkpoint {path} is not a vaepipe checkpoint (expected 'config' and 'state_dict')")
     # A model with NaN or infinite weights embeds every image as NaN: the index builds, and queries return nothing.
-    broken = [k for k, v in obj["state_dict"].items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    broken = nonfinite_weights(obj["state_dict"])
     if broken:
         raise VaepipeError(f"checkpoint {path} has weights that are not finite numbers (NaN or infinite) in "
                            f"{', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}: it is damaged; train a new model")
     return obj
 
 
-def _config_of(path: Path, obj: dict) -> VAEConfig:
-    known = {f.name for f in fields(VAEConfig)}
-    # Checkpoints from before batch norm, and from before inputs were trimmed, have no such keys.
-    config = {"batch_norm": False, "fit": "letterbox", **obj["config"]}
-    try:
-        vae = VAEConfig(**{k: v for k, v in config.items() if k in known})
-        vae.validate()
-    except (TypeError, ValueError) as e:
-        raise VaepipeError(f"checkpoint {path} does not match the VAE it describes: {e}") from None
-    return vae
+def nonfinite_weights(state_dict: dict) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinite values."""
+    return [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]

@@ -32,7 +32,8 @@ from vaepipe.config import EmbedConfig, IngestConfig
 from vaepipe.duplicates import (CANDIDATE_SIMILARITY, MARGIN, ONLY_COPY_SIMILARITY, calibrate_threshold, check_threshold,
                                 duplicate_groups, grey_threshold)
 from vaepipe.images import VIEWS
-from vaepipe.embed import Embedded, encode_files
+from vaepipe.embed import encode_files
+from vaepipe.embeddings import Embedded
 from vaepipe.index import SearchIndex, read_index_meta
 from vaepipe.ingest import inspect_file, scan
 from vaepipe.model import VAE, default_device, load_checkpoint

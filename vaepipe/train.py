@@ -23,19 +23,14 @@ from vaepipe.augment import composited, edited
 from vaepipe.batches import iter_image_batches, to_float
 from vaepipe.images import ALPHA_MODES, ImageSpec, is_colour
 from vaepipe.ingest import read_ok
-from vaepipe.model import VAE, VAEConfig, default_device, exact_cudnn, load_checkpoint, model_id, save_checkpoint, save_torch
+from vaepipe.model import (VAE, VAEConfig, default_device, exact_cudnn, load_checkpoint, model_id, nonfinite_weights,
+                           save_checkpoint, save_torch)
+from vaepipe.model_dir import TrainResult
 from vaepipe.progress import Progress
 from vaepipe.errors import VaepipeError
-from vaepipe.store import METRICS_FILE, MODEL_CONFIG_FILE, Workdir, file_path, fingerprint, read_json, write_json
+from vaepipe.store import METRICS_FILE, MODEL_CONFIG_FILE, Workdir, file_path, fingerprint, sha256_file, write_json
 
 log = logging.getLogger("vaepipe")
-
-
-@dataclass
-class TrainResult:
-    model_dir: Path
-    model_id: str
-    metrics: list[dict]  # one dict per epoch; empty for an adopted checkpoint
 
 
 def model_config_for(ok: pa.Table, cfg: TrainConfig) -> VAEConfig:
@@ -348,34 +343,13 @@ def adopt_checkpoint(checkpoint: Path, manifest_path: Path, workdir: Workdir, cf
     return _publish(model, workdir, [], {"adopted_from": str(Path(checkpoint).resolve())})
 
 
-def reusable_model(workdir: Workdir, n_images: int, cfg: TrainConfig = TrainConfig()) -> TrainResult | None:
-    """The collection's current model, unless it no longer loads or the collection outgrew it (cfg.retrain_when_grown)."""
-    if not workdir.collection.exists():
-        return None
-    try:
-        mid = workdir.read_collection()["model_id"]
-        d = workdir.model_dir(mid)
-        load_checkpoint(workdir.model_file(mid))
-    except (VaepipeError, KeyError) as e:
-        log.warning("train: the collection's model cannot be reused (%s); training a new one", e)
-        return None
-    try:
-        trained_on = read_json(d / MODEL_CONFIG_FILE).get("images")
-    except (OSError, ValueError, AttributeError) as e:  # the checkpoint loads: a damaged side file is no reason to retrain
-        log.warning("train: %s is unreadable (%s); reusing model %s as it is", d / MODEL_CONFIG_FILE, type(e).__name__, mid)
-        trained_on = None
-    if cfg.retrain_when_grown is not None and trained_on and n_images > trained_on * (1 + cfg.retrain_when_grown):
-        log.info("train: the collection grew from %d to %d images since model %s was trained; training a new one",
-                 trained_on, n_images, mid)
-        return None
-    return TrainResult(d, mid, [])
-
-
 def _publish(model: VAE, workdir: Workdir, metrics: list[dict], provenance: dict) -> TrainResult:
     mid = model_id(model)
     d = workdir.model_dir(mid)
     save_checkpoint(model, workdir.model_file(mid))
-    write_json({"model_id": mid, "vae": asdict(model.config), **provenance}, d / MODEL_CONFIG_FILE)
+    # What lets a re-index read this model without torch (model_dir.model_config); only for weights it would load.
+    checked = {} if nonfinite_weights(model.state_dict()) else {"checkpoint_sha256": sha256_file(workdir.model_file(mid))}
+    write_json({"model_id": mid, "vae": asdict(model.config), **checked, **provenance}, d / MODEL_CONFIG_FILE)
     write_json({"likelihood": model.config.likelihood, "units": "nats per image", "epochs": metrics}, d / METRICS_FILE)
     log.info("train: model %s saved to %s", mid, d)
     return TrainResult(d, mid, metrics)

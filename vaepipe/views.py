@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vaepipe.embed import Embedded, encode_views
+from vaepipe.embed import encode_views
+from vaepipe.embeddings import Embedded
 from vaepipe.images import ONE_SIDED_VIEWS, SIGNATURE_SHAPE, VIEWS
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE
