@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from vaepipe.model import VAE, VAEConfig, checkpoint_config, folded, load_checkpoint, model_id, save_checkpoint
+from vaepipe.model import VAE, VAEConfig, folded, load_checkpoint, model_id, save_checkpoint
 from vaepipe.errors import VaepipeError
 
 
@@ -45,11 +45,13 @@ def test_checkpoints_from_before_batch_norm_still_load(tmp_path):
     assert loaded.config.batch_norm is False and model_id(loaded) == model_id(old)
 
 
-def test_bad_config_is_refused():
+def test_bad_config_is_refused_where_it_is_made_naming_every_bad_setting():
     with pytest.raises(ValueError, match="divisible by 4"):
-        VAE(VAEConfig(image_size=30))
-    with pytest.raises(ValueError, match="likelihood"):
-        VAE(VAEConfig(likelihood="poisson"))
+        VAEConfig(image_size=30)
+    with pytest.raises(ValueError, match="likelihood.*poisson"):
+        VAEConfig(likelihood="poisson")
+    with pytest.raises(ValueError, match="channels must be 1 or 3.*background must be .* not 300"):
+        VAEConfig(channels=2, background=300)
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
@@ -93,7 +95,7 @@ def test_checkpoint_round_trip_keeps_the_weights_and_id(tmp_path):
     save_checkpoint(model, tmp_path / "m.pt")
     loaded = load_checkpoint(tmp_path / "m.pt")
     assert model_id(loaded) == model_id(model)
-    assert loaded.config == model.config == checkpoint_config(tmp_path / "m.pt")
+    assert loaded.config == model.config
 
 
 class Boom:
@@ -104,9 +106,8 @@ class Boom:
 def test_checkpoint_with_code_is_refused_without_running_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.save({"config": {}, "state_dict": {}, "payload": Boom()}, tmp_path / "evil.pt")
-    for load in (load_checkpoint, checkpoint_config):
-        with pytest.raises(VaepipeError, match="weights-only"):
-            load(tmp_path / "evil.pt")
+    with pytest.raises(VaepipeError, match="weights-only"):
+        load_checkpoint(tmp_path / "evil.pt")
     assert not (tmp_path / "PWNED").exists()
     (tmp_path / "plain.pkl").write_bytes(pickle.dumps(Boom()))
     with pytest.raises(VaepipeError):
@@ -121,17 +122,13 @@ def test_truncated_or_mismatched_checkpoint_is_refused(tmp_path):
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(VaepipeError, match="corrupt"):
         load_checkpoint(tmp_path / "cut.pt")
-    with pytest.raises(VaepipeError, match="corrupt"):
-        checkpoint_config(tmp_path / "cut.pt")
     torch.save({"config": {"latent_dim": 16, "width": 8}, "state_dict": model.state_dict()}, tmp_path / "lie.pt")
-    with pytest.raises(VaepipeError, match="does not match"):
-        load_checkpoint(tmp_path / "lie.pt")
     # The config alone reads as a VAE; that its weights are another's shows when they are loaded.
-    assert checkpoint_config(tmp_path / "lie.pt").latent_dim == 16
+    with pytest.raises(VaepipeError, match="(?s)does not match.*size mismatch"):
+        load_checkpoint(tmp_path / "lie.pt")
     torch.save({"config": {"channels": 2}, "state_dict": model.state_dict()}, tmp_path / "two.pt")
-    for load in (load_checkpoint, checkpoint_config):
-        with pytest.raises(VaepipeError, match="does not match.*channels must be 1 or 3"):
-            load(tmp_path / "two.pt")
+    with pytest.raises(VaepipeError, match="does not match.*channels must be 1 or 3"):
+        load_checkpoint(tmp_path / "two.pt")
 
 
 def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path):
@@ -143,8 +140,6 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path):
         save_checkpoint(model, tmp_path / f"{bad}.pt")
         with pytest.raises(VaepipeError, match="not finite numbers .* mu.weight"):
             load_checkpoint(tmp_path / f"{bad}.pt")
-        with pytest.raises(VaepipeError, match="not finite"):
-            checkpoint_config(tmp_path / f"{bad}.pt")
 
 
 def test_a_checkpoint_claiming_a_huge_model_is_refused_before_it_is_built(tmp_path):
@@ -154,7 +149,7 @@ def test_a_checkpoint_claiming_a_huge_model_is_refused_before_it_is_built(tmp_pa
     obj["config"]["latent_dim"] = 10_000_000  # would allocate gigabytes of linear layers
     torch.save(obj, tmp_path / "huge.pt")
     with pytest.raises(VaepipeError, match="sizes out of range: latent_dim 10000000"):
-        checkpoint_config(tmp_path / "huge.pt")
+        load_checkpoint(tmp_path / "huge.pt")
 
 
 def test_a_standardised_input_makes_a_darker_or_brighter_copy_the_same_input():

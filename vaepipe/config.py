@@ -224,24 +224,26 @@ class VAEConfig:
             n += 1
         return n, side
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        problems = []
         if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, not {self.channels}")
+            problems.append(f"channels must be 1 or 3, not {self.channels}")
         # Bounds before any allocation: a damaged or hostile config claiming a huge size is refused, not built.
         if not (1 <= self.latent_dim <= 1024 and 0 <= self.extra_dim <= 1024 and 1 <= self.width <= 512
                 and 8 <= self.image_size <= 512):
-            raise ValueError(f"sizes out of range: latent_dim {self.latent_dim} (1-1024), extra_dim {self.extra_dim} "
-                             f"(0-1024), width {self.width} (1-512), image_size {self.image_size} (8-512)")
+            problems.append(f"sizes out of range: latent_dim {self.latent_dim} (1-1024), extra_dim {self.extra_dim} "
+                            f"(0-1024), width {self.width} (1-512), image_size {self.image_size} (8-512)")
+        elif self.downsamplings()[0] < 2:
+            problems.append(f"image_size must be divisible by 4 (e.g. 28, 32, 64), not {self.image_size}")
         if not 0 <= self.background <= 255:
-            raise ValueError(f"background must be a grey level from 0 to 255, not {self.background}")
-        if not (math.isfinite(self.invariance) and self.invariance >= 0) or self.extra_dim < 0:
-            raise ValueError(f"invariance and extra_dim must be 0 or more, not {self.invariance} and {self.extra_dim}")
+            problems.append(f"background must be a grey level from 0 to 255, not {self.background}")
+        if not (math.isfinite(self.invariance) and self.invariance >= 0):
+            problems.append(f"invariance must be 0 or more, not {self.invariance}")
         if self.fit not in ("trim", "letterbox"):
-            raise ValueError(f"fit must be 'trim' or 'letterbox', not {self.fit!r}")
+            problems.append(f"fit must be 'trim' or 'letterbox', not {self.fit!r}")
         if self.likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', not {self.likelihood!r}")
-        if self.downsamplings()[0] < 2:
-            raise ValueError(f"image_size must be divisible by 4 (e.g. 28, 32, 64), not {self.image_size}")
+            problems.append(f"likelihood must be 'bernoulli' or 'gaussian', not {self.likelihood!r}")
+        _refuse(problems)
 
 
 def vae_config(source: object, config: dict) -> VAEConfig:
@@ -252,7 +254,6 @@ def vae_config(source: object, config: dict) -> VAEConfig:
     config = {"batch_norm": False, "fit": "letterbox", **config}
     try:
         vae = VAEConfig(**{k: v for k, v in config.items() if k in known})
-        vae.validate()
     except (TypeError, ValueError) as e:
         raise VaepipeError(f"checkpoint {source} does not match the VAE it describes: {e}") from None
     return vae

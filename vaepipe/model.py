@@ -37,7 +37,6 @@ from vaepipe.store import atomic_path
 class VAE(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
-        config.validate()
         self.config = config
         n_down, side = config.downsamplings()
         widths = [min(config.width * 2**i, config.width * 8) for i in range(n_down)]
@@ -220,12 +219,6 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> VAE:
     except (TypeError, ValueError, RuntimeError) as e:
         raise VaepipeError(f"checkpoint {path} does not match the VAE it describes: {e}") from None
     return model.to(device).eval()
-
-
-def checkpoint_config(path: Path) -> VAEConfig:
-    """The VAEConfig a checkpoint describes, without building the model and loading weights into it (a third of
-    load_checkpoint's time): planning needs only the latent size."""
-    return vae_config(path, _read_checkpoint(path)["config"])
 
 
 def _read_checkpoint(path: Path) -> dict:
