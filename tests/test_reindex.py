@@ -144,6 +144,15 @@ def test_a_reindex_that_finds_nothing_changed_never_imports_torch(built, tmp_pat
     summary, torch_imported = reindex()
     assert (summary["model"], summary["embedded now"], summary["images ok"]) == ("reused", "0", "30")
     assert not torch_imported
+    # A model directory published before the record existed: read with torch once, then recorded.
+    record_file = wd.model_dir(json.loads(wd.collection.read_text())["model_id"]) / "config.json"
+    record = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps({k: v for k, v in record.items() if k != "checkpoint_sha256"}))
+    summary, torch_imported = reindex()
+    assert (summary["model"], summary["embedded now"], torch_imported) == ("reused", "0", True)
+    assert json.loads(record_file.read_text()) == record
+    summary, torch_imported = reindex()
+    assert (summary["model"], summary["embedded now"], torch_imported) == ("reused", "0", False)
     first = next(photos.rglob("*.png"))
     Image.open(first).transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(photos / "new.png")
     summary, torch_imported = reindex()
