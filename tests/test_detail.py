@@ -224,6 +224,24 @@ def test_near_groups_are_an_image_and_those_paired_with_it_so_look_alikes_do_not
     assert len(set(group[:8].tolist())) == 3
 
 
+def test_a_star_keeps_only_pictures_that_can_all_be_together():
+    """Tiles of neighbouring hues (blue, light blue, cyan, teal: 0-3) each alike to the light blue one (1), where
+    blue and teal are of other colours: the star around 1 takes blue and cyan, not teal, which is left to its own
+    pairs (4, a copy of the teal tile). Without `apart`, the star took teal too and left its copy alone."""
+    hue = {0: 220, 1: 200, 2: 180, 3: 165, 4: 165}
+    a, b = np.array([(0, 1), (1, 2), (1, 3), (3, 4)]).T
+
+    def apart(y: int, members: np.ndarray) -> np.ndarray:
+        return np.array([abs(hue[y] - hue[m]) > 45 for m in members.tolist()])
+
+    none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    def groups(group: np.ndarray) -> list[list[int]]:
+        return sorted(sorted(np.flatnonzero(group == g).tolist()) for g in set(group.tolist()))
+
+    assert groups(near_groups(5, (a, b), none)) == [[0, 1, 2, 3], [4]]
+    assert groups(near_groups(5, (a, b), none, apart)) == [[0, 1, 2], [3, 4]]
+
+
 def test_opaque_pictures_whose_pixels_differ_are_told_apart_and_everyday_copies_are_not(tmp_path):
     """Two neighbouring tiles of a real photograph (sand dunes: one look, other pixels) differ in pixels; its
     everyday copies (brighter, greyscale, a white border, a caption band, the centre 80 %, mirrored, turned by 10

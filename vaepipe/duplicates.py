@@ -20,6 +20,7 @@ import io
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -293,11 +294,12 @@ def _joined(pairs: list[Pairs]) -> Pairs:
 
 
 def _checked_in_pixels(index: SearchIndex, image_root: Path, alike: list[Pairs], sure: list[Pairs],
-                       nearest: tuple[np.ndarray, np.ndarray], cache: ViewCache | None) -> tuple[Pairs, Pairs]:
+                       nearest: tuple[np.ndarray, np.ndarray], cache: ViewCache | None
+                       ) -> tuple[Pairs, Pairs, Signatures]:
     """The pairs the code found alike, and the sure pairs (the code's ratio test's) with those fine_detail_pairs
     and turned_pairs add, each less pairs of near-plain look-alikes (detail.Signatures.plain_look_alikes), of
     pictures of other colours (Signatures.other_colours) and of opaque pictures whose pixels differ
-    (Signatures.pixels_differ)."""
+    (Signatures.pixels_differ); and the signatures they were checked with."""
     near = nearest_pairs(index, nearest)
     rows = np.unique(np.concatenate([r for p in [*alike, *sure, near] for r in p]))
     signatures = Signatures.of(index, image_root, rows, cache)
@@ -316,7 +318,7 @@ def _checked_in_pixels(index: SearchIndex, image_root: Path, alike: list[Pairs],
     log.info("duplicates: %d pairs joined by their fine detail and %d by their pixels turned or zoomed; %d pairs of "
              "near-plain pictures whose pixels differ, %d of pictures of other colours and %d of opaque pictures "
              "whose pixels differ left apart", len(fine[0]), len(turned[0]), plain, colours, differ)
-    return checked[0], checked[1]
+    return checked[0], checked[1], signatures
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -334,14 +336,17 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray([find(x) for x in range(n)], np.int64)
 
 
-def near_groups(n: int, pairs: Pairs, sure: Pairs) -> np.ndarray:
+def near_groups(n: int, pairs: Pairs, sure: Pairs,
+                apart: Callable[[int, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Images 0..n-1 and the pairs found alike -> each image's group (named by one of its images).
 
     The `sure` pairs (an image and its one clear copy: the ratio tests) are joined first. Then, most-paired first, an
     image and the images paired with it directly that are in no group yet make a group (greedy star clustering).
     Connected components would be simpler, but on a folder of crops of one wallpaper each crop is alike to a few
     others and the components grew to hundreds of pictures (BENCHMARKS.md, "Duplicate groups"); a copy of a copy
-    still joins its original's group through the image they are both paired with."""
+    still joins its original's group through the image they are both paired with.
+    `apart(y, members)`: whether image y cannot be in one group with each of `members` (copies of one picture can
+    all be together); an image apart from one already in its star is left for another group."""
     node = _components(n, *sure)
     a, b = node[pairs[0]], node[pairs[1]]
     neighbours: dict[int, set[int]] = {}
@@ -362,7 +367,11 @@ def near_groups(n: int, pairs: Pairs, sure: Pairs) -> np.ndarray:
             heapq.heappush(queue, (-len(free), x))
             continue
         centre[x] = x
-        centre.update((y, x) for y in free)
+        members = np.array([x], np.int64)
+        for y in sorted(free):
+            if apart is None or not apart(y, members).any():
+                centre[y] = x
+                members = np.append(members, y)
     return np.asarray([centre.get(x, x) for x in node.tolist()], np.int64)
 
 
@@ -391,18 +400,29 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
 
     alike = [near_pairs(index, threshold)]
     sure: list[Pairs] = []  # an image and its one clear copy (the ratio tests)
+    signatures = None
     if image_root is not None and model is not None and uses_views(model, index):
         candidates = candidate_pairs(index, model, image_root, cache)
         alike.append(view_checked_pairs(index, candidates, threshold))
         nearest = index.nearest_of_all(NEIGHBOURS + 1)  # one search serves both ratio tests
         sure.append(only_copy_pairs(index, candidates, nearest))
-        checked_alike, checked_sure = _checked_in_pixels(index, image_root, alike, sure, nearest, cache)
+        checked_alike, checked_sure, signatures = _checked_in_pixels(index, image_root, alike, sure, nearest, cache)
         alike, sure = [checked_alike], [checked_sure]
     a_rows, b_rows = _joined(alike + sure)
     # Groups of contents, not of files: byte-identical files are one image here (and an exact group of their own).
     unique_shas, node = np.unique(np.asarray(shas, dtype=object), return_inverse=True)
     sure_a, sure_b = _joined(sure)
-    group = near_groups(len(unique_shas), (node[a_rows], node[b_rows]), (node[sure_a], node[sure_b]))
+    apart = None
+    if signatures is not None:
+        # A star's pictures are pairwise of like colours: pairs join neighbouring hues, and a star of plain tiles of
+        # blue, cyan and teal joined them through the one in the middle (BENCHMARKS.md, "Duplicate groups").
+        row_of = np.empty(len(unique_shas), np.int64)
+        row_of[node] = np.arange(len(node))
+        colours = signatures.other_colours
+
+        def apart(y: int, members: np.ndarray) -> np.ndarray:
+            return colours(np.full(len(members), row_of[y]), row_of[members])
+    group = near_groups(len(unique_shas), (node[a_rows], node[b_rows]), (node[sure_a], node[sure_b]), apart)
     shas_in: dict[int, list[str]] = {}
     for sha, g in zip(unique_shas.tolist(), group.tolist()):
         shas_in.setdefault(g, []).append(sha)
