@@ -419,11 +419,10 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
         # and one of skies photographed apart through a sky like both (BENCHMARKS.md, "Duplicate groups").
         row_of = np.empty(len(unique_shas), np.int64)
         row_of[node] = np.arange(len(node))
-        colours = signatures.other_colours
 
         def apart(y: int, members: np.ndarray) -> np.ndarray:
-            ys = np.full(len(members), row_of[y])
-            return colours(ys, row_of[members]) | signatures.pixels_differ(ys, row_of[members])
+            ys, others = np.full(len(members), row_of[y]), row_of[members]
+            return signatures.other_colours(ys, others) | signatures.pixels_differ(ys, others)
     group = near_groups(len(unique_shas), (node[a_rows], node[b_rows]), (node[sure_a], node[sure_b]), apart)
     shas_in: dict[int, list[str]] = {}
     for sha, g in zip(unique_shas.tolist(), group.tolist()):
