@@ -414,15 +414,15 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
     sure_a, sure_b = _joined(sure)
     apart = None
     if signatures is not None:
-        # Copies of one picture can all be together: a star's pictures pass the pair checks with each other, not only
-        # with its centre. A star of plain tiles of blue, cyan and teal joined them through the one in the middle,
-        # and one of skies photographed apart through a sky like both (BENCHMARKS.md, "Duplicate groups").
+        # Copies of one picture can all be together: a star's pictures are of like colours with each other, not only
+        # with its centre. A star of plain tiles of blue, cyan and teal joined them through the one in the middle.
+        # The pixels check would also split stars of look-alikes, but one call per member costs milliseconds each
+        # (BENCHMARKS.md, "Duplicate groups").
         row_of = np.empty(len(unique_shas), np.int64)
         row_of[node] = np.arange(len(node))
 
         def apart(y: int, members: np.ndarray) -> np.ndarray:
-            ys, others = np.full(len(members), row_of[y]), row_of[members]
-            return signatures.other_colours(ys, others) | signatures.pixels_differ(ys, others)
+            return signatures.other_colours(np.full(len(members), row_of[y]), row_of[members])
     group = near_groups(len(unique_shas), (node[a_rows], node[b_rows]), (node[sure_a], node[sure_b]), apart)
     shas_in: dict[int, list[str]] = {}
     for sha, g in zip(unique_shas.tolist(), group.tolist()):
