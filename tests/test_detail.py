@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from helpers import flat_index
-from vaepipe.detail import (FLAT_STD, PIXELS_LEAST, PLAIN_STD, TURNED_LEAST, Signatures, correlation,
+from vaepipe.detail import (FLAT_STD, OPAQUE_FINE_LEAST, PIXELS_LEAST, PLAIN_STD, TURNED_LEAST, Signatures, correlation,
                             nearest_pairs, paired_warped_correlation, warped_correlation)
 from vaepipe.duplicates import fine_detail_pairs, near_groups, ratio_test, turned_pairs
 from vaepipe.images import SIGNATURE_BACKGROUNDS, ImageSpec, load_signatures, open_image, plain_mode, to_array
@@ -88,6 +88,42 @@ def test_fine_detail_pairs_a_darker_copy_of_an_icon_among_look_alikes(tmp_path):
     signatures = Signatures.of(index, tmp_path, np.arange(len(names)))
     a, b = fine_detail_pairs(index, near, signatures)
     assert {(names[i], names[j]) for i, j in zip(a, b)} == {(names[3], "darker.png")}
+
+
+def test_fine_detail_of_two_turned_photographs_is_their_corners_and_does_not_pair_them(tmp_path, monkeypatch):
+    """Two different real photographs of smooth looks (a dune, green waves), each turned by 10 degrees on a larger
+    canvas (black corners, read as transparency), among six photographs and six icons with a darker copy of one, all
+    equally alike to the code. The turned pictures' fine detail is mostly the edge of their corners: by it alone
+    they are each other's clear best. Where both are opaque it does not follow, so only the icon and its copy are
+    paired."""
+    turned = [MATE / "nature/Dune.jpg", MATE / "desktop/GreenTraditional.jpg"]
+    photos = [p for p in sorted((MATE / "nature").glob("*.jpg")) if p not in turned][:6] + turned
+    assert len(photos) == 8 and all(p.exists() for p in photos), "mate-backgrounds is needed (make test installs it)"
+    names = []
+    for i, photo in enumerate(photos):
+        img = Image.open(photo).convert("RGB")
+        img.thumbnail((256, 256))
+        if i >= 6:
+            img = img.rotate(10, resample=Image.Resampling.BILINEAR, expand=True)
+        img.save(tmp_path / f"{photo.stem}.png")
+        names.append(f"{photo.stem}.png")
+    names += _copied(_distinct(TANGO)[:6], tmp_path)
+    icon = Image.open(tmp_path / names[9]).convert("RGBA")
+    dark = ImageEnhance.Brightness(icon.convert("RGB")).enhance(0.6).convert("RGBA")
+    dark.putalpha(icon.getchannel("A"))
+    dark.save(tmp_path / "darker.png")
+    names.append("darker.png")
+    index = _look_alike_index(tmp_path, names)
+    near = nearest_pairs(index, index.nearest_of_all(len(names)))
+    signatures = Signatures.of(index, tmp_path, np.arange(len(names)))
+    assert not signatures.opaque[6] and not signatures.opaque[7]  # the corners are transparency
+    found = {}
+    for least in (-1.0, OPAQUE_FINE_LEAST):
+        monkeypatch.setattr("vaepipe.duplicates.OPAQUE_FINE_LEAST", least)
+        a, b = fine_detail_pairs(index, near, signatures)
+        found[least] = {(names[i], names[j]) for i, j in zip(a, b)}
+    assert found[-1.0] == {(names[6], names[7]), (names[9], "darker.png")}  # the corners alone pair them
+    assert found[OPAQUE_FINE_LEAST] == {(names[9], "darker.png")}
 
 
 def test_turned_pairs_a_turned_and_a_cropped_copy_of_photographs_among_look_alikes(tmp_path):

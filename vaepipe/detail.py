@@ -68,6 +68,12 @@ TURNED_MARGIN = 0.2
 # size, and a small drawing's pixels follow its large one's poorly. Chosen on the validation folders and the 3,000
 # photos of the peers benchmark (BENCHMARKS.md, "Duplicate groups").
 PIXELS_LEAST = 0.9
+# A match of fine detail between pictures with transparency must also hold where both are opaque: a photograph turned
+# with its canvas grown has corners of one colour, read as transparency, and the edge of those corners is fine detail
+# that every picture turned by as much shares. Icons' true pairs on the validation folders held at least 0.82 there
+# (BENCHMARKS.md, "Duplicate groups"). Pixels next to transparency are left out, as far as the blur reaches.
+OPAQUE_FINE_LEAST = 0.75
+OPAQUE_LEAST_PIXELS = 64  # fewer pixels opaque in both: nothing to compare, the match stands
 
 
 def _hue(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +128,30 @@ def _correlate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         np.einsum("nbij,nbij->nb", a, b[..., ::-1]),
         np.einsum("nbij,nbij->nb", top_a, top_b),
     ]).max(-1)
+
+
+def _inside(mask: np.ndarray, steps: int = 2) -> np.ndarray:
+    """(n, h, w) masks less `steps` pixels next to what they leave out (the picture's own edge does not count)."""
+    for _ in range(steps):
+        m = mask.copy()
+        m[:, 1:] &= mask[:, :-1]
+        m[:, :-1] &= mask[:, 1:]
+        m[:, :, 1:] &= mask[:, :, :-1]
+        m[:, :, :-1] &= mask[:, :, 1:]
+        mask = m
+    return mask
+
+
+def _masked_correlation(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Planes (n, h, w) and where to compare them -> their correlation over the mask, (n,); nan where the mask holds
+    fewer than OPAQUE_LEAST_PIXELS pixels."""
+    m = mask.astype(np.float32)
+    count = m.sum((1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xc = (x - ((x * m).sum((1, 2)) / count)[:, None, None]) * m
+        yc = (y - ((y * m).sum((1, 2)) / count)[:, None, None]) * m
+        out = (xc * yc).sum((1, 2)) / np.sqrt((xc * xc).sum((1, 2)) * (yc * yc).sum((1, 2)) + 1e-6)
+    return np.where(count >= OPAQUE_LEAST_PIXELS, out, np.nan)
 
 
 def correlation(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
@@ -290,6 +320,26 @@ class Signatures:
                 out[pick] = _correlate(self.detail[at_a], self.detail[at_b])
             else:
                 out[pick] = correlation(self.sig[at_a], self.sig[at_b])
+        return out
+
+    def fine_where_opaque(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Pairs of index rows -> the correlation of their fine detail over the pixels opaque in both, away from
+        transparency: as they are, with b mirrored, and of their top three quarters, the best; nan where too few
+        pixels (or either has no signature)."""
+        out = np.full(len(a), np.nan, np.float32)
+        ok = np.flatnonzero((self.at[a] >= 0) & (self.at[b] >= 0))
+        for s in range(0, len(ok), BLOCK):
+            pick = ok[s:s + BLOCK]
+            sa, sb = self.sig[self.at[a[pick]]], self.sig[self.at[b[pick]]]
+            fa, fb = fine(sa[:, 0]), fine(sb[:, 0])  # where opaque, every background plane is the same
+            opaque_a, opaque_b = sa[:, 0] == sa[:, 1], sb[:, 0] == sb[:, 1]
+            mirrored = _inside(opaque_a & opaque_b[:, :, ::-1])
+            both = _inside(opaque_a & opaque_b)
+            top = both.copy()
+            top[:, TOP:] = False
+            out[pick] = np.fmax.reduce([_masked_correlation(fa, fb, both),
+                                        _masked_correlation(fa, fb[:, :, ::-1], mirrored),
+                                        _masked_correlation(fa, fb, top)])
         return out
 
     def other_colours(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:

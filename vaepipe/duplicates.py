@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 
 from vaepipe.config import IngestConfig
-from vaepipe.detail import (FINE_LEAST, FINE_MARGIN, NEIGHBOURS, TURNED_LEAST, TURNED_MARGIN, Signatures, nearest_pairs,
-                            warped_correlation)
+from vaepipe.detail import (FINE_LEAST, FINE_MARGIN, NEIGHBOURS, OPAQUE_FINE_LEAST, TURNED_LEAST, TURNED_MARGIN,
+                            Signatures, nearest_pairs, warped_correlation)
 from vaepipe.batches import to_float
 from vaepipe.images import flatten, open_image, to_array
 from vaepipe.index import SearchIndex, prepare
@@ -214,7 +214,13 @@ def fine_detail_pairs(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray]
     "Duplicate groups")."""
     a, b = nearest
     alike = signatures.correlation(a, b, fine_detail=True)
-    return ratio_test(index.meta["n"], a, b, alike, FINE_LEAST, FINE_MARGIN)
+    a, b = ratio_test(index.meta["n"], a, b, alike, FINE_LEAST, FINE_MARGIN)
+    # Where either has transparency, the match must hold away from it: the edge of a turned photograph's corners
+    # matches every other photograph turned as much.
+    check = np.flatnonzero(~(signatures.opaque[a] & signatures.opaque[b]))
+    keep = np.ones(len(a), bool)
+    keep[check] = ~(signatures.fine_where_opaque(a[check], b[check]) < OPAQUE_FINE_LEAST)  # nan: nothing to compare
+    return a[keep], b[keep]
 
 
 def _nearest_other(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
