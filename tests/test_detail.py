@@ -263,12 +263,16 @@ def test_near_groups_are_an_image_and_those_paired_with_it_so_look_alikes_do_not
 def test_a_star_keeps_only_pictures_that_can_all_be_together():
     """Tiles of neighbouring hues (blue, light blue, cyan, teal: 0-3) each alike to the light blue one (1), where
     blue and teal are of other colours: the star around 1 takes blue and cyan, not teal, which is left to its own
-    pairs (4, a copy of the teal tile). Without `apart`, the star took teal too and left its copy alone."""
+    pairs (4, a copy of the teal tile). Without `apart`, the star took teal too and left its copy alone. `apart` is
+    asked once, for every pair that could meet in a star."""
     hue = {0: 220, 1: 200, 2: 180, 3: 165, 4: 165}
     a, b = np.array([(0, 1), (1, 2), (1, 3), (3, 4)]).T
 
-    def apart(y: int, members: np.ndarray) -> np.ndarray:
-        return np.array([abs(hue[y] - hue[m]) > 45 for m in members.tolist()])
+    asked: list[tuple[int, int]] = []
+
+    def apart(ya: np.ndarray, za: np.ndarray) -> np.ndarray:
+        asked.extend(zip(ya.tolist(), za.tolist()))
+        return np.array([abs(hue[y] - hue[z]) > 45 for y, z in zip(ya.tolist(), za.tolist())], bool)
 
     none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     def groups(group: np.ndarray) -> list[list[int]]:
@@ -276,6 +280,8 @@ def test_a_star_keeps_only_pictures_that_can_all_be_together():
 
     assert groups(near_groups(5, (a, b), none)) == [[0, 1, 2, 3], [4]]
     assert groups(near_groups(5, (a, b), none, apart)) == [[0, 1, 2], [3, 4]]
+    # One batch: each pair of images paired with one image, once (0, 2, 3 with 1; 1 and 4 with 3).
+    assert sorted(asked) == [(0, 2), (0, 3), (1, 4), (2, 3)]
 
 
 def test_opaque_pictures_whose_pixels_differ_are_told_apart_and_everyday_copies_are_not(tmp_path):

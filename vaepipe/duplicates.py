@@ -342,8 +342,8 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray([find(x) for x in range(n)], np.int64)
 
 
-def near_groups(n: int, pairs: Pairs, sure: Pairs,
-                apart: Callable[[int, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+def near_groups(n: int, pairs: Pairs, sure: Pairs, apart: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                ) -> np.ndarray:
     """Images 0..n-1 and the pairs found alike -> each image's group (named by one of its images).
 
     The `sure` pairs (an image and its one clear copy: the ratio tests) are joined first. Then, most-paired first, an
@@ -351,8 +351,9 @@ def near_groups(n: int, pairs: Pairs, sure: Pairs,
     Connected components would be simpler, but on a folder of crops of one wallpaper each crop is alike to a few
     others and the components grew to hundreds of pictures (BENCHMARKS.md, "Duplicate groups"); a copy of a copy
     still joins its original's group through the image they are both paired with.
-    `apart(y, members)`: whether image y cannot be in one group with each of `members` (copies of one picture can
-    all be together); an image apart from one already in its star is left for another group."""
+    `apart(a, b)`: which pairs of images (a[i], b[i]) cannot be in one group (copies of one picture can all be
+    together); called once, with every pair of images paired with one image, as a batch; an image apart from one
+    already in its star is left for another group."""
     node = _components(n, *sure)
     a, b = node[pairs[0]], node[pairs[1]]
     neighbours: dict[int, set[int]] = {}
@@ -360,6 +361,12 @@ def near_groups(n: int, pairs: Pairs, sure: Pairs,
         if x != y:
             neighbours.setdefault(x, set()).add(y)
             neighbours.setdefault(y, set()).add(x)
+    kept_apart: set[tuple[int, int]] = set()
+    if apart is not None:  # the pairs that could meet in a star, each once: two images paired with the same one
+        could_meet = {(y, z) for v in neighbours.values() for y in v for z in v if y < z}
+        if could_meet:
+            ya, za = np.array(sorted(could_meet), np.int64).T
+            kept_apart = {(y, z) for y, z, no in zip(ya.tolist(), za.tolist(), apart(ya, za).tolist()) if no}
     centre: dict[int, int] = {}
     # Most unassigned neighbours first; a node's count only falls, so a popped count that is stale goes back in.
     queue = [(-len(v), x) for x, v in neighbours.items()]
@@ -373,11 +380,11 @@ def near_groups(n: int, pairs: Pairs, sure: Pairs,
             heapq.heappush(queue, (-len(free), x))
             continue
         centre[x] = x
-        members = np.array([x], np.int64)
+        members: list[int] = []
         for y in sorted(free):
-            if apart is None or not apart(y, members).any():
+            if not any((min(y, m), max(y, m)) in kept_apart for m in members):
                 centre[y] = x
-                members = np.append(members, y)
+                members.append(y)
     return np.asarray([centre.get(x, x) for x in node.tolist()], np.int64)
 
 
@@ -420,15 +427,17 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
     sure_a, sure_b = _joined(sure)
     apart = None
     if signatures is not None:
-        # Copies of one picture can all be together: a star's pictures are of like colours with each other, not only
-        # with its centre. A star of plain tiles of blue, cyan and teal joined them through the one in the middle.
-        # The pixels check would also split stars of look-alikes, but one call per member costs milliseconds each
-        # (BENCHMARKS.md, "Duplicate groups").
+        # Copies of one picture can all be together: a star's pictures pass the checks with each other, not only
+        # with its centre. A star of plain tiles of blue, cyan and teal joined them through the one in the middle,
+        # and stars of neighbouring crops of one wallpaper crops that do not follow each other.
         row_of = np.empty(len(unique_shas), np.int64)
         row_of[node] = np.arange(len(node))
 
-        def apart(y: int, members: np.ndarray) -> np.ndarray:
-            return signatures.other_colours(np.full(len(members), row_of[y]), row_of[members])
+        def apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            ra, rb = row_of[a], row_of[b]
+            out = signatures.other_colours(ra, rb)
+            out[~out] = signatures.pixels_differ(ra[~out], rb[~out])
+            return out
     group = near_groups(len(unique_shas), (node[a_rows], node[b_rows]), (node[sure_a], node[sure_b]), apart)
     shas_in: dict[int, list[str]] = {}
     for sha, g in zip(unique_shas.tolist(), group.tolist()):
