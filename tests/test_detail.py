@@ -217,6 +217,28 @@ def test_signatures_come_from_the_cache_by_content_and_a_changed_file_is_not_com
     np.testing.assert_array_equal(changed.sig, first.sig[1:])
 
 
+def test_signatures_of_a_larger_folder_are_cached_in_parts_and_read_back_each_in_its_place(tmp_path, monkeypatch):
+    """69 real icons and a twin of one (two decode batches of 64), the cache written a part at a time (here every 32
+    images made): each part is read back into its images' places, the same as made, whatever order the rows are
+    asked in; two files of one content both have it."""
+    monkeypatch.setattr("vaepipe.detail.PART_ROWS", 4)  # a part written once 8 * 4 images are made
+    names = _copied(_distinct(TANGO)[:69], tmp_path)
+    assert len(names) == 69, "tango-icon-theme is needed (make test installs it)"
+    (tmp_path / "twin.png").write_bytes((tmp_path / names[5]).read_bytes())
+    names.append("twin.png")
+    index = _look_alike_index(tmp_path, names)
+    cache = ViewCache(tmp_path / "views")
+    first = Signatures.of(index, tmp_path, np.arange(len(names)), cache)
+    assert (first.at >= 0).all() and len(list(cache.folder.glob("detail-*.parquet"))) == 2
+    np.testing.assert_array_equal(first.sig[first.at[69]], first.sig[first.at[5]])
+    moved = tmp_path / "moved"
+    moved.mkdir()  # only the cache can answer
+    rows = np.random.default_rng(0).permutation(len(names))
+    again = Signatures.of(index, moved, rows, cache)
+    np.testing.assert_array_equal(again.sig[again.at], first.sig[first.at])
+    np.testing.assert_array_equal(again.colour[again.at], first.colour[first.at])
+
+
 def test_the_ratio_test_pairs_only_clear_mutual_bests_and_takes_images_with_nothing_to_compare_quietly():
     """Six images: 0-1 each other's best by far; 2-3 each other's best but 4 is nearly as alike to 3; 4's other pairs
     cannot be compared (-inf, as pixels are for a file changed since indexing); 5 has no pair at all."""

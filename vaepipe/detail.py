@@ -36,7 +36,7 @@ from vaepipe.batches import iter_image_batches
 from vaepipe.images import SIGNATURE_SHAPE, SIGNATURE_SIDE, ImageSpec
 from vaepipe.index import SearchIndex
 from vaepipe.store import file_path
-from vaepipe.views import ViewCache, unchanged
+from vaepipe.views import PART_ROWS, ViewCache, unchanged
 
 log = logging.getLogger("vaepipe")
 
@@ -100,7 +100,7 @@ def _blur_matrix(side: int, sigma: float = 1.0, radius: int = 4) -> np.ndarray:
 
 
 _BLUR = _blur_matrix(SIGNATURE_SIDE)
-BLOCK = 4096  # pairs compared at a time
+BLOCK = 1024  # pairs compared at a time
 TOP = SIGNATURE_SIDE * 3 // 4  # the top three quarters: what a caption band along the bottom leaves alone
 
 
@@ -182,7 +182,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def warped_correlation(sig: np.ndarray, who: np.ndarray, others: np.ndarray, block: int = 256) -> np.ndarray:
+def warped_correlation(sig: np.ndarray, who: np.ndarray, others: np.ndarray, block: int = 32) -> np.ndarray:
     """Signatures (m, backgrounds, side, side), rows `who` (A,) and for each a row of `others` (A, K; -1 where none)
     -> (A, K): the best correlation of each `who`, turned by TURNS and zoomed by ZOOMS, with each of its others as
     they are, within the central disc, in any background; -inf where none. Each `who` is warped once for all its
@@ -232,35 +232,39 @@ def collection_signatures(index: SearchIndex, image_root: Path, rows: np.ndarray
     load now (then added to the cache). Returns the rows that have one, in the order given, their signatures and
     their mean colours."""
     paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
-    found = cache.get_signatures([shas[r] for r in rows]) if cache is not None else {}
-    todo = [r for r in rows if shas[r] not in found]
-    todo = [r for r in todo if unchanged(file_path(image_root, paths[r]), shas[r])]
-    files = [file_path(image_root, paths[r]) for r in todo]
-    loaded: list[int] = []
-    batches: list[tuple[np.ndarray, np.ndarray]] = []
+    # Each signature goes straight to its place: on a folder of look-alikes nearly every image has one, and a
+    # dictionary of them beside the array they were then copied into was a second copy of the folder's.
+    # float16 holds the grey levels (quarters from 0 to 255) exactly.
+    sig = np.empty((len(rows), *SIGNATURE_SHAPE), np.float16)
+    colour = np.empty((len(rows), 3), np.float32)
+    got = np.zeros(len(rows), bool)
+    where: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        where.setdefault(shas[r], []).append(i)
+    for found, sigs, colours in cache.get_signatures(list(where)) if cache is not None else ():
+        for j, sha in enumerate(found):
+            for i in where.get(sha, ()):
+                sig[i], colour[i], got[i] = sigs[j], colours[j], True
+    todo = [i for i in np.flatnonzero(~got) if unchanged(file_path(image_root, paths[rows[i]]), shas[rows[i]])]
+    files = [file_path(image_root, paths[rows[i]]) for i in todo]
+    new: list[int] = []  # made now, not yet in the cache
     # Decoded by a process per core, as the views are (the spec is only the loader's; signatures have their own).
     spec = ImageSpec(SIGNATURE_SIDE, 1)
-    for (sigs, colour), idx, errors in iter_image_batches(files, spec, 64, usable_cores() if len(files) > 64 else 0,
-                                                          what="signatures"):
-        good = [j for j, e in enumerate(errors) if not e]
-        loaded += [idx[j] for j in good]
-        # float16 as each batch comes (the grey levels are quarters from 0 to 255: exact): a fresh folder of 30,000
-        # images held its signatures as float32 batches, then joined, then a float16 copy for the cache.
-        batches.append((sigs[good].astype(np.float16), colour[good]))
-    if loaded:
-        sigs, colour = (np.concatenate([b[i] for b in batches]) for i in (0, 1))
-        batches.clear()
-        if cache is not None:
-            cache.put_signatures([shas[todo[i]] for i in loaded], sigs, colour)
-        found.update((shas[todo[i]], pair) for i, pair in zip(loaded, zip(sigs, colour)))
-    have = np.asarray([r for r in rows if shas[r] in found], np.int64)
-    # float16 holds the grey levels (quarters from 0 to 255) exactly; filled row by row, not stacked as float32
-    # first: on a folder of look-alikes nearly every image has a signature, and the copies were most of the memory.
-    out = np.empty((len(have), *SIGNATURE_SHAPE), np.float16)
-    out_colour = np.empty((len(have), 3), np.float32)
-    for i, r in enumerate(have):
-        out[i], out_colour[i] = found[shas[r]]
-    return have, out, out_colour
+    for (sigs, colours), idx, errors in iter_image_batches(files, spec, 64, usable_cores() if len(files) > 64 else 0,
+                                                           what="signatures"):
+        for j, e in enumerate(errors):
+            if not e:
+                i = todo[idx[j]]
+                sig[i], colour[i], got[i] = sigs[j], colours[j], True
+                new.append(i)
+        if cache is not None and len(new) >= 8 * PART_ROWS:  # in parts: a copy of a part, not of the folder's
+            cache.put_signatures([shas[rows[i]] for i in new], sig[new], colour[new])
+            new = []
+    if cache is not None and new:
+        cache.put_signatures([shas[rows[i]] for i in new], sig[new], colour[new])
+    if not got.all():  # changed since indexing, or unreadable now
+        sig, colour = sig[got], colour[got]
+    return np.asarray(rows, np.int64)[got], sig, colour
 
 
 def nearest_pairs(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

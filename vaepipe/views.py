@@ -33,10 +33,12 @@ log = logging.getLogger("vaepipe")
 # How many of a query's nearest images are looked at again through views: past it, recall@10 had (almost) all the
 # originals that views bring to rank 1 on the validation folders.
 RERANK_DEPTH = 10
-BLOCK = 65536  # pairs scored at a time: a folder of look-alikes has millions of candidate pairs
+BLOCK = 16384  # pairs scored at a time: a folder of look-alikes has millions of candidate pairs
 # Images per row group of a cache part: written as one row group, the signatures of 30,000 images (120 MB) took
-# 0.8 GB more to encode, held by Arrow's allocator after; in groups of 4,096, 0.15 GB (BENCHMARKS.md, issue 22).
-PART_ROWS = 4096
+# 0.8 GB more to encode, held by Arrow's allocator after; in groups of 4,096, 0.15 GB. Reading a group of 4,096
+# signatures back took 57 MB of Arrow's memory (Parquet keeps levels for every value of a list); 1,024 a quarter of
+# that (BENCHMARKS.md, issue 22).
+PART_ROWS = 1024
 
 
 def uses_views(model: VAE, index: SearchIndex) -> bool:
@@ -128,9 +130,9 @@ class ViewCache:
                 pa.array(views.grey_embedding.ravel(), pa.float32()), width)
         self._write("part", columns)
 
-    def get_signatures(self, shas: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """{sha256: (images.load_signatures' signature as float16, its mean colour)} of those in the cache."""
-        found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    def get_signatures(self, shas: list[str]) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+        """The cached signatures of these sha256s, a row group at a time: (sha256s, images.load_signatures'
+        signatures as float16, their mean colours), for the caller to place where it keeps them."""
         for table in self._read("detail", shas):
             if "colour" not in table.column_names:  # written before signatures had a colour: made again
                 continue
@@ -141,8 +143,7 @@ class ViewCache:
             except Exception as e:  # a part of another version
                 log.warning("views: cache part not used (%s: %s)", type(e).__name__, e)
                 continue
-            found.update(zip(table["sha256"].to_pylist(), zip(sigs, colour)))
-        return found
+            yield table["sha256"].to_pylist(), sigs, colour
 
     def put_signatures(self, shas: list[str], sigs: np.ndarray, colour: np.ndarray) -> None:
         """Add images.load_signatures' signatures and colours of the images with these sha256s (in order)."""
