@@ -73,15 +73,20 @@ def test_an_icon_and_its_copy_flattened_on_white_match_in_the_white_background(t
     assert best > others.max(), (best, others.max())
 
 
+def _darker(folder: Path, name: str) -> str:
+    """A darker copy (brightness x0.6) of an icon in the folder, its transparency kept: its name."""
+    img = Image.open(folder / name).convert("RGBA")
+    dark = ImageEnhance.Brightness(img.convert("RGB")).enhance(0.6).convert("RGBA")
+    dark.putalpha(img.getchannel("A"))
+    dark.save(folder / "darker.png")
+    return "darker.png"
+
+
 def test_fine_detail_pairs_a_darker_copy_of_an_icon_among_look_alikes(tmp_path):
     """Ten real icons and a darker copy of one (brightness x0.6), all equally alike to the code: the ratio test on
     their fine detail pairs the copy with its original, and nothing else."""
     names = _copied(_distinct(TANGO)[:10], tmp_path)
-    img = Image.open(tmp_path / names[3]).convert("RGBA")
-    dark = ImageEnhance.Brightness(img.convert("RGB")).enhance(0.6).convert("RGBA")
-    dark.putalpha(img.getchannel("A"))
-    dark.save(tmp_path / "darker.png")
-    names.append("darker.png")
+    names.append(_darker(tmp_path, names[3]))
     index = _look_alike_index(tmp_path, names)
     near = nearest_pairs(index, index.nearest_of_all(len(names)))
     assert len(near[0]) == len(names) * (len(names) - 1) // 2  # every pair looked at: all alike to the code
@@ -108,11 +113,7 @@ def test_fine_detail_of_two_turned_photographs_is_their_corners_and_does_not_pai
         img.save(tmp_path / f"{photo.stem}.png")
         names.append(f"{photo.stem}.png")
     names += _copied(_distinct(TANGO)[:6], tmp_path)
-    icon = Image.open(tmp_path / names[9]).convert("RGBA")
-    dark = ImageEnhance.Brightness(icon.convert("RGB")).enhance(0.6).convert("RGBA")
-    dark.putalpha(icon.getchannel("A"))
-    dark.save(tmp_path / "darker.png")
-    names.append("darker.png")
+    names.append(_darker(tmp_path, names[9]))
     index = _look_alike_index(tmp_path, names)
     near = nearest_pairs(index, index.nearest_of_all(len(names)))
     signatures = Signatures.of(index, tmp_path, np.arange(len(names)))
