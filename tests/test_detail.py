@@ -283,11 +283,11 @@ def test_near_groups_are_an_image_and_those_paired_with_it_so_look_alikes_do_not
     assert len(set(group[:8].tolist())) == 3
 
 
-def test_a_star_keeps_only_pictures_that_can_all_be_together():
+def test_a_star_keeps_only_pictures_that_can_all_be_together(monkeypatch):
     """Tiles of neighbouring hues (blue, light blue, cyan, teal: 0-3) each alike to the light blue one (1), where
     blue and teal are of other colours: the star around 1 takes blue and cyan, not teal, which is left to its own
     pairs (4, a copy of the teal tile). Without `apart`, the star took teal too and left its copy alone. `apart` is
-    asked once, for every pair that could meet in a star."""
+    asked once for every pair that could meet in a star, or, where those are too many, star by star."""
     hue = {0: 220, 1: 200, 2: 180, 3: 165, 4: 165}
     a, b = np.array([(0, 1), (1, 2), (1, 3), (3, 4)]).T
 
@@ -303,8 +303,12 @@ def test_a_star_keeps_only_pictures_that_can_all_be_together():
 
     assert groups(near_groups(5, (a, b), none)) == [[0, 1, 2, 3], [4]]
     assert groups(near_groups(5, (a, b), none, apart)) == [[0, 1, 2], [3, 4]]
-    # One batch: each pair of images paired with one image, once (0, 2, 3 with 1; 1 and 4 with 3).
+    # One call, every pair that could meet in a star (paired with one image: 0, 2, 3 with 1; 1, 4 with 3), once.
     assert sorted(asked) == [(0, 2), (0, 3), (1, 4), (2, 3)]
+    asked.clear()  # too many to ask at once: a call a star, for the images that could join it (4 alone needs none)
+    monkeypatch.setattr("vaepipe.duplicates.ONE_CALL_PAIRS", 3)
+    assert groups(near_groups(5, (a, b), none, apart)) == [[0, 1, 2], [3, 4]]
+    assert sorted(asked) == [(0, 2), (0, 3), (2, 3)]
 
 
 def test_opaque_pictures_whose_pixels_differ_are_told_apart_and_everyday_copies_are_not(tmp_path):

@@ -342,6 +342,9 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray([find(x) for x in range(n)], np.int64)
 
 
+ONE_CALL_PAIRS = 1_000_000  # near_groups asks apart() about at most this many pairs at once before the stars
+
+
 def near_groups(n: int, pairs: Pairs, sure: Pairs, apart: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
                 ) -> np.ndarray:
     """Images 0..n-1 and the pairs found alike -> each image's group (named by one of its images).
@@ -352,8 +355,8 @@ def near_groups(n: int, pairs: Pairs, sure: Pairs, apart: Callable[[np.ndarray, 
     others and the components grew to hundreds of pictures (BENCHMARKS.md, "Duplicate groups"); a copy of a copy
     still joins its original's group through the image they are both paired with.
     `apart(a, b)`: which pairs of images (a[i], b[i]) cannot be in one group (copies of one picture can all be
-    together); called once, with every pair of images paired with one image, as a batch; an image apart from one
-    already in its star is left for another group."""
+    together), asked for the pairs of images that could join one star (a centre and one image passed the checks as a
+    pair); an image apart from one already in its star is left for another group."""
     node = _components(n, *sure)
     a, b = node[pairs[0]], node[pairs[1]]
     neighbours: dict[int, set[int]] = {}
@@ -361,12 +364,19 @@ def near_groups(n: int, pairs: Pairs, sure: Pairs, apart: Callable[[np.ndarray, 
         if x != y:
             neighbours.setdefault(x, set()).add(y)
             neighbours.setdefault(y, set()).add(x)
-    kept_apart: set[tuple[int, int]] = set()
-    if apart is not None:  # the pairs that could meet in a star, each once: two images paired with the same one
-        could_meet = {(y, z) for v in neighbours.values() for y in v for z in v if y < z}
-        if could_meet:
-            ya, za = np.array(sorted(could_meet), np.int64).T
-            kept_apart = {(y, z) for y, z, no in zip(ya.tolist(), za.tolist(), apart(ya, za).tolist()) if no}
+    kept_apart: dict[tuple[int, int], bool] = {}
+
+    def ask(candidates: list[list[int]]) -> None:
+        """apart() of every pair within each sorted list not asked before, in one call."""
+        todo = sorted({(y, z) for c in candidates for i, y in enumerate(c) for z in c[i + 1:]} - kept_apart.keys())
+        if todo:
+            ya, za = np.asarray(todo, np.int64).T
+            kept_apart.update(zip(todo, apart(ya, za).tolist()))
+
+    # Each call costs milliseconds (thousands of stars on a large folder), so every pair that could meet in a star
+    # (two images paired with one) is asked at once, unless that is too many: all-alike pictures make it cubic.
+    if apart is not None and sum(len(v) * (len(v) - 1) // 2 for v in neighbours.values()) <= ONE_CALL_PAIRS:
+        ask([sorted(v) for v in neighbours.values()])
     centre: dict[int, int] = {}
     # Most unassigned neighbours first; a node's count only falls, so a popped count that is stale goes back in.
     queue = [(-len(v), x) for x, v in neighbours.items()]
@@ -380,9 +390,12 @@ def near_groups(n: int, pairs: Pairs, sure: Pairs, apart: Callable[[np.ndarray, 
             heapq.heappush(queue, (-len(free), x))
             continue
         centre[x] = x
+        free.sort()
+        if apart is not None and len(free) > 1:
+            ask([free])
         members: list[int] = []
-        for y in sorted(free):
-            if not any((min(y, m), max(y, m)) in kept_apart for m in members):
+        for y in free:
+            if not any(kept_apart.get((m, y), False) for m in members):  # members come before y: free is sorted
                 centre[y] = x
                 members.append(y)
     return np.asarray([centre.get(x, x) for x in node.tolist()], np.int64)
