@@ -70,7 +70,7 @@ TURNED_MARGIN = 0.2
 PIXELS_LEAST = 0.9
 # A match of fine detail between pictures with transparency must also hold where both are opaque: a photograph turned
 # with its canvas grown has corners of one colour, read as transparency, and the edge of those corners is fine detail
-# that every picture turned by as much shares. Icons' true pairs on the validation folders held at least 0.82 there
+# that every picture turned by as much shares. True pairs on the validation mixed folder held 0.84 and up there
 # (BENCHMARKS.md, "Duplicate groups"). Pixels next to transparency are left out, as far as the blur reaches.
 OPAQUE_FINE_LEAST = 0.75
 OPAQUE_LEAST_PIXELS = 64  # fewer pixels opaque in both: nothing to compare, the match stands
