@@ -441,8 +441,8 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
     apart = None
     if signatures is not None:
         # Copies of one picture can all be together: a star's pictures pass the checks with each other, not only
-        # with its centre. A star of plain tiles of blue, cyan and teal joined them through the one in the middle,
-        # and stars of neighbouring crops of one wallpaper crops that do not follow each other.
+        # with its centre. A star of plain tiles of blue, cyan and teal joined them through the one in the middle, and
+        # a star of neighbouring crops of one wallpaper joined crops whose pixels do not follow each other.
         row_of = np.empty(len(unique_shas), np.int64)
         row_of[node] = np.arange(len(node))
 
