@@ -78,3 +78,42 @@ def test_a_full_disk_while_saving_a_model_says_so_and_leaves_the_earlier_file(tm
         assert [p.name for p in small.iterdir()] == ["model.pt"]  # no half-written temporary left
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_a_scratch_array_holds_its_data_in_a_file_the_process_need_not_hold(tmp_path):
+    """What is written stays through release (the pages go back to the file, not away), the process's memory falls
+    by what it released, nothing is left in the folder, and kept_rows moves the kept rows up in place."""
+    import numpy as np
+
+    from vaepipe.store import kept_rows, release, scratch_array
+
+    folder = tmp_path / "cache"
+    x = scratch_array((256, 64, 1024), np.float32, folder)  # 64 MB
+    assert folder.is_dir() and list(folder.iterdir()) == []  # unlinked at once: a killed run leaves nothing
+    data = np.random.default_rng(0).random((256, 64, 1024), dtype=np.float32)
+    x[:] = data
+    held = _rss_mb()
+    release(x[:10])  # a view of it releases the whole mapping
+    assert held - _rss_mb() > 48
+    np.testing.assert_array_equal(x, data)
+    keep = np.random.default_rng(1).random(256) < 0.5
+    np.testing.assert_array_equal(kept_rows(x, keep, block=7), data[keep])
+    release(np.zeros(3))  # an ordinary array: nothing to do
+
+
+def test_a_scratch_array_that_cannot_have_a_file_is_held_in_memory_and_says_so(tmp_path, caplog):
+    import numpy as np
+
+    from vaepipe.store import release, scratch_array
+
+    (tmp_path / "taken").write_text("a file where the folder would be")
+    x = scratch_array((4, 3), np.float16, tmp_path / "taken")
+    assert "held in memory instead of a file" in caplog.text
+    x[:] = 1
+    release(x)
+    assert x.sum() == 12

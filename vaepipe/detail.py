@@ -35,7 +35,7 @@ from vaepipe.config import usable_cores
 from vaepipe.batches import iter_image_batches
 from vaepipe.images import SIGNATURE_SHAPE, SIGNATURE_SIDE, ImageSpec
 from vaepipe.index import SearchIndex
-from vaepipe.store import file_path
+from vaepipe.store import file_path, kept_rows, release, scratch_array
 from vaepipe.views import PART_ROWS, ViewCache, unchanged
 
 log = logging.getLogger("vaepipe")
@@ -229,13 +229,13 @@ def paired_warped_correlation(sig: np.ndarray, who: np.ndarray, other: np.ndarra
 def collection_signatures(index: SearchIndex, image_root: Path, rows: np.ndarray, cache: ViewCache | None = None
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Signatures of collection images (index rows): from the cache, else of files unchanged since indexing that
-    load now (then added to the cache). Returns the rows that have one, in the order given, their signatures and
-    their mean colours."""
+    load now (then added to the cache). Returns the rows that have one, in the order given, their signatures (a
+    store.scratch_array in the cache's folder) and their mean colours."""
     paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
-    # Each signature goes straight to its place: on a folder of look-alikes nearly every image has one, and a
-    # dictionary of them beside the array they were then copied into was a second copy of the folder's.
+    # Each signature goes straight to its place, in a file: on a folder of look-alikes nearly every image has one,
+    # 4 KB each, and memory should not grow with the folder (what is written is released as it goes).
     # float16 holds the grey levels (quarters from 0 to 255) exactly.
-    sig = np.empty((len(rows), *SIGNATURE_SHAPE), np.float16)
+    sig = scratch_array((len(rows), *SIGNATURE_SHAPE), np.float16, cache.folder if cache is not None else None)
     colour = np.empty((len(rows), 3), np.float32)
     got = np.zeros(len(rows), bool)
     where: dict[str, list[int]] = {}
@@ -245,6 +245,7 @@ def collection_signatures(index: SearchIndex, image_root: Path, rows: np.ndarray
         for j, sha in enumerate(found):
             for i in where.get(sha, ()):
                 sig[i], colour[i], got[i] = sigs[j], colours[j], True
+        release(sig)
     todo = [i for i in np.flatnonzero(~got) if unchanged(file_path(image_root, paths[rows[i]]), shas[rows[i]])]
     files = [file_path(image_root, paths[rows[i]]) for i in todo]
     new: list[int] = []  # made now, not yet in the cache
@@ -260,10 +261,11 @@ def collection_signatures(index: SearchIndex, image_root: Path, rows: np.ndarray
         if cache is not None and len(new) >= 8 * PART_ROWS:  # in parts: a copy of a part, not of the folder's
             cache.put_signatures([shas[rows[i]] for i in new], sig[new], colour[new])
             new = []
+        release(sig)
     if cache is not None and new:
         cache.put_signatures([shas[rows[i]] for i in new], sig[new], colour[new])
     if not got.all():  # changed since indexing, or unreadable now
-        sig, colour = sig[got], colour[got]
+        sig, colour = kept_rows(sig, got), colour[got]
     return np.asarray(rows, np.int64)[got], sig, colour
 
 
@@ -287,8 +289,8 @@ class Signatures:
     unreadable now) is not compared: its pairs' correlation is -inf and it is never near-plain."""
 
     at: np.ndarray  # (n,) index row -> row of sig, -1 where none
-    sig: np.ndarray  # (m, *SIGNATURE_SHAPE) grey levels, float16 (exact)
-    detail: np.ndarray  # (m, *SIGNATURE_SHAPE) their fine detail, normalised, float16
+    sig: np.ndarray  # (m, *SIGNATURE_SHAPE) grey levels, float16 (exact); a store.scratch_array
+    detail: np.ndarray  # (m, *SIGNATURE_SHAPE) their fine detail, normalised, float16; a store.scratch_array
     colour: np.ndarray  # (m, 3) mean RGB on black
     spread: np.ndarray  # (n,) index row -> standard deviation of its grey levels on black, inf where none
     opaque: np.ndarray  # (n,) index row -> its signature is one plane in every background (no transparency)
@@ -299,18 +301,24 @@ class Signatures:
         have, sig, colour = collection_signatures(index, image_root, rows, cache)
         at = np.full(index.meta["n"], -1, np.int64)
         at[have] = np.arange(len(have))
-        # 4 KB an image each, made a block at a time: on a folder of look-alikes nearly every image has a signature,
-        # and float32 detail with its top quarters made ready beside it held 18 KB an image. float16 keeps the
-        # normalised detail's correlations to about 1e-3; a block is made float32 again to correlate (float16
-        # arithmetic is twice as slow).
-        detail = np.empty((len(sig), *SIGNATURE_SHAPE), np.float16)
+        # 4 KB an image each, made a block at a time, in a file beside the signatures (each method works a block at
+        # a time and releases what it read). float16 keeps the normalised detail's correlations to about 1e-3; a
+        # block is made float32 again to correlate (float16 arithmetic is twice as slow).
+        detail = scratch_array((len(sig), *SIGNATURE_SHAPE), np.float16, cache.folder if cache is not None else None)
         spread, opaque = np.full(len(at), np.inf, np.float32), np.zeros(len(at), bool)
         for s in range(0, len(sig), BLOCK):
             block = sig[s:s + BLOCK]
             detail[s:s + BLOCK] = _normalised(fine(block))
             spread[have[s:s + BLOCK]] = block[:, 0].reshape(len(block), -1).std(1, dtype=np.float32)
             opaque[have[s:s + BLOCK]] = (block[:, :1] == block[:, 1:]).reshape(len(block), -1).all(1)
+            release(sig)
+            release(detail)
         return cls(at, sig, detail, colour, spread, opaque)
+
+    def _release(self) -> None:
+        """After a block of work: what it read of the signatures and detail goes back to their files."""
+        release(self.sig)
+        release(self.detail)
 
     def correlation(self, a: np.ndarray, b: np.ndarray, fine_detail: bool = False) -> np.ndarray:
         """Pairs of index rows -> `correlation` of their signatures, or of their fine detail; -inf where either
@@ -324,6 +332,7 @@ class Signatures:
                 out[pick] = _correlate(self.detail[at_a], self.detail[at_b])
             else:
                 out[pick] = correlation(self.sig[at_a], self.sig[at_b])
+            self._release()
         return out
 
     def fine_where_opaque(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -344,6 +353,28 @@ class Signatures:
             out[pick] = np.fmax.reduce([_masked_correlation(fa, fb, both),
                                         _masked_correlation(fa, fb[:, :, ::-1], mirrored),
                                         _masked_correlation(fa, fb, top)])
+            self._release()
+        return out
+
+    def warped_correlation(self, who: np.ndarray, others: np.ndarray, chunk: int = 256) -> np.ndarray:
+        """detail.warped_correlation of signature rows `who` (A,) with `others` (A, K), `chunk` of `who` at a time:
+        what each chunk reads (its images and their others) is released after it."""
+        out = np.empty(others.shape, np.float32)
+        for s in range(0, len(who), chunk):
+            out[s:s + chunk] = warped_correlation(self.sig, who[s:s + chunk], others[s:s + chunk])
+            self._release()
+        return out
+
+    def _paired_warped(self, who: np.ndarray, other: np.ndarray) -> np.ndarray:
+        """detail.paired_warped_correlation of the grey planes of signature rows (pairs (who[i], other[i])), BLOCK
+        pairs at a time in the order of `who` (each image warped once a block), released after each."""
+        out = np.empty(len(who), np.float32)
+        order = np.argsort(who, kind="stable")
+        grey = self.sig[:, :1]  # an opaque picture's backgrounds are one plane
+        for s in range(0, len(order), BLOCK):
+            pick = order[s:s + BLOCK]
+            out[pick] = paired_warped_correlation(grey, who[pick], other[pick])
+            self._release()
         return out
 
     def other_colours(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -367,8 +398,7 @@ class Signatures:
         low = both[self.correlation(a[both], b[both]) < PIXELS_LEAST]
         if len(low):
             at_a, at_b = self.at[a[low]], self.at[b[low]]
-            grey = self.sig[:, :1]  # an opaque picture's backgrounds are one plane
-            best = np.maximum(paired_warped_correlation(grey, at_a, at_b), paired_warped_correlation(grey, at_b, at_a))
+            best = np.maximum(self._paired_warped(at_a, at_b), self._paired_warped(at_b, at_a))
             out[low] = best < PIXELS_LEAST
         return out
 

@@ -31,7 +31,7 @@ from PIL import Image
 
 from vaepipe.config import IngestConfig
 from vaepipe.detail import (FINE_LEAST, FINE_MARGIN, NEIGHBOURS, OPAQUE_FINE_LEAST, TURNED_LEAST, TURNED_MARGIN,
-                            Signatures, nearest_pairs, warped_correlation)
+                            Signatures, nearest_pairs)
 from vaepipe.batches import to_float
 from vaepipe.images import flatten, open_image, to_array
 from vaepipe.index import SearchIndex, prepare
@@ -260,7 +260,7 @@ def turned_pairs(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray], nea
     table = np.full((len(who), 1 + (rank.max() + 1 if len(rank) else 0)), -1, np.int64)
     table[:, 0] = signatures.at[partner[who]]
     table[row, 1 + rank] = signatures.at[other]
-    match = warped_correlation(signatures.sig, signatures.at[who], table)
+    match = signatures.warped_correlation(signatures.at[who], table)
     best = np.full(n, -np.inf, np.float32)
     best[who] = match[:, 0]
     best[who] = np.maximum(best[who], best[partner[who]])  # the better of either warped to fit the other

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -321,6 +322,53 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def scratch_array(shape: tuple[int, ...], dtype: np.dtype | type, folder: Path | None = None) -> np.ndarray:
+    """An empty array in a file under `folder` (the system's temporary folder if None), mapped into memory, for
+    working data that grows with the folder (the duplicate check's signatures). The file is unlinked at once, so
+    nothing is left behind, killed or not. With `release` after each block of work the process holds a block of it,
+    not all of it: the rest waits in the kernel's page cache, which can write it out or drop it. Where the file
+    cannot be made (no room), an ordinary array."""
+    count = int(np.prod(shape))
+    nbytes = max(count * np.dtype(dtype).itemsize, 1)
+    try:
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".scratch-", dir=folder)
+        try:
+            os.unlink(name)
+            os.posix_fallocate(fd, 0, nbytes)  # no room is an error now, not a SIGBUS on first touch
+            mapped = mmap.mmap(fd, nbytes)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        log.warning("scratch: %d MB held in memory instead of a file under %s (%s)", nbytes >> 20,
+                    folder or tempfile.gettempdir(), e)
+        return np.empty(shape, dtype)
+    return np.frombuffer(mapped, dtype, count=count).reshape(shape)
+
+
+def release(array: np.ndarray) -> None:
+    """Give back the pages of a scratch_array (or a view of one) the process has touched: they stay in the file.
+    Nothing for an ordinary array."""
+    base: object = array
+    while isinstance(base, (np.ndarray, memoryview)):
+        base = base.base if isinstance(base, np.ndarray) else base.obj
+    if isinstance(base, mmap.mmap):
+        base.madvise(mmap.MADV_DONTNEED)
+
+
+def kept_rows(array: np.ndarray, keep: np.ndarray, block: int = 1024) -> np.ndarray:
+    """The rows of `array` where `keep`, moved up in place a block at a time (a scratch_array's first rows, released
+    as it goes): the whole array copied with array[keep] would be in memory at once."""
+    kept = 0
+    for s in range(0, len(array), block):
+        take = s + np.flatnonzero(keep[s:s + block])
+        array[kept:kept + len(take)] = array[take]
+        kept += len(take)
+        release(array)
+    return array[:kept]
 
 
 def write_parquet(table: pa.Table, path: Path, row_group_size: int | None = None) -> Path:
