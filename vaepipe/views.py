@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vaepipe.embed import encode_views
-from vaepipe.embeddings import Embedded
+from vaepipe.embeddings import Embedded, has_grey_renderings
 from vaepipe.images import ONE_SIDED_VIEWS, SIGNATURE_SHAPE, VIEWS
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE
-from vaepipe.store import file_path, row_groups, sha256_file, write_parquet
+from vaepipe.store import file_path, kept_rows, release, row_groups, scratch_array, sha256_file, write_parquet
 
 log = logging.getLogger("vaepipe")
 
@@ -63,13 +63,24 @@ def view_similarity(views_a: np.ndarray, stored_a: np.ndarray, views_b: np.ndarr
             (vb[:, :one] @ sa[:, :, None]).max((1, 2)),
             (va[:, one:] * vb[:, one:]).sum(2).max(1) if one < len(VIEWS) else np.full(len(va), -np.inf),
         ])
+        release(views_a)  # where they are scratch arrays: what the block read goes back to the file
+        release(views_b)
     return out
 
 
-def prepared_views(index: SearchIndex, views: Embedded, grey: bool) -> np.ndarray:
-    """encode_views' rows as (images, len(VIEWS), d), prepared for the images' space or the grey renderings'."""
+def prepared_views(index: SearchIndex, views: Embedded, grey: bool, folder: Path | None = None) -> np.ndarray:
+    """encode_views' rows as (images, len(VIEWS), d), prepared for the images' space or the grey renderings'; made
+    a block at a time into a store.scratch_array under `folder` where given."""
     meta, x = (index.meta["grey"], views.grey_embedding) if grey else (index.meta, views.embedding)
-    return prepare(x, "cosine", np.asarray(meta["centre"], np.float32)).reshape(-1, len(VIEWS), index.dim)
+    centre = np.asarray(meta["centre"], np.float32)
+    if folder is None:
+        return prepare(x, "cosine", centre).reshape(-1, len(VIEWS), index.dim)
+    out = scratch_array(x.shape, np.float32, folder)  # type: ignore[union-attr]
+    for s in range(0, len(out), BLOCK):
+        out[s:s + BLOCK] = prepare(x[s:s + BLOCK], "cosine", centre)  # type: ignore[index]
+        release(out)
+        release(x)  # type: ignore[arg-type]
+    return out.reshape(-1, len(VIEWS), index.dim)
 
 
 @dataclass
@@ -103,20 +114,18 @@ class ViewCache:
                       row_group_size=PART_ROWS)
         pa.default_memory_pool().release_unused()  # what the encoding freed, given back rather than held
 
-    def get(self, shas: list[str], dim: int) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-        """{sha256: (views (len(VIEWS), dim), grey renderings' views or None)} of those in the cache."""
-        found: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    def get(self, shas: list[str], dim: int, grey: bool) -> Iterator[tuple[list[str], np.ndarray, np.ndarray | None]]:
+        """The cached views of these sha256s, a row group at a time: (sha256s, views (rows, len(VIEWS), dim), the
+        grey renderings' views alike where `grey` (a colour model's), else None), for the caller to place."""
         for table in self._read("part", shas):
             try:
                 views = table["views"].combine_chunks().flatten().to_numpy().reshape(-1, len(VIEWS), dim)
-                grey = (table["grey_views"].combine_chunks().flatten().to_numpy().reshape(-1, len(VIEWS), dim)
-                        if "grey_views" in table.column_names else None)
+                grey_views = (table["grey_views"].combine_chunks().flatten().to_numpy().reshape(-1, len(VIEWS), dim)
+                              if grey else None)
             except Exception as e:  # a part of another model size or version
                 log.warning("views: cache part not used (%s: %s)", type(e).__name__, e)
                 continue
-            for i, sha in enumerate(table["sha256"].to_pylist()):
-                found[sha] = (views[i], None if grey is None else grey[i])
-        return found
+            yield table["sha256"].to_pylist(), views, grey_views
 
     def put(self, shas: list[str], views: Embedded) -> None:
         """Add encode_views' rows of the images with these sha256s (in order)."""
@@ -171,29 +180,45 @@ def collection_views(index: SearchIndex, model: VAE, image_root: Path, rows: np.
                      cache: ViewCache | None = None) -> tuple[np.ndarray, Embedded]:
     """The views of collection images (index rows): from the cache, else of files unchanged since indexing that
     load now (then added to the cache). Returns the rows that have views, in the order given, and their views as
-    encode_views gives them."""
+    encode_views gives them (in store.scratch_arrays in the cache's folder)."""
     paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
-    found = cache.get([shas[r] for r in rows], index.dim) if cache is not None else {}
-    todo = np.asarray([r for r in rows if shas[r] not in found], np.int64)
-    same = np.asarray([unchanged(file_path(image_root, paths[r]), shas[r]) for r in todo], bool)
-    if not same.all():
+    n, dim, folder = len(VIEWS), index.dim, cache.folder if cache is not None else None
+    # Each image's views go straight to their place, in a file (released as they are written): on a folder of
+    # look-alikes nearly every image is in a pair, and memory should not grow with the folder.
+    views = scratch_array((len(rows), n, dim), np.float32, folder)
+    grey = scratch_array((len(rows), n, dim), np.float32, folder) if has_grey_renderings(model.config) else None
+    got = np.zeros(len(rows), bool)
+    where: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        where.setdefault(shas[r], []).append(i)
+    for found, part, grey_part in cache.get(list(where), dim, grey is not None) if cache is not None else ():
+        for j, sha in enumerate(found):
+            for i in where.get(sha, ()):
+                views[i], got[i] = part[j], True
+                if grey is not None:
+                    grey[i] = grey_part[j]  # type: ignore[index]
+        release(views)
+    todo = [i for i in np.flatnonzero(~got) if unchanged(file_path(image_root, paths[rows[i]]), shas[rows[i]])]
+    if len(todo) < (~got).sum():
         log.info("views: %d images changed or gone since they were indexed are not looked at through edited views",
-                 (~same).sum())
-    todo = todo[same] if len(todo) else todo
-    loaded, views = encode_views(model, [file_path(image_root, paths[r]) for r in todo])
-    if cache is not None:
-        cache.put([shas[r] for r in todo[loaded]], views)
-    n = len(VIEWS)
-    for i, r in enumerate(todo[loaded]):
-        found[shas[r]] = (views.embedding[i * n:(i + 1) * n],
-                          None if views.grey_embedding is None else views.grey_embedding[i * n:(i + 1) * n])
-    have = np.asarray([r for r in rows if shas[r] in found], np.int64)
-    if not len(have):
-        return have, Embedded(np.zeros((0, index.dim), np.float32))
-    grey = [found[shas[r]][1] for r in have]
-    return have, Embedded(np.concatenate([found[shas[r]][0] for r in have]),
-                          None if grey[0] is None else np.concatenate(grey),  # type: ignore[arg-type]
-                          None if grey[0] is None else np.zeros(len(have) * n, bool))
+                 (~got).sum() - len(todo))
+    for s in range(0, len(todo), 8 * PART_ROWS):  # encoded and cached in parts: a part's copy, not the folder's
+        chunk = todo[s:s + 8 * PART_ROWS]
+        loaded, encoded = encode_views(model, [file_path(image_root, paths[rows[i]]) for i in chunk])
+        if cache is not None:
+            cache.put([shas[rows[chunk[j]]] for j in loaded], encoded)
+        at = np.asarray([chunk[j] for j in loaded], np.int64)
+        views[at], got[at] = encoded.embedding.reshape(-1, n, dim), True
+        if grey is not None:
+            grey[at] = encoded.grey_embedding.reshape(-1, n, dim)  # type: ignore[union-attr]
+        release(views)
+    if not got.all():
+        views, grey = kept_rows(views, got), None if grey is None else kept_rows(grey, got)
+    if grey is not None:
+        release(grey)
+    have = np.asarray(rows, np.int64)[got]
+    return have, Embedded(views.reshape(-1, dim), None if grey is None else grey.reshape(-1, dim),
+                          None if grey is None else np.zeros(len(have) * n, bool))
 
 
 def seen_similarity(index: SearchIndex, model: VAE, image_root: Path, a: np.ndarray, b: np.ndarray,
@@ -216,7 +241,7 @@ def seen_similarity(index: SearchIndex, model: VAE, image_root: Path, a: np.ndar
     for in_grey, as_stored in ((False, stored.embedding), (True, stored.grey_embedding)):
         pick = ok & (grey == in_grey)
         if pick.any():
-            v = prepared_views(index, views, in_grey)
+            v = prepared_views(index, views, in_grey, cache.folder if cache is not None else None)
             out[pick] = view_similarity(v, as_stored, v, as_stored, at[a[pick]], at[b[pick]])
     return out
 
