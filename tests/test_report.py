@@ -70,6 +70,13 @@ def test_report_renders_with_every_thumbnail(built_copy, tmp_path):
     assert first["images"] >= 100 * 6  # each query and its 5 neighbours
     pages = sorted(result.run_dir.glob("report-*.html"))
     assert len(pages) == 5  # 600 queries, 100 per page
+    # Pages are made one at a time: together they show every query once, in the table's order, and each links all.
+    shown = [re.findall(r'<div class="q"><figure>.*?<figcaption>(.*?)</figcaption>', page.read_text())
+             for page in [report, *pages]]
+    assert [len(s) for s in shown] == [100] * 6
+    in_table = list(dict.fromkeys(pq.read_table(result.neighbours, columns=["query_path"])["query_path"].to_pylist()))
+    assert [q for s in shown for q in s] == in_table
+    assert all(page.read_text().count('<a href="report-') >= 2 * 5 for page in [report, *pages])  # nav, top and bottom
     last = render(pages[-1])
     assert last["broken"] == 0 and last["queries"] == 100
     # links are relative: the run folder can be moved or mailed as a whole

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import html
+import itertools
 import logging
 import os
 import shutil
@@ -156,12 +157,16 @@ def _summary_table(summary: dict[str, object]) -> str:
     return f'<table class="summary">{rows}</table>'
 
 
+SHOWN_COLUMNS = ["query_path", "query_sha256", "rank", "neighbour_path", "neighbour_sha256", "similarity"]
+BATCH_ROWS = 8192  # neighbour rows read at a time: a batch becomes Python objects, ~1 KB a row
+
+
 def iter_queries(neighbours: Path, limit: int) -> Iterator[tuple[str, str, list[dict]]]:
     """(query path, query sha256, its neighbour rows) for the first `limit` queries, reading the table in batches."""
     current: tuple[str, str] | None = None
     rows: list[dict] = []
     seen = 0
-    for batch in pq.ParquetFile(neighbours).iter_batches(batch_size=65_536):
+    for batch in pq.ParquetFile(neighbours).iter_batches(batch_size=BATCH_ROWS, columns=SHOWN_COLUMNS):
         for row in batch.to_pylist():
             key = (row["query_path"], row["query_sha256"])
             if key != current:
@@ -185,7 +190,7 @@ def outliers(neighbours: Path, n: int = MAX_OUTLIERS) -> list[dict]:
     all-against-all run the images farthest from everything else, in a query folder the queries most unlike the
     collection; two queries each other's nearest are shown once. Reads the table in batches, keeping 2n rows."""
     kept: list[dict] = []
-    for batch in pq.ParquetFile(neighbours).iter_batches(batch_size=65_536):
+    for batch in pq.ParquetFile(neighbours).iter_batches(batch_size=BATCH_ROWS, columns=SHOWN_COLUMNS):
         firsts = pa.Table.from_batches([batch]).filter(pc.equal(batch["rank"], 1))
         if firsts.num_rows:  # 2n: two images each other's nearest are one outlier pair, shown once
             least = firsts.take(pc.select_k_unstable(firsts, min(2 * n, firsts.num_rows), [("similarity", "ascending")]))
@@ -210,7 +215,7 @@ def same_group_rows(neighbours: Path, group_of: dict[str, int], limit: int = MAX
     their own duplicate group (`group_of`), with those rows only. The table is filtered in Arrow, batch by batch."""
     grouped = pa.array(list(group_of), pa.string())
     found: dict[tuple[str, str], list[dict]] = {}
-    for batch in pq.ParquetFile(neighbours).iter_batches(batch_size=65_536):
+    for batch in pq.ParquetFile(neighbours).iter_batches(batch_size=BATCH_ROWS, columns=SHOWN_COLUMNS):
         table = pa.Table.from_batches([batch])
         table = table.filter(pc.and_(pc.is_in(table["query_path"], grouped), pc.is_in(table["neighbour_path"], grouped)))
         for row in table.to_pylist():
@@ -226,9 +231,10 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
                        per_page: int = 100, max_queries: int = 5_000, thumbs_cache: Path | None = None) -> Path:
     """report.html (summary, duplicate groups, outliers, first page of neighbours), report-NNNN.html for further
     pages and, with duplicate groups, likely-duplicates.html: each query's neighbours in its own group only.
-    thumbs_cache: where thumbnails are kept across runs (Thumbs.cache)."""
+    thumbs_cache: where thumbnails are kept across runs (Thumbs.cache).
+    Pages are made one at a time (their thumbnails, then their HTML): memory does not grow with max_queries."""
     thumbs = Thumbs(run_dir / "thumbs", cache=thumbs_cache)
-    queries = list(iter_queries(neighbours, max_queries))
+    n_queries = sum(1 for _ in iter_queries(neighbours, max_queries))  # every page's links name every page
     grouped = group_of(groups) if groups is not None else {}
     likely = same_group_rows(neighbours, grouped) if groups is not None else []
     odd = outliers(neighbours)
@@ -239,8 +245,11 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
     def image_src(path: str) -> Path:
         return Path(file_path(collection_root, path))
 
-    thumbs.make([(qsha, query_src(qpath)) for qpath, qsha, _ in queries + likely]
-                + [(r["neighbour_sha256"], image_src(r["neighbour_path"])) for _, _, rows in queries + likely for r in rows]
+    def pictured(queries: list[tuple[str, str, list[dict]]]) -> list[tuple[str, Path]]:
+        return ([(qsha, query_src(qpath)) for qpath, qsha, _ in queries]
+                + [(r["neighbour_sha256"], image_src(r["neighbour_path"])) for _, _, rows in queries for r in rows])
+
+    thumbs.make(pictured(likely)
                 + [(r["query_sha256"], query_src(r["query_path"])) for r in odd]
                 + [(r["neighbour_sha256"], image_src(r["neighbour_path"])) for r in odd]
                 + [(m["sha256"], image_src(m["path"])) for m in _shown_members(groups)])
@@ -264,10 +273,7 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
                                 f'<div class="sim">#{r["rank"]} sim {r["similarity"]:.4f}</div>{note}'))
         return f'<div class="query"><div class="q">{figs[0]}</div>{"".join(figs[1:])}</div>'
 
-    blocks = [block(*q) for q in queries]
-    n_queries = len(blocks)
-    pages = [blocks[i : i + per_page] for i in range(0, len(blocks), per_page)] or [[]]
-    names = [REPORT_FILE] + [f"report-{i + 1:04d}.html" for i in range(1, len(pages))]
+    names = [REPORT_FILE] + [f"report-{i + 1:04d}.html" for i in range(1, max(1, -(-n_queries // per_page)))]
     nav = '<p class="nav">Pages: ' + "".join(f'<a href="{n}">{i + 1}</a>' for i, n in enumerate(names)) + "</p>"
     views = ('<p class="nav">' + ('<a href="likely-duplicates.html">Likely duplicates only</a>'
                                   if groups is not None else "")
@@ -276,9 +282,12 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
     head = f"<h1>vaepipe similarity report</h1>{_summary_table(summary)}{shown}{views}"
     group_html = _groups_html(groups, thumbs, collection_root) if groups is not None else ""
     outlier_html = _outliers_html(odd, thumbs, query_src, image_src)
-    for i, (name, page_blocks) in enumerate(zip(names, pages)):
+    queries = iter_queries(neighbours, n_queries)
+    for i, name in enumerate(names):
+        page = list(itertools.islice(queries, per_page))
+        thumbs.make(pictured(page))
         body = (head + group_html + outlier_html if i == 0 else f"<h1>vaepipe similarity report, page {i + 1}</h1>{views}") + nav
-        body += f'<h2 id="neighbours">Neighbours</h2>{"".join(page_blocks)}{nav}'
+        body += f'<h2 id="neighbours">Neighbours</h2>{"".join(block(*q) for q in page)}{nav}'
         with atomic_path(run_dir / name) as tmp:
             tmp.write_text(_page("vaepipe report", body))
     if groups is not None:
@@ -291,7 +300,7 @@ def write_query_report(run_dir: Path, neighbours: Path, collection_root: Path, q
     if thumbs.failed > WARNED_FAILURES:  # a moved or deleted folder is one line, not one per image
         log.warning("report: %d more images without a thumbnail (changed, moved or unreadable since they were "
                     "indexed)", thumbs.failed - WARNED_FAILURES)
-    log.info("report: %s (%d pages, %d thumbnails)", run_dir / REPORT_FILE, len(pages), len(thumbs.done))
+    log.info("report: %s (%d pages, %d thumbnails)", run_dir / REPORT_FILE, len(names), len(thumbs.done))
     return run_dir / REPORT_FILE
 
 
