@@ -117,3 +117,14 @@ def test_a_scratch_array_that_cannot_have_a_file_is_held_in_memory_and_says_so(t
     x[:] = 1
     release(x)
     assert x.sum() == 12
+
+
+def test_arrow_gives_freed_memory_back_unless_the_user_chose_a_pool():
+    """Importing vaepipe sets Arrow's jemalloc pool (mimalloc kept what a run freed); ARROW_DEFAULT_MEMORY_POOL
+    in the environment stands."""
+    code = "import pyarrow as pa, vaepipe.store; print(pa.default_memory_pool().backend_name)"
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    theirs = subprocess.run([sys.executable, "-c", code], env={**env, "ARROW_DEFAULT_MEMORY_POOL": "system"},
+                            capture_output=True, text=True, check=True).stdout
+    assert (ours.strip(), theirs.strip()) == ("jemalloc", "system")

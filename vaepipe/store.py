@@ -31,6 +31,13 @@ from vaepipe.errors import VaepipeError
 
 log = logging.getLogger("vaepipe")
 
+# Arrow's default allocator in these wheels (mimalloc) keeps what it freed for reuse: a nightly query of 13,465
+# photos ended ~80 MB higher for the neighbour table it wrote and read. jemalloc (Arrow's own setup of it) gives
+# freed memory back (BENCHMARKS.md, "Memory of the nightly query"). A pool chosen by the user's environment stands.
+if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+    with contextlib.suppress(NotImplementedError):  # a build without jemalloc keeps its default
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+
 
 MANIFEST_SCHEMA = pa.schema(
     [
