@@ -426,3 +426,52 @@ def test_signatures_cached_before_they_had_a_colour_are_made_again_quietly(tmp_p
     assert (first.colour.max(1) > 0).all() and len(list(cache.folder.glob("detail-*.parquet"))) == 2
     cached = Signatures.of(index, tmp_path / "gone", np.arange(3), cache)  # only the cache can answer
     np.testing.assert_array_equal(cached.colour, first.colour)  # as made: a nightly re-run decides as the first did
+
+
+def test_a_copy_of_one_size_of_an_icon_joins_the_icon_s_sizes_but_a_photo_s_look_alikes_stay_apart(tmp_path):
+    """duplicates.group_copy_pairs: a JPEG copy of a Tango icon is about as near the icon's three sizes (alike to each
+    other, one group) as to its original, so the ratio test between images finds no clear partner; between groups it
+    joins the icon's. The same geometry among opaque photographs (a tile and a look-alike tile of a wallpaper, and a
+    third near both) is left alone; without the sizes found alike the copy has rivals again."""
+    from vaepipe.duplicates import candidate_pairs, group_copy_pairs, near_pairs, only_copy_pairs
+
+    sizes = [Path(f"/usr/share/icons/Tango/{s}/actions/go-up.png") for s in ("16x16", "22x22", "32x32")]
+    other = [Path(f"/usr/share/icons/Tango/{s}/actions/go-down.png") for s in ("16x16", "32x32")]
+    photos = sorted(MATE.rglob("*.jpg"))[:3]
+    assert all(p.exists() for p in sizes + other) and len(photos) == 3, "tango-icon-theme and mate-backgrounds"
+    files: dict[str, Image.Image] = {f"up-{p.parts[-3]}.png": Image.open(p) for p in sizes}
+    icon = Image.open(sizes[2]).convert("RGBA")
+    files["up-copy.jpg"] = Image.alpha_composite(Image.new("RGBA", icon.size, "white"), icon)  # flattened, as JPEG does
+    files.update({f"down-{p.parts[-3]}.png": Image.open(p) for p in other})
+    files.update({f"photo-{i}.jpg": ImageOps.fit(Image.open(p).convert("RGB"), (256, 192)) for i, p in enumerate(photos)})
+    for n, img in files.items():
+        img.convert("RGB").save(tmp_path / n, quality=30) if n.endswith(".jpg") else img.save(tmp_path / n)
+    names = list(files)
+
+    rng = np.random.default_rng(2)
+    basis = np.linalg.qr(rng.normal(size=(32, 32)))[0].T
+
+    def at(cos: float, a: int, b: int) -> np.ndarray:  # a vector with cosine `cos` to basis[a]
+        return cos * basis[a] + np.sqrt(1 - cos ** 2) * basis[b]
+
+    vectors = {"up-16x16.png": basis[0], "up-22x22.png": at(0.99, 0, 1), "up-32x32.png": at(0.99, 0, 2),
+               "up-copy.jpg": at(0.95, 0, 3),  # 0.95 to the 16 px, 0.94 to the others: no one clearly
+               "down-16x16.png": basis[10], "down-32x32.png": at(0.99, 10, 11),  # each other's only: a pair
+               "photo-0.jpg": basis[20], "photo-1.jpg": at(0.99, 20, 21), "photo-2.jpg": at(0.95, 20, 22)}
+    index = flat_index(np.array([vectors[n] for n in names]), names, [sha256_file(tmp_path / n) for n in names])
+    nearest = index.nearest_of_all(len(names))
+    candidates = candidate_pairs(index)  # no model: as stored only
+    a, b = only_copy_pairs(index, candidates, nearest)
+    assert [(names[i], names[j]) for i, j in zip(a, b)] == [("down-16x16.png", "down-32x32.png")]
+    alike = near_pairs(index, 0.97)
+    signatures = Signatures.of(index, tmp_path, np.arange(len(names)))
+    a, b = group_copy_pairs(index, candidates, nearest, alike, signatures)
+    assert [(names[i], names[j]) for i, j in zip(a, b)] == [("up-16x16.png", "up-copy.jpg")]
+    none = (np.zeros(0, np.int64), np.zeros(0, np.int64))  # every picture a group of its own: the images' ratio test
+    a, b = group_copy_pairs(index, candidates, nearest, none, signatures)
+    assert [(names[i], names[j]) for i, j in zip(a, b)] == [("down-16x16.png", "down-32x32.png")]
+    everything = (candidates.a, candidates.b)  # all one group (a threshold as low as the candidates'): no pair between
+    assert not len(group_copy_pairs(index, candidates, nearest, everything, signatures)[0])
+    signatures.opaque[:] = False  # were the photographs transparent, their third would join the other two
+    a, b = group_copy_pairs(index, candidates, nearest, alike, signatures)
+    assert ("photo-0.jpg", "photo-2.jpg") in [(names[i], names[j]) for i, j in zip(a, b)]

@@ -206,6 +206,55 @@ def only_copy_pairs(index: SearchIndex, candidates: CandidatePairs, nearest: tup
                       second)
 
 
+def group_copy_pairs(index: SearchIndex, candidates: CandidatePairs, nearest: tuple[np.ndarray, np.ndarray],
+                     alike: Pairs, signatures: Signatures, least: float = ONLY_COPY_SIMILARITY,
+                     margin: float = MARGIN) -> Pairs:
+    """Index rows (a, b), a < b, of candidate pairs that pass only_copy_pairs' ratio test between groups instead of
+    images, where either picture has transparency. The groups are the pictures already found alike (`alike`) and
+    byte-identical files; two groups are as alike as their most alike candidate pair (as stored or through views,
+    the better), and that pair joins them when it passes; the nearest as stored (from `nearest`) of each member
+    outside both groups counts as a rival too. An icon theme draws one picture at several sizes, alike to each other:
+    a copy of one size is about as near all of them, and to the ratio test between images they were each other's
+    rivals (BENCHMARKS.md, "Duplicate groups"). Photographs are left out: their groups are look-alikes (crops of
+    one wallpaper), and a picture about as near several of them is not anyone's copy."""
+    n = index.meta["n"]
+    none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if n < 3 or not len(candidates.a):
+        return none
+    _, content = np.unique(np.asarray(index.ids["sha256"].to_pylist(), dtype=object), return_inverse=True)
+    order = np.argsort(content, kind="stable")
+    same = content[order[1:]] == content[order[:-1]]  # byte-identical files, each linked to the one before
+    group = _components(n, np.concatenate([alike[0], order[1:][same]]), np.concatenate([alike[1], order[:-1][same]]))
+    ga, gb = group[candidates.a], group[candidates.b]
+    between = np.flatnonzero(ga != gb)
+    if not len(between):  # every candidate pair within a group already
+        return none
+    value = np.maximum(candidates.stored, candidates.seen)[between]
+    lo, hi = np.minimum(ga, gb)[between], np.maximum(ga, gb)[between]
+    best = np.lexsort((-value, hi, lo))  # each pair of groups' most alike pair first
+    first = best[np.r_[True, (lo[best][1:] != lo[best][:-1]) | (hi[best][1:] != hi[best][:-1])]]
+    u, v = ratio_test(n, lo[first], hi[first], value[first], least, margin)
+    if not len(u):
+        return none
+    pair_of = {(x, y): i for x, y, i in zip(lo[first].tolist(), hi[first].tolist(), between[first].tolist())}
+    found, sim = nearest
+    members = np.argsort(group, kind="stable")
+    start = np.searchsorted(group[members], np.arange(n))
+    end = np.searchsorted(group[members], np.arange(n), side="right")
+    out: list[int] = []
+    for x, y in zip(u.tolist(), v.tolist()):
+        i = pair_of[(x, y)]
+        if signatures.opaque[candidates.a[i]] and signatures.opaque[candidates.b[i]]:
+            continue
+        rows = np.concatenate([members[start[x]:end[x]], members[start[y]:end[y]]])
+        near_rows, near_sim = found[rows], sim[rows]
+        outside = (near_rows >= 0) & ~np.isin(group[np.maximum(near_rows, 0)], (x, y))
+        if max(candidates.stored[i], candidates.seen[i]) - near_sim[outside].max(initial=-np.inf) >= margin:
+            out.append(i)
+    keep = np.asarray(out, np.int64)
+    return candidates.a[keep], candidates.b[keep]
+
+
 def fine_detail_pairs(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray], signatures: Signatures
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Index rows (a, b), a < b, of images and their nearest as stored (`nearest`: detail.nearest_pairs) that pass the ratio
@@ -299,20 +348,21 @@ def _joined(pairs: list[Pairs]) -> Pairs:
         (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
-def _checked_in_pixels(index: SearchIndex, image_root: Path, alike: list[Pairs], sure: list[Pairs],
-                       nearest: tuple[np.ndarray, np.ndarray], cache: ViewCache | None
+def _checked_in_pixels(index: SearchIndex, image_root: Path, candidates: CandidatePairs, alike: list[Pairs],
+                       sure: list[Pairs], nearest: tuple[np.ndarray, np.ndarray], cache: ViewCache | None
                        ) -> tuple[Pairs, Pairs, Signatures]:
-    """The pairs the code found alike, and the sure pairs (the code's ratio test's) with those fine_detail_pairs
-    and turned_pairs add, each less pairs of near-plain look-alikes (detail.Signatures.plain_look_alikes), of
-    pictures of other colours (Signatures.other_colours) and of opaque pictures whose pixels differ
-    (Signatures.pixels_differ); and the signatures they were checked with."""
+    """The pairs the code found alike, and the sure pairs (the code's ratio test's) with those group_copy_pairs,
+    fine_detail_pairs and turned_pairs add, each less pairs of near-plain look-alikes
+    (detail.Signatures.plain_look_alikes), of pictures of other colours (Signatures.other_colours) and of opaque
+    pictures whose pixels differ (Signatures.pixels_differ); and the signatures they were checked with."""
     near = nearest_pairs(index, nearest)
-    rows = np.unique(np.concatenate([r for p in [*alike, *sure, near] for r in p]))
+    rows = np.unique(np.concatenate([r for p in [*alike, *sure, near, (candidates.a, candidates.b)] for r in p]))
     signatures = Signatures.of(index, image_root, rows, cache)
+    grouped = group_copy_pairs(index, candidates, nearest, _joined(alike), signatures)
     fine = fine_detail_pairs(index, near, signatures)
-    turned = turned_pairs(index, nearest, near, signatures, _joined([*alike, *sure, fine]))
+    turned = turned_pairs(index, nearest, near, signatures, _joined([*alike, *sure, grouped, fine]))
     checked, plain, colours, differ = [], 0, 0, 0
-    for a, b in (_joined(alike), _joined([*sure, fine, turned])):
+    for a, b in (_joined(alike), _joined([*sure, grouped, fine, turned])):
         look_alikes, other_colours = signatures.plain_look_alikes(a, b), signatures.other_colours(a, b)
         keep = ~(look_alikes | other_colours)
         pixels_differ = np.zeros(len(a), bool)
@@ -321,9 +371,10 @@ def _checked_in_pixels(index: SearchIndex, image_root: Path, alike: list[Pairs],
         differ += pixels_differ.sum()
         keep &= ~pixels_differ
         checked.append((a[keep], b[keep]))
-    log.info("duplicates: %d pairs joined by their fine detail and %d by their pixels turned or zoomed; %d pairs of "
-             "near-plain pictures whose pixels differ, %d of pictures of other colours and %d of opaque pictures "
-             "whose pixels differ left apart", len(fine[0]), len(turned[0]), plain, colours, differ)
+    log.info("duplicates: %d pairs joined as a copy of a group, %d by their fine detail and %d by their pixels "
+             "turned or zoomed; %d pairs of near-plain pictures whose pixels differ, %d of pictures of other colours "
+             "and %d of opaque pictures whose pixels differ left apart", len(grouped[0]), len(fine[0]),
+             len(turned[0]), plain, colours, differ)
     return checked[0], checked[1], signatures
 
 
@@ -432,7 +483,8 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
         alike.append(view_checked_pairs(index, candidates, threshold))
         nearest = index.nearest_of_all(NEIGHBOURS + 1)  # one search serves both ratio tests
         sure.append(only_copy_pairs(index, candidates, nearest))
-        checked_alike, checked_sure, signatures = _checked_in_pixels(index, image_root, alike, sure, nearest, cache)
+        checked_alike, checked_sure, signatures = _checked_in_pixels(index, image_root, candidates, alike, sure,
+                                                                     nearest, cache)
         alike, sure = [checked_alike], [checked_sure]
     a_rows, b_rows = _joined(alike + sure)
     # Groups of contents, not of files: byte-identical files are one image here (and an exact group of their own).
