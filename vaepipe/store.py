@@ -356,9 +356,9 @@ def scratch_array(shape: tuple[int, ...], dtype: np.dtype | type, folder: Path |
     return np.frombuffer(mapped, dtype, count=count).reshape(shape)
 
 
-def release(array: np.ndarray) -> None:
+def release(array: np.ndarray | None) -> None:
     """Give back the pages of a scratch_array (or a view of one) the process has touched: they stay in the file.
-    Nothing for an ordinary array."""
+    Nothing for an ordinary array, or None."""
     base: object = array
     while isinstance(base, (np.ndarray, memoryview)):
         base = base.base if isinstance(base, np.ndarray) else base.obj

@@ -198,6 +198,7 @@ def collection_views(index: SearchIndex, model: VAE, image_root: Path, rows: np.
                 if grey is not None:
                     grey[i] = grey_part[j]  # type: ignore[index]
         release(views)
+        release(grey)
     todo = [i for i in np.flatnonzero(~got) if unchanged(file_path(image_root, paths[rows[i]]), shas[rows[i]])]
     if len(todo) < (~got).sum():
         log.info("views: %d images changed or gone since they were indexed are not looked at through edited views",
@@ -212,10 +213,9 @@ def collection_views(index: SearchIndex, model: VAE, image_root: Path, rows: np.
         if grey is not None:
             grey[at] = encoded.grey_embedding.reshape(-1, n, dim)  # type: ignore[union-attr]
         release(views)
+        release(grey)
     if not got.all():
         views, grey = kept_rows(views, got), None if grey is None else kept_rows(grey, got)
-    if grey is not None:
-        release(grey)
     have = np.asarray(rows, np.int64)[got]
     return have, Embedded(views.reshape(-1, dim), None if grey is None else grey.reshape(-1, dim),
                           None if grey is None else np.zeros(len(have) * n, bool))
