@@ -333,10 +333,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 def scratch_array(shape: tuple[int, ...], dtype: np.dtype | type, folder: Path | None = None) -> np.ndarray:
     """An empty array in a file under `folder` (the system's temporary folder if None), mapped into memory, for
-    working data that grows with the folder (the duplicate check's signatures). The file is unlinked at once, so
-    nothing is left behind, killed or not. With `release` after each block of work the process holds a block of it,
-    not all of it: the rest waits in the kernel's page cache, which can write it out or drop it. Where the file
-    cannot be made (no room), an ordinary array."""
+    working data that grows with the folder (the duplicate check's signatures and views). The file is unlinked at
+    once, so nothing is left behind, killed or not. With `release` after each block of work the process holds a
+    block of it, not all of it: the rest waits in the kernel's page cache, which can write it out or drop it. Where
+    the file cannot be made (no room), an ordinary array."""
     count = int(np.prod(shape))
     nbytes = max(count * np.dtype(dtype).itemsize, 1)
     try:
