@@ -14,6 +14,7 @@ that tuning never sees the test images:
   icons    an icon theme's PNGs, every size each icon is drawn at (16-256 px), transparent
            val: Oxygen and Tango; test: Adwaita, GNOME and hicolor
   mixed    photos + clipart + icons of the split, with edited copies inside the collection: duplicate groups
+  mixed-N  (validation only, tuning) another draw of the mixed folder, seed N
 
 Queries are edited copies of 60 originals per folder (truth: the original), written as files and read through
 the product's own loading path, against the collection built with the product's library calls (ingest -> train ->
@@ -289,13 +290,21 @@ def prepare_split(split: str, root: Path) -> dict:
                       "queries": queries_for("icons", picks, coll, EDITS_BY_FOLDER["icons"]),
                       "sizes": {k: [str(f.relative_to(coll)) for f in v] for k, v in groups.items()}}
 
-    # mixed: a third of each folder plus edited copies of some of them, inside the collection
-    coll = base / "mixed" / "collection"
+    truth["mixed"] = make_mixed(base, "mixed", rng)
+    truth_file.write_text(json.dumps(truth, indent=1))
+    return truth
+
+
+def make_mixed(base: Path, folder: str, rng: random.Random) -> dict:
+    """A mixed folder: a third of each of the split's folders plus 170 edited copies of some of them, inside the
+    collection; its truth (the copies and their originals)."""
+    coll = base / folder / "collection"
+    shutil.rmtree(coll, ignore_errors=True)
     members: list[tuple[Path, Path]] = []  # (source, in mixed)
-    for folder in ("photos", "clipart", "icons"):
-        src = sorted(f for f in (base / folder / "collection").rglob("*") if f.is_file())
+    for source in ("photos", "clipart", "icons"):
+        src = sorted(f for f in (base / source / "collection").rglob("*") if f.is_file())
         for p in rng.sample(src, len(src) // 3):
-            d = coll / folder / p.relative_to(base / folder / "collection")
+            d = coll / source / p.relative_to(base / source / "collection")
             d.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(p, d)
             members.append((p, d))
@@ -307,8 +316,19 @@ def prepare_split(split: str, root: Path) -> dict:
         edit = rng.choice(edits)
         dest = coll / "copies" / f"{i:03d}-{edit.replace(' ', '_').replace('%', 'pc').replace('°', 'deg')}"
         copies[str(write_edit(img, edit, dest, rng).relative_to(coll))] = str(d.relative_to(coll))
-    truth["mixed"] = {"collection": str(coll.relative_to(base)), "n": len(members) + len(copies), "copies": copies}
-    truth_file.write_text(json.dumps(truth, indent=1))
+    return {"collection": str(coll.relative_to(base)), "n": len(members) + len(copies), "copies": copies}
+
+
+def more_mixed(split: str, root: Path, truth: dict, folders: list[str]) -> dict:
+    """Another draw of the mixed folder for each `mixed-N` in folders (seed N; validation only), written once and
+    kept in truth.json: one mixed folder of 170 copies is a small sample to choose duplicate settings on."""
+    for folder in folders:
+        if not folder.startswith("mixed-") or folder in truth:
+            continue
+        if split != "val" or not folder[len("mixed-"):].isdigit():
+            sys.exit(f"{folder}: more draws of the mixed folder are for tuning: --split val, named mixed-<seed>")
+        truth[folder] = make_mixed(root / split, folder, random.Random(int(folder[len("mixed-"):])))
+        (root / split / "truth.json").write_text(json.dumps(truth, indent=1))
     return truth
 
 
@@ -513,7 +533,7 @@ def duplicates_quality(workdir: Workdir, t: dict, hash_db: dict) -> dict:
     default threshold, for k = 10 and 20 (they must not differ), and at fixed thresholds."""
     truth = _pairs(list(true_groups(workdir, t).values()))
     copies = {tuple(sorted(pair)) for pair in t["copies"].items()}
-    res: dict = {}
+    res: dict = {"known copies": len(copies)}
     for k in (10, 20):
         q = query_all(workdir, k=k)
         groups_tbl = __import__("pyarrow.parquet", fromlist=["x"]).read_table(q.duplicates).to_pandas()
@@ -586,9 +606,12 @@ def summary_rows(r: dict) -> list[str]:
             lines += ["", "Icon sizes (the same icon drawn at other sizes): other size at rank 1 / any in top 10 / recall@10:", "",
                       "| " + " | ".join(f["sizes"]) + " |", "|" + "---:|" * len(f["sizes"]),
                       "| " + " | ".join(f"{v['top1']:.2f} / {v['any in top 10']:.2f} / {v['recall@10']:.2f}" for v in f["sizes"].values()) + " |"]
-    if "mixed" in r["folders"]:
-        d = r["folders"]["mixed"]["duplicates"]
-        lines += ["", f"**mixed** ({r['folders']['mixed']['n']} images, {len(r['truth_copies'])} known copies): duplicate groups", "",
+    for folder, f in r["folders"].items():
+        if "duplicates" not in f:
+            continue
+        d = f["duplicates"]
+        known = d.get("known copies", len(r["truth_copies"]))  # runs before 2026-12-04 had only "mixed"
+        lines += ["", f"**{folder}** ({f['n']} images, {known} known copies): duplicate groups", "",
                   "| k | threshold | groups | images in groups | largest | pair precision | pair recall | copy recall |",
                   "|---|---:|---:|---:|---|---:|---:|---:|"]
         for k in ("k=10", "k=20"):
@@ -624,7 +647,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     name = args.name or f"{args.split}-{time.strftime('%Y%m%d-%H%M%S')}"
-    truth = prepare_split(args.split, args.data_root)
+    truth = more_mixed(args.split, args.data_root, prepare_split(args.split, args.data_root), args.folders)
     cfg = recipe(args)
     work = args.data_root / "work" / name
     t0 = time.monotonic()
@@ -668,7 +691,7 @@ def print_table(pattern: str = "copies-*") -> None:
             secs.append(f"{f['build']['train_s']:.0f}")
             elbo.append(f"{f['build']['val_elbo']:.0f}")
         sizes = r["folders"].get("icons", {}).get("sizes", {}).get("vaepipe", {}).get("any in top 10")
-        dup = r["folders"].get("mixed", {}).get("duplicates", {}).get("k=10")
+        dup = next((f for n, f in r["folders"].items() if n.startswith("mixed")), {}).get("duplicates", {}).get("k=10")
         sizes_cell = "" if sizes is None else f"{sizes:.2f}"
         dup_cell = "" if not dup else f"{dup['pair precision']:.2f} / {dup['pair recall']:.2f}" + (f" / {dup['copy recall']:.2f}" if 'copy recall' in dup else "")
         print(f"| {r['name']} | {r['split']} | {recipe} | {' | '.join(cells)} | {sizes_cell} | {dup_cell} | "
