@@ -128,3 +128,26 @@ def test_arrow_gives_freed_memory_back_unless_the_user_chose_a_pool():
     theirs = subprocess.run([sys.executable, "-c", code], env={**env, "ARROW_DEFAULT_MEMORY_POOL": "system"},
                             capture_output=True, text=True, check=True).stdout
     assert (ours.strip(), theirs.strip()) == ("jemalloc", "system")
+
+
+def test_trim_heap_gives_the_freed_heap_back():
+    """Arrays of a few megabytes freed after a larger one (glibc then serves them from its heap, not mmap) stay with
+    the process, held below a live block, until trim_heap gives their pages back. In a fresh process: the test
+    runner's own heap would blur the figure."""
+    code = """if True:
+        import ctypes, numpy as np
+        from vaepipe.store import trim_heap
+        def rss():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+        big = np.ones(8 << 20, np.uint8)
+        del big  # freeing an mmapped block raises glibc's mmap threshold to its size
+        blocks = [np.ones(1 << 20, np.uint8) for _ in range(200)]
+        pin = ctypes.create_string_buffer(64 << 10)  # a live block above them: the heap's top cannot shrink
+        del blocks
+        before = rss()
+        trim_heap()
+        print(before, rss())
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    before, after = map(int, out.split())
+    assert before - after > 150, (before, after)

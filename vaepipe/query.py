@@ -42,7 +42,7 @@ from vaepipe.report import write_query_report
 from vaepipe.errors import VaepipeError
 from vaepipe.views import RERANK_DEPTH, ViewCache, rerank, uses_views
 from vaepipe.store import (DUPLICATES_FILE, NEIGHBOURS_FILE, NEIGHBOURS_SCHEMA, REPORT_FILE, RUN_FILE, Workdir,
-                           atomic_path, file_path, new_run_id, write_json, write_parquet)
+                           atomic_path, file_path, new_run_id, trim_heap, write_json, write_parquet)
 
 log = logging.getLogger("vaepipe")
 
@@ -332,6 +332,7 @@ def _groups(workdir: Workdir, image_root: Path, index: SearchIndex, threshold: f
                                                     "kept from correlation": detail.PLAIN_LEAST},
                                      "opaque pictures kept from correlation": detail.PIXELS_LEAST}
     groups = duplicate_groups(index, threshold, image_root, model, _view_cache(workdir, index))
+    trim_heap()  # the check's blocks of arrays, freed, would stay with the process through the search and report
     return groups, params
 
 
@@ -387,6 +388,7 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, queries: _Queries, k: 
              "k": str(k)}
     out = run_dir / NEIGHBOURS_FILE
     n_rows = _search_and_write(index, out, queries, k, about)
+    trim_heap()
     result = QueryResult(run_dir, out, len(queries.names), n_rows, k, skipped)
     if groups is not None:
         result.duplicates = write_parquet(groups, run_dir / DUPLICATES_FILE)
@@ -398,6 +400,7 @@ def _run(workdir: Workdir, kind: str, index: SearchIndex, queries: _Queries, k: 
                                        _report_summary(run_id, kind, index, result, params), groups,
                                        thumbs_cache=workdir.thumbs_dir)
     result.report_seconds = time.monotonic() - t_report
+    trim_heap()
     write_json({"run_id": run_id, "kind": kind, "k": k, **params, "model_id": index.meta["model_id"],
                 "index": {x: index.meta[x] for x in ("kind", "params", "n", "metric", "recall_at_10", "source_fingerprint")},
                 **{x: v for x, v in asdict(result).items() if x not in ("run_dir", "neighbours", "report", "duplicates")}},

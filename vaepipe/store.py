@@ -8,7 +8,9 @@ Schemas are plain Arrow types: pandas, pyarrow and DuckDB read them without vaep
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -18,7 +20,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -347,6 +349,9 @@ def scratch_array(shape: tuple[int, ...], dtype: np.dtype | type, folder: Path |
             os.unlink(name)
             os.posix_fallocate(fd, 0, nbytes)  # no room is an error now, not a SIGBUS on first touch
             mapped = mmap.mmap(fd, nbytes)
+            # Rows are read in any order (an image's others are anywhere in the folder): without this, each read
+            # also maps the pages read ahead after it, and the process holds them until released.
+            mapped.madvise(mmap.MADV_RANDOM)
         finally:
             os.close(fd)
     except OSError as e:
@@ -364,6 +369,26 @@ def release(array: np.ndarray | None) -> None:
         base = base.base if isinstance(base, np.ndarray) else base.obj
     if isinstance(base, mmap.mmap):
         base.madvise(mmap.MADV_DONTNEED)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc's; absent from other C libraries
+    except (AttributeError, OSError):
+        return None
+
+
+def trim_heap() -> None:
+    """Give what the C heap holds freed back to the system (glibc's malloc_trim; nothing where there is none).
+
+    glibc keeps freed blocks for reuse, and its mmap threshold rises as large blocks are freed, so after a stage
+    that made and dropped many arrays of a few megabytes the process stays near its high-water mark for the rest of
+    the run: a nightly query held ~100 MB this way after its duplicate check (BENCHMARKS.md, "Memory of the nightly
+    query"). Cheap: called between stages, not in loops."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def kept_rows(array: np.ndarray, keep: np.ndarray, block: int = 1024) -> np.ndarray:
