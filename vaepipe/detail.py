@@ -194,6 +194,7 @@ def warped_correlation(sig: np.ndarray, who: np.ndarray, others: np.ndarray, blo
     for s in range(0, len(rows), BLOCK):  # held as float16: at 30,000 images nearly every image is someone's other
         disc = torch.from_numpy(sig[rows[s:s + BLOCK]].astype(np.float32)).flatten(2)[:, :, torch.from_numpy(inside)]
         planes[s:s + BLOCK] = _unit(disc).half()
+        release(sig)  # a scratch file's pages, read a block at a time: the others are spread over all of it
     where = np.full(others.shape, -1, np.int64)
     where[others >= 0] = slot
     out = np.full(others.shape, -np.inf, np.float32)
