@@ -36,7 +36,7 @@ from vaepipe.batches import iter_image_batches
 from vaepipe.images import SIGNATURE_SHAPE, SIGNATURE_SIDE, ImageSpec
 from vaepipe.index import SearchIndex
 from vaepipe.store import file_path, kept_rows, release, scratch_array
-from vaepipe.views import PART_ROWS, ViewCache, unchanged
+from vaepipe.views import PART_ROWS, ViewCache, scratch_folder, unchanged
 
 log = logging.getLogger("vaepipe")
 
@@ -236,7 +236,7 @@ def collection_signatures(index: SearchIndex, image_root: Path, rows: np.ndarray
     # Each signature goes straight to its place, in a file: on a folder of look-alikes nearly every image has one,
     # 4 KB each, and memory should not grow with the folder (what is written is released as it goes).
     # float16 holds the grey levels (quarters from 0 to 255) exactly.
-    sig = scratch_array((len(rows), *SIGNATURE_SHAPE), np.float16, cache.folder if cache is not None else None)
+    sig = scratch_array((len(rows), *SIGNATURE_SHAPE), np.float16, scratch_folder(cache))
     colour = np.empty((len(rows), 3), np.float32)
     got = np.zeros(len(rows), bool)
     where: dict[str, list[int]] = {}
@@ -305,7 +305,7 @@ class Signatures:
         # 4 KB an image each, made a block at a time, in a file beside the signatures (each method works a block at
         # a time and releases what it read). float16 keeps the normalised detail's correlations to about 1e-3; a
         # block is made float32 again to correlate (float16 arithmetic is twice as slow).
-        detail = scratch_array((len(sig), *SIGNATURE_SHAPE), np.float16, cache.folder if cache is not None else None)
+        detail = scratch_array((len(sig), *SIGNATURE_SHAPE), np.float16, scratch_folder(cache))
         spread, opaque = np.full(len(at), np.inf, np.float32), np.zeros(len(at), bool)
         for s in range(0, len(sig), BLOCK):
             block = sig[s:s + BLOCK]

@@ -168,6 +168,12 @@ class ViewCache:
                                "colour": pa.FixedSizeListArray.from_arrays(colours, 3)})
 
 
+def scratch_folder(cache: ViewCache | None) -> Path | None:
+    """Where the duplicate check's scratch files (store.scratch_array) go: beside the cache, on the workdir's disk;
+    without a cache, the system's temporary folder."""
+    return cache.folder if cache is not None else None
+
+
 def unchanged(path: str, sha256: str) -> bool:
     """Whether a collection file still holds what was indexed: a changed file would be compared as it is now."""
     try:
@@ -182,7 +188,7 @@ def collection_views(index: SearchIndex, model: VAE, image_root: Path, rows: np.
     load now (then added to the cache). Returns the rows that have views, in the order given, and their views as
     encode_views gives them (in store.scratch_arrays in the cache's folder)."""
     paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
-    n, dim, folder = len(VIEWS), index.dim, cache.folder if cache is not None else None
+    n, dim, folder = len(VIEWS), index.dim, scratch_folder(cache)
     # Each image's views go straight to their place, in a file (released as they are written): on a folder of
     # look-alikes nearly every image is in a pair, and memory should not grow with the folder.
     views = scratch_array((len(rows), n, dim), np.float32, folder)
@@ -241,7 +247,7 @@ def seen_similarity(index: SearchIndex, model: VAE, image_root: Path, a: np.ndar
     for in_grey, as_stored in ((False, stored.embedding), (True, stored.grey_embedding)):
         pick = ok & (grey == in_grey)
         if pick.any():
-            v = prepared_views(index, views, in_grey, cache.folder if cache is not None else None)
+            v = prepared_views(index, views, in_grey, scratch_folder(cache))
             out[pick] = view_similarity(v, as_stored, v, as_stored, at[a[pick]], at[b[pick]])
     return out
 
