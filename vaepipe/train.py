@@ -70,7 +70,7 @@ def load_images(root: Path, rel_paths: list[str], spec: ImageSpec, workers: int)
         keep[[idx[j] for j in ok]] = True
         progress.update(len(idx))
     progress.close()
-    return out[keep]
+    return out if bool(keep.all()) else out[keep]  # a copy only where a file failed
 
 
 @torch.no_grad()
@@ -107,7 +107,9 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
     gen = torch.Generator().manual_seed(cfg.seed)
     rel_paths, images = _training_set(root, ok, vcfg, cfg, gen, workers)
     tr, val = _split(images, vcfg, cfg, gen)
-    log.info("train: %d images (%d train, %d held out), %s, device %s", len(images), len(tr), len(val), vcfg, device)
+    n_images = len(images)
+    del images  # tr and val are copies of it
+    log.info("train: %d images (%d train, %d held out), %s, device %s", n_images, len(tr), len(val), vcfg, device)
 
     epochs, batch_size = cfg.epochs_for(len(tr)), cfg.batch_for(len(tr))
     steps_per_epoch = max(1, (len(tr) + batch_size - 1) // batch_size)
@@ -146,7 +148,7 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
                     "apart. Are the images all alike? Try a lower --lr or --beta, or more --epochs.")
     model.eval()
     result = _publish(model.cpu(), workdir, metrics, {"trained_on": str(root), "train_config": asdict(cfg),
-                                                        "images": len(images), "held_out": len(val)})
+                                                        "images": n_images, "held_out": len(val)})
     shutil.rmtree(state_path.parent, ignore_errors=True)
     return result
 
