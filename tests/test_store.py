@@ -131,19 +131,19 @@ def test_arrow_gives_freed_memory_back_unless_the_user_chose_a_pool():
 
 
 def test_trim_heap_gives_the_freed_heap_back():
-    """Arrays of a few megabytes freed after a larger one (glibc then serves them from its heap, not mmap) stay with
-    the process, held below a live block, until trim_heap gives their pages back. In a fresh process: the test
-    runner's own heap would blur the figure."""
+    """Arrays freed from the C heap between live blocks (what a run's many block-sized arrays leave: glibc serves
+    them from its heap once its mmap threshold has risen) stay with the process until trim_heap gives their pages
+    back. In a fresh process: the test runner's own heap would blur the figure."""
     code = """if True:
         import ctypes, numpy as np
         from vaepipe.store import trim_heap
         def rss():
             return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
-        big = np.ones(8 << 20, np.uint8)
-        del big  # freeing an mmapped block raises glibc's mmap threshold to its size
-        blocks = [np.ones(1 << 20, np.uint8) for _ in range(200)]
-        pin = ctypes.create_string_buffer(64 << 10)  # a live block above them: the heap's top cannot shrink
-        del blocks
+        blocks, pins = [], []
+        for _ in range(2000):  # below glibc's mmap threshold: from the heap, each with a small live block after it
+            blocks.append(np.ones(96 << 10, np.uint8))
+            pins.append(ctypes.create_string_buffer(8 << 10))
+        del blocks  # holes between live blocks, not the heap's top: kept
         before = rss()
         trim_heap()
         print(before, rss())
