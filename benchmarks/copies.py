@@ -47,12 +47,11 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from vaepipe.build import build as build_collection
 from vaepipe.config import BuildConfig, IndexConfig, TrainConfig
-from vaepipe.duplicates import duplicate_groups
 from vaepipe.embed import encode_files
 from vaepipe.embeddings import Embedded
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import load_checkpoint
-from vaepipe.query import query_all
+from vaepipe.query import find_duplicates, query_all
 from vaepipe.store import Workdir
 from vaepipe import views
 
@@ -552,12 +551,9 @@ def duplicates_quality(workdir: Workdir, t: dict, hash_db: dict) -> dict:
     # The same at fixed thresholds, to see how far the calibrated one is from the best it could be.
     collection = workdir.read_collection()
     index = SearchIndex.open(workdir.index_dir(collection["model_id"]))
-    model = load_checkpoint(workdir.model_file(collection["model_id"]))
     res["sweep"] = {}
     for thr in SWEEP:  # as the product groups them: with the edited views of models trained for copies
-        groups = [list(g["path"]) for _, g in
-                  duplicate_groups(index, thr, Path(collection["image_root"]), model,
-                                   views.ViewCache(workdir.views_dir(collection["model_id"]))).to_pandas().groupby("group")]
+        groups = [list(g["path"]) for _, g in find_duplicates(workdir, thr).to_pandas().groupby("group")]
         pred = _pairs(groups)
         res["sweep"][f"{thr:g}"] = {**_scored(pred, truth, copies), "groups": len(groups)}
     res["calibration"] = json.loads((q.run_dir / "run.json").read_text()).get("duplicate_calibration")

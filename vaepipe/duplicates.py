@@ -37,6 +37,7 @@ from vaepipe.images import flatten, open_image, to_array
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
 from vaepipe.errors import VaepipeError
+from vaepipe.same_size import same_size_pairs
 from vaepipe.store import file_path
 from vaepipe.views import ViewCache, seen_similarity, uses_views
 
@@ -349,10 +350,11 @@ def _joined(pairs: list[Pairs]) -> Pairs:
 
 
 def _checked_in_pixels(index: SearchIndex, image_root: Path, candidates: CandidatePairs, alike: list[Pairs],
-                       sure: list[Pairs], nearest: tuple[np.ndarray, np.ndarray], cache: ViewCache | None
-                       ) -> tuple[Pairs, Pairs, Signatures]:
+                       sure: list[Pairs], nearest: tuple[np.ndarray, np.ndarray], cache: ViewCache | None,
+                       sizes: np.ndarray | None) -> tuple[Pairs, Pairs, Signatures]:
     """The pairs the code found alike, and the sure pairs (the code's ratio test's) with those group_copy_pairs,
-    fine_detail_pairs and turned_pairs add, each less pairs of near-plain look-alikes
+    fine_detail_pairs, same_size.same_size_pairs (with `sizes`) and turned_pairs add, each less pairs of near-plain
+    look-alikes
     (detail.Signatures.plain_look_alikes), of pictures of other colours (Signatures.other_colours) and of opaque
     pictures whose pixels differ (Signatures.pixels_differ); and the signatures they were checked with."""
     near = nearest_pairs(index, nearest)
@@ -360,9 +362,10 @@ def _checked_in_pixels(index: SearchIndex, image_root: Path, candidates: Candida
     signatures = Signatures.of(index, image_root, rows, cache)
     grouped = group_copy_pairs(index, candidates, nearest, _joined(alike), signatures)
     fine = fine_detail_pairs(index, near, signatures)
-    turned = turned_pairs(index, nearest, near, signatures, _joined([*alike, *sure, grouped, fine]))
+    same_size = same_size_pairs(index, image_root, sizes) if sizes is not None else _joined([])
+    turned = turned_pairs(index, nearest, near, signatures, _joined([*alike, *sure, grouped, fine, same_size]))
     checked, plain, colours, differ = [], 0, 0, 0
-    for a, b in (_joined(alike), _joined([*sure, grouped, fine, turned])):
+    for a, b in (_joined(alike), _joined([*sure, grouped, fine, same_size, turned])):
         look_alikes, other_colours = signatures.plain_look_alikes(a, b), signatures.other_colours(a, b)
         keep = ~(look_alikes | other_colours)
         pixels_differ = np.zeros(len(a), bool)
@@ -371,10 +374,10 @@ def _checked_in_pixels(index: SearchIndex, image_root: Path, candidates: Candida
         differ += pixels_differ.sum()
         keep &= ~pixels_differ
         checked.append((a[keep], b[keep]))
-    log.info("duplicates: %d pairs joined as a copy of a group, %d by their fine detail and %d by their pixels "
-             "turned or zoomed; %d pairs of near-plain pictures whose pixels differ, %d of pictures of other colours "
-             "and %d of opaque pictures whose pixels differ left apart", len(grouped[0]), len(fine[0]),
-             len(turned[0]), plain, colours, differ)
+    log.info("duplicates: %d pairs joined as a copy of a group, %d by their fine detail, %d as small pictures of one "
+             "size and %d by their pixels turned or zoomed; %d pairs of near-plain pictures whose pixels differ, %d of "
+             "pictures of other colours and %d of opaque pictures whose pixels differ left apart", len(grouped[0]),
+             len(fine[0]), len(same_size[0]), len(turned[0]), plain, colours, differ)
     return checked[0], checked[1], signatures
 
 
@@ -461,13 +464,14 @@ def _one_file(root: Path, paths: list[str]) -> bool:
 
 
 def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | None = None, model: VAE | None = None,
-                     cache: ViewCache | None = None) -> pa.Table:
+                     cache: ViewCache | None = None, sizes: np.ndarray | None = None) -> pa.Table:
     """Exact groups (same sha256) first, then near groups; each group's files in path order, biggest groups first,
     then the closest (the mean similarity of the pairs within it).
     With image_root, an exact group whose paths are all one file on disk (hard or symbolic links) is of kind
     "links": nothing to clean up there, and not a copy someone made. With image_root and the collection's model
     (if trained for copies: views.uses_views), near pairs also come from view_checked_pairs, only_copy_pairs,
-    fine_detail_pairs and turned_pairs, and pairs whose pixels say they are not copies are left apart
+    fine_detail_pairs, turned_pairs and, with `sizes` (each index row's (width, height) as ingested:
+    store.image_sizes), same_size.same_size_pairs; pairs whose pixels say they are not copies are left apart
     (_checked_in_pixels)."""
     paths = index.ids["path"].to_pylist()
     shas = index.ids["sha256"].to_pylist()
@@ -484,7 +488,7 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
         nearest = index.nearest_of_all(NEIGHBOURS + 1)  # one search serves both ratio tests
         sure.append(only_copy_pairs(index, candidates, nearest))
         checked_alike, checked_sure, signatures = _checked_in_pixels(index, image_root, candidates, alike, sure,
-                                                                     nearest, cache)
+                                                                     nearest, cache, sizes)
         alike, sure = [checked_alike], [checked_sure]
     a_rows, b_rows = _joined(alike + sure)
     # Groups of contents, not of files: byte-identical files are one image here (and an exact group of their own).

@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vaepipe import detail
+from vaepipe import detail, same_size
 from vaepipe.config import EmbedConfig, IngestConfig
 from vaepipe.duplicates import (CANDIDATE_SIMILARITY, MARGIN, ONLY_COPY_SIMILARITY, calibrate_threshold, check_threshold,
                                 duplicate_groups, grey_threshold)
@@ -42,7 +42,7 @@ from vaepipe.report import write_query_report
 from vaepipe.errors import VaepipeError
 from vaepipe.views import RERANK_DEPTH, ViewCache, rerank, uses_views
 from vaepipe.store import (DUPLICATES_FILE, NEIGHBOURS_FILE, NEIGHBOURS_SCHEMA, REPORT_FILE, RUN_FILE, Workdir,
-                           atomic_path, file_path, new_run_id, trim_heap, write_json, write_parquet)
+                           atomic_path, file_path, image_sizes, new_run_id, trim_heap, write_json, write_parquet)
 
 log = logging.getLogger("vaepipe")
 
@@ -330,8 +330,13 @@ def _groups(workdir: Workdir, image_root: Path, index: SearchIndex, threshold: f
                                      "near-plain": {"grey std below": detail.PLAIN_STD,
                                                     "of one colour below": detail.FLAT_STD,
                                                     "kept from correlation": detail.PLAIN_LEAST},
-                                     "opaque pictures kept from correlation": detail.PIXELS_LEAST}
-    groups = duplicate_groups(index, threshold, image_root, model, _view_cache(workdir, index))
+                                     "opaque pictures kept from correlation": detail.PIXELS_LEAST,
+                                     "small pictures of one size": {"up to side": same_size.SMALL_SIDE,
+                                                                    "least": same_size.LEAST,
+                                                                    "ratio": same_size.RATIO,
+                                                                    "spot": same_size.SPOT}}
+    groups = duplicate_groups(index, threshold, image_root, model, _view_cache(workdir, index),
+                              image_sizes(workdir.manifest, index.ids["path"]))
     trim_heap()  # the check's blocks of arrays, freed, would stay with the process through the search and report
     return groups, params
 

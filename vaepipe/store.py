@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vaepipe.errors import VaepipeError
@@ -401,6 +402,16 @@ def kept_rows(array: np.ndarray, keep: np.ndarray, block: int = 1024) -> np.ndar
         kept += len(take)
         release(array)
     return array[:kept]
+
+
+def image_sizes(manifest: Path, paths: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """(width, height) as ingested of each of the manifest's `paths`, (n, 2) int64; (0, 0) where unknown."""
+    table = pq.read_table(manifest, columns=["path", "width", "height"])
+    at = pc.index_in(paths, value_set=table["path"])
+    out = np.zeros((len(paths), 2), np.int64)
+    for k, column in enumerate(("width", "height")):
+        out[:, k] = pc.fill_null(pc.take(table[column], at), 0).to_numpy(zero_copy_only=False)
+    return out
 
 
 def write_parquet(table: pa.Table, path: Path, row_group_size: int | None = None) -> Path:

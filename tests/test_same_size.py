@@ -1,0 +1,152 @@
+"""Small pictures of one size compared pixel for pixel (vaepipe.same_size) on real icons: Debian's tango-icon-theme,
+which `make test` installs. The index is a real flat FAISS index; the rule reads only the files and their sizes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance
+
+from helpers import flat_index
+from vaepipe.same_size import (LEAST, RATIO, SPOT, clearly_best, load_on_backgrounds, nearest_of_size,
+                                same_size_pairs, spot_difference)
+from vaepipe.store import sha256_file
+
+TANGO_22 = Path("/usr/share/icons/Tango/22x22/actions")
+
+
+def _on(img: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
+    canvas = Image.new("RGBA", img.size, colour + (255,))
+    return Image.alpha_composite(canvas, img.convert("RGBA")).convert("RGB")
+
+
+def _jpeg(img: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+COPIES = {  # what a person does to an icon, keeping its size: the copies the model's 32 px input loses
+    "brightened": lambda im: ImageEnhance.Brightness(_on(im, (255, 255, 255))).enhance(1.4),
+    "jpeg": lambda im: _jpeg(_on(im, (255, 255, 255)), 30),
+    "on black": lambda im: _on(im, (0, 0, 0)),
+    "greyscale": lambda im: _on(im, (255, 255, 255)).convert("L"),
+}
+
+
+def _folder(tmp_path: Path, n_icons: int = 40) -> tuple[list[str], dict[str, str]]:
+    """Real 22 px icons (one file per content) and a copy of each of the first four by each edit; the names, and
+    each copy's original."""
+    icons, seen = [], set()
+    for p in sorted(TANGO_22.glob("*.png")):
+        if sha256_file(p) not in seen and Image.open(p).mode == "RGBA":
+            seen.add(sha256_file(p))
+            icons.append(p)
+    assert len(icons) >= n_icons, "tango-icon-theme is needed (make test installs it)"
+    names, original_of = [], {}
+    for p in icons[:n_icons]:
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+        names.append(p.name)
+    for k, (edit, fn) in enumerate(COPIES.items()):
+        src = icons[k * 4]
+        name = f"copy-{edit.replace(' ', '_')}-{src.stem}.png"
+        fn(Image.open(src)).save(tmp_path / name)
+        names.append(name)
+        original_of[name] = src.name
+    return names, original_of
+
+
+def _index_of(folder: Path, names: list[str]):
+    vectors = np.random.default_rng(0).normal(size=(len(names), 8))
+    return flat_index(vectors, names, [sha256_file(folder / n) for n in names])
+
+
+def _sizes(folder: Path, names: list[str]) -> np.ndarray:
+    return np.asarray([Image.open(folder / n).size for n in names])
+
+
+def _named(index, pairs: tuple[np.ndarray, np.ndarray]) -> set[frozenset[str]]:
+    paths = index.ids["path"].to_pylist()
+    return {frozenset((paths[a], paths[b])) for a, b in zip(*pairs)}
+
+
+def test_copies_of_small_icons_are_paired_with_their_originals_and_nothing_else(tmp_path):
+    names, original_of = _folder(tmp_path)
+    index = _index_of(tmp_path, names)
+    found = _named(index, same_size_pairs(index, tmp_path, _sizes(tmp_path, index.ids["path"].to_pylist())))
+    expected = {frozenset((copy, original)) for copy, original in original_of.items()}
+    assert found == expected
+
+
+def test_only_pictures_of_one_size_are_compared(tmp_path):
+    """The same copies among the same icons, the originals at 32 px instead (the theme's own drawing): the copies
+    have no picture of their size to follow, so nothing is paired."""
+    names, original_of = _folder(tmp_path)
+    for original in original_of.values():
+        (tmp_path / original).write_bytes((TANGO_22.parent.parent / "32x32/actions" / original).read_bytes())
+    index = _index_of(tmp_path, names)
+    sizes = _sizes(tmp_path, index.ids["path"].to_pylist())
+    assert {tuple(s) for s in sizes} == {(22, 22), (32, 32)}
+    pairs = _named(index, same_size_pairs(index, tmp_path, sizes))
+    assert not any(p & set(original_of) for p in pairs)
+
+
+def test_two_icons_of_one_design_are_not_a_pair(tmp_path):
+    """Tango's arrow down and arrow down onto a bar: each other's nearest of their size, and not copies of each
+    other: they follow each other no better than other arrows follow them."""
+    names = ["bottom.png", "down.png", "up.png", "top.png", "back.png", "forward.png", "go-first.png", "go-last.png"]
+    for n in names:
+        (tmp_path / n).write_bytes((TANGO_22 / n).read_bytes())
+    near = nearest_of_size(np.stack([load_on_backgrounds(tmp_path / n) for n in names]))
+    assert near.best[0] == 1 and near.score[0] >= LEAST
+    assert 1 - near.score[0] > RATIO * (1 - near.second[0])
+    index = _index_of(tmp_path, names)
+    assert _named(index, same_size_pairs(index, tmp_path, _sizes(tmp_path, index.ids["path"].to_pylist()))) == set()
+
+
+def test_two_icons_that_differ_in_one_spot_are_not_a_pair(tmp_path):
+    """Tango's document-save and document-save-as (a cursor in the drive's label) follow each other clearly best
+    among other icons; their difference sits in one spot, where a JPEG copy's is spread out."""
+    names = ["document-save.png", "document-save-as.png", "document-new.png", "document-open.png", "edit-copy.png",
+             "edit-paste.png", "folder-new.png", "mail-message-new.png"]
+    for n in names:
+        (tmp_path / n).write_bytes((TANGO_22 / n).read_bytes())
+    _jpeg(_on(Image.open(TANGO_22 / "edit-paste.png"), (255, 255, 255)), 30).save(tmp_path / "paste-copy.jpg")
+    names.append("paste-copy.jpg")
+    planes = np.stack([load_on_backgrounds(tmp_path / n) for n in names])
+    near = nearest_of_size(planes)
+    assert near.best[0] == 1 and clearly_best(near)[0]
+    assert spot_difference(planes[0], planes[1], int(near.background[0])) > SPOT
+    assert near.best[-1] == names.index("edit-paste.png") and clearly_best(near)[-1]
+    assert spot_difference(planes[-1], planes[near.best[-1]], int(near.background[-1])) <= SPOT
+    index = _index_of(tmp_path, names)
+    found = _named(index, same_size_pairs(index, tmp_path, _sizes(tmp_path, index.ids["path"].to_pylist())))
+    assert found == {frozenset(("edit-paste.png", "paste-copy.jpg"))}
+
+
+def test_byte_identical_files_do_not_hide_a_copy(tmp_path):
+    """A second file with the original's bytes would be each one's best match; one picture per content is compared,
+    and the copy still finds its original."""
+    names, original_of = _folder(tmp_path)
+    copy, original = next(iter(original_of.items()))
+    (tmp_path / "again.png").write_bytes((tmp_path / original).read_bytes())
+    names.append("again.png")
+    index = _index_of(tmp_path, names)
+    found = _named(index, same_size_pairs(index, tmp_path, _sizes(tmp_path, index.ids["path"].to_pylist())))
+    assert any(copy in p and p & {original, "again.png"} for p in found)
+
+
+def test_unreadable_changed_and_resized_files_are_left_out(tmp_path):
+    """Files that no longer hold what was indexed (cut, rewritten at another size) are not compared; the others
+    are, and nothing raises."""
+    names, original_of = _folder(tmp_path)
+    index = _index_of(tmp_path, names)
+    sizes = _sizes(tmp_path, index.ids["path"].to_pylist())
+    copies = list(original_of)
+    data = (tmp_path / copies[0]).read_bytes()
+    (tmp_path / copies[0]).write_bytes(data[: len(data) // 2])  # cut after indexing
+    Image.open(tmp_path / copies[1]).resize((30, 30)).save(tmp_path / copies[1])
+    found = _named(index, same_size_pairs(index, tmp_path, sizes))
+    assert found == {frozenset((c, original_of[c])) for c in copies[2:]}
