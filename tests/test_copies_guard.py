@@ -22,6 +22,7 @@ from PIL import Image
 import copies
 from helpers import SERIAL
 
+from vaepipe import same_size
 from vaepipe.cleanup import plan
 from vaepipe.build import build
 from vaepipe.config import BuildConfig, IngestConfig
@@ -149,6 +150,7 @@ def test_duplicate_groups_hold_the_copies_and_little_else(folder, collection):
     threshold = run["duplicate_threshold"]
     assert 0.5 < threshold < 1
     assert run["duplicate_views"]["fine detail"]["least"] == 0.9  # what the pixel check used is on record
+    assert run["duplicate_views"]["small pictures of one size"]["least"] == same_size.LEAST
     groups = pq.read_table(result.duplicates).to_pandas()
     near = groups[groups["kind"] == "near"]
     group_of = {str(folder["collection"] / p): g for p, g in zip(near["path"], near["group"])}
