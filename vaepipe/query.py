@@ -334,7 +334,7 @@ def _groups(workdir: Workdir, image_root: Path, index: SearchIndex, threshold: f
                                      "small pictures of one size": {"up to side": same_size.SMALL_SIDE,
                                                                     "least": same_size.LEAST,
                                                                     "ratio": same_size.RATIO,
-                                                                    "spot": same_size.SPOT}}
+                                                                    "left by a tone curve": same_size.CURVE_LEFT}}
     groups = duplicate_groups(index, threshold, image_root, model, _view_cache(workdir, index),
                               image_sizes(workdir.manifest, index.ids["path"]))
     trim_heap()  # the check's blocks of arrays, freed, would stay with the process through the search and report
