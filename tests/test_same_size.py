@@ -110,6 +110,29 @@ def test_two_icons_that_differ_in_one_spot_are_not_a_pair(tmp_path):
     assert found == {frozenset(("user-trash.png", "trash-copy.png"))}
 
 
+def test_two_black_drawings_with_one_badge_are_not_one_picture_on_black(tmp_path):
+    """Symbolic icons are drawn in black on transparency: flattened on black, two of them with the same coloured
+    badge are the badge alone, one picture. Where both have transparency the curve must hold on white too."""
+    def black_with_badge(name: str) -> Image.Image:
+        icon = Image.open(TANGO_22 / name).convert("RGBA")
+        glyph = Image.new("RGBA", icon.size, (0, 0, 0, 255))
+        glyph.putalpha(icon.getchannel("A"))
+        badge = Image.open(TANGO_22.parent / "emblems/emblem-important.png").convert("RGBA").resize((10, 10))
+        glyph.alpha_composite(badge, (12, 12))
+        return glyph
+    names = ["edit-copy.png", "edit-paste.png", "edit-cut.png", "go-home.png", "edit-find.png", "edit-undo.png"]
+    for n in names[:2]:
+        black_with_badge(n).save(tmp_path / n)
+    for n in names[2:]:
+        (tmp_path / n).write_bytes((TANGO_22 / n).read_bytes())
+    planes = np.stack([load_on_backgrounds(tmp_path / n) for n in names])
+    near = nearest_of_size(planes)
+    assert near.best[0] == 1 and clearly_best(near)[0] and near.background[0] == 0  # on black only the badge is left
+    assert curve_left(planes[0], planes[1], 0) <= CURVE_LEFT < curve_left(planes[0], planes[1], 1)
+    index = _index_of(tmp_path, names)
+    assert _named(index, same_size_pairs(index, tmp_path, _sizes(tmp_path, index.ids["path"].to_pylist()))) == set()
+
+
 def test_byte_identical_files_do_not_hide_a_copy(tmp_path):
     """A second file with the original's bytes would be each one's best match; one picture per content is compared,
     and the copy still finds its original."""
