@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance
 
 from helpers import flat_index
-from vaepipe.same_size import (CURVE_LEFT, clearly_best, curve_left, load_on_backgrounds, nearest_of_size,
-                                same_size_pairs)
+from vaepipe.same_size import (CURVE_LEFT, caption_rows, clearly_best, curve_left, load_on_backgrounds,
+                                nearest_of_size, opacity, same_size_pairs)
 from vaepipe.ingest import ingest
 from vaepipe.store import image_sizes, sha256_file
 
@@ -131,6 +131,38 @@ def test_two_black_drawings_with_one_badge_are_not_one_picture_on_black(tmp_path
     assert curve_left(planes[0], planes[1], 0) <= CURVE_LEFT < curve_left(planes[0], planes[1], 1)
     index = _index_of(tmp_path, names)
     assert _named(index, same_size_pairs(index, tmp_path, _sizes(tmp_path, index.ids["path"].to_pylist()))) == set()
+
+
+def _captioned(img: Image.Image) -> Image.Image:
+    """A dark band with a word over the bottom fifth, as a caption or a meme tool leaves it."""
+    out = img.convert("RGBA")
+    layer = Image.new("RGBA", out.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    draw.rectangle((0, int(out.height * 0.8), out.width, out.height), fill=(20, 20, 20, 215))
+    draw.text((1, int(out.height * 0.84)), "lol", fill=(255, 255, 255, 255), font_size=8)
+    return Image.alpha_composite(out, layer)
+
+
+def test_a_caption_over_a_small_icon_is_seen_past(tmp_path):
+    """A caption band over a 22 px icon's transparent bottom: compared whole, the copy follows its original no better
+    than other icons; above the band it is its original exactly. An arrow and the same arrow over a bar (Tango's
+    down and bottom) are not a caption: the bar does not cross the whole width."""
+    names, _ = _folder(tmp_path, n_icons=40)
+    names = [n for n in names if not n.startswith("copy-")]
+    for n in ("down.png", "bottom.png"):
+        if n not in names:
+            (tmp_path / n).write_bytes((TANGO_22 / n).read_bytes())
+            names.append(n)
+    original = next(n for n in names if (opacity(load_on_backgrounds(tmp_path / n)[None])[0][-4:] < 0.5).any()
+                    and n not in ("down.png", "bottom.png"))
+    _captioned(Image.open(tmp_path / original)).save(tmp_path / "captioned.png")
+    names.append("captioned.png")
+    planes = {n: load_on_backgrounds(tmp_path / n) for n in names}
+    assert caption_rows(opacity(planes["captioned.png"][None])[0]) == 5
+    assert caption_rows(opacity(planes["bottom.png"][None])[0]) == 0
+    index = _index_of(tmp_path, names)
+    found = _named(index, same_size_pairs(index, tmp_path, _sizes(tmp_path, index.ids["path"].to_pylist())))
+    assert found == {frozenset(("captioned.png", original))}
 
 
 def test_byte_identical_files_do_not_hide_a_copy(tmp_path):

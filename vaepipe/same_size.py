@@ -1,9 +1,9 @@
 """Small pictures of one size compared pixel for pixel: the duplicate check's opinion on tone copies of icons.
 
-An icon theme draws each icon again at 16, 22, 24, 32, 48 and 64 px, and a copy of one made brighter, darker or
-flattened keeps its size. Scaled to the model's input and to the signatures' 32 px, such a copy follows its original
-no better than the icon's other sizes and its look-alikes do; on their own grid it is its original through a tone
-curve, exactly (BENCHMARKS.md, "Duplicate groups").
+An icon theme draws each icon again at 16, 22, 24, 32, 48 and 64 px, and a copy of one made brighter, darker,
+flattened or captioned keeps its size. Scaled to the model's input and to the signatures' 32 px, such a copy follows
+its original no better than the icon's other sizes and its look-alikes do; on their own grid it is its original
+through a tone curve, exactly (BENCHMARKS.md, "Duplicate groups").
 
 So images of one size, up to SMALL_SIDE on their longer side, are compared with every other image of that size
 (`nearest_of_size`): the correlation of their RGB pixels, transparent pixels on black and on white, the better. An
@@ -11,10 +11,15 @@ image and the one it follows best are a pair (`copies_of_size`) when that is at 
 image's next best (`clearly_best`: 1 - best at most RATIO times 1 - next, a ratio test on distances, so that an exact
 copy of a document icon stands out from the other document icons, which follow it at 0.9 and up), and one is the
 other through a tone curve (`curve_left` at most CURVE_LEFT): each channel of one a non-decreasing function of the
-other's, everywhere (where both have transparency, on both backgrounds). Brightened with its highlights clipped, darker, with more contrast, flattened: so is a copy; two
-icons of one design (Tango's folder and folder_home, with a house on it; battery levels; volume low and medium)
-follow each other closely everywhere but in one spot, which no curve explains. Compared whole only: by their top
-three quarters (a caption band), two icons of one arrow, one with a bar under it, are one picture.
+other's, everywhere (where both have transparency, on both backgrounds). Brightened with its highlights clipped,
+darker, with more contrast, flattened: so is a copy; two icons of one design (Tango's folder and folder_home, with a
+house on it; battery levels; volume low and medium) follow each other closely everywhere but in one spot, which no
+curve explains.
+
+A caption band over a small icon (`captioned_pairs`) takes the copy away from its original when compared whole. A
+picture whose bottom rows are opaque across the whole width, over rows where the other picture has transparency, is
+compared above the band by the same rule. Not every picture's top three quarters: by them, two icons of one arrow,
+one with a bar under it, are one picture; the bar does not cross the whole width.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ SMALL_SIDE = 64
 LEAST = 0.9
 RATIO = 0.2
 CURVE_LEFT = 0.05  # what the curve leaves, at most over any 3 x 3 pixels, in the made picture's standard deviations
+# A caption band: bottom rows opaque (at least CAPTION_OPAQUE) across the whole width, a run of 1/8 to 1/3 of the
+# picture's rows, over rows of the other picture that have transparency (under half opaque somewhere).
+CAPTION_OPAQUE = 0.8
+CAPTION_ROWS = (1 / 8, 1 / 3)
 BACKGROUNDS = (0, 255)
 BLOCK = 512  # images compared at once with all of their size (a BLOCK x n matrix of correlations)
 
@@ -147,20 +156,60 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(z[0] @ z[1])
 
 
+def opacity(planes: np.ndarray) -> np.ndarray:
+    """(m, 2, h, w, 3) uint8 (load_on_backgrounds) -> (m, h, w) opacity, from the difference of the backgrounds."""
+    return 1 - (planes[:, 1].astype(np.float32) - planes[:, 0]).mean(-1) / (BACKGROUNDS[1] - BACKGROUNDS[0])
+
+
+def caption_rows(alpha: np.ndarray) -> int:
+    """A picture's opacity (h, w) -> how many of its bottom rows are a caption band (CAPTION_OPAQUE, CAPTION_ROWS);
+    0 if none."""
+    opaque = alpha.min(1) >= CAPTION_OPAQUE
+    n = len(opaque) if opaque.all() else int(np.argmin(opaque[::-1]))
+    return n if CAPTION_ROWS[0] * len(opaque) <= n <= CAPTION_ROWS[1] * len(opaque) else 0
+
+
+def _one_picture(a: np.ndarray, b: np.ndarray, background: int) -> bool:
+    """Whether two pictures of one size ((2, h, w, 3) uint8) are one through a tone curve: following each other at
+    least LEAST and curve_left at most CURVE_LEFT on the given background or, where both have transparency, on both."""
+    both = (a[0] != a[1]).any() and (b[0] != b[1]).any()
+    return all(_correlation(a[bg], b[bg]) >= LEAST and curve_left(a, b, bg) <= CURVE_LEFT
+               for bg in (range(len(BACKGROUNDS)) if both else [background]))
+
+
 def copies_of_size(planes: np.ndarray) -> list[tuple[int, int]]:
     """Pictures of one size ((m, 2, h, w, 3) uint8, load_on_backgrounds) -> the pairs (i, j) of the module's rule.
 
     Where both have transparency, the curve must hold on both backgrounds: an icon drawn in black vanishes on black,
     and two such icons with one emblem (a mail and a cloud, each with the same badge) are one picture there."""
     near = nearest_of_size(planes)
-    transparent = (planes[:, 0] != planes[:, 1]).reshape(len(planes), -1).any(1)
-    out = []
-    for i in np.flatnonzero(clearly_best(near)).tolist():
-        j = int(near.best[i])
-        on = range(len(BACKGROUNDS)) if transparent[i] and transparent[j] else [int(near.background[i])]
-        if all(_correlation(planes[i][bg], planes[j][bg]) >= LEAST
-               and curve_left(planes[i], planes[j], bg) <= CURVE_LEFT for bg in on):
-            out.append((i, j))
+    out = [(i, int(near.best[i])) for i in np.flatnonzero(clearly_best(near)).tolist()
+           if _one_picture(planes[i], planes[near.best[i]], int(near.background[i]))]
+    return out + captioned_pairs(planes)
+
+
+def captioned_pairs(planes: np.ndarray) -> list[tuple[int, int]]:
+    """Pictures of one size ((m, 2, h, w, 3) uint8) -> pairs (i, j): i has a caption band (caption_rows) over rows
+    where j has transparency, and above the band follows j clearly best of all (the ratio test) and is j through a
+    tone curve (_one_picture). Compared whole, the band takes a small icon's copy away from its original."""
+    alpha = opacity(planes)
+    bands = np.asarray([caption_rows(a) for a in alpha])
+    out: list[tuple[int, int]] = []
+    for band in np.unique(bands[bands > 0]).tolist():
+        top = planes.shape[2] - band
+        above = planes[:, :, :top]
+        under = (alpha[:, top:] < 0.5).reshape(len(planes), -1).any(1)  # transparency the band would cover
+        z = [_z(above, bg) for bg in range(len(BACKGROUNDS))]
+        for i in np.flatnonzero(bands == band).tolist():
+            each = np.stack([zb @ zb[i] for zb in z])
+            sim, background = each.max(0), each.argmax(0)
+            sim[i] = -np.inf
+            order = np.argsort(-sim)[:2]
+            j = int(order[0])
+            second = float(sim[order[1]]) if len(order) > 1 else -1.0
+            if under[j] and sim[j] >= LEAST and 1 - sim[j] <= RATIO * (1 - second) and \
+                    _one_picture(above[i], above[j], int(background[j])):
+                out.append((i, j))
     return out
 
 
