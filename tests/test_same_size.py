@@ -3,6 +3,7 @@ which `make test` installs. The index is a real flat FAISS index; the rule reads
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw, ImageEnhance
 
 from helpers import flat_index
+from vaepipe import same_size
 from vaepipe.same_size import (CURVE_LEFT, caption_rows, clearly_best, curve_left, load_on_backgrounds,
                                 nearest_of_size, opacity, same_size_pairs)
 from vaepipe.ingest import ingest
@@ -189,6 +191,19 @@ def test_unreadable_changed_and_resized_files_are_left_out(tmp_path):
     Image.open(tmp_path / copies[1]).resize((30, 30)).save(tmp_path / copies[1])
     found = _named(index, same_size_pairs(index, tmp_path, sizes))
     assert found == {frozenset((c, original_of[c])) for c in copies[2:]}
+
+
+def test_a_size_with_too_many_pixels_in_all_is_left_out(tmp_path, monkeypatch, caplog):
+    """Memory stays bounded: with the bound below the folder's 22 px pictures, they are not compared, and the log
+    says so."""
+    names, _ = _folder(tmp_path)
+    index = _index_of(tmp_path, names)
+    sizes = _sizes(tmp_path, index.ids["path"].to_pylist())
+    assert same_size_pairs(index, tmp_path, sizes)[0].size
+    monkeypatch.setattr(same_size, "MOST_PIXELS", len(names) * 22 * 22 - 1)
+    with caplog.at_level(logging.INFO, logger="vaepipe"):
+        assert same_size_pairs(index, tmp_path, sizes)[0].size == 0
+    assert "too many to compare" in caplog.text
 
 
 def test_sizes_come_from_the_manifest_as_ingested(tmp_path):
