@@ -206,6 +206,25 @@ def test_a_size_with_too_many_pixels_in_all_is_left_out(tmp_path, monkeypatch, c
     assert "too many to compare" in caplog.text
 
 
+def test_pictures_above_64_px_are_compared_shrunk_alike(tmp_path):
+    """Tiles of 200 x 150 px of real photographs (mate-backgrounds) and a darker copy of one: shrunk alike (a whole
+    factor, the grids stay aligned) the copy is its original through a tone curve; the other tiles are not."""
+    photos = sorted(Path("/usr/share/backgrounds/mate").rglob("*.jpg"))[:6]
+    assert len(photos) == 6, "mate-backgrounds is needed (make test installs it)"
+    names = []
+    for k, p in enumerate(photos):
+        img = Image.open(p).convert("RGB")
+        for x in (0, img.width // 2):
+            names.append(f"tile-{k}-{x}.png")
+            img.crop((x, 0, x + 200, 150)).save(tmp_path / names[-1])
+    ImageEnhance.Brightness(Image.open(tmp_path / names[3])).enhance(0.7).save(tmp_path / "darker.png")
+    names.append("darker.png")
+    assert load_on_backgrounds(tmp_path / "darker.png").shape == (2, 37, 50, 3)  # 200 x 150 shrunk by 4
+    index = _index_of(tmp_path, names)
+    found = _named(index, same_size_pairs(index, tmp_path, _sizes(tmp_path, index.ids["path"].to_pylist())))
+    assert found == {frozenset(("darker.png", names[3]))}
+
+
 def test_sizes_come_from_the_manifest_as_ingested(tmp_path):
     """The duplicate check reads each image's size from the manifest (query.find_duplicates): as Pillow sees the
     file, upright; (0, 0) for a file that did not load or is not in the manifest."""

@@ -332,6 +332,7 @@ def _groups(workdir: Workdir, image_root: Path, index: SearchIndex, threshold: f
                                                     "kept from correlation": detail.PLAIN_LEAST},
                                      "opaque pictures kept from correlation": detail.PIXELS_LEAST,
                                      "small pictures of one size": {"up to side": same_size.SMALL_SIDE,
+                                                                    "compared at most": same_size.COMPARED_SIDE,
                                                                     "least": same_size.LEAST,
                                                                     "ratio": same_size.RATIO,
                                                                     "left by a tone curve": same_size.CURVE_LEFT}}

@@ -1,12 +1,12 @@
-"""Small pictures of one size compared pixel for pixel: the duplicate check's opinion on tone copies of icons.
+"""Pictures of one size compared pixel for pixel: the duplicate check's opinion on tone copies of icons and clip art.
 
 An icon theme draws each icon again at 16, 22, 24, 32, 48 and 64 px, and a copy of one made brighter, darker,
 flattened or captioned keeps its size. Scaled to the model's input and to the signatures' 32 px, such a copy follows
 its original no better than the icon's other sizes and its look-alikes do; on their own grid it is its original
 through a tone curve, exactly (BENCHMARKS.md, "Duplicate groups").
 
-So images of one size, up to SMALL_SIDE on their longer side, are compared with every other image of that size
-(`nearest_of_size`): the correlation of their RGB pixels, transparent pixels on black and on white, the better. An
+So images of one size, up to SMALL_SIDE on their longer side, are compared with every other image of that size,
+those above COMPARED_SIDE shrunk alike to it or under (a whole factor: the grids stay aligned) (`nearest_of_size`): the correlation of their RGB pixels, transparent pixels on black and on white, the better. An
 image and the one it follows best are a pair (`copies_of_size`) when that is at least LEAST, clearly better than the
 image's next best (`clearly_best`: 1 - best at most RATIO times 1 - next, a ratio test on distances, so that an exact
 copy of a document icon stands out from the other document icons, which follow it at 0.9 and up), and one is the
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from vaepipe.images import flatten, is_svg, open_image
 from vaepipe.index import SearchIndex
@@ -37,7 +38,8 @@ from vaepipe.views import unchanged
 
 log = logging.getLogger("vaepipe")
 
-SMALL_SIDE = 64
+SMALL_SIDE = 256
+COMPARED_SIDE = 64
 # Chosen on the three validation draws of the mixed folder and on every icon theme installed here, looked at
 # (BENCHMARKS.md, "Duplicate groups"): compared by how closely the pixels follow each other instead of by a curve, more
 # copies of the draws are found (JPEG copies of 16 to 48 px icons) and a theme's own siblings pair up.
@@ -50,16 +52,28 @@ CAPTION_OPAQUE = 0.8
 CAPTION_ROWS = (1 / 8, 1 / 3)
 BACKGROUNDS = (0, 255)
 BLOCK = 512  # images compared at once with all of their size (a BLOCK x n matrix of correlations)
-# All of a size are compared with all (their z-scores held as float32, 24 bytes a pixel): a size with more pixels
-# than this in all is left to the other checks, so that memory stays bounded. Every icon theme installed here keeps
+# All of a size are compared with all (their z-scores held as float32, 24 bytes a pixel as compared): a size with more
+# pixels than this in all is left to the other checks, so that memory stays bounded. Every icon theme installed here keeps
 # under it (its largest, 3,458 pictures of 48 x 48 px, 8.0 million pixels: about 190 MB of z-scores).
 MOST_PIXELS = 10_000_000
 
 
+def compared_size(width: int, height: int) -> tuple[int, int]:
+    """The (width, height) a picture of this size is compared at: its own up to COMPARED_SIDE, else shrunk by the
+    least whole factor that brings it there."""
+    factor = max(1, -(-max(width, height) // COMPARED_SIDE))
+    return max(1, width // factor), max(1, height // factor)
+
+
 def load_on_backgrounds(path: str | Path, max_pixels: int = 64_000_000) -> np.ndarray:
-    """A picture at its own size as RGB, transparency on each of BACKGROUNDS: uint8 (2, height, width, 3)."""
+    """A picture as RGB at its compared_size (box-filtered), transparency on each of BACKGROUNDS: uint8
+    (2, height, width, 3)."""
     img = open_image(path, max_pixels)
-    return np.stack([np.asarray(flatten(img, bg).convert("RGB")) for bg in BACKGROUNDS])
+    size = compared_size(*img.size)
+    flat = [flatten(img, bg).convert("RGB") for bg in BACKGROUNDS]
+    if size != img.size:
+        flat = [f.resize(size, Image.Resampling.BOX) for f in flat]
+    return np.stack([np.asarray(f) for f in flat])
 
 
 def _z(planes: np.ndarray, bg: int) -> np.ndarray:
@@ -236,7 +250,8 @@ def same_size_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray) -> 
     for (width, height), rows in sorted(by_size.items()):
         if len(rows) < 2:
             continue
-        if len(rows) * width * height > MOST_PIXELS:
+        compared = compared_size(width, height)
+        if len(rows) * compared[0] * compared[1] > MOST_PIXELS:
             log.info("duplicates: %d pictures of %d x %d px are too many to compare pixel for pixel, all with all",
                      len(rows), width, height)
             continue
@@ -247,7 +262,7 @@ def same_size_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray) -> 
                 planes = load_on_backgrounds(path) if unchanged(path, shas[r]) else None
             except Exception:  # Pillow raises anything; an unreadable picture is only not compared
                 planes = None
-            if planes is not None and planes.shape[1:3] == (height, width):
+            if planes is not None and planes.shape[1:3] == compared[::-1]:
                 loaded.append(planes)
                 kept.append(r)
         if len(kept) < 2:
