@@ -354,9 +354,8 @@ def _checked_in_pixels(index: SearchIndex, image_root: Path, candidates: Candida
                        sizes: np.ndarray | None) -> tuple[Pairs, Pairs, Signatures]:
     """The pairs the code found alike, and the sure pairs (the code's ratio test's) with those group_copy_pairs,
     fine_detail_pairs, same_size.same_size_pairs (with `sizes`) and turned_pairs add, each less pairs of near-plain
-    look-alikes
-    (detail.Signatures.plain_look_alikes), of pictures of other colours (Signatures.other_colours) and of opaque
-    pictures whose pixels differ (Signatures.pixels_differ); and the signatures they were checked with."""
+    look-alikes (detail.Signatures.plain_look_alikes), of pictures of other colours (Signatures.other_colours) and of
+    opaque pictures whose pixels differ (Signatures.pixels_differ); and the signatures they were checked with."""
     near = nearest_pairs(index, nearest)
     rows = np.unique(np.concatenate([r for p in [*alike, *sure, near, (candidates.a, candidates.b)] for r in p]))
     signatures = Signatures.of(index, image_root, rows, cache)

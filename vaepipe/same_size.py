@@ -163,9 +163,14 @@ def curve_left(a: np.ndarray, b: np.ndarray, background: int) -> float:
     return best
 
 
+def _clear(score: np.ndarray | float, second: np.ndarray | float) -> np.ndarray | bool:
+    """A best correlation of at least LEAST, clearly better than the next (the ratio test on distances)."""
+    return (score >= LEAST) & (1 - score <= RATIO * (1 - second))
+
+
 def clearly_best(near: Nearest) -> np.ndarray:
     """Which pictures follow their best at least LEAST, and clearly better than their next (the ratio test)."""
-    return (near.best >= 0) & (near.score >= LEAST) & (1 - near.score <= RATIO * (1 - near.second))
+    return (near.best >= 0) & _clear(near.score, near.second)
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -225,8 +230,7 @@ def captioned_pairs(planes: np.ndarray) -> list[tuple[int, int]]:
             order = np.argsort(-sim)[:2]
             j = int(order[0])
             second = float(sim[order[1]]) if len(order) > 1 else -1.0
-            if under[j] and sim[j] >= LEAST and 1 - sim[j] <= RATIO * (1 - second) and \
-                    _one_picture(above[i], above[j], int(background[j])):
+            if under[j] and _clear(float(sim[j]), second) and _one_picture(above[i], above[j], int(background[j])):
                 out.append((i, j))
     return out
 
