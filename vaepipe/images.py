@@ -220,7 +220,10 @@ def flatten(img: Image.Image, background: int) -> Image.Image:
 BORDER_TOLERANCE = 8
 
 
-def _analysed(img: Image.Image, background: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+Analysis = tuple[np.ndarray, np.ndarray, np.ndarray, bool]  # what _analysed returns
+
+
+def _analysed(img: Image.Image, background: int) -> Analysis:
     """What the border rules look at: the image at most 256 px on a side (transparency composited onto the
     background grey) as int16 (h, w, channels), the border colour (the median of the outermost pixels), the mask of
     pixels further than BORDER_TOLERANCE from it, and whether the border runs along two opposite sides.
@@ -260,7 +263,8 @@ def _bands(content: np.ndarray) -> np.ndarray:
     return band
 
 
-def content_box(img: Image.Image, background: int = 255) -> tuple[int, int, int, int] | None:
+def content_box(img: Image.Image, background: int = 255, analysis: Analysis | None = None
+                ) -> tuple[int, int, int, int] | None:
     """The box (left, top, right, bottom) inside a border of one colour, or None where there is no such border (or
     nothing but border). A transparent image is looked at as embedding shows it, composited onto the background
     grey: so it gets the same box as a copy of it flattened onto that grey (the usual way to drop transparency),
@@ -269,9 +273,10 @@ def content_box(img: Image.Image, background: int = 255) -> tuple[int, int, int,
     Rows and columns where at most 1% of the pixels differ from the border colour are border, if the border runs
     along two opposite sides (see _analysed). Looked for on a copy at most 256 px on a side: the box is then at most
     one of its pixels too large, and a large PNG costs a few milliseconds, not a pass over every pixel.
+    analysis: _analysed(img, background), where the caller has it already.
     """
     w, h = img.size
-    _, _, content, bordered = _analysed(img, background)
+    _, _, content, bordered = analysis or _analysed(img, background)
     if not bordered:
         return None
     rows = np.flatnonzero(content.mean(axis=1) > 0.01)
@@ -290,7 +295,7 @@ def _on_a_field(colour: np.ndarray, content: np.ndarray, background: int) -> boo
     return bool(ring.mean() <= 0.25 and np.abs(colour - background).max() > BORDER_TOLERANCE)
 
 
-def field_as_transparency(img: Image.Image, background: int = 255) -> Image.Image:
+def field_as_transparency(img: Image.Image, background: int = 255, analysis: Analysis | None = None) -> Image.Image:
     """An opaque picture on a field of one colour other than the background grey, with the field made transparent
     (mode RGBA or LA); any other image as it is.
 
@@ -298,10 +303,11 @@ def field_as_transparency(img: Image.Image, background: int = 255) -> Image.Imag
     had (PIL's convert("RGB") shows them, often black). Read back as transparency, the field shows the background
     grey like the original's padding, so the copy becomes the same square as its original. The field is the border
     colour's pixels connected to the border, so the same colour inside the picture (a black outline) is kept.
+    analysis: _analysed(img, background), where the caller has it already.
     """
     if img.mode not in ("L", "RGB"):
         return img
-    p, colour, content, _ = _analysed(img, background)
+    p, colour, content, _ = analysis or _analysed(img, background)
     if not _on_a_field(colour, content, background):
         return img
     field = np.zeros_like(content)
@@ -326,22 +332,29 @@ def field_as_transparency(img: Image.Image, background: int = 255) -> Image.Imag
     return out
 
 
-def to_array(img: Image.Image, spec: ImageSpec, alpha: bool = False) -> np.ndarray:
+def to_array(img: Image.Image, spec: ImageSpec, alpha: bool = False, analysis: Analysis | None = None) -> np.ndarray:
     """The model's input: uint8 of shape (channels, size, size), fitted as spec.fit says, transparent pixels
     composited onto the background grey. With alpha=True: (channels + 1, size, size), not composited, the last
     plane the alpha (255 where the image has none), for training to composite onto backgrounds of its choice.
+    analysis: _analysed(img, spec.background) of an image in a plain mode, where the caller has it already.
     """
     if spec.fit == "letterbox":
         arr = _letterbox(img, spec)
         return np.concatenate([arr, np.full_like(arr[:1], 255)]) if alpha else arr
-    img = field_as_transparency(plain_mode(img), spec.background)
+    img = plain_mode(img)
+    # An opaque picture is looked at once for a field and a border (most photographs: neither), not once for each.
+    if analysis is None and img.mode in ("L", "RGB"):
+        analysis = _analysed(img, spec.background)
+    fitted = field_as_transparency(img, spec.background, analysis)
+    if fitted is not img:  # its field made transparent: another picture to look at
+        img, analysis = fitted, None
     # Again after a cut: a border added around a picture whose own edge is one colour (a sky) is cut first, and
     # the picture's own edge then as in the original, so both become the same square.
     for _ in range(3):
-        box = content_box(img, spec.background)
+        box = content_box(img, spec.background, analysis)
         if box is None:
             break
-        img = img.crop(box)
+        img, analysis = img.crop(box), None
     has_alpha = img.mode in ("LA", "RGBA")
     mode = ("L" if spec.channels == 1 else "RGB") + ("A" if has_alpha else "")
     if img.mode != mode:
@@ -489,13 +502,15 @@ SIGNATURE_BACKGROUNDS = (0, 255)
 SIGNATURE_SHAPE = (len(SIGNATURE_BACKGROUNDS), SIGNATURE_SIDE, SIGNATURE_SIDE)
 
 
-def _fitted_alike_on_any_background(img: Image.Image) -> bool:
+def _fitted_alike_on_any_background(img: Image.Image) -> Analysis | None:
     """An opaque picture on no field of one colour (most photographs): to_array makes the same square of it
-    whatever the background grey, so one fit serves every signature background."""
+    whatever the background grey, so one fit serves every signature background. Returns its analysis (_analysed:
+    an opaque image's ignores the grey) for that fit, None for any other picture."""
     if img.mode not in ("L", "RGB"):
-        return False
-    _, colour, content, _ = _analysed(img, SIGNATURE_BACKGROUNDS[0])  # an opaque image's analysis ignores the grey
-    return not any(_on_a_field(colour, content, background) for background in SIGNATURE_BACKGROUNDS)
+        return None
+    analysis = _analysed(img, SIGNATURE_BACKGROUNDS[0])
+    _, colour, content, _ = analysis
+    return None if any(_on_a_field(colour, content, background) for background in SIGNATURE_BACKGROUNDS) else analysis
 
 
 def load_signatures(paths: Sequence[str | Path], max_pixels: int = 64_000_000
@@ -511,10 +526,11 @@ def load_signatures(paths: Sequence[str | Path], max_pixels: int = 64_000_000
         try:
             spec = ImageSpec(2 * SIGNATURE_SIDE, 1, 0, "trim")
             img = plain_mode(_open_for(path, spec, max_pixels))
-            backgrounds = SIGNATURE_BACKGROUNDS[:1] if _fitted_alike_on_any_background(img) else SIGNATURE_BACKGROUNDS
+            analysis = _fitted_alike_on_any_background(img)
+            backgrounds = SIGNATURE_BACKGROUNDS[:1] if analysis is not None else SIGNATURE_BACKGROUNDS
             for k, background in enumerate(backgrounds):
                 # Fitted at twice the side and averaged down: the fitting's own resize aliases at 32 px.
-                grey = to_array(img, replace(spec, background=background))[0].astype(np.float32)
+                grey = to_array(img, replace(spec, background=background), analysis=analysis)[0].astype(np.float32)
                 out[j, k] = grey.reshape(SIGNATURE_SIDE, 2, SIGNATURE_SIDE, 2).mean((1, 3))
             out[j, len(backgrounds):] = out[j, 0]
             # The whole picture's, not the fitted square's: a plain picture (a wallpaper of one colour with a
