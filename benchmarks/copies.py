@@ -498,18 +498,46 @@ def evaluate_folder(name: str, base: Path, t: dict, cfg: TrainConfig, work: Path
     return out
 
 
+def _shown_pixels(path: Path) -> str | None:
+    """What a file shows, as a key: its RGBA pixels (colour under full transparency, which nothing shows, zeroed) and
+    their size; None where it does not open."""
+    try:
+        with Image.open(path) as img:
+            rgba = np.array(img.convert("RGBA"))
+    except Exception:  # Pillow raises anything; such a file is only not merged with another
+        return None
+    rgba[rgba[..., 3] == 0] = 0
+    return hashlib.sha256(rgba.tobytes() + repr(rgba.shape).encode()).hexdigest()
+
+
 def true_groups(workdir: Workdir, t: dict) -> dict[str, list[str]]:
-    """What a person calls one picture in the mixed folder: an original with its edited copies, and an icon with the
-    same icon at its other sizes (the theme's own "half size" copies) and their copies."""
+    """What a person calls one picture in the mixed folder: an original with its edited copies, an icon with the
+    same icon at its other sizes (the theme's own "half size" copies) and their copies, and files that show the same
+    pixels (an icon theme draws some pictures under two names: oxygen's video-x-theora+ogg and video-x-theor+ogg)."""
     import pyarrow.parquet as pq
 
     def key(path: str) -> str:
         path = t["copies"].get(path, path)
         return "/".join(path.split("/")[:2]) if path.startswith("icons/") else path
 
+    paths = pq.read_table(workdir.manifest, columns=["path"])["path"].to_pylist()
+    root = Path(workdir.read_collection()["image_root"])
+    parent = {key(p): key(p) for p in paths}
+
+    def find(k: str) -> str:
+        while parent[k] != k:
+            k = parent[k]
+        return k
+
+    shown: dict[str, str] = {}
+    for p in paths:
+        pixels = _shown_pixels(root / p)
+        if pixels is not None:
+            first = shown.setdefault(pixels, key(p))
+            parent[find(key(p))] = find(first)
     groups: dict[str, list[str]] = {}
-    for p in pq.read_table(workdir.manifest, columns=["path"])["path"].to_pylist():
-        groups.setdefault(key(p), []).append(p)
+    for p in paths:
+        groups.setdefault(find(key(p)), []).append(p)
     return {k: v for k, v in groups.items() if len(v) > 1}
 
 
