@@ -37,7 +37,7 @@ from vaepipe.images import flatten, open_image, to_array
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
 from vaepipe.errors import VaepipeError
-from vaepipe.same_size import same_size_pairs
+from vaepipe.same_size import OneOutline, same_size_pairs
 from vaepipe.store import file_path
 from vaepipe.views import ViewCache, seen_similarity, uses_views
 
@@ -349,13 +349,17 @@ def _joined(pairs: list[Pairs]) -> Pairs:
         (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
+Apart = Callable[[np.ndarray, np.ndarray], np.ndarray]  # pairs of index rows (a[i], b[i]) -> which are not copies
+
+
 def _checked_in_pixels(index: SearchIndex, image_root: Path, candidates: CandidatePairs, alike: list[Pairs],
                        sure: list[Pairs], nearest: tuple[np.ndarray, np.ndarray], cache: ViewCache | None,
-                       sizes: np.ndarray | None) -> tuple[Pairs, Pairs, Signatures]:
+                       sizes: np.ndarray | None) -> tuple[Pairs, Pairs, Apart]:
     """The pairs the code found alike, and the sure pairs (the code's ratio test's) with those group_copy_pairs,
     fine_detail_pairs, same_size.same_size_pairs (with `sizes`) and turned_pairs add, each less pairs of near-plain
-    look-alikes (detail.Signatures.plain_look_alikes), of pictures of other colours (Signatures.other_colours) and of
-    opaque pictures whose pixels differ (Signatures.pixels_differ); and the signatures they were checked with."""
+    look-alikes (detail.Signatures.plain_look_alikes) and of pictures the pixels say are not copies (`apart`: of other
+    colours, Signatures.other_colours; opaque pictures whose pixels differ, Signatures.pixels_differ; with `sizes`,
+    two drawings of one outline, same_size.OneOutline); and `apart`, for the groups' stars."""
     near = nearest_pairs(index, nearest)
     rows = np.unique(np.concatenate([r for p in [*alike, *sure, near, (candidates.a, candidates.b)] for r in p]))
     signatures = Signatures.of(index, image_root, rows, cache)
@@ -363,21 +367,33 @@ def _checked_in_pixels(index: SearchIndex, image_root: Path, candidates: Candida
     fine = fine_detail_pairs(index, near, signatures)
     same_size = same_size_pairs(index, image_root, sizes) if sizes is not None else _joined([])
     turned = turned_pairs(index, nearest, near, signatures, _joined([*alike, *sure, grouped, fine, same_size]))
-    checked, plain, colours, differ = [], 0, 0, 0
+    outlines = OneOutline(index, image_root, sizes, ~signatures.opaque) if sizes is not None else None
+    left_apart = {"colours": 0, "pixels": 0, "outline": 0}
+
+    def apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = signatures.other_colours(a, b)
+        left_apart["colours"] += out.sum()
+        for kind, check in (("pixels", signatures.pixels_differ), ("outline", outlines.apart if outlines else None)):
+            if check is not None:
+                found = np.zeros(len(a), bool)
+                found[~out] = check(a[~out], b[~out])
+                left_apart[kind] += found.sum()
+                out |= found
+        return out
+
+    checked, plain = [], 0
     for a, b in (_joined(alike), _joined([*sure, grouped, fine, same_size, turned])):
-        look_alikes, other_colours = signatures.plain_look_alikes(a, b), signatures.other_colours(a, b)
-        keep = ~(look_alikes | other_colours)
-        pixels_differ = np.zeros(len(a), bool)
-        pixels_differ[keep] = signatures.pixels_differ(a[keep], b[keep])
-        plain, colours = plain + look_alikes.sum(), colours + (other_colours & ~look_alikes).sum()
-        differ += pixels_differ.sum()
-        keep &= ~pixels_differ
+        look_alikes = signatures.plain_look_alikes(a, b)
+        keep = ~look_alikes
+        keep[keep] = ~apart(a[keep], b[keep])
+        plain += look_alikes.sum()
         checked.append((a[keep], b[keep]))
     log.info("duplicates: %d pairs joined as a copy of a group, %d by their fine detail, %d as small pictures of one "
              "size and %d by their pixels turned or zoomed; %d pairs of near-plain pictures whose pixels differ, %d of "
-             "pictures of other colours and %d of opaque pictures whose pixels differ left apart", len(grouped[0]),
-             len(fine[0]), len(same_size[0]), len(turned[0]), plain, colours, differ)
-    return checked[0], checked[1], signatures
+             "pictures of other colours, %d of opaque pictures whose pixels differ and %d of two drawings of one "
+             "outline left apart", len(grouped[0]), len(fine[0]), len(same_size[0]), len(turned[0]), plain,
+             left_apart["colours"], left_apart["pixels"], left_apart["outline"])
+    return checked[0], checked[1], apart
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -480,13 +496,13 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
 
     alike = [near_pairs(index, threshold)]
     sure: list[Pairs] = []  # an image and its one clear copy (the ratio tests)
-    signatures = None
+    apart_rows: Apart | None = None
     if image_root is not None and model is not None and uses_views(model, index):
         candidates = candidate_pairs(index, model, image_root, cache)
         alike.append(view_checked_pairs(index, candidates, threshold))
         nearest = index.nearest_of_all(NEIGHBOURS + 1)  # one search serves both ratio tests
         sure.append(only_copy_pairs(index, candidates, nearest))
-        checked_alike, checked_sure, signatures = _checked_in_pixels(index, image_root, candidates, alike, sure,
+        checked_alike, checked_sure, apart_rows = _checked_in_pixels(index, image_root, candidates, alike, sure,
                                                                      nearest, cache, sizes)
         alike, sure = [checked_alike], [checked_sure]
     a_rows, b_rows = _joined(alike + sure)
@@ -494,7 +510,7 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
     unique_shas, node = np.unique(np.asarray(shas, dtype=object), return_inverse=True)
     sure_a, sure_b = _joined(sure)
     apart = None
-    if signatures is not None:
+    if apart_rows is not None:
         # Copies of one picture can all be together: a star's pictures pass the checks with each other, not only
         # with its centre. A star of plain tiles of blue, cyan and teal joined them through the one in the middle, and
         # a star of neighbouring crops of one wallpaper joined crops whose pixels do not follow each other.
@@ -502,10 +518,7 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
         row_of[node] = np.arange(len(node))
 
         def apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            ra, rb = row_of[a], row_of[b]
-            out = signatures.other_colours(ra, rb)
-            out[~out] = signatures.pixels_differ(ra[~out], rb[~out])
-            return out
+            return apart_rows(row_of[a], row_of[b])
     group = near_groups(len(unique_shas), (node[a_rows], node[b_rows]), (node[sure_a], node[sure_b]), apart)
     shas_in: dict[int, list[str]] = {}
     for sha, g in zip(unique_shas.tolist(), group.tolist()):

@@ -335,7 +335,10 @@ def _groups(workdir: Workdir, image_root: Path, index: SearchIndex, threshold: f
                                                                     "compared at most": same_size.COMPARED_SIDE,
                                                                     "least": same_size.LEAST,
                                                                     "ratio": same_size.RATIO,
-                                                                    "left by a tone curve": same_size.CURVE_LEFT}}
+                                                                    "left by a tone curve": same_size.CURVE_LEFT},
+                                     "two drawings of one outline": {"outline alike": same_size.OUTLINE_ALIKE,
+                                                                     "left by a tone curve over the top three "
+                                                                     "quarters": same_size.DRAWN_APART}}
     groups = duplicate_groups(index, threshold, image_root, model, _view_cache(workdir, index),
                               image_sizes(workdir.manifest, index.ids["path"]))
     trim_heap()  # the check's blocks of arrays, freed, would stay with the process through the search and report

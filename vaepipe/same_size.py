@@ -20,11 +20,19 @@ A caption band over a small icon (`captioned_pairs`) takes the copy away from it
 picture whose bottom rows are opaque across the whole width, over rows where the other picture has transparency, is
 compared above the band by the same rule. Not every picture's top three quarters: by them, two icons of one arrow,
 one with a bar under it, are one picture; the bar does not cross the whole width.
+
+The same comparison also keeps pairs apart that other rules made (`OneOutline`): two pictures of one size with
+transparency whose opaque parts are one shape, but whose insides differ where no curve explains it (above the bottom
+quarter, as they are or one mirrored), are two drawings of one outline: a face with another mouth, a document icon
+and its template, a folder and the folder with a bookmark on it. No everyday edit makes that of a picture: a copy
+that keeps its transparency keeps its inside too (saved as WebP, sharpened a little), or loses its outline (turned,
+cropped, a caption band over its transparency).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +64,13 @@ BLOCK = 512  # images compared at once with all of their size (a BLOCK x n matri
 # pixels than this in all is left to the other checks, so that memory stays bounded. Every icon theme installed here keeps
 # under it (its largest, 3,458 pictures of 48 x 48 px, 8.0 million pixels: about 190 MB of z-scores).
 MOST_PIXELS = 10_000_000
+# Two drawings of one outline (OneOutline): their opaque parts (opacity over a half) overlap at least OUTLINE_ALIKE of
+# their union, and a tone curve leaves more than DRAWN_APART over some 3 x 3 pixels of the top three quarters.
+# Chosen on the three validation draws, with real icons saved as WebP (quality 50, 75), sharpened and blurred as the
+# copies that must not be kept apart (BENCHMARKS.md, "Duplicate groups").
+OUTLINE_ALIKE = 0.99
+DRAWN_APART = 0.75
+KEPT_PICTURES = 2048  # pictures OneOutline keeps loaded (each at most 24 KB at COMPARED_SIDE)
 
 
 def compared_size(width: int, height: int) -> tuple[int, int]:
@@ -119,11 +134,13 @@ def nearest_of_size(planes: np.ndarray) -> Nearest:
     return out
 
 
-def _most_over_3x3(d: np.ndarray) -> float:
-    """The largest mean of a (h, w) map over any 3 x 3 pixels (the edges repeated)."""
+def _most_over_3x3(d: np.ndarray, where: np.ndarray | None = None) -> float:
+    """The largest mean of a (h, w) map over any 3 x 3 pixels (the edges repeated), or over those centred `where`
+    (a (h, w) mask; 0 where it holds nowhere)."""
     h, w = d.shape
     p = np.pad(d, 1, mode="edge")
-    return float(sum(p[i:i + h, j:j + w] for i in range(3) for j in range(3)).max() / 9)
+    means = sum(p[i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9
+    return float(means.max() if where is None else means[where].max(initial=0.0))
 
 
 def _non_decreasing(y: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -152,14 +169,14 @@ def tone_curved(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def curve_left(a: np.ndarray, b: np.ndarray, background: int) -> float:
+def curve_left(a: np.ndarray, b: np.ndarray, background: int, where: np.ndarray | None = None) -> float:
     """Two pictures of one size ((2, h, w, 3) uint8, load_on_backgrounds) on one of BACKGROUNDS (its index): what the
-    better tone curve (either made from the other, tone_curved) leaves, at most over any 3 x 3 pixels, in the made
-    picture's standard deviations."""
+    better tone curve (either made from the other, tone_curved) leaves, at most over any 3 x 3 pixels (those centred
+    `where`, a (h, w) mask, if given), in the made picture's standard deviations."""
     best = np.inf
     for x, y in ((a[background], b[background]), (b[background], a[background])):
         left = np.abs(y - tone_curved(x, y)).mean(-1) / max(float(y.std()), 1e-6)
-        best = min(best, _most_over_3x3(left))
+        best = min(best, _most_over_3x3(left, where))
     return best
 
 
@@ -235,6 +252,16 @@ def captioned_pairs(planes: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
+def _loaded_as_indexed(path: Path, sha256: str, compared: tuple[int, int]) -> np.ndarray | None:
+    """load_on_backgrounds of a collection file still as it was indexed and of the size it had then (compared at
+    `compared`); None for a file changed, unreadable or of another size now."""
+    try:
+        planes = load_on_backgrounds(path) if unchanged(path, sha256) else None
+    except Exception:  # Pillow raises anything; an unreadable picture is only not compared
+        return None
+    return planes if planes is not None and planes.shape[1:3] == compared[::-1] else None
+
+
 def same_size_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index rows (a, b), a < b, of small pictures of one size that follow each other pixel for pixel clearly best
     (the module's rule). `sizes`: each index row's (width, height) as ingested (the manifest's). One picture per
@@ -261,12 +288,8 @@ def same_size_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray) -> 
             continue
         loaded, kept = [], []
         for r in rows:
-            path = file_path(image_root, paths[r])
-            try:
-                planes = load_on_backgrounds(path) if unchanged(path, shas[r]) else None
-            except Exception:  # Pillow raises anything; an unreadable picture is only not compared
-                planes = None
-            if planes is not None and planes.shape[1:3] == compared[::-1]:
+            planes = _loaded_as_indexed(file_path(image_root, paths[r]), shas[r], compared)
+            if planes is not None:
                 loaded.append(planes)
                 kept.append(r)
         if len(kept) < 2:
@@ -280,3 +303,71 @@ def same_size_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray) -> 
     log.info("duplicates: %d pairs of small pictures of one size that follow each other pixel for pixel",
              len(pairs))
     return pairs[:, 0], pairs[:, 1]
+
+
+def _inside(shape: np.ndarray) -> np.ndarray:
+    """A (h, w) mask less its edge: the pixels whose 3 x 3 neighbours are all in it."""
+    p = np.pad(shape, 1, constant_values=False)
+    h, w = shape.shape
+    return np.logical_and.reduce([p[i:i + h, j:j + w] for i in range(3) for j in range(3)])
+
+
+def one_outline(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two pictures of one size ((2, h, w, 3) uint8, load_on_backgrounds), both with transparency, are two
+    drawings of one outline: their opaque parts are one shape (OUTLINE_ALIKE), and neither b as it is nor b mirrored
+    is a through a tone curve inside that shape (away from its edge) over the top three quarters: curve_left more than
+    DRAWN_APART on either background, or the mirrored shape another. Below the top three quarters a caption band may
+    lie over the picture; along the edge, a copy made fainter (its transparency scaled) meets the backgrounds
+    otherwise than its original."""
+    if not ((a[0] != a[1]).any() and (b[0] != b[1]).any()):
+        return False
+    top = a.shape[1] * 3 // 4
+    shape_a = opacity(a[None])[0] > 0.5
+    for k, other in enumerate((b, b[:, :, ::-1])):
+        shape_b = opacity(other[None])[0] > 0.5
+        if (shape_a & shape_b).sum() < OUTLINE_ALIKE * max((shape_a | shape_b).sum(), 1):
+            if k == 0:
+                return False  # not one outline
+            continue  # not a mirrored copy
+        inside = _inside(shape_a & shape_b)[:top]
+        if not inside.any() or max(curve_left(a[:, :top], other[:, :top], bg, inside)
+                                   for bg in range(len(BACKGROUNDS))) <= DRAWN_APART:
+            return False  # one picture, as it is or mirrored
+    return True
+
+
+class OneOutline:
+    """Which pairs of a collection's pictures are two drawings of one outline (one_outline), for the duplicate
+    check to keep apart. Only pictures of one size, up to SMALL_SIDE, with transparency are looked at; each is
+    loaded once (the last KEPT_PICTURES are kept).
+
+    sizes: each index row's (width, height) as ingested (store.image_sizes); transparent: each index row, whether
+    it may have transparency (a picture known to be opaque is not loaded)."""
+
+    def __init__(self, index: SearchIndex, image_root: Path, sizes: np.ndarray, transparent: np.ndarray):
+        self.paths, self.shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
+        self.image_root = image_root
+        self.sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
+        self.looked_at = (self.sizes.max(1) <= SMALL_SIDE) & (self.sizes.min(1) > 0) & np.asarray(transparent, bool)
+        self.looked_at &= ~np.asarray([is_svg(p) for p in self.paths], bool)  # drawn at the loader's size
+        self.kept: OrderedDict[int, np.ndarray | None] = OrderedDict()
+
+    def _planes(self, row: int) -> np.ndarray | None:
+        if row in self.kept:
+            self.kept.move_to_end(row)
+            return self.kept[row]
+        planes = _loaded_as_indexed(file_path(self.image_root, self.paths[row]), self.shas[row],
+                                    compared_size(*self.sizes[row].tolist()))
+        self.kept[row] = planes
+        if len(self.kept) > KEPT_PICTURES:
+            self.kept.popitem(last=False)
+        return planes
+
+    def apart(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Pairs of index rows (a[i], b[i]) -> which are two drawings of one outline."""
+        out = np.zeros(len(a), bool)
+        same = np.flatnonzero(self.looked_at[a] & self.looked_at[b] & (self.sizes[a] == self.sizes[b]).all(1))
+        for i in same[np.argsort(a[same], kind="stable")].tolist():  # each picture's pairs together: loaded once
+            pa, pb = self._planes(int(a[i])), self._planes(int(b[i]))
+            out[i] = pa is not None and pb is not None and one_outline(pa, pb)
+        return out
