@@ -349,7 +349,8 @@ class OneOutline:
         self.image_root = image_root
         self.sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
         self.looked_at = (self.sizes.max(1) <= SMALL_SIDE) & (self.sizes.min(1) > 0) & np.asarray(transparent, bool)
-        self.looked_at &= ~np.asarray([is_svg(p) for p in self.paths], bool)  # drawn at the loader's size
+        small = np.flatnonzero(self.looked_at)
+        self.looked_at[small] = [not is_svg(self.paths[r]) for r in small]  # drawn at the loader's size, not its own
         self.kept: OrderedDict[int, np.ndarray | None] = OrderedDict()
 
     def _planes(self, row: int) -> np.ndarray | None:
