@@ -130,7 +130,7 @@ def _correlate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ]).max(-1)
 
 
-def _inside(mask: np.ndarray, steps: int = 2) -> np.ndarray:
+def inside(mask: np.ndarray, steps: int = 2) -> np.ndarray:
     """(n, h, w) masks less `steps` pixels next to what they leave out (the picture's own edge does not count)."""
     for _ in range(steps):
         m = mask.copy()
@@ -347,8 +347,8 @@ class Signatures:
             sa, sb = self.sig[self.at[a[pick]]], self.sig[self.at[b[pick]]]
             fa, fb = fine(sa[:, 0]), fine(sb[:, 0])  # where opaque, every background plane is the same
             opaque_a, opaque_b = sa[:, 0] == sa[:, 1], sb[:, 0] == sb[:, 1]
-            mirrored = _inside(opaque_a & opaque_b[:, :, ::-1])
-            both = _inside(opaque_a & opaque_b)
+            mirrored = inside(opaque_a & opaque_b[:, :, ::-1])
+            both = inside(opaque_a & opaque_b)
             top = both.copy()
             top[:, TOP:] = False
             out[pick] = np.fmax.reduce([_masked_correlation(fa, fb, both),

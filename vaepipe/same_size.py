@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vaepipe.detail import inside
 from vaepipe.images import flatten, is_svg, open_image
 from vaepipe.index import SearchIndex
 from vaepipe.store import file_path
@@ -305,13 +306,6 @@ def same_size_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray) -> 
     return pairs[:, 0], pairs[:, 1]
 
 
-def _inside(shape: np.ndarray) -> np.ndarray:
-    """A (h, w) mask less its edge: the pixels whose 3 x 3 neighbours are all in it."""
-    p = np.pad(shape, 1, constant_values=False)
-    h, w = shape.shape
-    return np.logical_and.reduce([p[i:i + h, j:j + w] for i in range(3) for j in range(3)])
-
-
 def one_outline(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two pictures of one size ((2, h, w, 3) uint8, load_on_backgrounds), both with transparency, are two
     drawings of one outline: their opaque parts are one shape (OUTLINE_ALIKE), and neither b as it is nor b mirrored
@@ -329,8 +323,8 @@ def one_outline(a: np.ndarray, b: np.ndarray) -> bool:
             if k == 0:
                 return False  # not one outline
             continue  # not a mirrored copy
-        inside = _inside(shape_a & shape_b)[:top]
-        if not inside.any() or max(curve_left(a[:, :top], other[:, :top], bg, inside)
+        within = inside((shape_a & shape_b)[None], steps=1)[0, :top]  # a pixel away from its edge
+        if not within.any() or max(curve_left(a[:, :top], other[:, :top], bg, within)
                                    for bg in range(len(BACKGROUNDS))) <= DRAWN_APART:
             return False  # one picture, as it is or mirrored
     return True
