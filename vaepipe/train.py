@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -28,7 +29,8 @@ from vaepipe.model import (VAE, VAEConfig, default_device, exact_cudnn, load_che
 from vaepipe.model_dir import TrainResult
 from vaepipe.progress import Progress
 from vaepipe.errors import VaepipeError
-from vaepipe.store import METRICS_FILE, MODEL_CONFIG_FILE, Workdir, file_path, fingerprint, sha256_file, write_json
+from vaepipe.store import (METRICS_FILE, MODEL_CONFIG_FILE, Workdir, file_path, fingerprint, kept_rows, release,
+                           scratch_array, sha256_file, write_json)
 
 log = logging.getLogger("vaepipe")
 
@@ -57,20 +59,31 @@ def model_config_for(ok: pa.Table, cfg: TrainConfig) -> VAEConfig:
                      likelihood=cfg.likelihood, background=cfg.background, batch_norm=cfg.use_batch_norm(size))
 
 
-def load_images(root: Path, rel_paths: list[str], spec: ImageSpec, workers: int) -> torch.Tensor:
-    """Decode into one uint8 tensor (N, C + 1, H, W), the last plane alpha (images.to_array(alpha=True)): training
-    composites each image onto backgrounds of its choice. Files that fail now (changed since ingest) are dropped."""
+def load_images(root: Path, rel_paths: list[str], spec: ImageSpec, workers: int, folder: Path | None = None
+                ) -> np.ndarray:
+    """Decode into one uint8 array (N, C + 1, H, W), the last plane alpha (images.to_array(alpha=True)): training
+    composites each image onto backgrounds of its choice. Files that fail now (changed since ingest) are dropped.
+    The array is a store.scratch_array in `folder`: training reads a batch at a time from it (`_batch`), so that
+    memory does not grow with the folder."""
     paths = [file_path(root, p) for p in rel_paths]
-    out = torch.empty((len(paths), spec.channels + 1, spec.size, spec.size), dtype=torch.uint8)
-    keep = torch.zeros(len(paths), dtype=torch.bool)
+    out = scratch_array((len(paths), spec.channels + 1, spec.size, spec.size), np.uint8, folder)
+    keep = np.zeros(len(paths), bool)
     progress = Progress("load training images", len(paths))
     for batch, idx, errors in iter_image_batches(paths, spec, batch_size=512, workers=workers, alpha=True):
         ok = [j for j, e in enumerate(errors) if not e]
         out[[idx[j] for j in ok]] = batch[ok]
         keep[[idx[j] for j in ok]] = True
+        release(out)
         progress.update(len(idx))
     progress.close()
-    return out if bool(keep.all()) else out[keep]  # a copy only where a file failed
+    return out if keep.all() else kept_rows(out, keep)
+
+
+def _batch(images: np.ndarray, rows: torch.Tensor) -> torch.Tensor:
+    """The images at `rows` (load_images' array) as a tensor of their own; what was read goes back to the file."""
+    batch = torch.from_numpy(images[rows.numpy()])
+    release(images)
+    return batch
 
 
 @torch.no_grad()
@@ -97,7 +110,7 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
           workers: int = 2, device: torch.device | None = None) -> TrainResult:
     """Train a VAE on the manifest's usable images and publish it under its model id.
 
-    The steps: the training set (one copy per content, held in RAM) and its held-out split; a fresh model, or the
+    The steps: the training set (one copy per content, in a scratch file) and its held-out split; a fresh model, or the
     state a killed run saved; epochs until the epoch count or the time budget, each checked for divergence or
     collapse (redone from the state before it at half the learning rate); publish.
     """
@@ -105,11 +118,9 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
     ok = read_ok(manifest_path)
     vcfg = model_config_for(ok, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
-    rel_paths, images = _training_set(root, ok, vcfg, cfg, gen, workers)
+    rel_paths, images = _training_set(root, ok, vcfg, cfg, gen, workers, workdir.training_dir)
     tr, val = _split(images, vcfg, cfg, gen)
-    n_images = len(images)
-    del images  # tr and val are copies of it
-    log.info("train: %d images (%d train, %d held out), %s, device %s", n_images, len(tr), len(val), vcfg, device)
+    log.info("train: %d images (%d train, %d held out), %s, device %s", len(images), len(tr), len(val), vcfg, device)
 
     epochs, batch_size = cfg.epochs_for(len(tr)), cfg.batch_for(len(tr))
     steps_per_epoch = max(1, (len(tr) + batch_size - 1) // batch_size)
@@ -127,7 +138,7 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
         if cfg.max_minutes is not None and run.metrics and time.monotonic() - start > cfg.max_minutes * 60:
             log.info("train: time budget of %.1f min reached after epoch %d", cfg.max_minutes, len(run.metrics))
             break
-        row = _epoch(run, tr, batch_size, cfg, device, warmup_steps)
+        row = _epoch(run, images, tr, batch_size, cfg, device, warmup_steps)
         ev = evaluate(run.model, val)
         # Batch norm on the means keeps the posterior from collapsing (BN-VAE); its running statistics can make the
         # held-out means look inactive for an epoch while the model is fine, so only divergence counts there.
@@ -148,15 +159,16 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
                     "apart. Are the images all alike? Try a lower --lr or --beta, or more --epochs.")
     model.eval()
     result = _publish(model.cpu(), workdir, metrics, {"trained_on": str(root), "train_config": asdict(cfg),
-                                                        "images": n_images, "held_out": len(val)})
+                                                        "images": len(images), "held_out": len(val)})
     shutil.rmtree(state_path.parent, ignore_errors=True)
     return result
 
 
-def _training_set(root: Path, ok: pa.Table, vcfg: VAEConfig, cfg: TrainConfig, gen: torch.Generator, workers: int
-                  ) -> tuple[list[str], torch.Tensor]:
+def _training_set(root: Path, ok: pa.Table, vcfg: VAEConfig, cfg: TrainConfig, gen: torch.Generator, workers: int,
+                  folder: Path | None = None) -> tuple[list[str], np.ndarray]:
     """The images training sees: one copy per distinct content (a duplicate on both sides of the split would flatter
-    validation), a seeded sample of at most cfg.max_images, decoded into RAM. Returns their paths and the images."""
+    validation), a seeded sample of at most cfg.max_images, decoded into a scratch file in `folder` (load_images).
+    Returns their paths and the images."""
     seen: dict[str, str] = {}
     for path, sha in zip(ok["path"].to_pylist(), ok["sha256"].to_pylist()):
         seen.setdefault(sha, path)
@@ -167,17 +179,17 @@ def _training_set(root: Path, ok: pa.Table, vcfg: VAEConfig, cfg: TrainConfig, g
     if len(rel_paths) > cfg.max_images:
         pick = torch.randperm(len(rel_paths), generator=gen)[: cfg.max_images].tolist()
         rel_paths = [rel_paths[i] for i in sorted(pick)]
-    return rel_paths, load_images(root, rel_paths, vcfg.spec, workers)
+    return rel_paths, load_images(root, rel_paths, vcfg.spec, workers, folder)
 
 
-def _split(images: torch.Tensor, vcfg: VAEConfig, cfg: TrainConfig, gen: torch.Generator
+def _split(images: np.ndarray, vcfg: VAEConfig, cfg: TrainConfig, gen: torch.Generator
            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, held out): training keeps the originals with alpha (it composites them itself), validation sees the
-    images as embedding does, composited onto the background."""
+    """(the training rows of `images`, the held-out images): training reads its originals with alpha from the file
+    (it composites them itself), validation sees the images as embedding does, composited onto the background."""
     order = torch.randperm(len(images), generator=gen)
     n_val = max(1, int(len(images) * cfg.val_fraction))
-    val = composited(images[order[:n_val]], vcfg.background).mul_(255).round_().to(torch.uint8)
-    return images[order[n_val:]], val
+    val = composited(_batch(images, order[:n_val]), vcfg.background).mul_(255).round_().to(torch.uint8)
+    return order[n_val:], val
 
 
 @dataclass
@@ -237,15 +249,16 @@ def _resume(state_path: Path, fresh: _Run, vcfg: VAEConfig, cfg: TrainConfig, to
         return _Run(*_fresh(vcfg, cfg, total_steps, device), fresh.gen)
 
 
-def _epoch(run: _Run, tr: torch.Tensor, batch_size: int, cfg: TrainConfig, device: torch.device, warmup_steps: int
-           ) -> dict:
-    """One pass over the training images in a seeded order; returns its metrics row so far (run.step moves on)."""
+def _epoch(run: _Run, images: np.ndarray, tr: torch.Tensor, batch_size: int, cfg: TrainConfig, device: torch.device,
+           warmup_steps: int) -> dict:
+    """One pass over the training rows `tr` of `images` in a seeded order; returns its metrics row so far (run.step
+    moves on)."""
     model, opt, sched, gen = run.model, run.opt, run.sched, run.gen
     model.train()
     t0, total, invariance, beta = time.monotonic(), 0.0, 0.0, cfg.beta
     for batch_idx in torch.randperm(len(tr), generator=gen).split(batch_size):
         beta = cfg.beta * min(1.0, (run.step + 1) / warmup_steps)  # KL warm-up against early collapse
-        out = _loss(model, tr[batch_idx], beta, cfg, gen, device)
+        out = _loss(model, _batch(images, tr[batch_idx]), beta, cfg, gen, device)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
