@@ -47,6 +47,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from vaepipe.build import build as build_collection
 from vaepipe.config import BuildConfig, IndexConfig, TrainConfig
+from vaepipe.duplicates import _components  # the one union-find: groups of keys joined by pixels
 from vaepipe.embed import encode_files
 from vaepipe.embeddings import Embedded
 from vaepipe.index import SearchIndex, prepare
@@ -522,23 +523,20 @@ def true_groups(workdir: Workdir, t: dict) -> dict[str, list[str]]:
 
     paths = pq.read_table(workdir.manifest, columns=["path"])["path"].to_pylist()
     root = Path(workdir.read_collection()["image_root"])
-    parent = {key(p): key(p) for p in paths}
-
-    def find(k: str) -> str:
-        while parent[k] != k:
-            k = parent[k]
-        return k
-
-    shown: dict[str, str] = {}
+    keys = sorted({key(p) for p in paths})
+    node = {k: i for i, k in enumerate(keys)}
+    first_showing: dict[str, int] = {}
+    a, b = [], []  # keys joined by a file that shows the same pixels as a file of the other
     for p in paths:
         pixels = _shown_pixels(root / p)
         if pixels is not None:
-            first = shown.setdefault(pixels, key(p))
-            parent[find(key(p))] = find(first)
-    groups: dict[str, list[str]] = {}
+            a.append(first_showing.setdefault(pixels, node[key(p)]))
+            b.append(node[key(p)])
+    component = _components(len(keys), np.asarray(a, np.int64), np.asarray(b, np.int64))
+    groups: dict[int, list[str]] = {}
     for p in paths:
-        groups.setdefault(find(key(p)), []).append(p)
-    return {k: v for k, v in groups.items() if len(v) > 1}
+        groups.setdefault(int(component[node[key(p)]]), []).append(p)
+    return {keys[k]: v for k, v in groups.items() if len(v) > 1}
 
 
 SWEEP = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
