@@ -13,8 +13,9 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from helpers import flat_index
 from vaepipe import same_size
-from vaepipe.same_size import (CURVE_LEFT, caption_rows, clearly_best, curve_left, load_on_backgrounds,
-                                nearest_of_size, one_outline, opacity, same_size_pairs)
+from vaepipe.same_size import (CURVE_LEFT, LEAST, best_window, caption_rows, curve_left, jpeg_settings,
+                                load_on_backgrounds, nearest_of_size, one_outline, opacity, resaved_as, same_size_pairs,
+                                window_pairs)
 from vaepipe.ingest import ingest
 from vaepipe.store import image_sizes, sha256_file
 
@@ -104,9 +105,9 @@ def test_two_icons_that_differ_in_one_spot_are_not_a_pair(tmp_path):
     names.append("trash-copy.png")
     planes = np.stack([load_on_backgrounds(tmp_path / n) for n in names])
     near = nearest_of_size(planes)
-    assert near.best[0] == 1 and clearly_best(near)[0]
+    assert near.best[0] == 1 and near.score[0] >= 0.9
     assert curve_left(planes[0], planes[1], int(near.background[0])) > CURVE_LEFT
-    assert near.best[-1] == names.index("user-trash.png") and clearly_best(near)[-1]
+    assert near.best[-1] == names.index("user-trash.png") and near.score[-1] >= LEAST
     assert curve_left(planes[-1], planes[near.best[-1]], int(near.background[-1])) <= CURVE_LEFT
     index = _index_of(tmp_path, names)
     found = _named(index, same_size_pairs(index, tmp_path, _sizes(tmp_path, index.ids["path"].to_pylist())))
@@ -130,7 +131,7 @@ def test_two_black_drawings_with_one_badge_are_not_one_picture_on_black(tmp_path
         (tmp_path / n).write_bytes((TANGO_22 / n).read_bytes())
     planes = np.stack([load_on_backgrounds(tmp_path / n) for n in names])
     near = nearest_of_size(planes)
-    assert near.best[0] == 1 and clearly_best(near)[0] and near.background[0] == 0  # on black only the badge is left
+    assert near.best[0] == 1 and near.score[0] >= 0.9 and near.background[0] == 0  # on black only the badge is left
     assert curve_left(planes[0], planes[1], 0) <= CURVE_LEFT < curve_left(planes[0], planes[1], 1)
     index = _index_of(tmp_path, names)
     assert _named(index, same_size_pairs(index, tmp_path, _sizes(tmp_path, index.ids["path"].to_pylist()))) == set()
@@ -166,6 +167,70 @@ def test_a_caption_over_a_small_icon_is_seen_past(tmp_path):
     index = _index_of(tmp_path, names)
     found = _named(index, same_size_pairs(index, tmp_path, _sizes(tmp_path, index.ids["path"].to_pylist())))
     assert found == {frozenset(("captioned.png", original))}
+
+
+def test_a_jpeg_of_a_small_icon_is_its_original_saved_so(tmp_path):
+    """JPEG copies of 22 px icons (flattened on white, quality 30 and 60, chroma halved or not): their blocks are no
+    tone curve of the original, but the original saved as each was saved is it. A JPEG of Tango's folder_home, whose
+    best match here is the plain folder (folder_home itself is not in the folder), is not the folder saved so: the
+    house is still there."""
+    places = TANGO_22.parent / "places"
+    names = ["folder.png", "user-desktop.png", "user-trash.png", "network-server.png", "start-here.png",
+             "folder-remote.png", "network.png", "folder-saved-search.png"]
+    for n in names:
+        (tmp_path / n).write_bytes((places / n).read_bytes())
+    for n, options in (("user-trash.png", {"quality": 30}), ("network-server.png", {"quality": 60, "subsampling": 0}),
+                       ("start-here.png", {"quality": 30, "subsampling": 2})):
+        _on(Image.open(places / n), (255, 255, 255)).save(tmp_path / f"jpeg-{n[:-4]}.jpg", **options)
+        names.append(f"jpeg-{n[:-4]}.jpg")
+    _on(Image.open(places / "folder_home.png"), (255, 255, 255)).save(tmp_path / "jpeg-folder_home.jpg", quality=30)
+    names.append("jpeg-folder_home.jpg")
+    planes = np.stack([load_on_backgrounds(tmp_path / n) for n in names])
+    near = nearest_of_size(planes)
+    trash, jpeg = names.index("user-trash.png"), names.index("jpeg-user-trash.jpg")
+    assert near.best[jpeg] == trash and curve_left(planes[jpeg], planes[trash], 1) > CURVE_LEFT  # blocks: no curve
+    saved = resaved_as(tmp_path / "user-trash.png", jpeg_settings(tmp_path / "jpeg-user-trash.jpg"))
+    assert curve_left(planes[jpeg], saved, 1) <= CURVE_LEFT
+    assert jpeg_settings(tmp_path / "user-trash.png") is None  # a PNG is not re-saved
+    assert near.best[-1] == names.index("folder.png")
+    index = _index_of(tmp_path, names)
+    found = _named(index, same_size_pairs(index, tmp_path, _sizes(tmp_path, index.ids["path"].to_pylist())))
+    assert found == {frozenset((f"jpeg-{n}.jpg", f"{n}.png")) for n in ("user-trash", "network-server", "start-here")}
+
+
+def _pixel_index(folder: Path, names: list[str]):
+    """A real flat index whose vectors are the pictures' 8 x 8 grey pixels: near pictures are near, as the code
+    puts them."""
+    vectors = np.stack([np.asarray(_on(Image.open(folder / n), (255, 255, 255)).resize((8, 8), Image.Resampling.BOX)
+                                   .convert("L"), np.float32).ravel() for n in names])
+    return flat_index(vectors - vectors.mean(1, keepdims=True), names, [sha256_file(folder / n) for n in names])
+
+
+def test_a_crop_or_a_border_is_paired_with_the_picture_it_is_a_window_of(tmp_path):
+    """A centre crop of a 22 px icon keeps the pixels it keeps: it is the window of its original it follows best,
+    exactly; a 16 px icon flattened on white with a white border is its original in a window of it. Pictures that
+    are nobody's window (the icons themselves, at one size) pair with nothing, and a crop that is a window of two
+    icons (the same icon with and without a badge outside the crop) pairs with neither."""
+    names, _ = _folder(tmp_path, n_icons=30)
+    names = [n for n in names if not n.startswith("copy-")]
+    crops = {}
+    for n in names[:3]:
+        name = f"crop-{n}"
+        Image.open(tmp_path / n).convert("RGBA").crop((2, 2, 20, 20)).save(tmp_path / name)
+        crops[name] = n
+    small = Path("/usr/share/icons/Tango/16x16/actions/go-up.png")
+    (tmp_path / "go-up-16.png").write_bytes(small.read_bytes())
+    ImageOps.expand(_on(Image.open(small), (255, 255, 255)), border=2, fill="white").save(tmp_path / "bordered.png")
+    badged = Image.open(tmp_path / names[5]).convert("RGBA")
+    badged.paste((200, 0, 0, 255), (18, 0, 22, 4))  # a badge in a corner, outside the crop below
+    badged.save(tmp_path / "badged.png")
+    Image.open(tmp_path / names[5]).convert("RGBA").crop((2, 6, 20, 22)).save(tmp_path / "crop-of-two.png")
+    names += [*crops, "go-up-16.png", "bordered.png", "badged.png", "crop-of-two.png"]
+    planes = load_on_backgrounds(tmp_path / names[0]), load_on_backgrounds(tmp_path / f"crop-{names[0]}")
+    assert best_window(planes[1], planes[0])[0] > 0.999 and best_window(planes[1], planes[0])[2:] == (2, 2)
+    index = _pixel_index(tmp_path, names)
+    found = _named(index, window_pairs(index, tmp_path, _sizes(tmp_path, names), index.nearest_of_all(21)))
+    assert found == {frozenset(p) for p in crops.items()} | {frozenset(("go-up-16.png", "bordered.png"))}
 
 
 def test_byte_identical_files_do_not_hide_a_copy(tmp_path):
@@ -310,4 +375,4 @@ def test_one_outline_looks_at_pairs_of_one_size_with_transparency_only(tmp_path)
     transparent[[row["indent.png"], row["font-flat.png"]]] = False
     outlines = same_size.OneOutline(index, tmp_path, _sizes(tmp_path, files), transparent)
     assert outlines.apart(a, b).tolist() == [False, False, False, False, False]
-    assert set(outlines.kept) == {row["centrejust.png"], row["font.png"]}
+    assert set(outlines.pictures.kept) == {row["centrejust.png"], row["font.png"]}

@@ -334,8 +334,10 @@ def _groups(workdir: Workdir, image_root: Path, index: SearchIndex, threshold: f
                                      "small pictures of one size": {"up to side": same_size.SMALL_SIDE,
                                                                     "compared at most": same_size.COMPARED_SIDE,
                                                                     "least": same_size.LEAST,
-                                                                    "ratio": same_size.RATIO,
-                                                                    "left by a tone curve": same_size.CURVE_LEFT},
+                                                                    "left by a tone curve": same_size.CURVE_LEFT,
+                                                                    "JPEG files compared with the other saved as they were": True,
+                                                                    "windows of pictures at most this much larger":
+                                                                        1 / same_size.WINDOW_SHARE},
                                      "two drawings of one outline": {"outline alike": same_size.OUTLINE_ALIKE,
                                                                      "left by a tone curve over the top three "
                                                                      "quarters": same_size.DRAWN_APART}}

@@ -6,15 +6,18 @@ its original no better than the icon's other sizes and its look-alikes do; on th
 through a tone curve, exactly (BENCHMARKS.md, "Duplicate groups").
 
 So images of one size, up to SMALL_SIDE on their longer side, are compared with every other image of that size,
-those above COMPARED_SIDE shrunk alike to it or under (a whole factor: the grids stay aligned) (`nearest_of_size`): the correlation of their RGB pixels, transparent pixels on black and on white, the better. An
-image and the one it follows best are a pair (`copies_of_size`) when that is at least LEAST, clearly better than the
-image's next best (`clearly_best`: 1 - best at most RATIO times 1 - next, a ratio test on distances, so that an exact
-copy of a document icon stands out from the other document icons, which follow it at 0.9 and up), and one is the
-other through a tone curve (`curve_left` at most CURVE_LEFT): each channel of one a non-decreasing function of the
-other's, everywhere (where both have transparency, on both backgrounds). Brightened with its highlights clipped,
-darker, with more contrast, flattened: so is a copy; two icons of one design (Tango's folder and folder_home, with a
-house on it; battery levels; volume low and medium) follow each other closely everywhere but in one spot, which no
-curve explains.
+those above COMPARED_SIDE shrunk alike to it or under (a whole factor: the grids stay aligned) (`nearest_of_size`):
+the correlation of their RGB pixels, transparent pixels on black and on white, the better. An image and the one it
+follows best are a pair (`copies_of_size`) when that is at least LEAST and one is the other through a tone curve
+(`curve_left` at most CURVE_LEFT): each channel of one a non-decreasing function of the other's, everywhere (where
+both have transparency, on both backgrounds). Brightened with its highlights clipped, darker, with more contrast,
+flattened: so is a copy, however little it follows its original once clipped; two icons of one design (Tango's
+folder and folder_home, with a house on it; battery levels; volume low and medium) follow each other closely
+everywhere but in one spot, which no curve explains.
+
+A JPEG's blocks are no tone curve: where one of the two is a JPEG file, the other is also saved as that JPEG was
+(its own quantisation tables and chroma subsampling, `jpeg_settings`, `resaved_as`) and the curve asked of that. A
+16 px icon saved as a JPEG of quality 30 is its original saved so, pixel for pixel; its sibling saved so is not.
 
 A caption band over a small icon (`captioned_pairs`) takes the copy away from its original when compared whole. A
 picture whose bottom rows are opaque across the whole width, over rows where the other picture has transparency, is
@@ -31,15 +34,18 @@ cropped, a caption band over its transparency).
 
 from __future__ import annotations
 
+import io
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from numpy.lib.stride_tricks import sliding_window_view
+from PIL import Image, JpegImagePlugin
 
-from vaepipe.detail import inside
+from vaepipe.detail import NEIGHBOURS, inside
 from vaepipe.images import flatten, is_svg, open_image
 from vaepipe.index import SearchIndex
 from vaepipe.store import file_path
@@ -50,10 +56,10 @@ log = logging.getLogger("vaepipe")
 SMALL_SIDE = 256
 COMPARED_SIDE = 64
 # Chosen on the three validation draws of the mixed folder and on every icon theme installed here, looked at
-# (BENCHMARKS.md, "Duplicate groups"): compared by how closely the pixels follow each other instead of by a curve, more
-# copies of the draws are found (JPEG copies of 16 to 48 px icons) and a theme's own siblings pair up.
-LEAST = 0.9
-RATIO = 0.2
+# (BENCHMARKS.md, "Duplicate groups"): compared by how closely the pixels follow each other instead of by a curve, a
+# theme's own siblings pair up. The curve is what tells them apart, so the least correlation only keeps out pictures
+# that barely follow each other (a copy brightened 1.4 times and clipped follows its original at 0.67-0.88).
+LEAST = 0.5
 CURVE_LEFT = 0.05  # what the curve leaves, at most over any 3 x 3 pixels, in the made picture's standard deviations
 # A caption band: bottom rows opaque (at least CAPTION_OPAQUE) across the whole width, a run of 1/8 to 1/3 of the
 # picture's rows, over rows of the other picture that have transparency (under half opaque somewhere).
@@ -71,7 +77,9 @@ MOST_PIXELS = 10_000_000
 # copies that must not be kept apart (BENCHMARKS.md, "Duplicate groups").
 OUTLINE_ALIKE = 0.99
 DRAWN_APART = 0.75
-KEPT_PICTURES = 2048  # pictures OneOutline keeps loaded (each at most 24 KB at COMPARED_SIDE)
+KEPT_PICTURES = 2048  # pictures kept loaded (Pictures; each at most 24 KB at COMPARED_SIDE)
+# A picture is looked for as a window of pictures whose sides are at most 1 / WINDOW_SHARE of its own (window_pairs).
+WINDOW_SHARE = 0.5
 
 
 def compared_size(width: int, height: int) -> tuple[int, int]:
@@ -85,11 +93,45 @@ def load_on_backgrounds(path: str | Path, max_pixels: int = 64_000_000) -> np.nd
     """A picture as RGB at its compared_size (box-filtered), transparency on each of BACKGROUNDS: uint8
     (2, height, width, 3)."""
     img = open_image(path, max_pixels)
-    size = compared_size(*img.size)
-    flat = [flatten(img, bg).convert("RGB") for bg in BACKGROUNDS]
-    if size != img.size:
+    return _compared([flatten(img, bg) for bg in BACKGROUNDS])
+
+
+def _compared(flat: list[Image.Image]) -> np.ndarray:
+    """A picture flattened on each of BACKGROUNDS -> uint8 (2, height, width, 3) RGB at its compared_size."""
+    size = compared_size(*flat[0].size)
+    flat = [f.convert("RGB") for f in flat]
+    if size != flat[0].size:
         flat = [f.resize(size, Image.Resampling.BOX) for f in flat]
     return np.stack([np.asarray(f) for f in flat])
+
+
+def jpeg_settings(path: str | Path) -> dict | None:
+    """How a JPEG file was saved, as Pillow's save arguments (its quantisation tables, chroma subsampling and mode);
+    None for a file of another format or mode, or one Pillow cannot read."""
+    try:
+        with Image.open(path) as img:
+            if img.format != "JPEG" or img.mode not in ("L", "RGB") or not img.quantization:
+                return None
+            settings = {"mode": img.mode, "qtables": dict(img.quantization)}
+            if img.mode == "RGB":
+                settings["subsampling"] = JpegImagePlugin.get_sampling(img)
+            return settings
+    except Exception:  # Pillow raises anything; a file it cannot read is only not compared so
+        return None
+
+
+def resaved_as(path: str | Path, settings: dict, max_pixels: int = 64_000_000) -> np.ndarray:
+    """load_on_backgrounds of a picture flattened on each of BACKGROUNDS and saved as a JPEG with `settings`
+    (jpeg_settings), as it decodes again."""
+    img = open_image(path, max_pixels)
+    flat = []
+    for bg in BACKGROUNDS:
+        buf = io.BytesIO()
+        options = {k: v for k, v in settings.items() if k != "mode"}
+        flatten(img, bg).convert(settings["mode"]).save(buf, format="JPEG", **options)
+        with Image.open(buf) as saved:
+            flat.append(saved.convert("RGB"))
+    return _compared(flat)
 
 
 def _z(planes: np.ndarray, bg: int) -> np.ndarray:
@@ -181,16 +223,6 @@ def curve_left(a: np.ndarray, b: np.ndarray, background: int, where: np.ndarray 
     return best
 
 
-def _clear(score: np.ndarray | float, second: np.ndarray | float) -> np.ndarray | bool:
-    """A best correlation of at least LEAST, clearly better than the next (the ratio test on distances)."""
-    return (score >= LEAST) & (1 - score <= RATIO * (1 - second))
-
-
-def clearly_best(near: Nearest) -> np.ndarray:
-    """Which pictures follow their best at least LEAST, and clearly better than their next (the ratio test)."""
-    return (near.best >= 0) & _clear(near.score, near.second)
-
-
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Two (h, w, 3) uint8 pictures -> the correlation of their pixels; 0 where either is of one colour."""
     z = _z(np.stack([a, b])[:, None], 0)
@@ -218,20 +250,37 @@ def _one_picture(a: np.ndarray, b: np.ndarray, background: int) -> bool:
                for bg in (range(len(BACKGROUNDS)) if both else [background]))
 
 
-def copies_of_size(planes: np.ndarray) -> list[tuple[int, int]]:
+Resaved = Callable[[int, int], "np.ndarray | None"]  # (i, j) -> picture j saved as picture i's JPEG was, or None
+
+
+def copies_of_size(planes: np.ndarray, resaved: Resaved | None = None) -> list[tuple[int, int]]:
     """Pictures of one size ((m, 2, h, w, 3) uint8, load_on_backgrounds) -> the pairs (i, j) of the module's rule.
 
     Where both have transparency, the curve must hold on both backgrounds: an icon drawn in black vanishes on black,
-    and two such icons with one emblem (a mail and a cloud, each with the same badge) are one picture there."""
+    and two such icons with one emblem (a mail and a cloud, each with the same badge) are one picture there.
+    resaved(i, j): picture j saved as picture i's JPEG file was (resaved_as), None where i is not a JPEG."""
     near = nearest_of_size(planes)
-    out = [(i, int(near.best[i])) for i in np.flatnonzero(clearly_best(near)).tolist()
-           if _one_picture(planes[i], planes[near.best[i]], int(near.background[i]))]
+    out = []
+    for i in np.flatnonzero((near.best >= 0) & (near.score >= LEAST)).tolist():
+        j, background = int(near.best[i]), int(near.background[i])
+        if _one_picture(planes[i], planes[j], background) or (
+                resaved is not None and _one_as_saved(planes, i, j, background, resaved)):
+            out.append((i, j))
     return out + captioned_pairs(planes)
+
+
+def _one_as_saved(planes: np.ndarray, i: int, j: int, background: int, resaved: Resaved) -> bool:
+    """Whether either of pictures i and j is a JPEG that the other, saved as it was, is through a tone curve."""
+    for jpeg, other in ((i, j), (j, i)):
+        saved = resaved(jpeg, other)
+        if saved is not None and _one_picture(planes[jpeg], saved, background):
+            return True
+    return False
 
 
 def captioned_pairs(planes: np.ndarray) -> list[tuple[int, int]]:
     """Pictures of one size ((m, 2, h, w, 3) uint8) -> pairs (i, j): i has a caption band (caption_rows) over rows
-    where j has transparency, and above the band follows j clearly best of all (the ratio test) and is j through a
+    where j has transparency, and above the band follows j best of all (at least LEAST) and is j through a
     tone curve (_one_picture). Compared whole, the band takes a small icon's copy away from its original."""
     alpha = opacity(planes)
     bands = np.asarray([caption_rows(a) for a in alpha])
@@ -245,10 +294,8 @@ def captioned_pairs(planes: np.ndarray) -> list[tuple[int, int]]:
             each = np.stack([zb @ zb[i] for zb in z])
             sim, background = each.max(0), each.argmax(0)
             sim[i] = -np.inf
-            order = np.argsort(-sim)[:2]
-            j = int(order[0])
-            second = float(sim[order[1]]) if len(order) > 1 else -1.0
-            if under[j] and _clear(float(sim[j]), second) and _one_picture(above[i], above[j], int(background[j])):
+            j = int(np.argmax(sim))
+            if under[j] and sim[j] >= LEAST and _one_picture(above[i], above[j], int(background[j])):
                 out.append((i, j))
     return out
 
@@ -295,7 +342,17 @@ def same_size_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray) -> 
                 kept.append(r)
         if len(kept) < 2:
             continue
-        for i, j in copies_of_size(np.stack(loaded)):
+        jpegs = {k: settings for k, r in enumerate(kept) if (settings := jpeg_settings(file_path(image_root, paths[r])))}
+
+        def resaved(i: int, j: int, kept: list[int] = kept, jpegs: dict = jpegs) -> np.ndarray | None:
+            if i not in jpegs:
+                return None
+            try:
+                return resaved_as(file_path(image_root, paths[kept[j]]), jpegs[i])
+            except Exception:  # Pillow raises anything; changed since it was loaded, say
+                return None
+
+        for i, j in copies_of_size(np.stack(loaded), resaved):
             a_out.append(min(kept[i], kept[j]))
             b_out.append(max(kept[i], kept[j]))
     if not a_out:
@@ -330,24 +387,26 @@ def one_outline(a: np.ndarray, b: np.ndarray) -> bool:
     return True
 
 
-class OneOutline:
-    """Which pairs of a collection's pictures are two drawings of one outline (one_outline), for the duplicate
-    check to keep apart. Only pictures of one size, up to SMALL_SIDE, with transparency are looked at; each is
-    loaded once (the last KEPT_PICTURES are kept).
+class Pictures:
+    """A collection's small pictures by index row, as load_on_backgrounds gives them and still as indexed
+    (_loaded_as_indexed; None otherwise), loaded when first asked for (the last KEPT_PICTURES are kept).
 
-    sizes: each index row's (width, height) as ingested (store.image_sizes); transparent: each index row, whether
-    it may have transparency (a picture known to be opaque is not loaded)."""
+    sizes: each index row's (width, height) as ingested (store.image_sizes)."""
 
-    def __init__(self, index: SearchIndex, image_root: Path, sizes: np.ndarray, transparent: np.ndarray):
+    def __init__(self, index: SearchIndex, image_root: Path, sizes: np.ndarray):
         self.paths, self.shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
         self.image_root = image_root
         self.sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
-        self.looked_at = (self.sizes.max(1) <= SMALL_SIDE) & (self.sizes.min(1) > 0) & np.asarray(transparent, bool)
-        small = np.flatnonzero(self.looked_at)
-        self.looked_at[small] = [not is_svg(self.paths[r]) for r in small]  # drawn at the loader's size, not its own
         self.kept: OrderedDict[int, np.ndarray | None] = OrderedDict()
 
-    def _planes(self, row: int) -> np.ndarray | None:
+    def small(self, side: int) -> np.ndarray:
+        """Which rows are pictures up to `side` px that are not SVG (drawn at the loader's size, not their own)."""
+        out = (self.sizes.max(1) <= side) & (self.sizes.min(1) > 0)
+        rows = np.flatnonzero(out)
+        out[rows] = [not is_svg(self.paths[r]) for r in rows]
+        return out
+
+    def __call__(self, row: int) -> np.ndarray | None:
         if row in self.kept:
             self.kept.move_to_end(row)
             return self.kept[row]
@@ -358,11 +417,87 @@ class OneOutline:
             self.kept.popitem(last=False)
         return planes
 
+
+class OneOutline:
+    """Which pairs of a collection's pictures are two drawings of one outline (one_outline), for the duplicate
+    check to keep apart. Only pictures of one size, up to SMALL_SIDE, with transparency are looked at; each is
+    loaded once (Pictures).
+
+    sizes: each index row's (width, height) as ingested (store.image_sizes); transparent: each index row, whether
+    it may have transparency (a picture known to be opaque is not loaded)."""
+
+    def __init__(self, index: SearchIndex, image_root: Path, sizes: np.ndarray, transparent: np.ndarray):
+        self.pictures = Pictures(index, image_root, sizes)
+        self.sizes = self.pictures.sizes
+        self.looked_at = self.pictures.small(SMALL_SIDE) & np.asarray(transparent, bool)
+
     def apart(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Pairs of index rows (a[i], b[i]) -> which are two drawings of one outline."""
         out = np.zeros(len(a), bool)
         same = np.flatnonzero(self.looked_at[a] & self.looked_at[b] & (self.sizes[a] == self.sizes[b]).all(1))
         for i in same[np.argsort(a[same], kind="stable")].tolist():  # each picture's pairs together: loaded once
-            pa, pb = self._planes(int(a[i])), self._planes(int(b[i]))
+            pa, pb = self.pictures(int(a[i])), self.pictures(int(b[i]))
             out[i] = pa is not None and pb is not None and one_outline(pa, pb)
         return out
+
+
+def best_window(small: np.ndarray, large: np.ndarray) -> tuple[float, int, int, int]:
+    """Two pictures ((2, h, w, 3) uint8, load_on_backgrounds), `small` nowhere larger than `large` -> how closely
+    small follows the window of large it follows best (the correlation of their pixels), on which of BACKGROUNDS
+    (its index), and that window's top and left."""
+    h, w = small.shape[1:3]
+    best = (-1.0, 0, 0, 0)
+    for bg in range(len(BACKGROUNDS)):
+        z = _z(small[None], bg)[0].reshape(h, w, 3)  # mean 0, so a window's own mean drops out of the dot product
+        big = large[bg].astype(np.float64)
+        dot = np.einsum("yxhwc,hwc->yx", sliding_window_view(big, (h, w, 3))[:, :, 0], z)
+        total, squares = _window_sums(big.sum(-1), h, w), _window_sums((big ** 2).sum(-1), h, w)
+        d = h * w * 3
+        std = np.sqrt(np.maximum(squares / d - (total / d) ** 2, 0))
+        corr = np.divide(dot, std * np.sqrt(d), out=np.zeros_like(dot), where=std > 1e-3)
+        top, left = np.unravel_index(int(np.argmax(corr)), corr.shape)
+        if corr[top, left] > best[0]:
+            best = (float(corr[top, left]), bg, int(top), int(left))
+    return best
+
+
+def _window_sums(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(H, W) -> (H - h + 1, W - w + 1): the sum over each h x w window (from the integral image)."""
+    c = np.pad(x, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    return c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]
+
+
+def window_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray, nearest: tuple[np.ndarray, np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Index rows (a, b), a < b, of a picture up to COMPARED_SIDE and the one larger picture among its NEIGHBOURS
+    nearest as stored (`nearest`: SearchIndex.nearest_of_all) that it is a window of, pixel for pixel: the window it
+    follows best (best_window), at least LEAST, is it through a tone curve (as _one_picture asks of pictures of one
+    size). A crop keeps the pixels it keeps; a border added around a picture keeps the picture as its window. Larger
+    means no smaller either way and at most 1 / WINDOW_SHARE of the side; a picture that is a window of two pictures
+    (two icons that differ outside it) pairs with neither."""
+    pictures = Pictures(index, image_root, sizes)
+    sizes, shas = pictures.sizes, pictures.shas
+    small = pictures.small(COMPARED_SIDE)
+    a_out, b_out = [], []
+    for r in np.flatnonzero(small & (sizes.min(1) >= 4)).tolist():
+        others = [o for o in nearest[0][r, 1:NEIGHBOURS + 1].tolist() if o >= 0 and small[o] and shas[o] != shas[r]
+                  and (sizes[o] >= sizes[r]).all() and (sizes[o] != sizes[r]).any()
+                  and (sizes[r] >= WINDOW_SHARE * sizes[o]).all()]
+        found: dict[str, int] = {}
+        for o in others:
+            mine, theirs = pictures(r), pictures(o)
+            if mine is None or theirs is None:
+                continue
+            alike, background, top, left = best_window(mine, theirs)
+            window = theirs[:, top:top + mine.shape[1], left:left + mine.shape[2]]
+            if alike >= LEAST and _one_picture(mine, window, background):
+                found.setdefault(shas[o], o)
+        if len(found) == 1:
+            o = next(iter(found.values()))
+            a_out.append(min(r, o))
+            b_out.append(max(r, o))
+    if not a_out:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pairs = np.unique(np.stack([a_out, b_out], 1), axis=0)
+    log.info("duplicates: %d pairs of a small picture and a larger one it is a window of", len(pairs))
+    return pairs[:, 0], pairs[:, 1]
