@@ -15,7 +15,7 @@ from helpers import flat_index
 from vaepipe import same_size
 from vaepipe.same_size import (CURVE_LEFT, LEAST, best_window, caption_rows, curve_left, jpeg_settings,
                                 load_on_backgrounds, nearest_of_size, one_outline, opacity, resaved_as, same_size_pairs,
-                                window_pairs)
+                                smaller_copy_pairs)
 from vaepipe.ingest import ingest
 from vaepipe.store import image_sizes, sha256_file
 
@@ -229,8 +229,29 @@ def test_a_crop_or_a_border_is_paired_with_the_picture_it_is_a_window_of(tmp_pat
     planes = load_on_backgrounds(tmp_path / names[0]), load_on_backgrounds(tmp_path / f"crop-{names[0]}")
     assert best_window(planes[1], planes[0])[0] > 0.999 and best_window(planes[1], planes[0])[2:] == (2, 2)
     index = _pixel_index(tmp_path, names)
-    found = _named(index, window_pairs(index, tmp_path, _sizes(tmp_path, names), index.nearest_of_all(21)))
+    found = _named(index, smaller_copy_pairs(index, tmp_path, _sizes(tmp_path, names), index.nearest_of_all(21)))
     assert found == {frozenset(p) for p in crops.items()} | {frozenset(("go-up-16.png", "bordered.png"))}
+
+
+def test_a_picture_resized_is_paired_with_the_one_it_was_made_from(tmp_path):
+    """Half-size and squashed copies of 32 px Tango icons (Pillow's Lanczos and bicubic, transparency kept) pair with
+    the icon they were made from; a half-size copy of folder_home, whose nearest larger pictures here are the plain
+    folder and other places (folder_home itself is not in the folder), pairs with nothing: the folder resized has no
+    house."""
+    places = Path("/usr/share/icons/Tango/32x32/places")
+    names = ["folder.png", "user-desktop.png", "user-trash.png", "network-server.png", "start-here.png",
+             "folder-remote.png", "network.png", "folder-saved-search.png"]
+    for n in names:
+        (tmp_path / n).write_bytes((places / n).read_bytes())
+    made = {"half-trash.png": ("user-trash.png", (16, 16), Image.Resampling.LANCZOS),
+            "squashed-server.png": ("network-server.png", (32, 22), Image.Resampling.BICUBIC),
+            "half-home.png": ("folder_home.png", (16, 16), Image.Resampling.LANCZOS)}
+    for name, (source, size, method) in made.items():
+        Image.open(places / source).convert("RGBA").resize(size, method).save(tmp_path / name)
+    names += list(made)
+    index = _pixel_index(tmp_path, names)
+    found = _named(index, smaller_copy_pairs(index, tmp_path, _sizes(tmp_path, names), index.nearest_of_all(len(names))))
+    assert found == {frozenset(("half-trash.png", "user-trash.png")), frozenset(("squashed-server.png", "network-server.png"))}
 
 
 def test_byte_identical_files_do_not_hide_a_copy(tmp_path):

@@ -37,7 +37,7 @@ from vaepipe.images import flatten, open_image, to_array
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
 from vaepipe.errors import VaepipeError
-from vaepipe.same_size import OneOutline, same_size_pairs, window_pairs
+from vaepipe.same_size import OneOutline, same_size_pairs, smaller_copy_pairs
 from vaepipe.store import file_path
 from vaepipe.views import ViewCache, seen_similarity, uses_views
 
@@ -356,7 +356,7 @@ def _checked_in_pixels(index: SearchIndex, image_root: Path, candidates: Candida
                        sure: list[Pairs], nearest: tuple[np.ndarray, np.ndarray], cache: ViewCache | None,
                        sizes: np.ndarray | None) -> tuple[Pairs, Pairs, Apart]:
     """The pairs the code found alike, and the sure pairs (the code's ratio test's) with those group_copy_pairs,
-    fine_detail_pairs, same_size.same_size_pairs and same_size.window_pairs (with `sizes`) and turned_pairs add, each less pairs of near-plain
+    fine_detail_pairs, same_size.same_size_pairs and same_size.smaller_copy_pairs (with `sizes`) and turned_pairs add, each less pairs of near-plain
     look-alikes (detail.Signatures.plain_look_alikes) and of pictures the pixels say are not copies (`apart`: of other
     colours, Signatures.other_colours; opaque pictures whose pixels differ, Signatures.pixels_differ; with `sizes`,
     two drawings of one outline, same_size.OneOutline); and `apart`, for the groups' stars."""
@@ -365,7 +365,7 @@ def _checked_in_pixels(index: SearchIndex, image_root: Path, candidates: Candida
     signatures = Signatures.of(index, image_root, rows, cache)
     grouped = group_copy_pairs(index, candidates, nearest, _joined(alike), signatures)
     fine = fine_detail_pairs(index, near, signatures)
-    same_size = (_joined([same_size_pairs(index, image_root, sizes), window_pairs(index, image_root, sizes, nearest)])
+    same_size = (_joined([same_size_pairs(index, image_root, sizes), smaller_copy_pairs(index, image_root, sizes, nearest)])
                  if sizes is not None else _joined([]))
     turned = turned_pairs(index, nearest, near, signatures, _joined([*alike, *sure, grouped, fine, same_size]))
     outlines = OneOutline(index, image_root, sizes, ~signatures.opaque) if sizes is not None else None
@@ -487,7 +487,7 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
     "links": nothing to clean up there, and not a copy someone made. With image_root and the collection's model
     (if trained for copies: views.uses_views), near pairs also come from view_checked_pairs, only_copy_pairs,
     fine_detail_pairs, turned_pairs and, with `sizes` (each index row's (width, height) as ingested:
-    store.image_sizes), same_size.same_size_pairs and same_size.window_pairs; pairs whose pixels say they are not copies are left apart
+    store.image_sizes), same_size.same_size_pairs and same_size.smaller_copy_pairs; pairs whose pixels say they are not copies are left apart
     (_checked_in_pixels)."""
     paths = index.ids["path"].to_pylist()
     shas = index.ids["sha256"].to_pylist()

@@ -336,8 +336,10 @@ def _groups(workdir: Workdir, image_root: Path, index: SearchIndex, threshold: f
                                                                     "least": same_size.LEAST,
                                                                     "left by a tone curve": same_size.CURVE_LEFT,
                                                                     "JPEG files compared with the other saved as they were": True,
-                                                                    "windows of pictures at most this much larger":
-                                                                        1 / same_size.WINDOW_SHARE},
+                                                                    "windows or resizes of pictures at most this much "
+                                                                    "larger": 1 / same_size.WINDOW_SHARE,
+                                                                    "resized only from pictures following at least":
+                                                                        same_size.RESIZED_ROUGHLY},
                                      "two drawings of one outline": {"outline alike": same_size.OUTLINE_ALIKE,
                                                                      "left by a tone curve over the top three "
                                                                      "quarters": same_size.DRAWN_APART}}

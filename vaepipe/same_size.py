@@ -1,4 +1,5 @@
-"""Pictures of one size compared pixel for pixel: the duplicate check's opinion on tone copies of icons and clip art.
+"""Small pictures compared pixel for pixel: the duplicate check's opinion on tone, JPEG, cropped and resized copies of
+icons and clip art.
 
 An icon theme draws each icon again at 16, 22, 24, 32, 48 and 64 px, and a copy of one made brighter, darker,
 flattened or captioned keeps its size. Scaled to the model's input and to the signatures' 32 px, such a copy follows
@@ -18,6 +19,11 @@ everywhere but in one spot, which no curve explains.
 A JPEG's blocks are no tone curve: where one of the two is a JPEG file, the other is also saved as that JPEG was
 (its own quantisation tables and chroma subsampling, `jpeg_settings`, `resaved_as`) and the curve asked of that. A
 16 px icon saved as a JPEG of quality 30 is its original saved so, pixel for pixel; its sibling saved so is not.
+
+A copy can also be smaller than its original, made from it: a crop, or the original with a border added, is a
+window of the larger picture, pixel for pixel; a half-size or squashed copy is the larger resized. A small picture
+and the one larger picture among its nearest as stored that it was made from either way, through a tone curve, are
+a pair (`smaller_copy_pairs`).
 
 A caption band over a small icon (`captioned_pairs`) takes the copy away from its original when compared whole. A
 picture whose bottom rows are opaque across the whole width, over rows where the other picture has transparency, is
@@ -78,8 +84,11 @@ MOST_PIXELS = 10_000_000
 OUTLINE_ALIKE = 0.99
 DRAWN_APART = 0.75
 KEPT_PICTURES = 2048  # pictures kept loaded (Pictures; each at most 24 KB at COMPARED_SIDE)
-# A picture is looked for as a window of pictures whose sides are at most 1 / WINDOW_SHARE of its own (window_pairs).
+KEPT_IMAGES = 256  # pictures kept decoded (Pictures.image; each at most 256 KB at SMALL_SIDE)
+# A picture is looked for as made from pictures whose sides are at most 1 / WINDOW_SHARE of its own (smaller_copy_pairs),
+# resized only from those that follow it at least RESIZED_ROUGHLY shrunk alike (a resized copy follows at 0.9 and up).
 WINDOW_SHARE = 0.5
+RESIZED_ROUGHLY = 0.8
 
 
 def compared_size(width: int, height: int) -> tuple[int, int]:
@@ -398,6 +407,7 @@ class Pictures:
         self.image_root = image_root
         self.sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
         self.kept: OrderedDict[int, np.ndarray | None] = OrderedDict()
+        self.images: OrderedDict[int, Image.Image | None] = OrderedDict()
 
     def small(self, side: int) -> np.ndarray:
         """Which rows are pictures up to `side` px that are not SVG (drawn at the loader's size, not their own)."""
@@ -405,6 +415,22 @@ class Pictures:
         rows = np.flatnonzero(out)
         out[rows] = [not is_svg(self.paths[r]) for r in rows]
         return out
+
+    def image(self, row: int) -> Image.Image | None:
+        """The picture at an index row, decoded, if its file still holds what was indexed (the last KEPT_IMAGES are
+        kept)."""
+        if row in self.images:
+            self.images.move_to_end(row)
+            return self.images[row]
+        path = file_path(self.image_root, self.paths[row])
+        try:
+            img = open_image(path, 64_000_000) if unchanged(path, self.shas[row]) else None
+        except Exception:  # Pillow raises anything; an unreadable picture is only not compared
+            img = None
+        self.images[row] = img
+        if len(self.images) > KEPT_IMAGES:
+            self.images.popitem(last=False)
+        return img
 
     def __call__(self, row: int) -> np.ndarray | None:
         if row in self.kept:
@@ -467,17 +493,59 @@ def _window_sums(x: np.ndarray, h: int, w: int) -> np.ndarray:
     return c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]
 
 
-def window_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray, nearest: tuple[np.ndarray, np.ndarray]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Index rows (a, b), a < b, of a picture up to COMPARED_SIDE and the one larger picture among its NEIGHBOURS
-    nearest as stored (`nearest`: SearchIndex.nearest_of_all) that it is a window of, pixel for pixel: the window it
-    follows best (best_window), at least LEAST, is it through a tone curve (as _one_picture asks of pictures of one
-    size). A crop keeps the pixels it keeps; a border added around a picture keeps the picture as its window. Larger
-    means no smaller either way and at most 1 / WINDOW_SHARE of the side; a picture that is a window of two pictures
-    (two icons that differ outside it) pairs with neither."""
+# Pillow's own resamplers; other tools' come close to one of them (BENCHMARKS.md, "Duplicate groups").
+RESIZERS = (Image.Resampling.NEAREST, Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.HAMMING,
+            Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
+
+
+def resized_like(img: Image.Image, size: tuple[int, int]) -> list[np.ndarray]:
+    """A picture resized to (width, height) by each of RESIZERS, as load_on_backgrounds gives a picture of that
+    size: transparency resized with the colour, then flattened."""
+    return [_compared([flatten(img.resize(size, method), bg) for bg in BACKGROUNDS]) for method in RESIZERS]
+
+
+def _made_from(small: np.ndarray, large: np.ndarray, image: Callable[[], Image.Image | None],
+               sizes: tuple[tuple[int, int], tuple[int, int]]) -> bool:
+    """Whether a picture (load_on_backgrounds) is a window of a larger one (its planes; windows are looked for up to
+    COMPARED_SIDE, at full size) or that picture (`image()`, decoded) resized, through a tone curve. sizes: the
+    (width, height) of both, as ingested."""
+    if max(max(sizes[0]), max(sizes[1])) <= COMPARED_SIDE:
+        alike, background, top, left = best_window(small, large)
+        if alike >= LEAST and _one_picture(small, large[:, top:top + small.shape[1], left:left + small.shape[2]],
+                                           background):
+            return True
+    # The larger shrunk alike (its compared planes, box-filtered to the smaller's): a resized copy follows it closely,
+    # and resizing by every method is only worth it then.
+    rough = np.stack([np.asarray(Image.fromarray(plane).resize(small.shape[2:0:-1], Image.Resampling.BOX))
+                      for plane in large])
+    if max(_correlation(small[bg], rough[bg]) for bg in range(len(BACKGROUNDS))) < RESIZED_ROUGHLY:
+        return False
+    img = image()
+    if img is None:
+        return False
+    best, background, resized = -1.0, 0, None
+    for planes in resized_like(img, sizes[0]):
+        for bg in range(len(BACKGROUNDS)):
+            alike = _correlation(small[bg], planes[bg])
+            if alike > best:
+                best, background, resized = alike, bg, planes
+    return best >= LEAST and _one_picture(small, resized, background)
+
+
+def smaller_copy_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray, nearest: tuple[np.ndarray, np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Index rows (a, b), a < b, of a picture up to SMALL_SIDE and the one larger picture among its NEIGHBOURS
+    nearest as stored (`nearest`: SearchIndex.nearest_of_all) that it was made from, pixel for pixel through a tone
+    curve (as _one_picture asks of pictures of one size):
+      a window of it, up to COMPARED_SIDE: the window it follows best (best_window), at least LEAST: a crop keeps the
+        pixels it keeps, and a border added around a picture keeps the picture as its window;
+      it resized to the smaller's size by one of RESIZERS (resized_like), the one it follows best, at least LEAST,
+        compared at the smaller's compared_size: half size, an aspect changed.
+    Larger means no smaller either way and at most 1 / WINDOW_SHARE of the side; a picture made from two pictures
+    that way (two icons that differ outside its window) pairs with neither."""
     pictures = Pictures(index, image_root, sizes)
     sizes, shas = pictures.sizes, pictures.shas
-    small = pictures.small(COMPARED_SIDE)
+    small = pictures.small(SMALL_SIDE)
     a_out, b_out = [], []
     for r in np.flatnonzero(small & (sizes.min(1) >= 4)).tolist():
         others = [o for o in nearest[0][r, 1:NEIGHBOURS + 1].tolist() if o >= 0 and small[o] and shas[o] != shas[r]
@@ -486,11 +554,8 @@ def window_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray, neares
         found: dict[str, int] = {}
         for o in others:
             mine, theirs = pictures(r), pictures(o)
-            if mine is None or theirs is None:
-                continue
-            alike, background, top, left = best_window(mine, theirs)
-            window = theirs[:, top:top + mine.shape[1], left:left + mine.shape[2]]
-            if alike >= LEAST and _one_picture(mine, window, background):
+            if mine is not None and theirs is not None and _made_from(
+                    mine, theirs, lambda o=o: pictures.image(o), (tuple(sizes[r].tolist()), tuple(sizes[o].tolist()))):
                 found.setdefault(shas[o], o)
         if len(found) == 1:
             o = next(iter(found.values()))
@@ -499,5 +564,6 @@ def window_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray, neares
     if not a_out:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     pairs = np.unique(np.stack([a_out, b_out], 1), axis=0)
-    log.info("duplicates: %d pairs of a small picture and a larger one it is a window of", len(pairs))
+    log.info("duplicates: %d pairs of a small picture and a larger one it was made from (a window of it, or it "
+             "resized)", len(pairs))
     return pairs[:, 0], pairs[:, 1]
