@@ -155,11 +155,10 @@ def _z(planes: np.ndarray, bg: int) -> np.ndarray:
 @dataclass
 class Nearest:
     """Each picture of one size: the one it follows best (an index into the pictures, -1 if none), that correlation
-    (-1 if none), the next best (-1 if none), and on which of BACKGROUNDS (its index) it follows the best."""
+    (-1 if none), and on which of BACKGROUNDS (its index) it follows it."""
 
     best: np.ndarray
     score: np.ndarray
-    second: np.ndarray
     background: np.ndarray
 
 
@@ -167,22 +166,19 @@ def nearest_of_size(planes: np.ndarray) -> Nearest:
     """Pictures of one size, (m, 2, h, w, 3) uint8 (load_on_backgrounds), each compared with all the others, BLOCK at
     a time: the better correlation of the two backgrounds."""
     m = len(planes)
-    out = Nearest(np.full(m, -1, np.int64), np.full(m, -1.0, np.float32), np.full(m, -1.0, np.float32),
-                  np.zeros(m, np.int64))
+    out = Nearest(np.full(m, -1, np.int64), np.full(m, -1.0, np.float32), np.zeros(m, np.int64))
     z = [_z(planes, bg) for bg in range(len(BACKGROUNDS))]
     for s in range(0, m, BLOCK):
         stop = min(m, s + BLOCK)
         each = np.stack([zb[s:stop] @ zb.T for zb in z])
         sim, background = each.max(0), each.argmax(0)
         sim[np.arange(stop - s), np.arange(s, stop)] = -np.inf  # not itself
-        order = np.argsort(-sim, axis=1)[:, :2]
-        top = np.take_along_axis(sim, order, 1)
+        order = np.argsort(-sim, axis=1)[:, :1]
+        top = np.take_along_axis(sim, order, 1)[:, 0]
         found = np.isfinite(top)
-        out.best[s:stop] = np.where(found[:, 0], order[:, 0], -1)
-        out.score[s:stop] = np.where(found[:, 0], top[:, 0], -1.0)
-        out.background[s:stop] = np.take_along_axis(background, order[:, :1], 1)[:, 0]
-        if order.shape[1] > 1:
-            out.second[s:stop] = np.where(found[:, 1], top[:, 1], -1.0)
+        out.best[s:stop] = np.where(found, order[:, 0], -1)
+        out.score[s:stop] = np.where(found, top, -1.0)
+        out.background[s:stop] = np.take_along_axis(background, order, 1)[:, 0]
     return out
 
 
