@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from helpers import flat_index
 from vaepipe import same_size
-from vaepipe.same_size import (CURVE_LEFT, LEAST, best_window, caption_rows, curve_left, jpeg_settings,
+from vaepipe.same_size import (CURVE_LEFT, LEAST, Pictures, best_window, caption_rows, curve_left, jpeg_settings,
                                 load_on_backgrounds, nearest_of_size, one_outline, opacity, resaved_as, same_size_pairs,
                                 smaller_copy_pairs)
 from vaepipe.ingest import ingest
@@ -229,7 +229,7 @@ def test_a_crop_or_a_border_is_paired_with_the_picture_it_is_a_window_of(tmp_pat
     planes = load_on_backgrounds(tmp_path / names[0]), load_on_backgrounds(tmp_path / f"crop-{names[0]}")
     assert best_window(planes[1], planes[0])[0] > 0.999 and best_window(planes[1], planes[0])[2:] == (2, 2)
     index = _pixel_index(tmp_path, names)
-    found = _named(index, smaller_copy_pairs(index, tmp_path, _sizes(tmp_path, names), index.nearest_of_all(21)))
+    found = _named(index, smaller_copy_pairs(Pictures(index, tmp_path, _sizes(tmp_path, names)), index.nearest_of_all(21)))
     assert found == {frozenset(p) for p in crops.items()} | {frozenset(("go-up-16.png", "bordered.png"))}
 
 
@@ -250,7 +250,8 @@ def test_a_picture_resized_is_paired_with_the_one_it_was_made_from(tmp_path):
         Image.open(places / source).convert("RGBA").resize(size, method).save(tmp_path / name)
     names += list(made)
     index = _pixel_index(tmp_path, names)
-    found = _named(index, smaller_copy_pairs(index, tmp_path, _sizes(tmp_path, names), index.nearest_of_all(len(names))))
+    found = _named(index, smaller_copy_pairs(Pictures(index, tmp_path, _sizes(tmp_path, names)),
+                                             index.nearest_of_all(len(names))))
     assert found == {frozenset(("half-trash.png", "user-trash.png")), frozenset(("squashed-server.png", "network-server.png"))}
 
 
@@ -388,12 +389,12 @@ def test_one_outline_looks_at_pairs_of_one_size_with_transparency_only(tmp_path)
     pairs = [("centrejust.png", "indent.png"), ("centrejust.png", "font.png"), ("indent.png", "indent-webp.png"),
              ("centrejust.png", "indent-32.png"), ("centrejust.png", "font-flat.png")]
     a, b = (np.asarray([row[p[k]] for p in pairs]) for k in (0, 1))
-    outlines = same_size.OneOutline(index, tmp_path, _sizes(tmp_path, files), np.ones(len(files), bool))
+    outlines = same_size.OneOutline(Pictures(index, tmp_path, _sizes(tmp_path, files)), np.ones(len(files), bool))
     assert outlines.apart(a, b).tolist() == [True, True, False, False, False]
     # A file changed since it was indexed is not compared as it is now; a picture known to be opaque is not loaded.
     Image.open(tmp_path / "indent-webp.png").save(tmp_path / "font.png")
     transparent = np.ones(len(files), bool)
     transparent[[row["indent.png"], row["font-flat.png"]]] = False
-    outlines = same_size.OneOutline(index, tmp_path, _sizes(tmp_path, files), transparent)
+    outlines = same_size.OneOutline(Pictures(index, tmp_path, _sizes(tmp_path, files)), transparent)
     assert outlines.apart(a, b).tolist() == [False, False, False, False, False]
     assert set(outlines.pictures.kept) == {row["centrejust.png"], row["font.png"]}

@@ -37,7 +37,7 @@ from vaepipe.images import flatten, open_image, to_array
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
 from vaepipe.errors import VaepipeError
-from vaepipe.same_size import OneOutline, same_size_pairs, smaller_copy_pairs
+from vaepipe.same_size import OneOutline, Pictures, same_size_pairs, smaller_copy_pairs
 from vaepipe.store import file_path
 from vaepipe.views import ViewCache, seen_similarity, uses_views
 
@@ -365,10 +365,11 @@ def _checked_in_pixels(index: SearchIndex, image_root: Path, candidates: Candida
     signatures = Signatures.of(index, image_root, rows, cache)
     grouped = group_copy_pairs(index, candidates, nearest, _joined(alike), signatures)
     fine = fine_detail_pairs(index, near, signatures)
-    same_size = (_joined([same_size_pairs(index, image_root, sizes), smaller_copy_pairs(index, image_root, sizes, nearest)])
-                 if sizes is not None else _joined([]))
+    pictures = Pictures(index, image_root, sizes) if sizes is not None else None  # small pictures, loaded once
+    same_size = (_joined([same_size_pairs(index, image_root, sizes), smaller_copy_pairs(pictures, nearest)])
+                 if pictures is not None else _joined([]))
     turned = turned_pairs(index, nearest, near, signatures, _joined([*alike, *sure, grouped, fine, same_size]))
-    outlines = OneOutline(index, image_root, sizes, ~signatures.opaque) if sizes is not None else None
+    outlines = OneOutline(pictures, ~signatures.opaque) if pictures is not None else None
     left_apart = {"colours": 0, "pixels": 0, "outline": 0}
 
     def apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:

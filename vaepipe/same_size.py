@@ -443,14 +443,14 @@ class Pictures:
 class OneOutline:
     """Which pairs of a collection's pictures are two drawings of one outline (one_outline), for the duplicate
     check to keep apart. Only pictures of one size, up to SMALL_SIDE, with transparency are looked at; each is
-    loaded once (Pictures).
+    loaded once (Pictures, shared with smaller_copy_pairs).
 
-    sizes: each index row's (width, height) as ingested (store.image_sizes); transparent: each index row, whether
-    it may have transparency (a picture known to be opaque is not loaded)."""
+    pictures: the collection's (Pictures); transparent: each index row, whether it may have transparency (a picture
+    known to be opaque is not loaded)."""
 
-    def __init__(self, index: SearchIndex, image_root: Path, sizes: np.ndarray, transparent: np.ndarray):
-        self.pictures = Pictures(index, image_root, sizes)
-        self.sizes = self.pictures.sizes
+    def __init__(self, pictures: Pictures, transparent: np.ndarray):
+        self.pictures = pictures
+        self.sizes = pictures.sizes
         self.looked_at = self.pictures.small(SMALL_SIDE) & np.asarray(transparent, bool)
 
     def apart(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -528,8 +528,7 @@ def _made_from(small: np.ndarray, large: np.ndarray, image: Callable[[], Image.I
     return best >= LEAST and _one_picture(small, resized, background)
 
 
-def smaller_copy_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray, nearest: tuple[np.ndarray, np.ndarray]
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def smaller_copy_pairs(pictures: Pictures, nearest: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Index rows (a, b), a < b, of a picture up to SMALL_SIDE and the one larger picture among its NEIGHBOURS
     nearest as stored (`nearest`: SearchIndex.nearest_of_all) that it was made from, pixel for pixel through a tone
     curve (as _one_picture asks of pictures of one size):
@@ -538,8 +537,7 @@ def smaller_copy_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray, 
       it resized to the smaller's size by one of RESIZERS (resized_like), the one it follows best, at least LEAST,
         compared at the smaller's compared_size: half size, an aspect changed.
     Larger means no smaller either way and at most 1 / WINDOW_SHARE of the side; a picture made from two pictures
-    that way (two icons that differ outside its window) pairs with neither."""
-    pictures = Pictures(index, image_root, sizes)
+    that way (two icons that differ outside its window) pairs with neither. pictures: the collection's (Pictures)."""
     sizes, shas = pictures.sizes, pictures.shas
     small = pictures.small(SMALL_SIDE)
     a_out, b_out = [], []
