@@ -545,10 +545,13 @@ def smaller_copy_pairs(pictures: Pictures, nearest: tuple[np.ndarray, np.ndarray
         others = [o for o in nearest[0][r, 1:NEIGHBOURS + 1].tolist() if o >= 0 and small[o] and shas[o] != shas[r]
                   and (sizes[o] >= sizes[r]).all() and (sizes[o] != sizes[r]).any()
                   and (sizes[r] >= WINDOW_SHARE * sizes[o]).all()]
+        mine = pictures(r) if others else None
+        if mine is None:
+            continue
         found: dict[str, int] = {}
         for o in others:
-            mine, theirs = pictures(r), pictures(o)
-            if mine is not None and theirs is not None and _made_from(
+            theirs = pictures(o)
+            if theirs is not None and _made_from(
                     mine, theirs, lambda o=o: pictures.image(o), (tuple(sizes[r].tolist()), tuple(sizes[o].tolist()))):
                 found.setdefault(shas[o], o)
         if len(found) == 1:
