@@ -311,6 +311,24 @@ def test_a_star_keeps_only_pictures_that_can_all_be_together(monkeypatch):
     assert sorted(asked) == [(0, 2), (0, 3), (2, 3)]
 
 
+def test_a_star_asks_every_image_of_a_sure_pair_whether_it_can_be_with_the_others():
+    """Two smileys of one outline with other mouths (0, 1: apart), a half-size copy of 1 (2; 1-2 a sure pair) and a
+    bordered copy of 0 (3) alike to 0 and to the copy of 1. The star around 3 could take 0 and the sure pair; the
+    half-size copy is not apart from 0 (pictures of other sizes are not compared), but 1 is, so the pair stays out
+    of 0's group. Asked of the pair's one image, the star joined both smileys."""
+    a, b = np.array([(0, 3), (2, 3)]).T
+    drawn_apart = {(0, 1)}
+    asked: list[tuple[int, int]] = []
+
+    def apart(ya: np.ndarray, za: np.ndarray) -> np.ndarray:
+        asked.extend(zip(ya.tolist(), za.tolist()))
+        return np.array([(min(y, z), max(y, z)) in drawn_apart for y, z in zip(ya.tolist(), za.tolist())], bool)
+
+    group = near_groups(4, (a, b), (np.array([1]), np.array([2])), apart)
+    assert sorted(sorted(np.flatnonzero(group == g).tolist()) for g in set(group.tolist())) == [[0, 3], [1, 2]]
+    assert sorted(tuple(sorted(p)) for p in asked) == [(0, 1), (0, 2)]
+
+
 def test_opaque_pictures_whose_pixels_differ_are_told_apart_and_everyday_copies_are_not(tmp_path):
     """Two neighbouring tiles of a real photograph (sand dunes: one look, other pixels) differ in pixels; its
     everyday copies (brighter, greyscale, a white border, a caption band, the centre 80 %, mirrored, turned by 10

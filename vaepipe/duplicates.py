@@ -37,7 +37,7 @@ from vaepipe.images import flatten, open_image, to_array
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE, exact_cudnn
 from vaepipe.errors import VaepipeError
-from vaepipe.same_size import OneOutline, Pictures, same_size_pairs, smaller_copy_pairs
+from vaepipe.same_size import Pictures, TwoDrawings, same_size_pairs, smaller_copy_pairs
 from vaepipe.store import file_path
 from vaepipe.views import ViewCache, seen_similarity, uses_views
 
@@ -359,7 +359,7 @@ def _checked_in_pixels(index: SearchIndex, image_root: Path, candidates: Candida
     fine_detail_pairs, same_size.same_size_pairs and same_size.smaller_copy_pairs (with `sizes`) and turned_pairs add, each less pairs of near-plain
     look-alikes (detail.Signatures.plain_look_alikes) and of pictures the pixels say are not copies (`apart`: of other
     colours, Signatures.other_colours; opaque pictures whose pixels differ, Signatures.pixels_differ; with `sizes`,
-    two drawings of one outline, same_size.OneOutline); and `apart`, for the groups' stars."""
+    two drawings of one size, same_size.TwoDrawings); and `apart`, for the groups' stars."""
     near = nearest_pairs(index, nearest)
     rows = np.unique(np.concatenate([r for p in [*alike, *sure, near, (candidates.a, candidates.b)] for r in p]))
     signatures = Signatures.of(index, image_root, rows, cache)
@@ -369,13 +369,13 @@ def _checked_in_pixels(index: SearchIndex, image_root: Path, candidates: Candida
     same_size = (_joined([same_size_pairs(index, image_root, sizes), smaller_copy_pairs(pictures, nearest)])
                  if pictures is not None else _joined([]))
     turned = turned_pairs(index, nearest, near, signatures, _joined([*alike, *sure, grouped, fine, same_size]))
-    outlines = OneOutline(pictures, ~signatures.opaque) if pictures is not None else None
-    left_apart = {"colours": 0, "pixels": 0, "outline": 0}
+    drawings = TwoDrawings(pictures, ~signatures.opaque) if pictures is not None else None
+    left_apart = {"colours": 0, "pixels": 0, "drawings": 0}
 
     def apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         out = signatures.other_colours(a, b)
         left_apart["colours"] += out.sum()
-        for kind, check in (("pixels", signatures.pixels_differ), ("outline", outlines.apart if outlines else None)):
+        for kind, check in (("pixels", signatures.pixels_differ), ("drawings", drawings.apart if drawings else None)):
             if check is not None:
                 found = np.zeros(len(a), bool)
                 found[~out] = check(a[~out], b[~out])
@@ -393,8 +393,8 @@ def _checked_in_pixels(index: SearchIndex, image_root: Path, candidates: Candida
     log.info("duplicates: %d pairs joined as a copy of a group, %d by their fine detail, %d as small pictures pixel "
              "for pixel and %d by their pixels turned or zoomed; %d pairs of near-plain pictures whose pixels differ, %d of "
              "pictures of other colours, %d of opaque pictures whose pixels differ and %d of two drawings of one "
-             "outline left apart", len(grouped[0]), len(fine[0]), len(same_size[0]), len(turned[0]), plain,
-             left_apart["colours"], left_apart["pixels"], left_apart["outline"])
+             "size left apart", len(grouped[0]), len(fine[0]), len(same_size[0]), len(turned[0]), plain,
+             left_apart["colours"], left_apart["pixels"], left_apart["drawings"])
     return checked[0], checked[1], apart
 
 
@@ -426,10 +426,13 @@ def near_groups(n: int, pairs: Pairs, sure: Pairs, apart: Callable[[np.ndarray, 
     others and the components grew to hundreds of pictures (BENCHMARKS.md, "Duplicate groups"); a copy of a copy
     still joins its original's group through the image they are both paired with.
     `apart(a, b)`: which pairs of images (a[i], b[i]) cannot be in one group (copies of one picture can all be
-    together), asked for the pairs of images that could join one star (a centre and one image passed the checks as a
-    pair); an image apart from one already in its star is left for another group."""
+    together), asked for every pair of images of the nodes that could join one star (a centre and one node passed
+    the checks as a pair; a node is the images the sure pairs joined); a node with an image apart from one already in
+    its star is left for another group."""
     node = _components(n, *sure)
     a, b = node[pairs[0]], node[pairs[1]]
+    members = np.argsort(node, kind="stable")  # each node's images together: members[start[x]:end[x]] for a node x
+    start, end = np.searchsorted(node[members], node, "left"), np.searchsorted(node[members], node, "right")
     neighbours: dict[int, set[int]] = {}
     for x, y in zip(a.tolist(), b.tolist()):
         if x != y:
@@ -438,11 +441,21 @@ def near_groups(n: int, pairs: Pairs, sure: Pairs, apart: Callable[[np.ndarray, 
     kept_apart: dict[tuple[int, int], bool] = {}
 
     def ask(candidates: list[list[int]]) -> None:
-        """apart() of every pair within each sorted list not asked before, in one call."""
+        """apart() of every pair of nodes within each sorted list not asked before, in one call: two nodes are apart
+        where any image of one is apart from any image of the other. A half-size copy joined to its original by a
+        sure pair says nothing of whether the original and a third picture are two drawings."""
         todo = sorted({(y, z) for c in candidates for i, y in enumerate(c) for z in c[i + 1:]} - kept_apart.keys())
-        if todo:
-            ya, za = np.asarray(todo, np.int64).T
-            kept_apart.update(zip(todo, apart(ya, za).tolist()))
+        if not todo:
+            return
+        ya, za = np.asarray(todo, np.int64).T
+        count = (end[ya] - start[ya]) * (end[za] - start[za])
+        which = np.repeat(np.arange(len(todo)), count)  # each node pair's image pairs, one row each
+        k = np.arange(len(which)) - np.repeat(np.cumsum(count) - count, count)
+        width = (end[za] - start[za])[which]
+        ia, ib = members[start[ya][which] + k // width], members[start[za][which] + k % width]
+        found = np.zeros(len(todo), bool)
+        np.logical_or.at(found, which, apart(ia, ib))
+        kept_apart.update(zip(todo, found.tolist()))
 
     # Each call costs milliseconds (thousands of stars on a large folder), so every pair that could meet in a star
     # (two images paired with one) is asked at once, unless that is too many: all-alike pictures make it cubic.
