@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 from helpers import flat_index
 from vaepipe import same_size
 from vaepipe.same_size import (CURVE_LEFT, LEAST, Pictures, best_window, caption_rows, curve_left, jpeg_settings,
-                                load_on_backgrounds, nearest_of_size, one_outline, opacity, resaved_as, same_size_pairs,
-                                smaller_copy_pairs)
+                                load_on_backgrounds, nearest_of_size, opacity, resaved_as, same_size_pairs,
+                                smaller_copy_pairs, two_drawings)
 from vaepipe.ingest import ingest
 from vaepipe.store import image_sizes, sha256_file
 
@@ -338,31 +338,35 @@ def _resaved(img: Image.Image, fmt: str, **options) -> Image.Image:
     return Image.open(buf).convert("RGBA")
 
 
-OUTLINE_COPIES = {  # copies that keep a small icon's size and transparency: its inside stays its inside
+SIZE_COPIES = {  # copies that keep a small icon's size and transparency: its shape and its inside stay its own
     "WebP quality 50": lambda im: _resaved(im, "WEBP", quality=50),
     "WebP quality 75": lambda im: _resaved(im, "WEBP", quality=75),
     "blurred": lambda im: im.filter(ImageFilter.GaussianBlur(0.5)),
+    "sharpened": lambda im: im.filter(ImageFilter.SHARPEN),
     "mirrored": lambda im: ImageOps.mirror(im),
     "captioned": _captioned,
     "darker, its transparency scaled too": lambda im: ImageEnhance.Brightness(im).enhance(0.7),
+    "made fainter": lambda im: Image.merge("RGBA", (*im.split()[:3], im.getchannel("A").point(lambda v: v * 2 // 5))),
 }
 
 
-def test_two_drawings_of_one_outline_are_told_from_copies():
+def test_two_drawings_of_one_size_are_told_from_copies():
     """Tango draws many icons on one page or one book: the same outline, another drawing inside. Those pairs are two
-    drawings; what everyday edits keep of an icon's size and transparency is one."""
-    page = Image.open(TANGO_22_ALL / "actions/centrejust.png").convert("RGBA")
+    drawings, and so are two icons of other shapes (an arrow up and one down, a page and an arrow); what everyday
+    edits keep of an icon's size and transparency is one picture."""
     drawings = [("actions/format-indent-more.png", "mimetypes/font-x-generic.png"),
                 ("actions/address-book-new.png", "mimetypes/x-office-address-book.png")]
-    for a, b in [("actions/centrejust.png", x) for x in drawings[0]] + [drawings[1]]:
+    shapes = [("actions/go-up.png", "actions/go-down.png"), ("actions/centrejust.png", "actions/go-up.png")]
+    for a, b in [("actions/centrejust.png", x) for x in drawings[0]] + [drawings[1]] + shapes:
         pa, pb = (load_on_backgrounds(TANGO_22_ALL / p) for p in (a, b))
-        assert one_outline(pa, pb), (a, b)
-    for edit, fn in OUTLINE_COPIES.items():
-        original, copy = (load_on_backgrounds(_png(img)) for img in (page, fn(page)))
-        assert not one_outline(original, copy), edit
-    # Pictures of one shape whose insides are one through a tone curve, or of other shapes, are not two drawings.
-    other_shape = load_on_backgrounds(TANGO_22_ALL / "actions/go-up.png")
-    assert not one_outline(load_on_backgrounds(_png(page)), other_shape)
+        assert two_drawings(pa, pb), (a, b)
+    for name in ("actions/centrejust.png", "actions/go-next.png", "apps/internet-mail.png"):
+        icon = Image.open(TANGO_22_ALL / name).convert("RGBA")
+        for edit, fn in SIZE_COPIES.items():
+            original, copy = (load_on_backgrounds(_png(img)) for img in (icon, fn(icon)))
+            assert not two_drawings(original, copy), (name, edit)
+    # An arrow and the same arrow mirrored (go-next, go-previous) are one picture: a mirrored copy is a copy.
+    assert not two_drawings(*(load_on_backgrounds(TANGO_22_ALL / f"actions/{n}.png") for n in ("go-next", "go-previous")))
 
 
 def _png(img: Image.Image) -> io.BytesIO:
@@ -372,8 +376,8 @@ def _png(img: Image.Image) -> io.BytesIO:
     return buf
 
 
-def test_one_outline_looks_at_pairs_of_one_size_with_transparency_only(tmp_path):
-    """OneOutline on a real index: two drawings of one outline are apart; a copy, pictures of other sizes, opaque
+def test_two_drawings_looks_at_pairs_of_one_size_with_transparency_only(tmp_path):
+    """TwoDrawings on a real index: two drawings of one outline are apart; a copy, pictures of other sizes, opaque
     pictures and files changed since indexing are not (nor loaded)."""
     names = {"centrejust.png": TANGO_22_ALL / "actions/centrejust.png",
              "indent.png": TANGO_22_ALL / "actions/format-indent-more.png",
@@ -381,7 +385,7 @@ def test_one_outline_looks_at_pairs_of_one_size_with_transparency_only(tmp_path)
              "indent-32.png": Path("/usr/share/icons/Tango/32x32/actions/format-indent-more.png")}
     for name, source in names.items():
         (tmp_path / name).write_bytes(source.read_bytes())
-    OUTLINE_COPIES["WebP quality 50"](Image.open(tmp_path / "indent.png")).save(tmp_path / "indent-webp.png")
+    SIZE_COPIES["WebP quality 50"](Image.open(tmp_path / "indent.png")).save(tmp_path / "indent-webp.png")
     _on(Image.open(tmp_path / "font.png"), (255, 255, 255)).save(tmp_path / "font-flat.png")
     files = [*names, "indent-webp.png", "font-flat.png"]
     index = _index_of(tmp_path, files)
@@ -389,12 +393,12 @@ def test_one_outline_looks_at_pairs_of_one_size_with_transparency_only(tmp_path)
     pairs = [("centrejust.png", "indent.png"), ("centrejust.png", "font.png"), ("indent.png", "indent-webp.png"),
              ("centrejust.png", "indent-32.png"), ("centrejust.png", "font-flat.png")]
     a, b = (np.asarray([row[p[k]] for p in pairs]) for k in (0, 1))
-    outlines = same_size.OneOutline(Pictures(index, tmp_path, _sizes(tmp_path, files)), np.ones(len(files), bool))
-    assert outlines.apart(a, b).tolist() == [True, True, False, False, False]
+    drawings = same_size.TwoDrawings(Pictures(index, tmp_path, _sizes(tmp_path, files)), np.ones(len(files), bool))
+    assert drawings.apart(a, b).tolist() == [True, True, False, False, False]
     # A file changed since it was indexed is not compared as it is now; a picture known to be opaque is not loaded.
     Image.open(tmp_path / "indent-webp.png").save(tmp_path / "font.png")
     transparent = np.ones(len(files), bool)
     transparent[[row["indent.png"], row["font-flat.png"]]] = False
-    outlines = same_size.OneOutline(Pictures(index, tmp_path, _sizes(tmp_path, files)), transparent)
-    assert outlines.apart(a, b).tolist() == [False, False, False, False, False]
-    assert set(outlines.pictures.kept) == {row["centrejust.png"], row["font.png"]}
+    drawings = same_size.TwoDrawings(Pictures(index, tmp_path, _sizes(tmp_path, files)), transparent)
+    assert drawings.apart(a, b).tolist() == [False, False, False, False, False]
+    assert set(drawings.pictures.kept) == {row["centrejust.png"], row["font.png"]}

@@ -340,9 +340,9 @@ def _groups(workdir: Workdir, image_root: Path, index: SearchIndex, threshold: f
                                                                     "larger": 1 / same_size.WINDOW_SHARE,
                                                                     "resized only from pictures following at least":
                                                                         same_size.RESIZED_ROUGHLY},
-                                     "two drawings of one outline": {"outline alike": same_size.OUTLINE_ALIKE,
-                                                                     "left by a tone curve over the top three "
-                                                                     "quarters": same_size.DRAWN_APART}}
+                                     "two drawings of one size": {"shapes alike": same_size.SHAPE_ALIKE,
+                                                                  "left by a tone curve over the top three "
+                                                                  "quarters": same_size.DRAWN_APART}}
     groups = duplicate_groups(index, threshold, image_root, model, _view_cache(workdir, index),
                               image_sizes(workdir.manifest, index.ids["path"]))
     trim_heap()  # the check's blocks of arrays, freed, would stay with the process through the search and report

@@ -30,12 +30,13 @@ picture whose bottom rows are opaque across the whole width, over rows where the
 compared above the band by the same rule. Not every picture's top three quarters: by them, two icons of one arrow,
 one with a bar under it, are one picture; the bar does not cross the whole width.
 
-The same comparison also keeps pairs apart that other rules made (`OneOutline`): two pictures of one size with
-transparency whose opaque parts are one shape, but whose insides differ where no curve explains it (above the bottom
-quarter, as they are or one mirrored), are two drawings of one outline: a face with another mouth, a document icon
-and its template, a folder and the folder with a bookmark on it. No everyday edit makes that of a picture: a copy
-that keeps its transparency keeps its inside too (saved as WebP, sharpened a little), or loses its outline (turned,
-cropped, a caption band over its transparency).
+The same comparison also keeps pairs apart that other rules made (`TwoDrawings`): two pictures of one size, both
+with transparency, that are not one picture as they are nor one mirrored (above the bottom quarter, where a caption
+band may lie): their opaque parts are other shapes, more than a pixel apart somewhere (a stick figure in another
+pose, a check mark drawn twice), or one shape whose insides differ where no curve explains it (a face with another
+mouth, a document icon and its template, a folder and the folder with a bookmark on it). No everyday edit makes that
+of a picture: a copy that keeps its size and transparency keeps its shape and its inside (saved as WebP, sharpened
+or blurred a little, made fainter, darker or captioned); a copy turned, cropped or with a border is of another size.
 """
 
 from __future__ import annotations
@@ -77,10 +78,11 @@ BLOCK = 512  # images compared at once with all of their size (a BLOCK x n matri
 # pixels than this in all is left to the other checks, so that memory stays bounded. Every icon theme installed here keeps
 # under it (its largest, 3,458 pictures of 48 x 48 px, 8.0 million pixels: about 190 MB of z-scores).
 MOST_PIXELS = 10_000_000
-# Two drawings of one outline (OneOutline): their opaque parts (opacity over a half) overlap at least OUTLINE_ALIKE of
-# their union, and a tone curve leaves more than DRAWN_APART over some 3 x 3 pixels of the top three quarters.
-# Chosen on the three validation draws, with real icons saved as WebP (quality 50, 75), sharpened and blurred as the
-# copies that must not be kept apart (BENCHMARKS.md, "Duplicate groups").
+# Two drawings (TwoDrawings): at least SHAPE_ALIKE of either's shape (opacity over half its most opaque, top three
+# quarters) lies more than a pixel from the other's, or a tone curve leaves more than DRAWN_APART over some 3 x 3 pixels
+# inside both. Chosen on the three validation draws, with real icons saved as WebP (quality 50, 75), sharpened,
+# blurred, made fainter and captioned as the copies that must not be kept apart (BENCHMARKS.md, "Duplicate groups").
+SHAPE_ALIKE = 0.9
 OUTLINE_ALIKE = 0.99
 DRAWN_APART = 0.75
 KEPT_PICTURES = 2048  # pictures kept loaded (Pictures; each at most 24 KB at COMPARED_SIDE)
@@ -368,24 +370,40 @@ def same_size_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray) -> 
     return pairs[:, 0], pairs[:, 1]
 
 
-def one_outline(a: np.ndarray, b: np.ndarray) -> bool:
+def _shape(planes: np.ndarray, rows: int) -> np.ndarray:
+    """(2, h, w, 3) uint8 (load_on_backgrounds) -> where its top `rows` are opaque (rows, w): over half their most
+    opaque, so that a copy made fainter keeps its shape."""
+    alpha = opacity(planes[None, :, :rows])[0]
+    return alpha > 0.5 * alpha.max()
+
+
+def _shape_alike(a: np.ndarray, b: np.ndarray) -> float:
+    """Two shapes (h, w) bool -> the least share of either within a pixel of the other (blurred or sharpened, a
+    thin line moves by one)."""
+    near_a, near_b = ~inside(~a[None], steps=1)[0], ~inside(~b[None], steps=1)[0]
+    return min((a & near_b).sum() / max(a.sum(), 1), (b & near_a).sum() / max(b.sum(), 1))
+
+
+def two_drawings(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two pictures of one size ((2, h, w, 3) uint8, load_on_backgrounds), both with transparency, are two
-    drawings of one outline: their opaque parts are one shape (OUTLINE_ALIKE), and neither b as it is nor b mirrored
-    is a through a tone curve inside that shape (away from its edge) over the top three quarters: curve_left more than
-    DRAWN_APART on either background, or the mirrored shape another. Below the top three quarters a caption band may
-    lie over the picture; along the edge, a copy made fainter (its transparency scaled) meets the backgrounds
-    otherwise than its original."""
+    drawings: neither b as it is nor b mirrored is a over the top three quarters, where their shapes (_shape) are
+    other (_shape_alike under SHAPE_ALIKE) or a tone curve leaves more than DRAWN_APART inside both (away from their
+    edges) on either background. Below the top three quarters a caption band may lie over the picture; along the
+    edge, a copy made fainter (its transparency scaled) meets the backgrounds otherwise than its original."""
     if not ((a[0] != a[1]).any() and (b[0] != b[1]).any()):
         return False
     top = a.shape[1] * 3 // 4
-    shape_a = opacity(a[None])[0] > 0.5
-    for k, other in enumerate((b, b[:, :, ::-1])):
-        shape_b = opacity(other[None])[0] > 0.5
-        if (shape_a & shape_b).sum() < OUTLINE_ALIKE * max((shape_a | shape_b).sum(), 1):
-            if k == 0:
-                return False  # not one outline
+    shape_a = _shape(a, top)
+    for mirrored, other in enumerate((b, b[:, :, ::-1])):
+        shape_b = _shape(other, top)
+        if not (shape_a.any() and shape_b.any()):
+            return False  # nothing to compare above a caption's rows
+        one_outline = (shape_a & shape_b).sum() >= OUTLINE_ALIKE * (shape_a | shape_b).sum()
+        if mirrored and not one_outline:
             continue  # not a mirrored copy
-        within = inside((shape_a & shape_b)[None], steps=1)[0, :top]  # a pixel away from its edge
+        if not one_outline and _shape_alike(shape_a, shape_b) < SHAPE_ALIKE:
+            continue  # other shapes
+        within = inside((shape_a & shape_b)[None], steps=1 if one_outline else 2)[0]  # away from the edge
         if not within.any() or max(curve_left(a[:, :top], other[:, :top], bg, within)
                                    for bg in range(len(BACKGROUNDS))) <= DRAWN_APART:
             return False  # one picture, as it is or mirrored
@@ -440,8 +458,8 @@ class Pictures:
         return planes
 
 
-class OneOutline:
-    """Which pairs of a collection's pictures are two drawings of one outline (one_outline), for the duplicate
+class TwoDrawings:
+    """Which pairs of a collection's pictures are two drawings (two_drawings), for the duplicate
     check to keep apart. Only pictures of one size, up to SMALL_SIDE, with transparency are looked at; each is
     loaded once (Pictures, shared with smaller_copy_pairs).
 
@@ -454,12 +472,12 @@ class OneOutline:
         self.looked_at = self.pictures.small(SMALL_SIDE) & np.asarray(transparent, bool)
 
     def apart(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Pairs of index rows (a[i], b[i]) -> which are two drawings of one outline."""
+        """Pairs of index rows (a[i], b[i]) -> which are two drawings."""
         out = np.zeros(len(a), bool)
         same = np.flatnonzero(self.looked_at[a] & self.looked_at[b] & (self.sizes[a] == self.sizes[b]).all(1))
         for i in same[np.argsort(a[same], kind="stable")].tolist():  # each picture's pairs together: loaded once
             pa, pb = self.pictures(int(a[i])), self.pictures(int(b[i]))
-            out[i] = pa is not None and pb is not None and one_outline(pa, pb)
+            out[i] = pa is not None and pb is not None and two_drawings(pa, pb)
         return out
 
 
