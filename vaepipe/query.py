@@ -341,6 +341,7 @@ def _groups(workdir: Workdir, image_root: Path, index: SearchIndex, threshold: f
                                                                     "resized only from pictures following at least":
                                                                         same_size.RESIZED_ROUGHLY},
                                      "two drawings of one size": {"shapes alike": same_size.SHAPE_ALIKE,
+                                                                  "one outline": same_size.OUTLINE_ALIKE,
                                                                   "left by a tone curve over the top three "
                                                                   "quarters": same_size.DRAWN_APART}}
     groups = duplicate_groups(index, threshold, image_root, model, _view_cache(workdir, index),

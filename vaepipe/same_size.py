@@ -78,10 +78,12 @@ BLOCK = 512  # images compared at once with all of their size (a BLOCK x n matri
 # pixels than this in all is left to the other checks, so that memory stays bounded. Every icon theme installed here keeps
 # under it (its largest, 3,458 pictures of 48 x 48 px, 8.0 million pixels: about 190 MB of z-scores).
 MOST_PIXELS = 10_000_000
-# Two drawings (TwoDrawings): at least SHAPE_ALIKE of either's shape (opacity over half its most opaque, top three
-# quarters) lies more than a pixel from the other's, or a tone curve leaves more than DRAWN_APART over some 3 x 3 pixels
-# inside both. Chosen on the three validation draws, with real icons saved as WebP (quality 50, 75), sharpened,
-# blurred, made fainter and captioned as the copies that must not be kept apart (BENCHMARKS.md, "Duplicate groups").
+# Two drawings (TwoDrawings): less than SHAPE_ALIKE of either's shape (opacity over half its most opaque, top three
+# quarters) lies within a pixel of the other's, or, shapes alike, a tone curve leaves more than DRAWN_APART over some
+# 3 x 3 pixels inside both (a pixel in where the shapes are one outline, overlapping OUTLINE_ALIKE of their union; two
+# where only alike: a blurred copy's edge moved). Chosen on the three validation draws, with real icons saved as WebP
+# (quality 50, 75), sharpened, blurred, made fainter and captioned as the copies that must not be kept apart
+# (BENCHMARKS.md, "Duplicate groups").
 SHAPE_ALIKE = 0.9
 OUTLINE_ALIKE = 0.99
 DRAWN_APART = 0.75
@@ -386,10 +388,10 @@ def _shape_alike(a: np.ndarray, b: np.ndarray) -> float:
 
 def two_drawings(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two pictures of one size ((2, h, w, 3) uint8, load_on_backgrounds), both with transparency, are two
-    drawings: neither b as it is nor b mirrored is a over the top three quarters, where their shapes (_shape) are
-    other (_shape_alike under SHAPE_ALIKE) or a tone curve leaves more than DRAWN_APART inside both (away from their
-    edges) on either background. Below the top three quarters a caption band may lie over the picture; along the
-    edge, a copy made fainter (its transparency scaled) meets the backgrounds otherwise than its original."""
+    drawings: over the top three quarters, b as it is has another shape than a (_shape_alike under SHAPE_ALIKE) or a
+    tone curve leaves more than DRAWN_APART inside both (away from their edges) on either background, and b mirrored
+    is not a's outline or leaves that much too. Below the top three quarters a caption band may lie over the picture;
+    along the edge, a copy made fainter (its transparency scaled) meets the backgrounds otherwise than its original."""
     if not ((a[0] != a[1]).any() and (b[0] != b[1]).any()):
         return False
     top = a.shape[1] * 3 // 4
