@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +161,25 @@ def test_a_collapsing_epoch_is_redone_at_a_lower_learning_rate(fmnist_dir, built
     first, last = result.metrics[0], result.metrics[-1]
     assert first["restarts"] >= 1 and first["peak_lr"] == 1.0 / 2 ** first["restarts"]
     assert last["val_active_units"] > 0 and last["val_elbo"] > -1e4
+
+
+def test_held_out_images_are_composited_a_block_at_a_time_as_they_would_be_whole(tmp_path, monkeypatch):
+    """The held-out split is composited a block at a time (memory), and is what compositing it whole gave: real
+    Tango icons with transparency, blocks of 7 against one block."""
+    from vaepipe import train as train_module
+    from vaepipe.augment import composited
+    from vaepipe.config import VAEConfig
+
+    root = Path("/usr/share/icons/Tango/32x32")
+    names = sorted(str(p.relative_to(root)) for p in root.glob("*/*.png"))[:400]
+    vcfg = VAEConfig()
+    images = train_module.load_images(root, names, vcfg.spec, workers=0, folder=tmp_path)
+    cfg = TrainConfig()
+    monkeypatch.setattr(train_module, "VAL_BLOCK", 7)
+    rows, val = train_module._split(images, vcfg, cfg, torch.Generator().manual_seed(3))
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(3))
+    n_val = len(images) - len(rows)
+    assert n_val == int(len(images) * cfg.val_fraction) > 7 and torch.equal(rows, order[n_val:])
+    whole = composited(torch.from_numpy(images[order[:n_val].numpy()]), vcfg.background).mul_(255).round_()
+    assert val.dtype == torch.uint8 and torch.equal(val, whole.to(torch.uint8))
+    assert (images[:, -1] < 255).any()  # icons with transparency: the compositing matters
