@@ -520,11 +520,13 @@ def resized_like(img: Image.Image, size: tuple[int, int]) -> list[np.ndarray]:
     return [_compared([flatten(img.resize(size, method), bg) for bg in BACKGROUNDS]) for method in RESIZERS]
 
 
-def _made_from(small: np.ndarray, large: np.ndarray, image: Callable[[], Image.Image | None],
-               sizes: tuple[tuple[int, int], tuple[int, int]]) -> bool:
-    """Whether a picture (load_on_backgrounds) is a window of a larger one (its planes; windows are looked for up to
-    COMPARED_SIDE, at full size) or that picture (`image()`, decoded) resized, through a tone curve. sizes: the
-    (width, height) of both, as ingested."""
+def _made_from(pictures: Pictures, small_row: int, large_row: int) -> bool:
+    """Whether the picture at small_row is a window of the one at large_row (looked for up to COMPARED_SIDE, at full
+    size) or that picture resized, through a tone curve. Both are loaded (Pictures)."""
+    small, large = pictures(small_row), pictures(large_row)
+    if small is None or large is None:
+        return False
+    sizes = tuple(pictures.sizes[small_row].tolist()), tuple(pictures.sizes[large_row].tolist())
     if max(max(sizes[0]), max(sizes[1])) <= COMPARED_SIDE:
         alike, background, top, left = best_window(small, large)
         if alike >= LEAST and _one_picture(small, large[:, top:top + small.shape[1], left:left + small.shape[2]],
@@ -536,7 +538,7 @@ def _made_from(small: np.ndarray, large: np.ndarray, image: Callable[[], Image.I
                       for plane in large])
     if max(_correlation(small[bg], rough[bg]) for bg in range(len(BACKGROUNDS))) < RESIZED_ROUGHLY:
         return False
-    img = image()
+    img = pictures.image(large_row)
     if img is None:
         return False
     best, background, resized = -1.0, 0, None
@@ -565,14 +567,11 @@ def smaller_copy_pairs(pictures: Pictures, nearest: tuple[np.ndarray, np.ndarray
         others = [o for o in nearest[0][r, 1:NEIGHBOURS + 1].tolist() if o >= 0 and small[o] and shas[o] != shas[r]
                   and (sizes[o] >= sizes[r]).all() and (sizes[o] != sizes[r]).any()
                   and (sizes[r] >= WINDOW_SHARE * sizes[o]).all()]
-        mine = pictures(r) if others else None
-        if mine is None:
+        if not others or pictures(r) is None:  # its own planes first: the LRU keeps them through its candidates
             continue
         found: dict[str, int] = {}
         for o in others:
-            theirs = pictures(o)
-            if theirs is not None and _made_from(
-                    mine, theirs, lambda o=o: pictures.image(o), (tuple(sizes[r].tolist()), tuple(sizes[o].tolist()))):
+            if _made_from(pictures, r, o):
                 found.setdefault(shas[o], o)
         if len(found) == 1:
             o = next(iter(found.values()))
