@@ -182,7 +182,8 @@ def vaepipe_job(folder: Path, workdir: Path, *options: str, fresh: bool = True, 
     pairs = {(a, b) for members in groups.values() for a in members for b in members if a < b}
     model_id = json.loads((workdir / "collection.json").read_text())["model_id"]
     return ({"seconds": index["seconds"] + query["seconds"], "index_s": index["seconds"], "query_s": query["seconds"],
-             "peak_mb": max(index["peak_mb"], query["peak_mb"]),
+             "peak_mb": max(index["peak_mb"], query["peak_mb"]), "index_mb": index["peak_mb"],
+             "query_mb": query["peak_mb"],
              "stages": {**index["stages"], "query task seconds": query["stages"].get("seconds", 0.0)
                         + query["stages"].get("report seconds", 0.0)}},
             pairs, workdir / "models" / model_id / "model.pt")
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
                f"{subprocess.run(['uname', '-m'], capture_output=True, text=True).stdout.strip()}")
     record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine,
               "command": "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:]), "sizes": []}
-    lines = ["| photos | job | median s | x PHash | peak RSS MB | rounds (s) | pairs | pair precision | "
+    lines = ["| photos | job | median s | x PHash | peak RSS MB (index / query) | rounds (s) | pairs | pair precision | "
              "precision across wallpapers | copy recall |", "|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory(prefix="vaepipe-peers-") as tmp:
         for n in args.sizes:
@@ -280,8 +281,10 @@ def main(argv: list[str] | None = None) -> dict:
                 if "index_s" in ts[0]:
                     index_s = statistics.median(t["index_s"] for t in ts)
                     extra = f" (index {index_s:.1f} + query {statistics.median(t['query_s'] for t in ts):.1f})"
-                lines.append(f"| {n:,} | {job}{extra} | {med:.1f} | {med / phash:.2f} | "
-                             f"{max(t['peak_mb'] for t in ts):,.0f} | {runs} | "
+                peak = f"{max(t['peak_mb'] for t in ts):,.0f}"
+                if "index_mb" in ts[0]:  # which command peaked: index / query
+                    peak += f" ({max(t['index_mb'] for t in ts):,.0f} / {max(t['query_mb'] for t in ts):,.0f})"
+                lines.append(f"| {n:,} | {job}{extra} | {med:.1f} | {med / phash:.2f} | {peak} | {runs} | "
                              + (f"{q['pairs']:,} | {q['precision']:.2f} | {q['precision_across_wallpapers']:.2f} | "
                                 f"{q['copy_recall']:.2f} |" if q else " | | | |"))
     lines += ["", "Where the vaepipe jobs' seconds go (medians; \"other\" is start-up, Prefect's temporary server and "
