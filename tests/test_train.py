@@ -183,3 +183,30 @@ def test_held_out_images_are_composited_a_block_at_a_time_as_they_would_be_whole
     whole = composited(torch.from_numpy(images[order[:n_val].numpy()]), vcfg.background).mul_(255).round_()
     assert val.dtype == torch.uint8 and torch.equal(val, whole.to(torch.uint8))
     assert (images[:, -1] < 255).any()  # icons with transparency: the compositing matters
+
+
+def test_evaluating_in_smaller_batches_draws_the_same_noise(tmp_path):
+    """evaluate's z samples come from torch's global generator, which training draws from too: its batch size
+    (chosen for memory) must not change the noise drawn, else it would change the model trained. Real Tango icons,
+    a seeded untrained model, batches of 16, 128 and all at once."""
+    from vaepipe import train as train_module
+    from vaepipe.config import VAEConfig
+    from vaepipe.model import VAE
+
+    root = Path("/usr/share/icons/Tango/32x32")
+    names = sorted(str(p.relative_to(root)) for p in root.glob("*/*.png"))[:300]
+    vcfg = VAEConfig(channels=3, extra_dim=8, normalised_means=True, standardised_input=True)
+    images = train_module.load_images(root, names, vcfg.spec, workers=0, folder=tmp_path)
+    _, val = train_module._split(images, vcfg, TrainConfig(val_fraction=0.9), torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = VAE(vcfg)
+    runs = []
+    for batch_size in (len(val), 128, 16):
+        torch.manual_seed(1)
+        ev = train_module.evaluate(model, val, batch_size=batch_size)
+        runs.append((ev, torch.rand(4)))  # what training would draw next
+    assert len(val) % 128 and len(val) % 16  # a short last batch
+    for ev, after in runs[1:]:
+        assert ev["elbo"] == pytest.approx(runs[0][0]["elbo"], rel=1e-6)
+        assert ev["active_units"] == runs[0][0]["active_units"]
+        assert torch.equal(after, runs[0][1])
