@@ -30,7 +30,7 @@ from vaepipe.model_dir import TrainResult
 from vaepipe.progress import Progress
 from vaepipe.errors import VaepipeError
 from vaepipe.store import (METRICS_FILE, MODEL_CONFIG_FILE, Workdir, file_path, fingerprint, kept_rows, release,
-                           scratch_array, sha256_file, write_json)
+                           scratch_array, sha256_file, trim_heap, write_json)
 
 log = logging.getLogger("vaepipe")
 
@@ -78,6 +78,9 @@ def load_images(root: Path, rel_paths: list[str], spec: ImageSpec, workers: int,
         release(out)
         progress.update(len(idx))
     progress.close()
+    # What receiving the decoded batches freed stays in glibc's per-thread arenas (~100 MB at 30,000 images, a few
+    # at 3,000), under training's peak; given back here (BENCHMARKS.md, "Memory").
+    trim_heap()
     return out if keep.all() else kept_rows(out, keep)
 
 
@@ -167,6 +170,7 @@ def train(root: Path, manifest_path: Path, workdir: Workdir, cfg: TrainConfig = 
     result = _publish(model.cpu(), workdir, metrics, {"trained_on": str(root), "train_config": asdict(cfg),
                                                         "images": len(images), "held_out": len(val)})
     shutil.rmtree(state_path.parent, ignore_errors=True)
+    trim_heap()  # training's freed blocks would stay with the process through embedding, and its exit
     return result
 
 
