@@ -78,8 +78,8 @@ def load_images(root: Path, rel_paths: list[str], spec: ImageSpec, workers: int,
         release(out)
         progress.update(len(idx))
     progress.close()
-    # What receiving the decoded batches freed stays in glibc's per-thread arenas (~100 MB at 30,000 images, a few
-    # at 3,000), under training's peak; given back here (BENCHMARKS.md, "Memory").
+    # What receiving the decoded batches freed stays in glibc's per-thread arenas, growing with the folder and kept
+    # under training's peak; given back here (BENCHMARKS.md, "Memory").
     trim_heap()
     return out if keep.all() else kept_rows(out, keep)
 
@@ -95,8 +95,7 @@ def _batch(images: np.ndarray, rows: torch.Tensor) -> torch.Tensor:
 def evaluate(model: VAE, images: torch.Tensor, batch_size: int = 128) -> dict[str, float]:
     """ELBO, NLL and KL in nats per image (one z sample), and active units (Burda et al.: Var_x E[z_u] > 0.01).
 
-    The batch size bounds the moment's memory (a batch of 512 took over twice what 128 does, BENCHMARKS.md,
-    "Memory"). The z samples come from torch's global generator, which training draws from too: on the CPU, batches
+    The batch size bounds the moment's memory (BENCHMARKS.md, "Memory"). The z samples come from torch's global generator, which training draws from too: on the CPU, batches
     of any multiple of 16 images draw the same noise, so the batch size does not change the model trained."""
     model.eval()
     device = next(model.parameters()).device
