@@ -95,8 +95,9 @@ def _batch(images: np.ndarray, rows: torch.Tensor) -> torch.Tensor:
 def evaluate(model: VAE, images: torch.Tensor, batch_size: int = 128) -> dict[str, float]:
     """ELBO, NLL and KL in nats per image (one z sample), and active units (Burda et al.: Var_x E[z_u] > 0.01).
 
-    The batch size bounds the moment's memory (BENCHMARKS.md, "Memory"). The z samples come from torch's global generator, which training draws from too: on the CPU, batches
-    of any multiple of 16 images draw the same noise, so the batch size does not change the model trained."""
+    The batch size bounds the moment's memory (BENCHMARKS.md, "Memory"). The z samples come from torch's global
+    generator, which training draws from too: on the CPU, batches of any multiple of 16 images draw the same noise,
+    so the batch size does not change the model trained."""
     model.eval()
     device = next(model.parameters()).device
     sums = {"elbo": 0.0, "nll": 0.0, "kl": 0.0}
