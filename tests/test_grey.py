@@ -172,6 +172,21 @@ def test_a_plain_search_of_vectors_is_the_images_space(colour):
                           index.grey.search(np.ascontiguousarray(stored.grey_embedding), 3)[1])
 
 
+def test_pair_similarity_is_each_pairs_inner_product_in_its_space_whatever_the_block(colour, monkeypatch):
+    """Every pair of the collection, gathered three pairs at a time: each pair's similarity is the inner product of
+    its stored vectors, in the grey renderings' space where either image is greyscale (two are, inside)."""
+    index = SearchIndex.open(colour["wd"].index_dir(colour["wd"].read_collection()["model_id"]))
+    n = index.meta["n"]
+    a, b = np.triu_indices(n, 1)
+    stored = index.stored(np.arange(n))
+    grey = stored.greyscale[a] | stored.greyscale[b]
+    assert grey.any() and not grey.all()
+    space = np.where(grey[:, None], stored.grey_embedding[a] * stored.grey_embedding[b],
+                     stored.embedding[a] * stored.embedding[b])
+    monkeypatch.setattr("vaepipe.index.PAIR_BLOCK", 3)
+    np.testing.assert_allclose(index.pair_similarity(a, b), space.sum(1), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivf-disk"])
 def test_every_index_kind_has_the_grey_space(colour, kind, tmp_path):
     wd = colour["wd"]

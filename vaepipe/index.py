@@ -41,6 +41,7 @@ HNSW_EF_CONSTRUCTION = 80
 EF_SEARCH_STEPS = (16, 32, 64, 128, 256, 512)
 NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 IVF_TRAIN_MAX = 1_000_000  # vectors an IVF quantizer is trained on, at most
+PAIR_BLOCK = 65_536  # pairs whose vectors pair_similarity gathers at a time
 
 
 @dataclass
@@ -482,12 +483,16 @@ class SearchIndex:
         metric), in the grey renderings' space where either image is greyscale, as duplicate pairs are compared."""
         a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
         rows = np.unique(np.concatenate([a, b]))
-        at = np.searchsorted(rows, a), np.searchsorted(rows, b)
         stored = self.stored(rows)
-        similarity = (stored.embedding[at[0]] * stored.embedding[at[1]]).sum(1)
-        if stored.greyscale is not None:
-            grey = stored.greyscale[at[0]] | stored.greyscale[at[1]]
-            similarity[grey] = (stored.grey_embedding[at[0][grey]] * stored.grey_embedding[at[1][grey]]).sum(1)
+        similarity = np.empty(len(a), np.float32)
+        # A block of pairs' vectors gathered at a time: a folder of look-alikes has hundreds of thousands of pairs.
+        for s in range(0, len(a), PAIR_BLOCK):
+            at = np.searchsorted(rows, a[s:s + PAIR_BLOCK]), np.searchsorted(rows, b[s:s + PAIR_BLOCK])
+            similarity[s:s + PAIR_BLOCK] = (stored.embedding[at[0]] * stored.embedding[at[1]]).sum(1)
+            if stored.greyscale is not None:
+                grey = stored.greyscale[at[0]] | stored.greyscale[at[1]]
+                similarity[s:s + PAIR_BLOCK][grey] = (stored.grey_embedding[at[0][grey]]
+                                                      * stored.grey_embedding[at[1][grey]]).sum(1)
         return similarity
 
     def stored_vectors(self, rows: np.ndarray) -> np.ndarray:
