@@ -3,6 +3,8 @@
 import logging
 import os
 
+import vaepipe  # noqa: F401  first: it names Arrow's allocator, which is read once, when pyarrow loads
+
 # Library progress is logged on the "vaepipe" logger; this makes Prefect show it in run logs too.
 # Prefect reads these when it is first imported, which is why they are set here, before any flow module imports it.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "vaepipe")

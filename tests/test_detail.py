@@ -219,10 +219,10 @@ def test_signatures_come_from_the_cache_by_content_and_a_changed_file_is_not_com
 
 
 def test_signatures_of_a_larger_folder_are_cached_in_parts_and_read_back_each_in_its_place(tmp_path, monkeypatch):
-    """69 real icons and a twin of one (two decode batches of 64), the cache written a part at a time (here every 32
-    images made): each part is read back into its images' places, the same as made, whatever order the rows are
+    """69 real icons and a twin of one (two decode batches of 64), the cache written a part at a time (here once
+    4 images are made): each part is read back into its images' places, the same as made, whatever order the rows are
     asked in; two files of one content both have it."""
-    monkeypatch.setattr("vaepipe.detail.PART_ROWS", 4)  # a part written once 8 * 4 images are made
+    monkeypatch.setattr("vaepipe.detail.PART_ROWS", 4)  # a part written once 4 images are made: after each batch
     names = _copied(_distinct(TANGO)[:69], tmp_path)
     assert len(names) == 69, "tango-icon-theme is needed (make test installs it)"
     (tmp_path / "twin.png").write_bytes((tmp_path / names[5]).read_bytes())

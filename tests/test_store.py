@@ -106,6 +106,26 @@ def test_a_scratch_array_holds_its_data_in_a_file_the_process_need_not_hold(tmp_
     release(np.zeros(3))  # an ordinary array: nothing to do
 
 
+def test_gathering_rows_from_all_over_a_scratch_array_holds_the_rows_not_the_file(tmp_path):
+    """2,048 rows of 4 KB picked from all over a 117 MB scratch array whose pages the kernel has cached (just
+    written): the rows come back as indexing gives them, and the process holds about their size (indexing at once
+    held 76 MB here: each page read maps its cached neighbours too)."""
+    import numpy as np
+
+    from vaepipe.store import gathered, release, scratch_array
+
+    x = scratch_array((30_000, 2, 32, 32), np.float16, tmp_path)
+    x[:] = np.arange(30_000, dtype=np.float16)[:, None, None, None]
+    release(x)
+    rows = np.random.default_rng(0).integers(0, len(x), 2048)
+    before = _rss_mb()
+    got = gathered(x[:, :1], rows)  # a view of one, as the warped checks read their grey planes
+    assert _rss_mb() - before < 16  # the rows are 4 MB
+    np.testing.assert_array_equal(got, x[:, :1][rows])
+    release(x)
+    np.testing.assert_array_equal(gathered(np.arange(10), np.array([3, 1])), [3, 1])  # an ordinary array
+
+
 def test_a_scratch_array_that_cannot_have_a_file_is_held_in_memory_and_says_so(tmp_path, caplog):
     import numpy as np
 
@@ -119,15 +139,26 @@ def test_a_scratch_array_that_cannot_have_a_file_is_held_in_memory_and_says_so(t
     assert x.sum() == 12
 
 
-def test_arrow_gives_freed_memory_back_unless_the_user_chose_a_pool():
-    """Importing vaepipe sets Arrow's jemalloc pool (mimalloc kept what a run freed); ARROW_DEFAULT_MEMORY_POOL
-    in the environment stands."""
-    code = "import pyarrow as pa, vaepipe.store; print(pa.default_memory_pool().backend_name)"
+def test_arrow_and_parquet_allocate_from_the_system_pool_unless_the_user_chose_one(tmp_path):
+    """Importing vaepipe names the system allocator as Arrow's pool before pyarrow loads, so that Parquet's writing
+    and reading use it too (they take the pool chosen at load, not pyarrow.set_memory_pool's; the wheels' mimalloc
+    kept what they freed). A flow module loads pyarrow itself: the flows package imports vaepipe first.
+    ARROW_DEFAULT_MEMORY_POOL in the environment stands."""
+    code = ("import sys; __import__(sys.argv[1]); import numpy as np, pyarrow as pa, pyarrow.parquet as pq\n"
+            "from vaepipe.store import write_parquet\n"
+            f"write_parquet(pa.table({{'x': np.arange(100_000)}}), __import__('pathlib').Path({str(tmp_path)!r}) / 'x.parquet')\n"
+            f"assert pq.read_table({str(tmp_path / 'x.parquet')!r})['x'].to_numpy()[-1] == 99_999\n"
+            "print(pa.default_memory_pool().backend_name, *(n for n in ('system', 'mimalloc', 'jemalloc')"
+            " if getattr(pa, n + '_memory_pool')().max_memory() > 0))")
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
-    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    theirs = subprocess.run([sys.executable, "-c", code], env={**env, "ARROW_DEFAULT_MEMORY_POOL": "system"},
-                            capture_output=True, text=True, check=True).stdout
-    assert (ours.strip(), theirs.strip()) == ("jemalloc", "system")
+
+    def used(first: str, **extra: str) -> str:
+        return subprocess.run([sys.executable, "-c", code, first], env={**env, **extra}, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    assert used("vaepipe.store") == "system system"
+    assert used("flows.bulk_query") == "system system"  # pyarrow.parquet is its first import
+    assert used("vaepipe.store", ARROW_DEFAULT_MEMORY_POOL="jemalloc") == "jemalloc jemalloc"
 
 
 def test_trim_heap_gives_the_freed_heap_back():

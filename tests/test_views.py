@@ -146,3 +146,27 @@ def test_a_cache_part_is_written_in_row_groups_and_read_back_a_group_at_a_time(p
     found = {sha: (views[j], grey[j]) for found_shas, views, grey in parts for j, sha in enumerate(found_shas)}
     assert sorted(found) == sorted([shas[1], shas[5]])
     assert all(np.array_equal(np.concatenate(found[shas[r]]), first[r]) for r in (1, 5))
+
+
+def test_views_of_a_larger_folder_are_cached_a_part_at_a_time_and_read_back_each_in_its_place(pictures, tmp_path,
+                                                                                               monkeypatch):
+    """70 pictures (two decode batches of 64): with parts of 4 images a part is written after each batch, not once
+    the folder is done; every image's views come back from the cache the same, whatever order the rows are asked in."""
+    from vaepipe import views as views_module
+
+    monkeypatch.setattr(views_module, "PART_ROWS", 4)
+    rng = np.random.default_rng(1)
+    images, model = tmp_path / "many", pictures["model"]
+    images.mkdir()
+    names = [f"q{i:02d}.png" for i in range(70)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)).save(images / name)
+    index = flat_index(_embed(model, [images / n for n in names]), names, [sha256_file(images / n) for n in names])
+    cache = ViewCache(tmp_path / "views")
+    rows, views = collection_views(index, model, images, np.arange(70), cache)
+    first = _by_row(rows, views)
+    assert sorted(first) == list(range(70)) and len(list(cache.folder.glob("part-*.parquet"))) == 2
+    order = rng.permutation(70)
+    rows, views = collection_views(index, model, tmp_path / "moved", order, cache)  # only the cache can answer
+    again = _by_row(rows, views)
+    assert list(rows) == list(order) and all(np.array_equal(first[r], again[r]) for r in first)

@@ -35,7 +35,7 @@ from vaepipe.config import usable_cores
 from vaepipe.batches import iter_image_batches
 from vaepipe.images import SIGNATURE_SHAPE, SIGNATURE_SIDE, ImageSpec
 from vaepipe.index import SearchIndex
-from vaepipe.store import file_path, kept_rows, release, scratch_array
+from vaepipe.store import file_path, gathered, kept_rows, release, scratch_array
 from vaepipe.views import PART_ROWS, ViewCache, scratch_folder, unchanged
 
 log = logging.getLogger("vaepipe")
@@ -192,9 +192,8 @@ def warped_correlation(sig: np.ndarray, who: np.ndarray, others: np.ndarray, blo
     rows, slot = np.unique(others[others >= 0], return_inverse=True)
     planes = torch.empty((len(rows), sig.shape[1], pixels), dtype=torch.float16)
     for s in range(0, len(rows), BLOCK):  # held as float16: at 30,000 images nearly every image is someone's other
-        disc = torch.from_numpy(sig[rows[s:s + BLOCK]].astype(np.float32)).flatten(2)[:, :, torch.from_numpy(inside)]
-        planes[s:s + BLOCK] = _unit(disc).half()
-        release(sig)  # a scratch file's pages, read a block at a time: the others are spread over all of it
+        disc = torch.from_numpy(gathered(sig, rows[s:s + BLOCK]).astype(np.float32)).flatten(2)
+        planes[s:s + BLOCK] = _unit(disc[:, :, torch.from_numpy(inside)]).half()
     where = np.full(others.shape, -1, np.int64)
     where[others >= 0] = slot
     out = np.full(others.shape, -np.inf, np.float32)
@@ -259,7 +258,7 @@ def collection_signatures(index: SearchIndex, image_root: Path, rows: np.ndarray
                 i = todo[idx[j]]
                 sig[i], colour[i], got[i] = sigs[j], colours[j], True
                 new.append(i)
-        if cache is not None and len(new) >= 8 * PART_ROWS:  # in parts: a copy of a part, not of the folder's
+        if cache is not None and len(new) >= PART_ROWS:  # a part at a time: a copy of a part, not of the folder's
             cache.put_signatures([shas[rows[i]] for i in new], sig[new], colour[new])
             new = []
         release(sig)
@@ -330,9 +329,9 @@ class Signatures:
             pick = ok[s:s + BLOCK]
             at_a, at_b = self.at[a[pick]], self.at[b[pick]]
             if fine_detail:
-                out[pick] = _correlate(self.detail[at_a], self.detail[at_b])
+                out[pick] = _correlate(gathered(self.detail, at_a), gathered(self.detail, at_b))
             else:
-                out[pick] = correlation(self.sig[at_a], self.sig[at_b])
+                out[pick] = correlation(gathered(self.sig, at_a), gathered(self.sig, at_b))
             self._release()
         return out
 
@@ -344,7 +343,7 @@ class Signatures:
         ok = np.flatnonzero((self.at[a] >= 0) & (self.at[b] >= 0))
         for s in range(0, len(ok), BLOCK):
             pick = ok[s:s + BLOCK]
-            sa, sb = self.sig[self.at[a[pick]]], self.sig[self.at[b[pick]]]
+            sa, sb = gathered(self.sig, self.at[a[pick]]), gathered(self.sig, self.at[b[pick]])
             fa, fb = fine(sa[:, 0]), fine(sb[:, 0])  # where opaque, every background plane is the same
             opaque_a, opaque_b = sa[:, 0] == sa[:, 1], sb[:, 0] == sb[:, 1]
             mirrored = inside(opaque_a & opaque_b[:, :, ::-1])

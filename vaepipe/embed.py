@@ -61,12 +61,21 @@ def encode_views(model: VAE, paths: Sequence[str | Path], batch_size: int = 64, 
     """(positions in `paths` that loaded, what the encoder made of their images.VIEWS): an `Embedded` of
     len(positions) * len(VIEWS) rows, image by image, each view with its grey rendering. Decoded and encoded as
     encode_files does, by `workers` processes (default: one per core, none for one batch)."""
+    positions: list[int] = []
+    parts: list[Embedded] = []
+    for loaded, embedded in iter_encoded_views(model, paths, batch_size, workers):
+        positions += loaded
+        parts.append(embedded)
+    return positions, Embedded.concat(parts, model.config.latent_dim)
+
+
+def iter_encoded_views(model: VAE, paths: Sequence[str | Path], batch_size: int = 64, workers: int | None = None
+                       ) -> Iterator[tuple[list[int], Embedded]]:
+    """encode_views a decoded batch at a time, in order: for a caller that puts each batch where it goes."""
     if workers is None:  # starting decoding processes costs more than one batch
         workers = usable_cores() if len(paths) > batch_size else 0
     encoder = PosteriorMean(folded(model))
     in_workers = encoder.device.type == "cpu"
-    positions: list[int] = []
-    parts: list[Embedded] = []
     n_views = len(VIEWS)
     with encoder_threads(1 if workers else usable_cores()):
         for out, idx, errors in iter_image_batches(paths, model.config.spec, batch_size, workers,
@@ -76,9 +85,7 @@ def encode_views(model: VAE, paths: Sequence[str | Path], batch_size: int = 64, 
                 if e:
                     log.info("views: %s not looked at through edited views (%s)", paths[idx[j]], e)
             good = [j for j, e in enumerate(errors) if not e]
-            positions += [idx[j] for j in good]
-            parts.append(embedded.take([j * n_views + v for j in good for v in range(n_views)]))
-    return positions, Embedded.concat(parts, model.config.latent_dim)
+            yield [idx[j] for j in good], embedded.take([j * n_views + v for j in good for v in range(n_views)])
 
 
 def gpu_batch_size(batch_size: int, spec: ImageSpec, n: int, workers: int, renderings: int = 1) -> int:

@@ -34,12 +34,9 @@ from vaepipe.errors import VaepipeError
 
 log = logging.getLogger("vaepipe")
 
-# Arrow's default allocator in these wheels (mimalloc) keeps what it freed for reuse: a nightly query of 13,465
-# photos ended ~80 MB higher for the neighbour table it wrote and read. jemalloc (Arrow's own setup of it) gives
-# freed memory back (BENCHMARKS.md, "Memory of the nightly query"). A pool chosen by the user's environment stands.
-if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-    with contextlib.suppress(NotImplementedError):  # a build without jemalloc keeps its default
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
+# vaepipe/__init__.py names Arrow's pool before pyarrow loads; this covers a pyarrow loaded before vaepipe.
+if os.environ.get("ARROW_DEFAULT_MEMORY_POOL") == "system":
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 MANIFEST_SCHEMA = pa.schema(
@@ -365,11 +362,33 @@ def scratch_array(shape: tuple[int, ...], dtype: np.dtype | type, folder: Path |
 def release(array: np.ndarray | None) -> None:
     """Give back the pages of a scratch_array (or a view of one) the process has touched: they stay in the file.
     Nothing for an ordinary array, or None."""
+    base = _mapping(array)
+    if isinstance(base, mmap.mmap):
+        base.madvise(mmap.MADV_DONTNEED)
+
+
+def _mapping(array: np.ndarray | None) -> object:
+    """What an array's memory is at the bottom: the mmap.mmap of a scratch_array, else anything else."""
     base: object = array
     while isinstance(base, (np.ndarray, memoryview)):
         base = base.base if isinstance(base, np.ndarray) else base.obj
-    if isinstance(base, mmap.mmap):
-        base.madvise(mmap.MADV_DONTNEED)
+    return base
+
+
+GATHER_STEP = 64  # rows a scratch_array gives is read between releases by `gathered`
+
+
+def gathered(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """array[rows], for a scratch_array (or a view of one) given back every GATHER_STEP rows read. Reading a page of a
+    file mapping also maps the neighbours the kernel has cached (fault-around, madvise or not), so a block of rows
+    from all over the file held most of the file; this holds the rows. An ordinary array is indexed as it is."""
+    if not isinstance(_mapping(array), mmap.mmap):
+        return array[rows]
+    out = np.empty((len(rows), *array.shape[1:]), array.dtype)
+    for s in range(0, len(rows), GATHER_STEP):
+        out[s:s + GATHER_STEP] = array[rows[s:s + GATHER_STEP]]
+        release(array)
+    return out
 
 
 @functools.cache

@@ -21,12 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vaepipe.embed import encode_views
+from vaepipe.embed import encode_views, iter_encoded_views
 from vaepipe.embeddings import Embedded, has_grey_renderings
 from vaepipe.images import ONE_SIDED_VIEWS, SIGNATURE_SHAPE, VIEWS
 from vaepipe.index import SearchIndex, prepare
 from vaepipe.model import VAE
-from vaepipe.store import file_path, kept_rows, release, row_groups, scratch_array, sha256_file, write_parquet
+from vaepipe.store import file_path, gathered, kept_rows, release, row_groups, scratch_array, sha256_file, write_parquet
 
 log = logging.getLogger("vaepipe")
 
@@ -34,10 +34,9 @@ log = logging.getLogger("vaepipe")
 # originals that views bring to rank 1 on the validation folders.
 RERANK_DEPTH = 10
 BLOCK = 16384  # pairs scored at a time: a folder of look-alikes has millions of candidate pairs
-# Images per row group of a cache part: written as one row group, the signatures of 30,000 images (120 MB) took
-# 0.8 GB more to encode, held by Arrow's allocator after; in groups of 4,096, 0.15 GB. Reading a group of 4,096
-# signatures back took 57 MB of Arrow's memory (Parquet keeps levels for every value of a list); 1,024 a quarter of
-# that (BENCHMARKS.md, issue 22).
+# Images per cache part (written as they are made) and per row group of a part. A folder's images as one row group
+# took several times their size to write and to read, held by Arrow after; parts made whole before written held
+# their copies and the scratch pages gathered for them (BENCHMARKS.md, issue 22).
 PART_ROWS = 1024
 
 
@@ -57,7 +56,7 @@ def view_similarity(views_a: np.ndarray, stored_a: np.ndarray, views_b: np.ndarr
     out = np.empty(len(ia), np.float32)
     for s in range(0, len(ia), BLOCK):
         a, b = ia[s:s + BLOCK], ib[s:s + BLOCK]
-        va, vb, sa, sb = views_a[a], views_b[b], stored_a[a], stored_b[b]
+        va, vb, sa, sb = gathered(views_a, a), gathered(views_b, b), stored_a[a], stored_b[b]
         out[s:s + BLOCK] = np.maximum.reduce([
             (va[:, :one] @ sb[:, :, None]).max((1, 2)),
             (vb[:, :one] @ sa[:, :, None]).max((1, 2)),
@@ -209,22 +208,32 @@ def collection_views(index: SearchIndex, model: VAE, image_root: Path, rows: np.
     if len(todo) < (~got).sum():
         log.info("views: %d images changed or gone since they were indexed are not looked at through edited views",
                  (~got).sum() - len(todo))
-    for s in range(0, len(todo), 8 * PART_ROWS):  # encoded and cached in parts: a part's copy, not the folder's
-        chunk = todo[s:s + 8 * PART_ROWS]
-        loaded, encoded = encode_views(model, [file_path(image_root, paths[rows[i]]) for i in chunk])
-        if cache is not None:
-            cache.put([shas[rows[chunk[j]]] for j in loaded], encoded)
-        at = np.asarray([chunk[j] for j in loaded], np.int64)
+    new: list[int] = []  # made now, not yet in the cache
+    files = [file_path(image_root, paths[rows[i]]) for i in todo]
+    for loaded, encoded in iter_encoded_views(model, files):
+        at = np.asarray([todo[j] for j in loaded], np.int64)
         views[at], got[at] = encoded.embedding.reshape(-1, n, dim), True
         if grey is not None:
             grey[at] = encoded.grey_embedding.reshape(-1, n, dim)  # type: ignore[union-attr]
+        new += at.tolist()
+        if cache is not None and len(new) >= PART_ROWS:  # a part at a time: a copy of a part, not of the folder's
+            _put_views(cache, [shas[rows[i]] for i in new], views, grey, new)
+            new = []
         release(views)
         release(grey)
+    if cache is not None and new:
+        _put_views(cache, [shas[rows[i]] for i in new], views, grey, new)
     if not got.all():
         views, grey = kept_rows(views, got), None if grey is None else kept_rows(grey, got)
     have = np.asarray(rows, np.int64)[got]
     return have, Embedded(views.reshape(-1, dim), None if grey is None else grey.reshape(-1, dim),
                           None if grey is None else np.zeros(len(have) * n, bool))
+
+
+def _put_views(cache: ViewCache, shas: list[str], views: np.ndarray, grey: np.ndarray | None, at: list[int]) -> None:
+    """Cache the views at rows `at` of collection_views' scratch arrays (images, len(VIEWS), d)."""
+    dim = views.shape[-1]
+    cache.put(shas, Embedded(views[at].reshape(-1, dim), None if grey is None else grey[at].reshape(-1, dim)))
 
 
 def seen_similarity(index: SearchIndex, model: VAE, image_root: Path, a: np.ndarray, b: np.ndarray,
