@@ -27,7 +27,7 @@ import os
 __version__ = "0.1.0"
 
 # Arrow allocates from the pool this names, chosen once when pyarrow loads; Parquet's reading and writing take that
-# pool whatever pyarrow.set_memory_pool says later. Its default, mimalloc, kept ~50 MB of the views cache's writing
+# pool whatever pyarrow.set_memory_pool says later. Its default, mimalloc, kept what the views cache's writing freed
 # through the rest of a query; the system allocator's freed memory goes back with store.trim_heap, as numpy's and
 # torch's does (BENCHMARKS.md, "Memory"). A pool the user's environment names stands; where pyarrow was loaded
 # before vaepipe, store sets this pool for what Python asks of Arrow.
