@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from helpers import SERIAL, clustered_vectors, write_fmnist, write_vector_collection
+from helpers import SERIAL, clustered_vectors, flat_index, write_fmnist, write_vector_collection
 from vaepipe.config import EmbedConfig, IndexConfig, IngestConfig
 from vaepipe.embed import embed
 from vaepipe.embeddings import plan_shards
@@ -288,3 +288,13 @@ def test_embeddings_carry_the_weights_own_model_id_whatever_the_folder_is_called
     result = embed(images, manifest, renamed, emb, EmbedConfig(workers=0))
     ids = set(pq.read_table(sorted(emb.glob("part-*.parquet"))[0], columns=["model_id"])["model_id"].to_pylist())
     assert result.model_id == mid and ids == {mid}
+
+
+def test_contents_number_the_rows_by_their_files_content_in_sha256_order_however_the_ids_are_chunked():
+    """Byte-identical files (one sha256) share a number; numbers run from 0 in sha256 order, as np.unique's would."""
+    shas = ["c" * 64, "a" * 64, "c" * 64, "b" * 64, "a" * 64, "d" * 64]
+    index = flat_index(np.eye(6), [f"{i}.png" for i in range(6)], shas)
+    assert index.contents.tolist() == np.unique(shas, return_inverse=True)[1].tolist() == [2, 0, 2, 1, 0, 3]
+    chunked = pa.concat_tables([index.ids.slice(0, 2), index.ids.slice(2)])
+    assert chunked["sha256"].num_chunks == 2
+    assert SearchIndex(index.index, chunked, index.meta).contents.tolist() == index.contents.tolist()

@@ -273,12 +273,11 @@ def nearest_pairs(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray]) ->
     """Index rows (a, b), a < b, of each image and its NEIGHBOURS nearest as stored (`nearest`:
     SearchIndex.nearest_of_all with at least NEIGHBOURS + 1 columns) at least CANDIDATE_SIMILARITY alike, of other
     content: n * NEIGHBOURS pairs at most, however alike the folder's pictures are."""
-    shas = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
     found, sim = nearest[0][:, :NEIGHBOURS + 1], nearest[1][:, :NEIGHBOURS + 1]
     q = np.repeat(np.arange(len(found)), found.shape[1]).reshape(found.shape)
     keep = (found >= 0) & (found != q) & (sim >= CANDIDATE_SIMILARITY)
     q, found = q[keep], found[keep]
-    keep = shas[q] != shas[found]
+    keep = index.contents[q] != index.contents[found]
     pairs = np.unique(np.stack([np.minimum(q, found)[keep], np.maximum(q, found)[keep]], 1), axis=0).reshape(-1, 2)
     return pairs[:, 0], pairs[:, 1]
 

@@ -125,14 +125,14 @@ def near_pairs(index: SearchIndex, threshold: float) -> tuple[np.ndarray, np.nda
     """Index rows (a, b), a < b, of every pair of images with similarity >= threshold (for a greyscale image, to the
     others' grey renderings: >= grey_threshold), and of other content."""
     n = index.meta["n"]
-    shas = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
+    content = index.contents
     batch = int(np.clip(10_000_000 // max(n, 1), 1, 4096))  # a batch's results stay bounded even if all match
     a_rows, b_rows = [], []
     for start in range(0, n, batch):
         rows = np.arange(start, min(n, start + batch))
         lims, found = index.within(index.stored(rows), threshold, prepared=True, grey_similarity=grey_threshold(threshold))
         q = np.repeat(rows, np.diff(lims))
-        keep = (found > q) & (shas[found] != shas[q])
+        keep = (found > q) & (content[found] != content[q])
         a_rows.append(q[keep])
         b_rows.append(found[keep])
     return np.concatenate(a_rows), np.concatenate(b_rows)
@@ -222,7 +222,7 @@ def group_copy_pairs(index: SearchIndex, candidates: CandidatePairs, nearest: tu
     none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     if n < 3 or not len(candidates.a):
         return none
-    _, content = np.unique(np.asarray(index.ids["sha256"].to_pylist(), dtype=object), return_inverse=True)
+    content = index.contents
     order = np.argsort(content, kind="stable")
     same = content[order[1:]] == content[order[:-1]]  # byte-identical files, each linked to the one before
     group = _components(n, np.concatenate([alike[0], order[1:][same]]), np.concatenate([alike[1], order[:-1][same]]))
@@ -275,9 +275,8 @@ def fine_detail_pairs(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray]
 
 def _nearest_other(index: SearchIndex, nearest: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Each image's nearest as stored of other content (from `nearest`: SearchIndex.nearest_of_all), -1 if none."""
-    found = nearest[0]
-    shas = np.asarray(index.ids["sha256"].to_pylist(), dtype=object)
-    other = (found >= 0) & (shas[np.maximum(found, 0)] != shas[:, None])
+    found, content = nearest[0], index.contents
+    other = (found >= 0) & (content[np.maximum(found, 0)] != content[:, None])
     return np.where(other.any(1), found[np.arange(len(found)), other.argmax(1)], -1)
 
 
@@ -503,12 +502,6 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
     fine_detail_pairs, turned_pairs and, with `sizes` (each index row's (width, height) as ingested:
     store.image_sizes), same_size.same_size_pairs and same_size.smaller_copy_pairs; pairs whose pixels say they are not copies are left apart
     (_checked_in_pixels)."""
-    paths = index.ids["path"].to_pylist()
-    shas = index.ids["sha256"].to_pylist()
-    paths_of: dict[str, list[str]] = {}
-    for path, sha in zip(paths, shas):
-        paths_of.setdefault(sha, []).append(path)
-
     alike = [near_pairs(index, threshold)]
     sure: list[Pairs] = []  # an image and its one clear copy (the ratio tests)
     apart_rows: Apart | None = None
@@ -522,31 +515,40 @@ def duplicate_groups(index: SearchIndex, threshold: float, image_root: Path | No
         alike, sure = [checked_alike], [checked_sure]
     a_rows, b_rows = _joined(alike + sure)
     # Groups of contents, not of files: byte-identical files are one image here (and an exact group of their own).
-    unique_shas, node = np.unique(np.asarray(shas, dtype=object), return_inverse=True)
+    node = index.contents
+    n_nodes = int(node.max()) + 1 if len(node) else 0
     sure_a, sure_b = _joined(sure)
     apart = None
     if apart_rows is not None:
         # Copies of one picture can all be together: a star's pictures pass the checks with each other, not only
         # with its centre. A star of plain tiles of blue, cyan and teal joined them through the one in the middle, and
         # a star of neighbouring crops of one wallpaper joined crops whose pixels do not follow each other.
-        row_of = np.empty(len(unique_shas), np.int64)
+        row_of = np.empty(n_nodes, np.int64)
         row_of[node] = np.arange(len(node))
 
         def apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return apart_rows(row_of[a], row_of[b])
-    group = near_groups(len(unique_shas), (node[a_rows], node[b_rows]), (node[sure_a], node[sure_b]), apart)
-    shas_in: dict[int, list[str]] = {}
-    for sha, g in zip(unique_shas.tolist(), group.tolist()):
-        shas_in.setdefault(g, []).append(sha)
+    group = near_groups(n_nodes, (node[a_rows], node[b_rows]), (node[sure_a], node[sure_b]), apart)
+    # Only the rows in a group are read as Python strings: the others are most of a large folder.
+    group_of_row = group[node]
+    in_exact = np.bincount(node, minlength=n_nodes)[node] > 1  # another file of the same content
+    in_near = np.bincount(group, minlength=n_nodes)[group_of_row] > 1  # its group has other content
+    grouped = np.flatnonzero(in_exact | in_near)
+    paths = dict(zip(grouped.tolist(), index.ids["path"].take(grouped).to_pylist()))
+    sha_of = dict(zip(paths.values(), index.ids["sha256"].take(grouped).to_pylist()))
+    exact_paths: dict[int, list[str]] = {}
+    near_paths: dict[int, list[str]] = {}
+    for r in np.flatnonzero(in_exact).tolist():
+        exact_paths.setdefault(int(node[r]), []).append(paths[r])
+    for r in np.flatnonzero(in_near).tolist():
+        near_paths.setdefault(int(group_of_row[r]), []).append(paths[r])
     # How close a near group is: the mean similarity as stored of the pairs within it (its surest first).
     joined: dict[int, list[float]] = {}
     inside = group[node[a_rows]] == group[node[b_rows]]
     for a, sim in zip(a_rows[inside], index.pair_similarity(a_rows[inside], b_rows[inside]) if inside.any() else []):
         joined.setdefault(int(group[node[a]]), []).append(float(sim))
-    exact = [(sorted(p), 1.0) for p in paths_of.values() if len(p) > 1]
-    near = [(sorted(p for sha in group_shas for p in paths_of[sha]), float(np.mean(joined[g])))
-            for g, group_shas in shas_in.items() if len(group_shas) > 1]
-    sha_of = dict(zip(paths, shas))
+    exact = [(sorted(p), 1.0) for p in exact_paths.values()]
+    near = [(sorted(p), float(np.mean(joined[g]))) for g, p in near_paths.items()]
     ordered = [("links" if kind == "exact" and image_root is not None and _one_file(image_root, members) else kind,
                 members) for kind, groups in (("exact", exact), ("near", near))
                for members, _ in sorted(groups, key=lambda g: (-len(g[0]), -g[1], g[0][0]))]

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import faiss
@@ -427,6 +428,13 @@ class SearchIndex:
     @property
     def dim(self) -> int:
         return int(self.meta["dim"])
+
+    @cached_property
+    def contents(self) -> np.ndarray:
+        """Each row's content as a number (n,): rows of byte-identical files (one sha256) share one, numbered from 0
+        in sha256 order. Numbers, not each row's sha256 as a Python string, which a large folder's duplicate check
+        would otherwise make several times over."""
+        return pc.rank(self.ids["sha256"], sort_keys="ascending", tiebreaker="dense").to_numpy().astype(np.int64) - 1
 
     def search(self, queries: Embedded | np.ndarray, k: int, prepared: bool = False
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -324,9 +324,12 @@ def same_size_pairs(index: SearchIndex, image_root: Path, sizes: np.ndarray) -> 
     (the module's rule). `sizes`: each index row's (width, height) as ingested (the manifest's). One picture per
     content (byte-identical files are an exact group already); files changed since indexing, unreadable now or of
     another size now are left out."""
-    paths, shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
     sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
     small = np.flatnonzero((sizes.max(1) <= SMALL_SIDE) & (sizes.min(1) > 0))
+    # The small pictures' paths only: a folder of photographs has none, and every path as a Python string would cost
+    # ~200 B an image.
+    paths = dict(zip(small.tolist(), index.ids["path"].take(small).to_pylist()))
+    shas = dict(zip(small.tolist(), index.ids["sha256"].take(small).to_pylist()))
     first_of: dict[str, int] = {}
     for r in small.tolist():
         if not is_svg(paths[r]):  # drawn at the loader's size, not its own
@@ -419,7 +422,7 @@ class Pictures:
     sizes: each index row's (width, height) as ingested (store.image_sizes)."""
 
     def __init__(self, index: SearchIndex, image_root: Path, sizes: np.ndarray):
-        self.paths, self.shas = index.ids["path"].to_pylist(), index.ids["sha256"].to_pylist()
+        self.ids, self.contents = index.ids, index.contents
         self.image_root = image_root
         self.sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
         self.kept: OrderedDict[int, np.ndarray | None] = OrderedDict()
@@ -429,7 +432,7 @@ class Pictures:
         """Which rows are pictures up to `side` px that are not SVG (drawn at the loader's size, not their own)."""
         out = (self.sizes.max(1) <= side) & (self.sizes.min(1) > 0)
         rows = np.flatnonzero(out)
-        out[rows] = [not is_svg(self.paths[r]) for r in rows]
+        out[rows] = [not is_svg(p) for p in self.ids["path"].take(rows).to_pylist()]
         return out
 
     def image(self, row: int) -> Image.Image | None:
@@ -438,9 +441,9 @@ class Pictures:
         if row in self.images:
             self.images.move_to_end(row)
             return self.images[row]
-        path = file_path(self.image_root, self.paths[row])
+        path, sha = self._file(row)
         try:
-            img = open_image(path, 64_000_000) if unchanged(path, self.shas[row]) else None
+            img = open_image(path, 64_000_000) if unchanged(path, sha) else None
         except Exception:  # Pillow raises anything; an unreadable picture is only not compared
             img = None
         self.images[row] = img
@@ -448,12 +451,16 @@ class Pictures:
             self.images.popitem(last=False)
         return img
 
+    def _file(self, row: int) -> tuple[Path, str]:
+        """An index row's file and its sha256 as indexed (read a row at a time: the whole columns as Python strings
+        would cost ~200 B an image of a large folder, for its few small pictures)."""
+        return file_path(self.image_root, self.ids["path"][row].as_py()), self.ids["sha256"][row].as_py()
+
     def __call__(self, row: int) -> np.ndarray | None:
         if row in self.kept:
             self.kept.move_to_end(row)
             return self.kept[row]
-        planes = _loaded_as_indexed(file_path(self.image_root, self.paths[row]), self.shas[row],
-                                    compared_size(*self.sizes[row].tolist()))
+        planes = _loaded_as_indexed(*self._file(row), compared_size(*self.sizes[row].tolist()))
         self.kept[row] = planes
         if len(self.kept) > KEPT_PICTURES:
             self.kept.popitem(last=False)
@@ -560,19 +567,19 @@ def smaller_copy_pairs(pictures: Pictures, nearest: tuple[np.ndarray, np.ndarray
         compared at the smaller's compared_size: half size, an aspect changed.
     Larger means no smaller either way and at most 1 / WINDOW_SHARE of the side; a picture made from two pictures
     that way (two icons that differ outside its window) pairs with neither. pictures: the collection's (Pictures)."""
-    sizes, shas = pictures.sizes, pictures.shas
+    sizes, content = pictures.sizes, pictures.contents
     small = pictures.small(SMALL_SIDE)
     a_out, b_out = [], []
     for r in np.flatnonzero(small & (sizes.min(1) >= 4)).tolist():
-        others = [o for o in nearest[0][r, 1:NEIGHBOURS + 1].tolist() if o >= 0 and small[o] and shas[o] != shas[r]
+        others = [o for o in nearest[0][r, 1:NEIGHBOURS + 1].tolist() if o >= 0 and small[o] and content[o] != content[r]
                   and (sizes[o] >= sizes[r]).all() and (sizes[o] != sizes[r]).any()
                   and (sizes[r] >= WINDOW_SHARE * sizes[o]).all()]
         if not others or pictures(r) is None:  # its own planes first: the LRU keeps them through its candidates
             continue
-        found: dict[str, int] = {}
+        found: dict[int, int] = {}
         for o in others:
             if _made_from(pictures, r, o):
-                found.setdefault(shas[o], o)
+                found.setdefault(int(content[o]), o)
         if len(found) == 1:
             o = next(iter(found.values()))
             a_out.append(min(r, o))
